@@ -1,0 +1,65 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+/// Settings shared by every Swift target. Release builds drop bounds checks in the numeric hot loops
+/// only where the code says so (`UnsafeMutablePointer`), never globally.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "acm-serve",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "acm-serve", targets: ["acm-serve"]),
+        .executable(name: "acm-bench", targets: ["acm-bench"]),
+        .library(name: "ACMCore", targets: ["ACMCore"]),
+        .library(name: "ACMModels", targets: ["ACMModels"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // C libraries from Debian, through pkg-config.
+        .systemLibrary(
+            name: "CBLAS", pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(
+            name: "CMicroHTTPD", pkgConfig: "libmicrohttpd",
+            providers: [.apt(["libmicrohttpd-dev"])]),
+        .systemLibrary(
+            name: "CJansson", pkgConfig: "jansson",
+            providers: [.apt(["libjansson-dev"])]),
+
+        // Numeric core: tensors, BLAS, kernels, the ACM layer, safetensors and .npy readers.
+        .target(name: "ACMCore", dependencies: ["CBLAS"], swiftSettings: swiftSettings),
+        // Models built from the core: the ViT and its config.
+        .target(name: "ACMModels", dependencies: ["ACMCore"], swiftSettings: swiftSettings),
+        // HTTP front end (libmicrohttpd + jansson).
+        .target(
+            name: "ACMHTTP", dependencies: ["CMicroHTTPD", "CJansson", "ACMModels"],
+            swiftSettings: swiftSettings),
+
+        .executableTarget(
+            name: "acm-serve",
+            dependencies: [
+                "ACMModels", "ACMHTTP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "acm-bench",
+            dependencies: [
+                "ACMCore", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings),
+
+        .testTarget(name: "ACMCoreTests", dependencies: ["ACMCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ACMModelsTests", dependencies: ["ACMModels"],
+            exclude: ["Fixtures"], swiftSettings: swiftSettings),
+        .testTarget(name: "ACMHTTPTests", dependencies: ["ACMHTTP"], swiftSettings: swiftSettings),
+    ]
+)

@@ -1,0 +1,196 @@
+import Foundation
+
+// Elementwise and row kernels for a transformer forward pass. Each works on raw row-major buffers so the
+// caller decides where the data lives; each is checked against a naive loop in ACMCoreTests.
+
+// The elementwise functions are plain scalar code with no branches, library calls or trapping
+// conversions, so that LLVM vectorises the loops that call them. (Swift's SIMD types were measured 10×
+// slower here: their generic operations are not all specialised.)
+
+/// erf(x) as a rational approximation accurate to a few float ulps (the form used by Eigen and XLA):
+/// x·P(x²)/Q(x²) on x clamped to [-4, 4], outside which erf is ±1 in single precision.
+@inline(__always) func erfApprox(_ a: Float) -> Float {
+    var x = a > 4 ? 4 : a
+    x = x < -4 ? -4 : x
+    let x2 = x * x
+    var p: Float = -2.72614225801306e-10
+    p = p * x2 + 2.77068142495902e-08
+    p = p * x2 - 2.10102402082508e-06
+    p = p * x2 - 5.69250639462346e-05
+    p = p * x2 - 7.34990630326855e-04
+    p = p * x2 - 2.95459980854025e-03
+    p = p * x2 - 1.60960333262415e-02
+    p = p * x
+    var q: Float = -1.45660718464996e-05
+    q = q * x2 - 2.13374055278905e-04
+    q = q * x2 - 1.68282697438203e-03
+    q = q * x2 - 7.37332916720468e-03
+    q = q * x2 - 1.42647390514189e-02
+    return p / q
+}
+
+/// exp(x) by range reduction to 2ⁿ·eʳ, |r| ≤ ln2/2, and Cephes' expf polynomial: about 2 float ulps.
+/// Rounding and 2ⁿ use the 1.5·2²³ trick: adding it leaves round(y) in the low mantissa bits.
+@inline(__always) func expApprox(_ a: Float) -> Float {
+    var x = a > 88.3 ? 88.3 : a
+    x = x < -87.3 ? -87.3 : x
+    let magic: Float = 12_582_912  // 1.5·2²³
+    let shifted = x * 1.44269504088896341 + magic
+    let n = shifted - magic  // round(x·log₂e)
+    var r = x - n * 0.693359375
+    r = r + n * 2.12194440e-4
+    let z = r * r
+    var y: Float = 1.9875691500e-4
+    y = y * r + 1.3981999507e-3
+    y = y * r + 8.3334519073e-3
+    y = y * r + 4.1665795894e-2
+    y = y * r + 1.6666665459e-1
+    y = y * r + 5.0000001201e-1
+    y = y * z + r + 1
+    // the low bits of `shifted` hold n (two's complement); n + 127 is the biased exponent of 2ⁿ
+    let twoToN = Float(bitPattern: ((shifted.bitPattern &- magic.bitPattern) &+ 127) &<< 23)
+    return y * twoToN
+}
+
+/// Exact (erf) GELU in place: x·½·(1 + erf(x/√2)).
+public func geluInPlace(_ x: UnsafeMutablePointer<Float>, count: Int) {
+    for i in 0..<count {
+        let v = x[i]
+        x[i] = v * 0.5 * (1 + erfApprox(v * 0.70710678118654752))
+    }
+}
+
+public enum Activation: String, Codable, Sendable {
+    case identity, gelu, relu, tanh
+
+    /// Applies the activation in place to `count` floats.
+    public func apply(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        switch self {
+        case .identity: return
+        case .gelu: geluInPlace(x, count: count)
+        case .relu:
+            for i in 0..<count { x[i] = x[i] < 0 ? 0 : x[i] }
+        case .tanh:
+            // tanh(x) = 1 − 2/(e^{2x} + 1), exact in the limits.
+            for i in 0..<count { x[i] = 1 - 2 / (expApprox(2 * x[i]) + 1) }
+        }
+    }
+}
+
+// MARK: - Row kernels
+
+/// Adds `bias` (length `columns`) to each of `rows` rows of `x` (stride `ld`).
+public func addBias(
+    _ x: UnsafeMutablePointer<Float>, rows: Int, columns: Int, ld: Int, bias: UnsafePointer<Float>
+) {
+    for r in 0..<rows {
+        let row = x + r * ld
+        for c in 0..<columns { row[c] += bias[c] }
+    }
+}
+
+/// LayerNorm over each row: (x − mean)/√(var + eps)·gamma + beta, variance biased as in PyTorch.
+/// `out` may equal `x`.
+public func layerNorm(
+    _ x: UnsafePointer<Float>, rows: Int, columns d: Int,
+    gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, eps: Float,
+    out: UnsafeMutablePointer<Float>
+) {
+    for r in 0..<rows {
+        let xr = x + r * d
+        let yr = out + r * d
+        let mean = sum(xr, d) / Float(d)
+        let rstd = 1 / (sum(xr, d, minus: mean, squared: true) / Float(d) + eps).squareRoot()
+        for c in 0..<d { yr[c] = (xr[c] - mean) * rstd * gamma[c] + beta[c] }
+    }
+}
+
+/// Softmax over each row of `rows` rows of length `n` (stride `ld`), in place.
+public func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int, ld: Int) {
+    for r in 0..<rows {
+        let row = x + r * ld
+        let m = maximum(row, n)
+        for c in 0..<n { row[c] = expApprox(row[c] - m) }
+        let inv = 1 / sum(row, n)
+        for c in 0..<n { row[c] *= inv }
+    }
+}
+
+/// The largest of `n` floats; eight running maxima so the loop vectorises.
+@inline(__always) func maximum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+    var m = (Float, Float, Float, Float, Float, Float, Float, Float)(
+        -.infinity, -.infinity, -.infinity, -.infinity, -.infinity, -.infinity, -.infinity, -.infinity)
+    var i = 0
+    while i + 8 <= n {
+        m.0 = x[i] > m.0 ? x[i] : m.0
+        m.1 = x[i + 1] > m.1 ? x[i + 1] : m.1
+        m.2 = x[i + 2] > m.2 ? x[i + 2] : m.2
+        m.3 = x[i + 3] > m.3 ? x[i + 3] : m.3
+        m.4 = x[i + 4] > m.4 ? x[i + 4] : m.4
+        m.5 = x[i + 5] > m.5 ? x[i + 5] : m.5
+        m.6 = x[i + 6] > m.6 ? x[i + 6] : m.6
+        m.7 = x[i + 7] > m.7 ? x[i + 7] : m.7
+        i += 8
+    }
+    var result = max(max(max(m.0, m.1), max(m.2, m.3)), max(max(m.4, m.5), max(m.6, m.7)))
+    while i < n {
+        result = max(result, x[i])
+        i += 1
+    }
+    return result
+}
+
+/// The sum of `n` floats, or of (x − minus)² when `squared`; eight partial sums so the loop vectorises.
+@inline(__always) func sum(_ x: UnsafePointer<Float>, _ n: Int, minus: Float = 0, squared: Bool = false) -> Float {
+    @inline(__always) func term(_ v: Float) -> Float { squared ? (v - minus) * (v - minus) : v }
+    var s = (Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0))
+    var i = 0
+    while i + 8 <= n {
+        s.0 += term(x[i])
+        s.1 += term(x[i + 1])
+        s.2 += term(x[i + 2])
+        s.3 += term(x[i + 3])
+        s.4 += term(x[i + 4])
+        s.5 += term(x[i + 5])
+        s.6 += term(x[i + 6])
+        s.7 += term(x[i + 7])
+        i += 8
+    }
+    var result = ((s.0 + s.1) + (s.2 + s.3)) + ((s.4 + s.5) + (s.6 + s.7))
+    while i < n {
+        result += term(x[i])
+        i += 1
+    }
+    return result
+}
+
+/// Multi-head scaled dot-product attention, run per sequence.
+///
+/// `q`, `k`, `v` and `out` are [tokens, heads·headDim] with the given row strides; `sequences` are
+/// disjoint token ranges, and tokens attend only within their own sequence. `scores` is scratch.
+public func multiHeadAttention(
+    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ld: Int,
+    out: UnsafeMutablePointer<Float>, ldOut: Int,
+    sequences: [Range<Int>], heads: Int, headDim: Int, scores: Scratch
+) {
+    let scale = 1 / Float(headDim).squareRoot()
+    for seq in sequences {
+        let t = seq.count
+        let s = scores.reserve(t * t)
+        for h in 0..<heads {
+            let col = h * headDim
+            let base = seq.lowerBound * ld + col
+            // scores = q·kᵀ/√dh: [t, dh] × [dh, t]
+            gemm(
+                m: t, n: t, k: headDim, alpha: scale,
+                a: q + base, lda: ld, b: k + base, ldb: ld, transB: true,
+                c: s, ldc: t)
+            softmaxRows(s, rows: t, n: t, ld: t)
+            // out = softmax(scores)·v: [t, t] × [t, dh]
+            gemm(
+                m: t, n: headDim, k: t,
+                a: s, lda: t, b: v + base, ldb: ld,
+                c: out + seq.lowerBound * ldOut + col, ldc: ldOut)
+        }
+    }
+}

@@ -1,0 +1,291 @@
+// Vision Transformer with ACM layers.
+// Mirrors torchvision's VisionTransformer
+// (https://github.com/pytorch/vision/blob/v0.16.0/torchvision/models/vision_transformer.py) as ACMized by
+// https://github.com/bartwojcik/adaptive_computation_modules (architectures/acm.py at 6760ad64):
+// attention split into q/k/v/o projections, each of which, and each MLP, may be an ACM.
+
+import ACMCore
+
+/// `ln_1`, `ln_2`, `encoder.ln`: weight [d], bias [d].
+struct LayerNorm {
+    let weight: Tensor
+    let bias: Tensor
+    let eps: Float
+
+    init(dim: Int, eps: Float, weights: Weights) throws {
+        weight = try weights.tensor("weight", shape: [dim])
+        bias = try weights.tensor("bias", shape: [dim])
+        self.eps = eps
+    }
+
+    func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>) {
+        layerNorm(x, rows: rows, columns: weight.count, gamma: weight.data, beta: bias.data, eps: eps, out: out)
+    }
+}
+
+/// A d → d map that is either dense or an ACM: an attention projection or an MLP.
+enum Block {
+    /// An `nn.Linear` projection (`q_proj`, …, or a slice of the packed `in_proj_weight`).
+    case linear(Linear)
+    /// torchvision's `MLPBlock`: `mlp.0` (d → D), exact GELU, `mlp.3` (D → d).
+    case mlp(fc1: Linear, fc2: Linear)
+    case acm(index: Int, ACMLayer)
+}
+
+/// `encoder.layers.encoder_layer_{i}`
+struct EncoderLayer {
+    let ln1: LayerNorm  // ln_1
+    let q: Block  // self_attention.q_proj
+    let k: Block  // self_attention.k_proj
+    let v: Block  // self_attention.v_proj
+    let o: Block  // self_attention.o_proj (torchvision: out_proj)
+    let ln2: LayerNorm  // ln_2
+    let mlp: Block  // mlp
+}
+
+/// The scratch buffers of one forward pass, kept by the caller (the model's loop thread) and reused.
+public final class ViTWorkspace: @unchecked Sendable {
+    let x = Scratch(), normed = Scratch(), q = Scratch(), k = Scratch(), v = Scratch()
+    let attended = Scratch(), blockOut = Scratch(), mlpHidden = Scratch(), patches = Scratch()
+    let scores = Scratch()
+    let acm = ACMWorkspace()
+    var choices: [Int32] = []
+
+    public init() {}
+}
+
+/// What one forward pass computed for a batch of images.
+public struct ViTOutput: Sendable {
+    /// [images, classes]
+    public var logits: Tensor
+    /// Per image: executed learner FLOPs / all-learner FLOPs over the ACM layers (1 without ACMs).
+    public var computeFraction: [Double]
+    /// Per ACM (in `ViT.acmPaths` order): how many tokens of the batch ran each k = 0...N.
+    public var learnerHistogram: [[Int]]
+    /// Per ACM: every token's k, [images × sequenceLength], when asked for.
+    public var choices: [[Int32]]?
+}
+
+public final class ViT: @unchecked Sendable {
+    public let config: ViTConfig
+    /// Module path of each ACM, in execution order.
+    public let acmPaths: [String]
+    let acms: [ACMLayer]
+    let patchWeight: Tensor  // conv_proj.weight [d, C, p, p], read as [d, C·p·p]
+    let patchBias: Tensor  // conv_proj.bias [d]
+    let classToken: Tensor  // class_token [1, 1, d]
+    let posEmbedding: Tensor  // encoder.pos_embedding [1, S, d]
+    let layers: [EncoderLayer]
+    let ln: LayerNorm  // encoder.ln
+    let head: Linear  // heads.head
+
+    /// Builds the model from its config and weights; every tensor in `weights.file` must be used.
+    public init(config: ViTConfig, acm: [String: ACMConfig], weights: Weights) throws {
+        // Everything that can throw happens before the first stored property is set.
+        try config.validate()
+        let d = config.hiddenDim, p = config.patchSize, c = config.numChannels
+        let eps = config.layerNormEps
+        let layerNames = (0..<config.numLayers).map { "encoder.layers.encoder_layer_\($0)" }
+        let projNames = ["q_proj", "k_proj", "v_proj", "o_proj"]
+        let allowed = Set(layerNames.flatMap { name in projNames.map { "\(name).self_attention.\($0)" } + ["\(name).mlp"] })
+        if let unknown = acm.keys.filter({ !allowed.contains($0) }).sorted().first {
+            throw ModelError.config("acm entry '\(unknown)' is not a module of this ViT")
+        }
+
+        var paths: [String] = []
+        var acms: [ACMLayer] = []
+        /// The ACM at `path` if the config names one, else nil.
+        func acmBlock(_ path: String) throws -> Block? {
+            guard let settings = acm[path] else { return nil }
+            let layer = try ACMLayer(config: settings, inputDim: d, outputDim: d, weights: weights.scoped(path))
+            paths.append(path)
+            acms.append(layer)
+            return .acm(index: acms.count - 1, layer)
+        }
+
+        let conv = weights.scoped("conv_proj")
+        let patchWeight = try conv.tensor("weight", shape: [d, c, p, p])
+        let patchBias = try conv.tensor("bias", shape: [d])
+        let classToken = try weights.tensor("class_token", shape: [1, 1, d])
+        let posEmbedding = try weights.scoped("encoder").tensor("pos_embedding", shape: [1, config.sequenceLength, d])
+
+        var layers: [EncoderLayer] = []
+        for name in layerNames {
+            let w = weights.scoped(name)
+            let attn = w.scoped("self_attention")
+            var proj: [Block?] = []
+            for n in projNames { proj.append(try acmBlock("\(name).self_attention.\(n)")) }
+            if attn.contains("in_proj_weight") {
+                // torchvision's packed layout: rows [0, d) are q, [d, 2d) k, [2d, 3d) v.
+                guard proj.allSatisfy({ $0 == nil }) else {
+                    throw ModelError.config("\(name): packed in_proj_weight cannot be mixed with ACM projections")
+                }
+                let packedW = try attn.tensor("in_proj_weight", shape: [3 * d, d])
+                let packedB = try attn.tensor("in_proj_bias", shape: [3 * d])
+                for j in 0..<3 {
+                    let wj = Tensor(shape: [d, d]), bj = Tensor(shape: [d])
+                    wj.data.update(from: packedW.data + j * d * d, count: d * d)
+                    bj.data.update(from: packedB.data + j * d, count: d)
+                    proj[j] = .linear(Linear(weight: wj, bias: bj))
+                }
+                proj[3] = .linear(try Linear(inputs: d, outputs: d, weights: attn.scoped("out_proj")))
+            } else {
+                for j in 0..<4 where proj[j] == nil {
+                    proj[j] = .linear(try Linear(inputs: d, outputs: d, weights: attn.scoped(projNames[j])))
+                }
+            }
+            let mlp = try acmBlock("\(name).mlp")
+                ?? .mlp(
+                    fc1: try Linear(inputs: d, outputs: config.mlpDim, weights: w.scoped("mlp.0")),
+                    fc2: try Linear(inputs: config.mlpDim, outputs: d, weights: w.scoped("mlp.3")))
+            layers.append(
+                EncoderLayer(
+                    ln1: try LayerNorm(dim: d, eps: eps, weights: w.scoped("ln_1")),
+                    q: proj[0]!, k: proj[1]!, v: proj[2]!, o: proj[3]!,
+                    ln2: try LayerNorm(dim: d, eps: eps, weights: w.scoped("ln_2")),
+                    mlp: mlp))
+        }
+        let ln = try LayerNorm(dim: d, eps: eps, weights: weights.scoped("encoder.ln"))
+        let head = try Linear(inputs: d, outputs: config.numClasses, weights: weights.scoped("heads.head"))
+        try weights.file.checkAllUsed()
+
+        self.config = config
+        self.patchWeight = patchWeight
+        self.patchBias = patchBias
+        self.classToken = classToken
+        self.posEmbedding = posEmbedding
+        self.layers = layers
+        self.ln = ln
+        self.head = head
+        self.acmPaths = paths
+        self.acms = acms
+    }
+
+    /// Number of input floats per image: [C, H, W].
+    public var inputCount: Int { config.numChannels * config.imageSize * config.imageSize }
+
+    /// Classifies a batch of images, each under its own learner policy.
+    ///
+    /// - Parameters:
+    ///   - images: [count, C, H, W]
+    ///   - policies: one per image.
+    ///   - recordChoices: also return every token's k at every ACM.
+    public func forward(
+        images: UnsafePointer<Float>, count: Int, policies: [LearnerPolicy],
+        workspace ws: ViTWorkspace, recordChoices: Bool = false
+    ) -> ViTOutput {
+        precondition(policies.count == count)
+        let d = config.hiddenDim, s = config.sequenceLength, g = config.gridSize, p = config.patchSize
+        let c = config.numChannels, size = config.imageSize
+        let patchLength = c * p * p
+        let tokens = count * s
+        let sequences = (0..<count).map { $0 * s..<($0 + 1) * s }
+
+        let x = ws.x.reserve(tokens * d)
+        let normed = ws.normed.reserve(tokens * d)
+        if ws.choices.count < tokens { ws.choices = [Int32](repeating: 0, count: tokens) }
+        var executed = [Double](repeating: 0, count: count)
+        var possible = [Double](repeating: 0, count: count)
+        var histogram = acms.map { [Int](repeating: 0, count: $0.config.numLearners + 1) }
+        var recorded: [[Int32]] = []
+
+        // patch embedding: im2col, then [images·g², C·p·p] × [C·p·p, d]
+        let patches = ws.patches.reserve(count * g * g * patchLength)
+        for b in 0..<count {
+            let image = images + b * inputCount
+            for gy in 0..<g {
+                for gx in 0..<g {
+                    var dst = patches + ((b * g + gy) * g + gx) * patchLength
+                    for ch in 0..<c {
+                        for ky in 0..<p {
+                            let src = image + (ch * size + gy * p + ky) * size + gx * p
+                            dst.update(from: src, count: p)
+                            dst += p
+                        }
+                    }
+                }
+            }
+        }
+        let embedded = ws.blockOut.reserve(count * g * g * d)
+        gemm(
+            m: count * g * g, n: d, k: patchLength,
+            a: patches, lda: patchLength, b: patchWeight.data, ldb: patchLength, transB: true,
+            c: embedded, ldc: d)
+        // class token first, then the patches; plus the position embedding
+        for b in 0..<count {
+            for t in 0..<s {
+                let row = x + (b * s + t) * d
+                let pos = posEmbedding.data + t * d
+                if t == 0 {
+                    for j in 0..<d { row[j] = classToken.data[j] + pos[j] }
+                } else {
+                    let e = embedded + ((b * g * g) + t - 1) * d
+                    for j in 0..<d { row[j] = e[j] + patchBias.data[j] + pos[j] }
+                }
+            }
+        }
+
+        /// Runs `block` on `input` [tokens, in] into `output` [tokens, out].
+        func run(_ block: Block, _ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>) {
+            switch block {
+            case let .linear(linear):
+                linear.forward(input, rows: tokens, out: output)
+            case let .mlp(fc1, fc2):
+                let hidden = ws.mlpHidden.reserve(tokens * fc1.outputs)
+                // [tokens, d] × [d, D] → GELU → [tokens, D] × [D, d]
+                fc1.forward(input, rows: tokens, out: hidden)
+                geluInPlace(hidden, count: tokens * fc1.outputs)
+                fc2.forward(hidden, rows: tokens, out: output)
+            case let .acm(index, layer):
+                ws.choices.withUnsafeMutableBufferPointer { ks in
+                    layer.forward(
+                        input, sequences: sequences, policies: policies, out: output,
+                        choices: ks.baseAddress!, workspace: ws.acm)
+                    let cost = layer.learnerFLOPs
+                    for b in 0..<count {
+                        var sum = 0
+                        for t in sequences[b] {
+                            sum += Int(ks[t])
+                            histogram[index][Int(ks[t])] += 1
+                        }
+                        executed[b] += cost * Double(sum)
+                        possible[b] += cost * Double(s * layer.config.numLearners)
+                    }
+                    if recordChoices { recorded.append(Array(ks[0..<tokens])) }
+                }
+            }
+        }
+
+        let q = ws.q.reserve(tokens * d), k = ws.k.reserve(tokens * d), v = ws.v.reserve(tokens * d)
+        let attended = ws.attended.reserve(tokens * d)
+        let blockOut = ws.blockOut.reserve(tokens * d)
+        for layer in layers {
+            // self-attention: x = x + o(attention(q, k, v)), on ln_1(x)
+            layer.ln1.forward(x, rows: tokens, out: normed)
+            run(layer.q, normed, q)
+            run(layer.k, normed, k)
+            run(layer.v, normed, v)
+            multiHeadAttention(
+                q: q, k: k, v: v, ld: d, out: attended, ldOut: d,
+                sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores)
+            run(layer.o, attended, blockOut)
+            for i in 0..<(tokens * d) { x[i] += blockOut[i] }
+
+            // mlp: x = x + mlp(ln_2(x))
+            layer.ln2.forward(x, rows: tokens, out: normed)
+            run(layer.mlp, normed, blockOut)
+            for i in 0..<(tokens * d) { x[i] += blockOut[i] }
+        }
+
+        // head on the class tokens: LayerNorm is per row, so only those rows need it
+        for b in 0..<count { (normed + b * d).update(from: x + b * s * d, count: d) }
+        ln.forward(normed, rows: count, out: normed)
+        let logits = Tensor(shape: [count, config.numClasses])
+        head.forward(normed, rows: count, out: logits.data)
+
+        let fractions = (0..<count).map { possible[$0] > 0 ? executed[$0] / possible[$0] : 1 }
+        return ViTOutput(
+            logits: logits, computeFraction: fractions, learnerHistogram: histogram,
+            choices: recordChoices ? recorded : nil)
+    }
+}

@@ -1,0 +1,244 @@
+import Foundation
+import Testing
+
+@testable import ACMCore
+
+/// An ACM with random weights, loaded through a real safetensors file under the prefix `acm`.
+func makeACM(
+    _ config: ACMConfig, inputDim: Int, outputDim: Int, seed: UInt64, gateScale: Float = 1, dir: TemporaryDirectory
+) throws -> (ACMLayer, [String: Tensor]) {
+    var rng = SplitMix64(seed: seed)
+    let n = config.numLearners, h = config.learnerDim
+    var tensors: [String: Tensor] = [
+        "acm.w1": randomTensor([inputDim, n * h], scale: 0.3, rng: &rng),
+        "acm.w2": randomTensor([n * h, outputDim], scale: 0.3, rng: &rng),
+    ]
+    if config.hiddenBias { tensors["acm.b1"] = randomTensor([n * h], scale: 0.3, rng: &rng) }
+    if config.outputBias { tensors["acm.b2"] = randomTensor([(n + 1) * outputDim], scale: 0.3, rng: &rng) }
+    for j in 0..<config.gate.depth {
+        let inputs = j == 0 ? inputDim : config.gate.hiddenDim
+        let outputs = j == config.gate.depth - 1 ? config.numChoices : config.gate.hiddenDim
+        tensors["acm.gating_network.net.\(j).weight"] = randomTensor([outputs, inputs], scale: gateScale, rng: &rng)
+        tensors["acm.gating_network.net.\(j).bias"] = randomTensor([outputs], scale: gateScale, rng: &rng)
+    }
+    let path = dir.path + "/acm-\(seed).safetensors"
+    try SafeTensorsFile.write(tensors, to: path)
+    let file = try SafeTensorsFile(path: path)
+    let layer = try ACMLayer(config: config, inputDim: inputDim, outputDim: outputDim, weights: Weights(file: file, prefix: "acm"))
+    try file.checkAllUsed()
+    return (layer, tensors)
+}
+
+/// The ACM's definition, token by token, in Double: Σ_{n<k} act(x·W1_n + b1_n)·W2_n + Σ_{j≤k} b2_j.
+func naiveACM(
+    _ config: ACMConfig, _ w: [String: Tensor], x: UnsafePointer<Float>, row: Int, k: Int, dIn: Int, dOut: Int
+) -> [Double] {
+    let n = config.numLearners, h = config.learnerDim
+    let w1 = w["acm.w1"]!, w2 = w["acm.w2"]!
+    var out = [Double](repeating: 0, count: dOut)
+    for learner in 0..<k {
+        for u in 0..<h {
+            let col = learner * h + u
+            var z = w["acm.b1"].map { Double($0.data[col]) } ?? 0
+            for i in 0..<dIn { z += Double(x[row * dIn + i]) * Double(w1.data[i * n * h + col]) }
+            let a = config.activation == .gelu ? exactGELU(z) : z
+            for c in 0..<dOut { out[c] += a * Double(w2.data[col * dOut + c]) }
+        }
+    }
+    if let b2 = w["acm.b2"] {
+        for j in 0...k { for c in 0..<dOut { out[c] += Double(b2.data[j * dOut + c]) } }
+    }
+    return out
+}
+
+/// The cap rule by repeated removal: while over the cap, drop the top learner of the token whose top
+/// learner has the lowest survival probability (the later token on ties). An independent route to
+/// docs/compute-budget.md's "keep the highest-ranked units".
+func naiveChoices(
+    policy: LearnerPolicy, logits: [[Float]], minChoice: Int, numLearners: Int
+) -> [Int] {
+    let tokens = logits.count
+    switch policy {
+    case .full: return Array(repeating: numLearners, count: tokens)
+    case let .uniform(k): return Array(repeating: min(max(k, minChoice), numLearners), count: tokens)
+    case .auto, .cap: break
+    }
+    var ks = logits.map { row in minChoice + row.indices.first { row[$0] == row.max()! }! }
+    guard case let .cap(beta) = policy else { return ks }
+    let cap = max(minChoice * tokens, Int((beta * Double(numLearners * tokens) + 1e-9).rounded(.down)))
+    let probabilities = logits.map { row -> [Double] in
+        let m = Double(row.max()!)
+        let e = row.map { Foundation.exp(Double($0) - m) }
+        return e.map { $0 / e.reduce(0, +) }
+    }
+    func survival(_ t: Int, _ j: Int) -> Double { (j...numLearners).reduce(0) { $0 + probabilities[t][$1 - minChoice] } }
+    while ks.reduce(0, +) > cap {
+        var victim = -1
+        for t in 0..<tokens where ks[t] > minChoice {
+            if victim < 0 || survival(t, ks[t]) <= survival(victim, ks[victim]) { victim = t }
+        }
+        ks[victim] -= 1
+    }
+    return ks
+}
+
+@Suite struct LearnerChoiceTests {
+    func choose(_ policy: LearnerPolicy, _ logits: [[Float]], minChoice: Int, numLearners: Int) -> [Int] {
+        var flat = logits.flatMap { $0 }
+        var ks = [Int32](repeating: -1, count: logits.count)
+        var units: [LearnerUnit] = []
+        chooseLearners(
+            policy: policy, logits: &flat, tokens: logits.count, minChoice: minChoice, numLearners: numLearners,
+            ks: &ks, units: &units)
+        return ks.map(Int.init)
+    }
+
+    /// Should pick the argmax, and the smaller k when logits tie exactly.
+    @Test func autoTiesGoToSmallerK() {
+        let logits: [[Float]] = [[1, 1, 0], [0, 2, 2], [0, 0, 3], [5, 1, 1]]
+        #expect(choose(.auto, logits, minChoice: 0, numLearners: 2) == [0, 1, 2, 0])
+        #expect(choose(.auto, logits, minChoice: 1, numLearners: 3) == [1, 2, 3, 1])
+    }
+
+    /// Should keep the units the gate is surest of, and break survival ties by token order.
+    @Test func capKeepsHighestSurvival() {
+        // Three tokens all choose k = 2 of N = 2; cap β = 0.5 allows floor(0.5·2·3) = 3 learners.
+        // Token 1 is surest of learner 2, tokens 0 and 2 are identical: the earlier token wins the tie.
+        let logits: [[Float]] = [[0, 1, 2], [-5, -5, 6], [0, 1, 2]]
+        #expect(choose(.auto, logits, minChoice: 0, numLearners: 2) == [2, 2, 2])
+        // S(1) = 1 − p(0) is high for all; S(2) = p(2): token 1 ≈ 1, tokens 0, 2 ≈ 0.665.
+        // Ranked: S_1(1), S_1(2), then S_0(1) and S_2(1) (≈ 0.91, token 0 first) → k = [1, 2, 0].
+        #expect(choose(.cap(0.5), logits, minChoice: 0, numLearners: 2) == [1, 2, 0])
+    }
+
+    /// Should never go below k_min, even when β·N·T is smaller than k_min·T.
+    @Test func capRespectsMinChoice() {
+        let logits = [[Float]](repeating: [0, 0, 0, 9], count: 4)
+        #expect(choose(.cap(0.1), logits, minChoice: 1, numLearners: 4) == [1, 1, 1, 1])
+        #expect(choose(.uniform(0), logits, minChoice: 1, numLearners: 4) == [1, 1, 1, 1])
+        #expect(choose(.uniform(7), logits, minChoice: 1, numLearners: 4) == [4, 4, 4, 4])
+        #expect(choose(.full, logits, minChoice: 1, numLearners: 4) == [4, 4, 4, 4])
+    }
+
+    /// Should agree with the naive removal rule on random logits, hit the cap exactly when it binds,
+    /// and never give a token more than the gate asked for.
+    @Test func capMatchesNaiveOnRandomLogits() {
+        var rng = SplitMix64(seed: 5)
+        for trial in 0..<300 {
+            let numLearners = Int.random(in: 1...5, using: &rng)
+            let minChoice = Int.random(in: 0...1, using: &rng)
+            let tokens = Int.random(in: 1...40, using: &rng)
+            let choices = numLearners + 1 - minChoice
+            let logits = (0..<tokens).map { _ in (0..<choices).map { _ in Float.random(in: -3...3, using: &rng) } }
+            let beta = [0.1, 0.25, 0.3, 0.5, 0.75, 1.0][trial % 6]
+            let got = choose(.cap(beta), logits, minChoice: minChoice, numLearners: numLearners)
+            let auto = choose(.auto, logits, minChoice: minChoice, numLearners: numLearners)
+            #expect(got == naiveChoices(policy: .cap(beta), logits: logits, minChoice: minChoice, numLearners: numLearners))
+            let cap = max(minChoice * tokens, Int((beta * Double(numLearners * tokens) + 1e-9).rounded(.down)))
+            #expect(got.reduce(0, +) == min(cap, auto.reduce(0, +)))
+            #expect(zip(got, auto).allSatisfy { $0 <= $1 && $0 >= minChoice })
+        }
+    }
+}
+
+@Suite struct ACMLayerTests {
+    static let configs: [ACMConfig] = [
+        ACMConfig(numLearners: 4, learnerDim: 6, activation: .gelu, minChoice: 0),
+        ACMConfig(
+            numLearners: 3, learnerDim: 5, activation: .identity, minChoice: 1, hiddenBias: false, outputBias: true,
+            gate: GateConfig(depth: 2, hiddenDim: 8, activation: .gelu)),
+        ACMConfig(
+            numLearners: 2, learnerDim: 7, activation: .gelu, minChoice: 0, hiddenBias: true, outputBias: true,
+            gate: GateConfig(depth: 1, hiddenDim: 16, activation: .identity)),
+    ]
+
+    /// Should equal the per-token definition for any mix of learner counts, k = 0 included.
+    @Test(arguments: configs.indices)
+    func groupedMatchesDefinition(index: Int) throws {
+        let config = Self.configs[index]
+        let dir = TemporaryDirectory()
+        let dIn = 11, dOut = 9, tokens = 29
+        let (layer, w) = try makeACM(config, inputDim: dIn, outputDim: dOut, seed: UInt64(10 + index), dir: dir)
+        var rng = SplitMix64(seed: 99)
+        let x = randomTensor([tokens, dIn], rng: &rng)
+        for pattern in 0..<4 {
+            let ks: [Int32] = (0..<tokens).map { t in
+                switch pattern {
+                case 0: return Int32.random(in: 0...Int32(config.numLearners), using: &rng)
+                case 1: return Int32(config.numLearners)  // already in order: the no-gather path
+                case 2: return Int32(t % (config.numLearners + 1))
+                default: return 0
+                }
+            }
+            let out = Tensor(shape: [tokens, dOut])
+            ks.withUnsafeBufferPointer { k in
+                layer.runLearners(x.data, tokens: tokens, choices: k.baseAddress!, out: out.data, workspace: ACMWorkspace())
+            }
+            for t in 0..<tokens {
+                let want = naiveACM(config, w, x: x.data, row: t, k: Int(ks[t]), dIn: dIn, dOut: dOut)
+                for c in 0..<dOut { #expect(abs(Double(out.data[t * dOut + c]) - want[c]) < 1e-5) }
+            }
+        }
+    }
+
+    /// Should choose as the naive rule does from the gate's own logits, and output the definition.
+    @Test func forwardChoosesAndComputes() throws {
+        let config = Self.configs[0]
+        let dir = TemporaryDirectory()
+        let dIn = 10, dOut = 10
+        let (layer, w) = try makeACM(config, inputDim: dIn, outputDim: dOut, seed: 21, gateScale: 2, dir: dir)
+        let sequences = [0..<9, 9..<10, 10..<25, 25..<31]
+        let policies: [LearnerPolicy] = [.auto, .cap(0.5), .cap(0.25), .uniform(2)]
+        let tokens = 31
+        var rng = SplitMix64(seed: 7)
+        let x = randomTensor([tokens, dIn], scale: 2, rng: &rng)
+        let ws = ACMWorkspace()  // owns the logits' memory
+        let allLogits = matrix(layer.gateLogits(x.data, tokens: tokens, workspace: ws), rows: tokens, columns: config.numChoices)
+        let out = Tensor(shape: [tokens, dOut])
+        var ks = [Int32](repeating: 0, count: tokens)
+        layer.forward(x.data, sequences: sequences, policies: policies, out: out.data, choices: &ks, workspace: ACMWorkspace())
+        for (seq, policy) in zip(sequences, policies) {
+            let want = naiveChoices(policy: policy, logits: Array(allLogits[seq]), minChoice: 0, numLearners: 4)
+            #expect(ks[seq].map(Int.init) == want, "\(policy)")
+        }
+        #expect(Set(ks).count >= 3, "the random gate should spread its choices")
+        for t in 0..<tokens {
+            let want = naiveACM(config, w, x: x.data, row: t, k: Int(ks[t]), dIn: dIn, dOut: dOut)
+            for c in 0..<dOut { #expect(abs(Double(out.data[t * dOut + c]) - want[c]) < 1e-5) }
+        }
+    }
+
+    /// Should give a sequence the same choices and outputs alone as inside a batch of others.
+    @Test func batchInvariant() throws {
+        let config = Self.configs[0]
+        let dir = TemporaryDirectory()
+        let d = 12, length = 13
+        let (layer, _) = try makeACM(config, inputDim: d, outputDim: d, seed: 31, gateScale: 2, dir: dir)
+        var rng = SplitMix64(seed: 8)
+        let batch = randomTensor([8 * length, d], rng: &rng)
+        let policies: [LearnerPolicy] = [.cap(0.5), .auto, .cap(0.25), .full, .uniform(1), .cap(0.9), .auto, .cap(0.1)]
+        let sequences = (0..<8).map { $0 * length..<($0 + 1) * length }
+        let out = Tensor(shape: [8 * length, d])
+        var ks = [Int32](repeating: 0, count: 8 * length)
+        layer.forward(batch.data, sequences: sequences, policies: policies, out: out.data, choices: &ks, workspace: ACMWorkspace())
+        for (i, seq) in sequences.enumerated() {
+            let alone = Tensor(shape: [length, d])
+            var aloneK = [Int32](repeating: 0, count: length)
+            layer.forward(
+                batch.data + seq.lowerBound * d, sequences: [0..<length], policies: [policies[i]], out: alone.data,
+                choices: &aloneK, workspace: ACMWorkspace())
+            #expect(aloneK == Array(ks[seq]))
+            #expect(maxAbsDiff(alone.data, out.data + seq.lowerBound * d, count: length * d) <= 1e-5)
+        }
+    }
+
+    /// Should reject a config that the format does not allow, naming the module.
+    @Test func rejectsBadConfig() throws {
+        let dir = TemporaryDirectory()
+        var config = Self.configs[0]
+        config.minChoice = 5
+        #expect(throws: ModelError.self) {
+            _ = try makeACM(config, inputDim: 4, outputDim: 4, seed: 1, dir: dir)
+        }
+    }
+}

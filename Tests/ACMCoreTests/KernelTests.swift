@@ -1,0 +1,152 @@
+import Foundation
+import Testing
+
+@testable import ACMCore
+
+@Suite struct GEMMTests {
+    /// Should match a naive triple loop for every transpose combination, with strided operands and beta.
+    @Test(arguments: [(false, false), (true, false), (false, true), (true, true)])
+    func matchesNaive(transA: Bool, transB: Bool) {
+        var rng = SplitMix64(seed: 1)
+        let m = 7, n = 5, k = 9, pad = 3
+        // A is stored [m, k] (or [k, m] transposed), inside a wider buffer to exercise lda.
+        let aRows = transA ? k : m, aCols = transA ? m : k
+        let bRows = transB ? n : k, bCols = transB ? k : n
+        let a = randomTensor([aRows, aCols + pad], rng: &rng)
+        let b = randomTensor([bRows, bCols + pad], rng: &rng)
+        let c = randomTensor([m, n + pad], rng: &rng)
+        let c0 = matrix(c.data, rows: m, columns: n, ld: n + pad)
+        gemm(
+            m: m, n: n, k: k, alpha: 0.5,
+            a: a.data, lda: aCols + pad, transA: transA,
+            b: b.data, ldb: bCols + pad, transB: transB,
+            beta: 2, c: c.data, ldc: n + pad)
+        var opA = matrix(a.data, rows: aRows, columns: aCols, ld: aCols + pad)
+        var opB = matrix(b.data, rows: bRows, columns: bCols, ld: bCols + pad)
+        if transA { opA = transpose(opA) }
+        if transB { opB = transpose(opB) }
+        let ab = naiveMatmul(opA, opB)
+        for i in 0..<m {
+            for j in 0..<n {
+                #expect(abs(c.data[i * (n + pad) + j] - (0.5 * ab[i][j] + 2 * c0[i][j])) < 1e-5)
+            }
+        }
+    }
+
+    /// Should write zeros for k = 0 with beta = 0, and leave padding columns alone.
+    @Test func emptyInnerDimension() {
+        let c = Tensor(shape: [2, 4], values: [1, 2, 3, 4, 5, 6, 7, 8])
+        let dummy = Tensor(shape: [1])
+        gemm(m: 2, n: 3, k: 0, a: dummy.data, lda: 1, b: dummy.data, ldb: 3, c: c.data, ldc: 4)
+        #expect(c.array == [0, 0, 0, 4, 0, 0, 0, 8])
+    }
+}
+
+@Suite struct ElementwiseTests {
+    /// Should equal the erf form of GELU, computed in Double with libm's erf, within 1e-6 absolute.
+    @Test func geluMatchesErfForm() {
+        let xs = stride(from: -12.0, through: 12.0, by: 0.0137).map { Float($0) } + [0, -0.0, 1e-8, -1e-8, 30, -30]
+        let t = Tensor(shape: [xs.count], values: xs)
+        geluInPlace(t.data, count: xs.count)
+        for (i, x) in xs.enumerated() {
+            let want = exactGELU(Double(x))
+            #expect(abs(Double(t[i]) - want) <= 1e-6 * max(1, abs(want)), "x=\(x)")
+        }
+    }
+
+    /// Should be accurate relative to libm's exp over the range softmax uses.
+    @Test func expIsAccurate() {
+        var worst = 0.0
+        for x in stride(from: -87.0, through: 88.0, by: 0.01) {
+            let got = Double(expApprox(Float(x)))
+            let want = Foundation.exp(Double(Float(x)))
+            worst = max(worst, abs(got - want) / want)
+        }
+        #expect(worst < 5e-7)
+    }
+
+    /// Should compute relu and tanh as libm does.
+    @Test func otherActivations() {
+        let xs: [Float] = (-50...50).map { Float($0) * 0.173 }
+        let r = Tensor(shape: [xs.count], values: xs)
+        Activation.relu.apply(r.data, count: xs.count)
+        #expect(r.array == xs.map { max($0, 0) })
+        let th = Tensor(shape: [xs.count], values: xs)
+        Activation.tanh.apply(th.data, count: xs.count)
+        #expect(maxAbsDiff(th.array, xs.map { Foundation.tanh($0) }) < 1e-6)
+        let id = Tensor(shape: [xs.count], values: xs)
+        Activation.identity.apply(id.data, count: xs.count)
+        #expect(id.array == xs)
+    }
+}
+
+@Suite struct RowKernelTests {
+    /// Should normalise each row as PyTorch's LayerNorm does (biased variance, eps inside the root),
+    /// also in place.
+    @Test(arguments: [false, true])
+    func layerNormMatchesNaive(inPlace: Bool) {
+        var rng = SplitMix64(seed: 2)
+        let rows = 5, d = 37
+        let x = randomTensor([rows, d], scale: 3, rng: &rng)
+        let gamma = randomTensor([d], rng: &rng), beta = randomTensor([d], rng: &rng)
+        let original = x.array
+        let out = inPlace ? x : Tensor(shape: [rows, d])
+        layerNorm(x.data, rows: rows, columns: d, gamma: gamma.data, beta: beta.data, eps: 1e-6, out: out.data)
+        for r in 0..<rows {
+            let row = (0..<d).map { Double(original[r * d + $0]) }
+            let mean = row.reduce(0, +) / Double(d)
+            let variance = row.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(d)
+            for c in 0..<d {
+                let want = (row[c] - mean) / (variance + 1e-6).squareRoot() * Double(gamma[c]) + Double(beta[c])
+                #expect(abs(Double(out.data[r * d + c]) - want) < 1e-5)
+            }
+        }
+    }
+
+    /// Should turn each row into probabilities equal to the naive softmax, also with huge logits.
+    @Test func softmaxMatchesNaive() {
+        var rng = SplitMix64(seed: 3)
+        let rows = 4, n = 21, ld = 25
+        let x = randomTensor([rows, ld], scale: 8, rng: &rng)
+        x.data[3] = 1000  // overflow guard: the max is subtracted first
+        let before = matrix(x.data, rows: rows, columns: n, ld: ld)
+        softmaxRows(x.data, rows: rows, n: n, ld: ld)
+        for r in 0..<rows {
+            let m = before[r].max()!
+            let e = before[r].map { Foundation.exp(Double($0 - m)) }
+            let s = e.reduce(0, +)
+            for c in 0..<n { #expect(abs(Double(x.data[r * ld + c]) - e[c] / s) < 1e-6) }
+        }
+    }
+
+    /// Should equal naive per-sequence, per-head attention, with no attention across sequences.
+    @Test func attentionMatchesNaive() {
+        var rng = SplitMix64(seed: 4)
+        let heads = 3, dh = 4, d = heads * dh
+        let sequences = [0..<5, 5..<6, 6..<13]
+        let tokens = 13
+        let q = randomTensor([tokens, d], rng: &rng), k = randomTensor([tokens, d], rng: &rng)
+        let v = randomTensor([tokens, d], rng: &rng)
+        let out = Tensor(shape: [tokens, d])
+        multiHeadAttention(
+            q: q.data, k: k.data, v: v.data, ld: d, out: out.data, ldOut: d,
+            sequences: sequences, heads: heads, headDim: dh, scores: Scratch())
+        for seq in sequences {
+            for h in 0..<heads {
+                for i in seq {
+                    let logits = seq.map { j in
+                        (0..<dh).reduce(0.0) { $0 + Double(q.data[i * d + h * dh + $1]) * Double(k.data[j * d + h * dh + $1]) }
+                            / Double(dh).squareRoot()
+                    }
+                    let m = logits.max()!
+                    let e = logits.map { Foundation.exp($0 - m) }
+                    let s = e.reduce(0, +)
+                    for c in 0..<dh {
+                        let want = zip(seq, e).reduce(0.0) { $0 + $1.1 / s * Double(v.data[$1.0 * d + h * dh + c]) }
+                        #expect(abs(Double(out.data[i * d + h * dh + c]) - want) < 1e-5)
+                    }
+                }
+            }
+        }
+    }
+}

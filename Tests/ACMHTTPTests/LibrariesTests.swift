@@ -1,0 +1,8 @@
+import Testing
+@testable import ACMHTTP
+
+/// Should link libmicrohttpd and jansson and read their versions from the libraries themselves.
+@Test func librariesLink() {
+    #expect(HTTPLibraries.microhttpdVersion.split(separator: ".").count >= 2)
+    #expect(HTTPLibraries.janssonVersion.split(separator: ".").count >= 2)
+}

@@ -1,0 +1,91 @@
+import ACMCore
+import Foundation
+import Testing
+
+@testable import ACMModels
+
+/// The fixture directory, written by `PYTHONPATH=tools .venv/bin/python -m acm_tools.golden`.
+let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures").path
+
+/// The modes the generator records, and the policy each stands for.
+let goldenModes: [(String, LearnerPolicy)] = [
+    ("full", .full), ("auto", .auto), ("cap_0.5", .cap(0.5)), ("cap_0.25", .cap(0.25)), ("uniform_2", .uniform(2)),
+]
+
+@Suite struct GoldenTests {
+    /// Should reproduce PyTorch's logits within 1e-4 relative, its learner choices exactly, and its
+    /// compute fractions, for every fixture model and mode, with the batch of 4 run together.
+    @Test(arguments: ["vit_mixed", "vit_bias", "vit_dense"])
+    func matchesPyTorch(fixture: String) throws {
+        let model = try Model(directory: "\(fixtures)/\(fixture)")
+        let golden = try SafeTensorsFile(path: "\(fixtures)/\(fixture)/golden.safetensors")
+        let input = try golden.tensor("input")
+        let count = input.shape[0]
+        let classes = model.vit.config.numClasses
+        let ws = ViTWorkspace()
+        for (mode, policy) in goldenModes {
+            let out = model.vit.forward(
+                images: input.data, count: count, policies: Array(repeating: policy, count: count), workspace: ws,
+                recordChoices: true)
+            let want = try golden.tensor("logits.\(mode)", shape: [count, classes])
+            for b in 0..<count {
+                let scale = (0..<classes).map { abs(want.data[b * classes + $0]) }.max()!
+                let diff = maxAbsDiff(out.logits.row(b), want.row(b), count: classes)
+                #expect(diff <= 1e-4 * scale, "\(fixture) \(mode) image \(b): max diff \(diff), scale \(scale)")
+            }
+            let fractions = try golden.tensor("fraction.\(mode)", shape: [count])
+            for b in 0..<count {
+                #expect(abs(out.computeFraction[b] - Double(fractions[b])) < 1e-6, "\(fixture) \(mode) fraction")
+            }
+            for (i, path) in model.vit.acmPaths.enumerated() {
+                let expected = try golden.int32Values("choices.\(mode).\(path)")
+                #expect(out.choices?[i] == expected, "\(fixture) \(mode) \(path)")
+            }
+        }
+        try golden.checkAllUsed()  // every recorded mode and ACM was compared
+    }
+
+    /// Should give a sequence the same logits (within 1e-5) and choices alone as inside a batch of 7
+    /// others with mixed budgets.
+    @Test func batchInvariance() throws {
+        let model = try Model(directory: "\(fixtures)/vit_mixed")
+        let golden = try SafeTensorsFile(path: "\(fixtures)/vit_mixed/golden.safetensors")
+        let input = try golden.tensor("input")
+        let n = model.vit.inputCount
+        // 8 images: the 4 fixture images and 4 variations of them.
+        let batch = Tensor(shape: [8, n])
+        for b in 0..<8 {
+            for i in 0..<n {
+                let v = input.data[(b % 4) * n + i]
+                batch.data[b * n + i] = b < 4 ? v : (b % 2 == 0 ? -v : v * 1.7 + 0.1)
+            }
+        }
+        let policies: [LearnerPolicy] = [.cap(0.5), .auto, .cap(0.25), .full, .uniform(1), .cap(0.75), .cap(0.3), .auto]
+        let together = model.vit.forward(images: batch.data, count: 8, policies: policies, workspace: ViTWorkspace(), recordChoices: true)
+        let s = model.vit.config.sequenceLength
+        for b in 0..<8 {
+            let alone = model.vit.forward(
+                images: batch.data + b * n, count: 1, policies: [policies[b]], workspace: ViTWorkspace(), recordChoices: true)
+            let diff = maxAbsDiff(alone.logits.data, together.logits.row(b), count: model.vit.config.numClasses)
+            #expect(diff <= 1e-5, "image \(b) (\(policies[b])): \(diff)")
+            for layer in model.vit.acmPaths.indices {
+                #expect(alone.choices![layer] == Array(together.choices![layer][b * s..<(b + 1) * s]))
+            }
+            #expect(abs(alone.computeFraction[0] - together.computeFraction[b]) < 1e-12)
+        }
+    }
+
+    /// Should count every token of every ACM in the learner histogram.
+    @Test func histogramCountsEveryToken() throws {
+        let model = try Model(directory: "\(fixtures)/vit_mixed")
+        let input = try SafeTensorsFile(path: "\(fixtures)/vit_mixed/golden.safetensors").tensor("input")
+        let out = model.vit.forward(images: input.data, count: 4, policies: Array(repeating: .auto, count: 4), workspace: ViTWorkspace())
+        for histogram in out.learnerHistogram {
+            #expect(histogram.reduce(0, +) == 4 * model.vit.config.sequenceLength)
+        }
+    }
+}
+
+func maxAbsDiff(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
+    (0..<count).map { abs(a[$0] - b[$0]) }.max() ?? 0
+}

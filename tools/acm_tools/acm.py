@@ -1,0 +1,244 @@
+"""
+Adaptive Computation Module (ACM) and the rules that choose how many of its learners each token runs.
+
+Mirrors `AdaptiveComputationMLP` and `DeepGumbelGatingNetwork` of the ACM reference code:
+https://github.com/bartwojcik/adaptive_computation_modules/blob/6760ad64c52925144641e07d7f5627f99d0dbce3/architectures/acm.py
+The authoritative semantics are docs/model-format.md ("ACM semantics") and docs/compute-budget.md.
+
+This file is the reference the Swift engine is checked against, so it is written the plain way:
+every learner runs on every token, and a per-token mask keeps the first k learners.
+"""
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODES = ('full', 'auto', 'cap', 'uniform')
+
+# activations by their config.json names; 'gelu' is the exact (erf) form
+ACTIVATIONS = {
+    'identity': lambda x: x,
+    'gelu': lambda x: F.gelu(x, approximate='none'),
+    'relu': F.relu,
+    'tanh': torch.tanh,
+}
+LEARNER_ACTIVATIONS = ('gelu', 'identity')
+
+# floor(beta * N * T + CAP_EPS), so that a budget such as 0.3 is not lost to rounding
+CAP_EPS = 1e-9
+
+
+@dataclass
+class GateConfig:
+    depth: int = 1                  # linear layers, >= 1
+    hidden_dim: int = 16            # units between them (unused when depth == 1)
+    activation: str = 'identity'    # between the layers; none follows the last (its outputs are the logits)
+
+    def __post_init__(self):
+        if self.depth < 1 or self.hidden_dim < 1:
+            raise ValueError(f'gate depth and hidden_dim must be >= 1, got {self.depth}, {self.hidden_dim}')
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f'gate activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}')
+
+
+@dataclass
+class ACMConfig:
+    num_learners: int               # N
+    learner_dim: int                # h: hidden units of one learner
+    activation: str = 'gelu'        # learner activation: 'gelu' or 'identity'
+    min_choice: int = 0             # k_min: the smallest learner count the gate can choose
+    hidden_bias: bool = True        # tensor b1
+    output_bias: bool = False       # tensor b2, one vector per choice k = 0..N (cumulative)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def __post_init__(self):
+        if isinstance(self.gate, dict):
+            self.gate = GateConfig(**self.gate)
+        if self.num_learners < 1 or self.learner_dim < 1:
+            raise ValueError(f'num_learners and learner_dim must be >= 1, got {self.num_learners}, {self.learner_dim}')
+        if not 0 <= self.min_choice <= self.num_learners:
+            raise ValueError(f'min_choice {self.min_choice} is not in [0, {self.num_learners}]')
+        if self.activation not in LEARNER_ACTIVATIONS:
+            raise ValueError(f'learner activation {self.activation!r} is not one of {LEARNER_ACTIVATIONS}')
+
+    @property
+    def num_choices(self):
+        """Gate outputs: one logit per k in k_min..N."""
+        return self.num_learners + 1 - self.min_choice
+
+    def learner_flops(self, d_in, d_out):
+        """F_l of docs/compute-budget.md: one learner's multiply-adds per token, counted as 2 each."""
+        return 2 * self.learner_dim * (d_in + d_out)
+
+
+# -----------------------------------------------------------------------------
+# choice rules (docs/compute-budget.md), as plain functions of the gate logits
+
+def choose_auto(logits, min_choice):
+    """The gate's choice: k = k_min + argmax(z); exact ties go to the smaller k.
+    logits (..., C) -> k (...) int64."""
+    is_max = logits == logits.amax(dim=-1, keepdim=True)
+    # index of the first maximum = number of leading entries that are not a maximum
+    first = (~is_max).long().cumprod(dim=-1).sum(dim=-1)
+    return first + min_choice
+
+
+def cap_total(beta, num_learners, seq_len, min_choice):
+    """C = max(k_min * T, floor(beta * N * T + 1e-9)): learners a sequence may run at one ACM."""
+    return max(min_choice * seq_len, math.floor(beta * num_learners * seq_len + CAP_EPS))
+
+
+def survival(logits):
+    """S[t, c] = P(K_t >= k_min + c) = sum_{c' >= c} softmax(z_t)[c'], in float64.
+    The suffix sum runs from the last choice down, so S never grows with c.
+    logits (T, C) -> (T, C) float64."""
+    p = torch.softmax(logits.double(), dim=-1)  # (T, C)
+    return p.flip(-1).cumsum(dim=-1).flip(-1)  # (T, C)
+
+
+def cap_units(logits, k_auto, min_choice):
+    """The learner units (S_t(j), t, j) of one sequence, k_min < j <= k_auto[t], in keep order:
+    S from high to low, then smaller token index t, then smaller j.
+    logits (T, C), k_auto (T,) -> list of (float, int, int)."""
+    S = survival(logits)  # (T, C)
+    units = [(S[t, j - min_choice].item(), t, j)
+             for t in range(logits.shape[0])
+             for j in range(min_choice + 1, int(k_auto[t]) + 1)]
+    units.sort(key=lambda u: (-u[0], u[1], u[2]))
+    return units
+
+
+def trim_to_cap(logits, k_auto, min_choice, num_learners, beta):
+    """Cap beta for one sequence: keep the auto choices if they fit in C, else keep the
+    C - k_min*T units the gate is most sure of. logits (T, C), k_auto (T,) -> k (T,) int64."""
+    T = logits.shape[0]
+    C = cap_total(beta, num_learners, T, min_choice)
+    if int(k_auto.sum()) <= C:
+        return k_auto.clone()
+    kept = cap_units(logits, k_auto, min_choice)[:C - min_choice * T]
+    k = torch.full((T,), min_choice, dtype=torch.long)
+    for _, t, _ in kept:
+        k[t] += 1
+    return k
+
+
+def sequence_betas(beta, batch_size):
+    """A float or a [B] tensor of per-sequence budgets -> list of B floats in (0, 1]."""
+    if isinstance(beta, torch.Tensor):
+        betas = [float(b) for b in beta.reshape(-1)]
+        if len(betas) != batch_size:
+            raise ValueError(f'cap needs one beta per sequence: got {len(betas)} for {batch_size} sequences')
+    elif isinstance(beta, (int, float)) and not isinstance(beta, bool):
+        betas = [float(beta)] * batch_size
+    else:
+        raise ValueError(f'cap needs beta, a float or a [B] tensor, got {beta!r}')
+    for b in betas:
+        if not 0.0 < b <= 1.0:
+            raise ValueError(f'cap beta must be in (0, 1], got {b}')
+    return betas
+
+
+def check_mode(mode, beta=None, k=None):
+    if mode not in MODES:
+        raise ValueError(f'mode {mode!r} is not one of {MODES}')
+    if mode == 'cap' and beta is None:
+        raise ValueError('mode cap needs beta')
+    if mode == 'uniform' and not isinstance(k, int):
+        raise ValueError(f'mode uniform needs an integer k, got {k!r}')
+
+
+def choose(logits, mode, cfg, batch_size, seq_len, beta=None, k=None):
+    """Learner counts k [B, T] for a mode. logits [B, T, C] are only read by auto and cap."""
+    check_mode(mode, beta, k)
+    B, T, N, k_min = batch_size, seq_len, cfg.num_learners, cfg.min_choice
+    if mode == 'full':
+        return torch.full((B, T), N, dtype=torch.long)
+    if mode == 'uniform':
+        return torch.full((B, T), min(max(k, k_min), N), dtype=torch.long)
+    k_auto = choose_auto(logits, k_min)  # (B, T)
+    if mode == 'auto':
+        return k_auto
+    betas = sequence_betas(beta, B)
+    return torch.stack([trim_to_cap(logits[b], k_auto[b], k_min, N, betas[b]) for b in range(B)])  # (B, T)
+
+
+# -----------------------------------------------------------------------------
+# modules
+
+class GatingNetwork(nn.Module):
+    """`depth` linear layers; `net` holds only the Linears so their state-dict indices are 0, 1, 2, ...
+    and the activation is applied between them in forward."""
+
+    def __init__(self, d_in, num_choices, cfg: GateConfig):
+        super().__init__()
+        dims = [d_in] + [cfg.hidden_dim] * (cfg.depth - 1) + [num_choices]
+        self.net = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.act = ACTIVATIONS[cfg.activation]
+
+    def forward(self, x):
+        for j, layer in enumerate(self.net):
+            if j > 0:
+                x = self.act(x)
+            x = layer(x)
+        return x  # logits, (B, T, C)
+
+
+class ACM(nn.Module):
+    """N learners of h hidden units, d_in -> d_out, and a gate over the choices k_min..N."""
+
+    def __init__(self, d_in, d_out, cfg: ACMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.d_in, self.d_out = d_in, d_out
+        N, h = cfg.num_learners, cfg.learner_dim
+        self.w1 = nn.Parameter(torch.empty(d_in, N * h))  # [in, out], unlike nn.Linear
+        self.b1 = nn.Parameter(torch.empty(N * h)) if cfg.hidden_bias else None
+        self.w2 = nn.Parameter(torch.empty(N * h, d_out))
+        self.b2 = nn.Parameter(torch.empty((N + 1) * d_out)) if cfg.output_bias else None
+        self.act = ACTIVATIONS[cfg.activation]
+        self.gating_network = GatingNetwork(d_in, cfg.num_choices, cfg.gate)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        # as the reference code: kaiming-uniform weights; b1 uniform in +-1/sqrt(h), b2 in +-1/sqrt(d_out)
+        nn.init.kaiming_uniform_(self.w1, a=5 ** 0.5)
+        nn.init.kaiming_uniform_(self.w2, a=5 ** 0.5)
+        if self.b1 is not None:
+            bound = 1 / self.cfg.learner_dim ** 0.5
+            nn.init.uniform_(self.b1, -bound, bound)
+        if self.b2 is not None:
+            bound = 1 / self.d_out ** 0.5
+            nn.init.uniform_(self.b2, -bound, bound)
+
+    def forward(self, x, mode='auto', beta=None, k=None):
+        """x (B, T, d_in) -> out (B, T, d_out), k (B, T) int64.
+        mode: 'full', 'auto', 'cap' (beta: float or [B] tensor), 'uniform' (k: int)."""
+        B, T, _ = x.shape
+        logits = self.gating_network(x) if mode in ('auto', 'cap') else None  # (B, T, C)
+        k = choose(logits, mode, self.cfg, B, T, beta=beta, k=k)  # (B, T)
+        return self.forward_k(x, k), k
+
+    def forward_k(self, x, k):
+        """out_k(x) = sum_{n<k} y_n(x) + sum_{j<=k} b2[j], for a given k (B, T) per token."""
+        B, T, _ = x.shape
+        N, h = self.cfg.num_learners, self.cfg.learner_dim
+        hid = x @ self.w1  # (B, T, d_in) x (d_in, N*h) -> (B, T, N*h)
+        if self.b1 is not None:
+            hid = hid + self.b1
+        hid = self.act(hid)
+        hid = hid.view(B, T, N, h)  # (B, T, N, h)
+        w2 = self.w2.view(N, h, self.d_out)  # (N, h, d_out)
+        y = torch.einsum('btnh,nho->btno', hid, w2)  # (B, T, N, d_out): every learner's output
+        keep = torch.arange(N, device=x.device) < k.unsqueeze(-1)  # (B, T, N): learner n runs iff n < k
+        out = torch.where(keep.unsqueeze(-1), y, torch.zeros_like(y)).sum(dim=2)  # (B, T, d_out)
+        if self.b2 is not None:
+            b2 = self.b2.view(N + 1, self.d_out).cumsum(dim=0)  # (N+1, d_out): row k = sum_{j<=k} b2[j]
+            out = out + b2[k]  # (B, T, d_out)
+        return out
+
+    def extra_repr(self):
+        c = self.cfg
+        return (f'd_in={self.d_in}, d_out={self.d_out}, N={c.num_learners}, h={c.learner_dim}, '
+                f'act={c.activation}, k_min={c.min_choice}')

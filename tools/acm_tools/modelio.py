@@ -1,0 +1,194 @@
+"""
+The acm-serve model format (docs/model-format.md): a directory with config.json and model.safetensors.
+
+save_model writes it; load_model reads it back strictly: a missing tensor, a tensor no layer uses, a wrong
+shape or an unsupported dtype is an error that names the tensor, and so is an unknown config.json field.
+"""
+import json
+import os
+from dataclasses import fields
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .acm import ACMConfig, GateConfig
+from .vit import ViTConfig, VisionTransformer, pack_attention, unpack_attention
+
+FORMAT, FORMAT_VERSION, ARCHITECTURE = 'acm-serve', 1, 'vit'
+DTYPES = {'F32': torch.float32, 'F16': torch.float16, 'BF16': torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+VIT_FIELDS = [f.name for f in fields(ViTConfig) if f.name != 'acm']
+ACM_FIELDS = ['num_learners', 'learner_dim', 'activation', 'min_choice', 'hidden_bias', 'output_bias', 'gate']
+GATE_FIELDS = ['depth', 'hidden_dim', 'activation']
+PREPROCESSING_FIELDS = ['color', 'resize', 'crop', 'mean', 'std']
+
+
+class ModelFormatError(ValueError):
+    pass
+
+
+# -----------------------------------------------------------------------------
+# config.json
+
+def config_to_json(cfg: ViTConfig, preprocessing=None, labels=None):
+    """The config.json object, keys in the order of docs/model-format.md."""
+    obj = {
+        'format': FORMAT,
+        'format_version': FORMAT_VERSION,
+        'architecture': ARCHITECTURE,
+        'vit': {name: getattr(cfg, name) for name in VIT_FIELDS},
+        'acm': {},
+    }
+    for path in cfg.acm_paths():  # model order
+        if path in cfg.acm:
+            a = cfg.acm[path]
+            entry = {name: getattr(a, name) for name in ACM_FIELDS if name != 'gate'}
+            entry['gate'] = {name: getattr(a.gate, name) for name in GATE_FIELDS}
+            obj['acm'][path] = entry
+    if preprocessing is not None:
+        check_preprocessing(preprocessing, cfg)
+        obj['preprocessing'] = {name: preprocessing[name] for name in PREPROCESSING_FIELDS}
+    if labels is not None:
+        check_labels(labels, cfg)
+        obj['labels'] = list(labels)
+    return obj
+
+
+def check_fields(obj, where, required, optional=()):
+    if not isinstance(obj, dict):
+        raise ModelFormatError(f'config.json: {where} must be an object')
+    for name in obj:
+        if name not in required and name not in optional:
+            raise ModelFormatError(f'config.json: unknown field {where}.{name}')
+    for name in required:
+        if name not in obj:
+            raise ModelFormatError(f'config.json: missing field {where}.{name}')
+
+
+def check_preprocessing(pre, cfg: ViTConfig):
+    check_fields(pre, 'preprocessing', PREPROCESSING_FIELDS)
+    channels = {'grey': 1, 'rgb': 3}
+    if pre['color'] not in channels:
+        raise ModelFormatError(f'config.json: preprocessing.color {pre["color"]!r} is not grey or rgb')
+    if channels[pre['color']] != cfg.num_channels:
+        raise ModelFormatError(f'config.json: preprocessing.color {pre["color"]!r} does not give '
+                               f'{cfg.num_channels} channels')
+    for name in ('resize', 'crop'):
+        if not isinstance(pre[name], int) or pre[name] < 1:
+            raise ModelFormatError(f'config.json: preprocessing.{name} must be a positive integer')
+    if pre['crop'] != cfg.image_size:
+        raise ModelFormatError(f'config.json: preprocessing.crop {pre["crop"]} is not image_size {cfg.image_size}')
+    for name in ('mean', 'std'):
+        if len(pre[name]) != cfg.num_channels:
+            raise ModelFormatError(f'config.json: preprocessing.{name} needs {cfg.num_channels} values')
+    if any(s <= 0 for s in pre['std']):
+        raise ModelFormatError('config.json: preprocessing.std must be positive')
+
+
+def check_labels(labels, cfg: ViTConfig):
+    if len(labels) != cfg.num_classes or not all(isinstance(l, str) for l in labels):
+        raise ModelFormatError(f'config.json: labels must be {cfg.num_classes} strings')
+
+
+def config_from_json(obj):
+    """config.json object -> (ViTConfig, preprocessing or None, labels or None), strictly."""
+    check_fields(obj, 'config', ['format', 'format_version', 'architecture', 'vit', 'acm'],
+                 ['preprocessing', 'labels'])
+    if obj['format'] != FORMAT or obj['format_version'] != FORMAT_VERSION:
+        raise ModelFormatError(f'config.json: format {obj["format"]!r} version {obj["format_version"]!r} '
+                               f'is not {FORMAT!r} version {FORMAT_VERSION}')
+    if obj['architecture'] != ARCHITECTURE:
+        raise ModelFormatError(f'config.json: architecture {obj["architecture"]!r} is not {ARCHITECTURE!r}')
+    check_fields(obj['vit'], 'vit', [n for n in VIT_FIELDS if n != 'layer_norm_eps'], ['layer_norm_eps'])
+    if not isinstance(obj['acm'], dict):
+        raise ModelFormatError('config.json: acm must be an object')
+    acm = {}
+    for path, entry in obj['acm'].items():
+        check_fields(entry, f'acm[{path!r}]', ACM_FIELDS)
+        check_fields(entry['gate'], f'acm[{path!r}].gate', GATE_FIELDS)
+        try:
+            acm[path] = ACMConfig(**{**entry, 'gate': GateConfig(**entry['gate'])})
+        except ValueError as e:
+            raise ModelFormatError(f'config.json: acm[{path!r}]: {e}') from None
+    try:
+        cfg = ViTConfig(**obj['vit'], acm=acm)
+    except ValueError as e:
+        raise ModelFormatError(f'config.json: {e}') from None
+    pre, labels = obj.get('preprocessing'), obj.get('labels')
+    if pre is not None:
+        check_preprocessing(pre, cfg)
+    if labels is not None:
+        check_labels(labels, cfg)
+    return cfg, pre, labels
+
+
+# -----------------------------------------------------------------------------
+# save / load
+
+def save_model(model: VisionTransformer, dir, dtype='F32', packed_attention=False, preprocessing=None, labels=None):
+    """Write config.json and model.safetensors into dir. dtype: 'F32', 'F16' or 'BF16' storage.
+    packed_attention: store the attention of layers without ACM projections in torchvision's packed layout.
+    preprocessing, labels: the optional config.json entries (default: the model's own, if any)."""
+    if dtype not in DTYPES:
+        raise ModelFormatError(f'dtype {dtype!r} is not one of {list(DTYPES)}')
+    cfg = model.cfg
+    preprocessing = preprocessing if preprocessing is not None else model.preprocessing
+    labels = labels if labels is not None else model.labels
+    obj = config_to_json(cfg, preprocessing, labels)
+    sd = {k: v.detach().to('cpu', DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
+    for k, v in sd.items():
+        if not torch.isfinite(v).all():
+            raise ModelFormatError(f'tensor {k} is not finite as {dtype}')
+    if packed_attention:
+        sd = pack_attention(sd, cfg)
+    os.makedirs(dir, exist_ok=True)
+    with open(os.path.join(dir, 'config.json'), 'w') as f:
+        f.write(json.dumps(obj, indent=2) + '\n')
+    save_file(sd, os.path.join(dir, 'model.safetensors'), metadata={'format': 'pt'})
+
+
+def read_tensors(path):
+    """model.safetensors -> {name: tensor in its stored dtype}; an unsupported dtype names the tensor."""
+    tensors = {}
+    with safe_open(path, framework='pt') as f:
+        for name in f.keys():
+            t = f.get_tensor(name)
+            if t.dtype not in DTYPE_NAMES:
+                raise ModelFormatError(f'tensor {name} has unsupported dtype {t.dtype} (F32, F16 or BF16 only)')
+            tensors[name] = t
+    return tensors
+
+
+def load_state_dict_strict(model: VisionTransformer, tensors):
+    """Load stored tensors (either attention layout) into model as its dtype, checking every key and shape."""
+    try:
+        sd = unpack_attention(tensors, model.cfg)
+    except ValueError as e:
+        raise ModelFormatError(str(e)) from None
+    expected = model.state_dict()
+    for name in expected:
+        if name not in sd:
+            raise ModelFormatError(f'missing tensor {name}')
+    for name in sd:
+        if name not in expected:
+            raise ModelFormatError(f'tensor {name} is not used by any layer')
+    for name, t in expected.items():
+        if sd[name].shape != t.shape:
+            raise ModelFormatError(f'tensor {name} has shape {list(sd[name].shape)}, expected {list(t.shape)}')
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
+
+
+def load_model(dir):
+    """Read a model directory back as a float32 VisionTransformer in eval mode (weights exactly as stored,
+    widened to f32). Its preprocessing and labels are on model.preprocessing and model.labels."""
+    with open(os.path.join(dir, 'config.json')) as f:
+        try:
+            obj = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ModelFormatError(f'config.json is not JSON: {e}') from None
+    cfg, pre, labels = config_from_json(obj)
+    model = VisionTransformer(cfg)
+    load_state_dict_strict(model, read_tensors(os.path.join(dir, 'model.safetensors')))
+    model.preprocessing, model.labels = pre, labels
+    return model.eval()
