@@ -76,12 +76,22 @@ public struct ACMConfig: Codable, Sendable, Equatable {
 /// Scratch space shared by every ACM of a model; the layers run one at a time.
 public final class ACMWorkspace: @unchecked Sendable {
     let gateA = Scratch(), gateB = Scratch()
+    var units: [LearnerUnit] = []
+    /// One per worker: each runs the learners for its own block of tokens.
+    var chunks: [LearnerScratch] = []
+
+    public init() {}
+
+    func prepare() {
+        while chunks.count < Parallel.workers { chunks.append(LearnerScratch()) }
+    }
+}
+
+/// A worker's buffers for grouped learner execution.
+final class LearnerScratch {
     let gathered = Scratch(), hidden = Scratch(), output = Scratch()
     var order: [Int32] = []
     var position: [Int32] = []
-    var units: [LearnerUnit] = []
-
-    public init() {}
 }
 
 /// An ACM layer: learner n is `act(x·w1[:, n·h..<(n+1)·h] + b1[n·h..<(n+1)·h])·w2[n·h..<(n+1)·h, :]`,
@@ -177,15 +187,49 @@ public final class ACMLayer: @unchecked Sendable {
         runLearners(x, tokens: tokens, choices: choices, out: out, workspace: ws)
     }
 
+    /// Runs the learners for every token, each with its own k.
+    ///
+    /// The tokens are split into one contiguous block per worker, balanced by Σk; within a block,
+    /// learner n runs as two dense GEMMs over the block's tokens that chose k > n (see `runBlock`).
+    public func runLearners(
+        _ x: UnsafePointer<Float>, tokens: Int, choices: UnsafePointer<Int32>,
+        out: UnsafeMutablePointer<Float>, workspace ws: ACMWorkspace
+    ) {
+        ws.prepare()
+        let workers = max(1, min(Parallel.workers, tokens / Parallel.minimumRowsPerWorker))
+        if workers == 1 {
+            runBlock(x, tokens: tokens, choices: choices, out: out, scratch: ws.chunks[0])
+            return
+        }
+        // Cut where the running work (k learners plus a little for the gather and scatter) crosses
+        // each worker's share.
+        var total = 0
+        for t in 0..<tokens { total += 8 * Int(choices[t]) + 1 }
+        var cuts = [0]
+        var running = 0
+        for t in 0..<tokens {
+            running += 8 * Int(choices[t]) + 1
+            if cuts.count < workers && running * workers >= total * cuts.count { cuts.append(t + 1) }
+        }
+        while cuts.count <= workers { cuts.append(tokens) }
+        Parallel.run(workers) { i in
+            let block = cuts[i]..<cuts[i + 1]
+            runBlock(
+                x + block.lowerBound * inputDim, tokens: block.count, choices: choices + block.lowerBound,
+                out: out + block.lowerBound * outputDim, scratch: ws.chunks[i])
+        }
+    }
+
     /// Runs learner n as two dense GEMMs over the contiguous block of tokens whose k > n.
     ///
     /// Tokens are ordered by k, high to low (a counting sort), and gathered; then the tokens that run
     /// learner n are exactly the first c_n rows, where c_n = #{t : k_t > n}. The work is Σ_n c_n = Σ_t k_t
     /// learner evaluations. Results are scattered back, with the output bias of each token's k.
-    public func runLearners(
+    func runBlock(
         _ x: UnsafePointer<Float>, tokens: Int, choices: UnsafePointer<Int32>,
-        out: UnsafeMutablePointer<Float>, workspace ws: ACMWorkspace
+        out: UnsafeMutablePointer<Float>, scratch ws: LearnerScratch
     ) {
+        if tokens == 0 { return }
         let n = config.numLearners, h = config.learnerDim
         let dIn = inputDim, dOut = outputDim
 
@@ -242,8 +286,7 @@ public final class ACMLayer: @unchecked Sendable {
                 m: rows, n: h, k: dIn,
                 a: xs, lda: dIn, b: w1.data + learner * h, ldb: n * h,
                 c: hid, ldc: h)
-            if let b1 { addBias(hid, rows: rows, columns: h, ld: h, bias: b1.data + learner * h) }
-            config.activation.apply(hid, count: rows * h)
+            config.activation.apply(hid, rows: rows, columns: h, bias: b1.map { $0.data + learner * h })
             // ys[0..<rows] += hidden · w2[learner·h..<(learner+1)·h, :]: [rows, h] × [h, d_out]
             gemm(
                 m: rows, n: dOut, k: h,

@@ -52,12 +52,11 @@ import Foundation
     return y * twoToN
 }
 
+@inline(__always) func gelu(_ v: Float) -> Float { v * 0.5 * (1 + erfApprox(v * 0.70710678118654752)) }
+
 /// Exact (erf) GELU in place: x·½·(1 + erf(x/√2)).
 public func geluInPlace(_ x: UnsafeMutablePointer<Float>, count: Int) {
-    for i in 0..<count {
-        let v = x[i]
-        x[i] = v * 0.5 * (1 + erfApprox(v * 0.70710678118654752))
-    }
+    Activation.gelu.apply(x, count: count)
 }
 
 public enum Activation: String, Codable, Sendable {
@@ -65,14 +64,29 @@ public enum Activation: String, Codable, Sendable {
 
     /// Applies the activation in place to `count` floats.
     public func apply(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        apply(x, rows: 1, columns: count, bias: nil)
+    }
+
+    /// x = act(x + bias) in place for `rows` rows of `columns` (contiguous): one pass over the
+    /// hidden layer of an MLP instead of two.
+    public func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: UnsafePointer<Float>?) {
+        @inline(__always) func map(_ f: (Float) -> Float) {
+            for r in 0..<rows {
+                let row = x + r * columns
+                if let bias {
+                    for c in 0..<columns { row[c] = f(row[c] + bias[c]) }
+                } else {
+                    for c in 0..<columns { row[c] = f(row[c]) }
+                }
+            }
+        }
         switch self {
-        case .identity: return
-        case .gelu: geluInPlace(x, count: count)
-        case .relu:
-            for i in 0..<count { x[i] = x[i] < 0 ? 0 : x[i] }
-        case .tanh:
-            // tanh(x) = 1 − 2/(e^{2x} + 1), exact in the limits.
-            for i in 0..<count { x[i] = 1 - 2 / (expApprox(2 * x[i]) + 1) }
+        case .identity:
+            if bias != nil { map { $0 } }
+        case .gelu: map(ACMCore.gelu)
+        case .relu: map { $0 < 0 ? 0 : $0 }
+        // tanh(x) = 1 − 2/(e^{2x} + 1), exact in the limits.
+        case .tanh: map { 1 - 2 / (expApprox(2 * $0) + 1) }
         }
     }
 }
@@ -96,12 +110,14 @@ public func layerNorm(
     gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, eps: Float,
     out: UnsafeMutablePointer<Float>
 ) {
-    for r in 0..<rows {
-        let xr = x + r * d
-        let yr = out + r * d
-        let mean = sum(xr, d) / Float(d)
-        let rstd = 1 / (sum(xr, d, minus: mean, squared: true) / Float(d) + eps).squareRoot()
-        for c in 0..<d { yr[c] = (xr[c] - mean) * rstd * gamma[c] + beta[c] }
+    Parallel.forEachChunk(rows, minimumPerChunk: 64) { _, chunk in
+        for r in chunk {
+            let xr = x + r * d
+            let yr = out + r * d
+            let mean = sum(xr, d) / Float(d)
+            let rstd = 1 / (sum(xr, d, minus: mean, squared: true) / Float(d) + eps).squareRoot()
+            for c in 0..<d { yr[c] = (xr[c] - mean) * rstd * gamma[c] + beta[c] }
+        }
     }
 }
 
@@ -167,17 +183,20 @@ public func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int, ld:
 /// Multi-head scaled dot-product attention, run per sequence.
 ///
 /// `q`, `k`, `v` and `out` are [tokens, heads·headDim] with the given row strides; `sequences` are
-/// disjoint token ranges, and tokens attend only within their own sequence. `scores` is scratch.
+/// disjoint token ranges, and tokens attend only within their own sequence. The (sequence, head) pairs
+/// are shared out among the workers; `scores` holds each worker's [t, t] score matrix.
 public func multiHeadAttention(
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ld: Int,
     out: UnsafeMutablePointer<Float>, ldOut: Int,
-    sequences: [Range<Int>], heads: Int, headDim: Int, scores: Scratch
+    sequences: [Range<Int>], heads: Int, headDim: Int, scores: WorkerScratch
 ) {
     let scale = 1 / Float(headDim).squareRoot()
-    for seq in sequences {
-        let t = seq.count
-        let s = scores.reserve(t * t)
-        for h in 0..<heads {
+    scores.prepare()
+    Parallel.forEachChunk(sequences.count * heads, minimumPerChunk: 1) { worker, pairs in
+        for pair in pairs {
+            let seq = sequences[pair / heads], h = pair % heads
+            let t = seq.count
+            let s = scores[worker].reserve(t * t)
             let col = h * headDim
             let base = seq.lowerBound * ld + col
             // scores = q·kᵀ/√dh: [t, dh] × [dh, t]

@@ -26,12 +26,47 @@ public struct Linear: Sendable {
         _ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil,
         out: UnsafeMutablePointer<Float>, ldOut: Int? = nil
     ) {
-        let ldo = ldOut ?? outputs
-        // [rows, in] × [in, out]
-        gemm(
-            m: rows, n: outputs, k: inputs,
-            a: x, lda: ldx ?? inputs, b: weight.data, ldb: inputs, transB: true,
-            c: out, ldc: ldo)
-        if let bias { addBias(out, rows: rows, columns: outputs, ld: ldo, bias: bias.data) }
+        let ldo = ldOut ?? outputs, ldi = ldx ?? inputs
+        Parallel.forEachChunk(rows) { _, r in
+            // [rows, in] × [in, out]
+            gemm(
+                m: r.count, n: outputs, k: inputs,
+                a: x + r.lowerBound * ldi, lda: ldi, b: weight.data, ldb: inputs, transB: true,
+                c: out + r.lowerBound * ldo, ldc: ldo)
+            if let bias { addBias(out + r.lowerBound * ldo, rows: r.count, columns: outputs, ld: ldo, bias: bias.data) }
+        }
+    }
+}
+
+/// torchvision's `MLPBlock`, dense: `mlp.0` (d → D), exact GELU, `mlp.3` (D → d).
+public struct DenseMLP: Sendable {
+    public let fc1: Linear
+    public let fc2: Linear
+
+    public init(fc1: Linear, fc2: Linear) {
+        precondition(fc1.outputs == fc2.inputs)
+        self.fc1 = fc1
+        self.fc2 = fc2
+    }
+
+    /// out = fc2(gelu(fc1(x))) for `rows` rows; each worker runs all three steps on its own rows.
+    public func forward(
+        _ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, scratch: WorkerScratch
+    ) {
+        let d = fc1.inputs, hiddenWidth = fc1.outputs, dOut = fc2.outputs
+        scratch.prepare()
+        Parallel.forEachChunk(rows) { worker, r in
+            let hidden = scratch[worker].reserve(r.count * hiddenWidth)
+            // [rows, d] × [d, D]
+            gemm(
+                m: r.count, n: hiddenWidth, k: d, a: x + r.lowerBound * d, lda: d,
+                b: fc1.weight.data, ldb: d, transB: true, c: hidden, ldc: hiddenWidth)
+            Activation.gelu.apply(hidden, rows: r.count, columns: hiddenWidth, bias: fc1.bias?.data)
+            // [rows, D] × [D, d]
+            gemm(
+                m: r.count, n: dOut, k: hiddenWidth, a: hidden, lda: hiddenWidth,
+                b: fc2.weight.data, ldb: hiddenWidth, transB: true, c: out + r.lowerBound * dOut, ldc: dOut)
+            if let b = fc2.bias { addBias(out + r.lowerBound * dOut, rows: r.count, columns: dOut, ld: dOut, bias: b.data) }
+        }
     }
 }

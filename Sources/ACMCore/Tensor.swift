@@ -73,3 +73,17 @@ public final class Scratch: @unchecked Sendable {
         return data
     }
 }
+
+/// One `Scratch` per worker thread, so that parallel chunks never share a buffer.
+public final class WorkerScratch: @unchecked Sendable {
+    private var buffers: [Scratch] = []
+
+    public init() {}
+
+    /// Makes sure there is a buffer for every worker; call before a parallel region, not inside one.
+    public func prepare() {
+        while buffers.count < Parallel.workers { buffers.append(Scratch()) }
+    }
+
+    public subscript(worker: Int) -> Scratch { buffers[worker] }
+}

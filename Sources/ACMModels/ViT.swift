@@ -28,7 +28,7 @@ enum Block {
     /// An `nn.Linear` projection (`q_proj`, …, or a slice of the packed `in_proj_weight`).
     case linear(Linear)
     /// torchvision's `MLPBlock`: `mlp.0` (d → D), exact GELU, `mlp.3` (D → d).
-    case mlp(fc1: Linear, fc2: Linear)
+    case mlp(DenseMLP)
     case acm(index: Int, ACMLayer)
 }
 
@@ -46,8 +46,8 @@ struct EncoderLayer {
 /// The scratch buffers of one forward pass, kept by the caller (the model's loop thread) and reused.
 public final class ViTWorkspace: @unchecked Sendable {
     let x = Scratch(), normed = Scratch(), q = Scratch(), k = Scratch(), v = Scratch()
-    let attended = Scratch(), blockOut = Scratch(), mlpHidden = Scratch(), patches = Scratch()
-    let scores = Scratch()
+    let attended = Scratch(), blockOut = Scratch(), patches = Scratch()
+    let mlpHidden = WorkerScratch(), scores = WorkerScratch()
     let acm = ACMWorkspace()
     var choices: [Int32] = []
 
@@ -136,8 +136,9 @@ public final class ViT: @unchecked Sendable {
             }
             let mlp = try acmBlock("\(name).mlp")
                 ?? .mlp(
-                    fc1: try Linear(inputs: d, outputs: config.mlpDim, weights: w.scoped("mlp.0")),
-                    fc2: try Linear(inputs: config.mlpDim, outputs: d, weights: w.scoped("mlp.3")))
+                    DenseMLP(
+                        fc1: try Linear(inputs: d, outputs: config.mlpDim, weights: w.scoped("mlp.0")),
+                        fc2: try Linear(inputs: config.mlpDim, outputs: d, weights: w.scoped("mlp.3"))))
             layers.append(
                 EncoderLayer(
                     ln1: try LayerNorm(dim: d, eps: eps, weights: w.scoped("ln_1")),
@@ -230,12 +231,8 @@ public final class ViT: @unchecked Sendable {
             switch block {
             case let .linear(linear):
                 linear.forward(input, rows: tokens, out: output)
-            case let .mlp(fc1, fc2):
-                let hidden = ws.mlpHidden.reserve(tokens * fc1.outputs)
-                // [tokens, d] × [d, D] → GELU → [tokens, D] × [D, d]
-                fc1.forward(input, rows: tokens, out: hidden)
-                geluInPlace(hidden, count: tokens * fc1.outputs)
-                fc2.forward(hidden, rows: tokens, out: output)
+            case let .mlp(mlp):
+                mlp.forward(input, rows: tokens, out: output, scratch: ws.mlpHidden)
             case let .acm(index, layer):
                 ws.choices.withUnsafeMutableBufferPointer { ks in
                     layer.forward(

@@ -153,11 +153,11 @@ func naiveChoices(
     ]
 
     /// Should equal the per-token definition for any mix of learner counts, k = 0 included.
-    @Test(arguments: configs.indices)
-    func groupedMatchesDefinition(index: Int) throws {
+    @Test(arguments: configs.indices, [29, 77])
+    func groupedMatchesDefinition(index: Int, tokens: Int) throws {
         let config = Self.configs[index]
         let dir = TemporaryDirectory()
-        let dIn = 11, dOut = 9, tokens = 29
+        let dIn = 11, dOut = 9
         let (layer, w) = try makeACM(config, inputDim: dIn, outputDim: dOut, seed: UInt64(10 + index), dir: dir)
         var rng = SplitMix64(seed: 99)
         let x = randomTensor([tokens, dIn], rng: &rng)
@@ -212,7 +212,7 @@ func naiveChoices(
     @Test func batchInvariant() throws {
         let config = Self.configs[0]
         let dir = TemporaryDirectory()
-        let d = 12, length = 13
+        let d = 12, length = 23
         let (layer, _) = try makeACM(config, inputDim: d, outputDim: d, seed: 31, gateScale: 2, dir: dir)
         var rng = SplitMix64(seed: 8)
         let batch = randomTensor([8 * length, d], rng: &rng)

@@ -130,7 +130,7 @@ import Testing
         let out = Tensor(shape: [tokens, d])
         multiHeadAttention(
             q: q.data, k: k.data, v: v.data, ld: d, out: out.data, ldOut: d,
-            sequences: sequences, heads: heads, headDim: dh, scores: Scratch())
+            sequences: sequences, heads: heads, headDim: dh, scores: WorkerScratch())
         for seq in sequences {
             for h in 0..<heads {
                 for i in seq {
