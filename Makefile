@@ -17,7 +17,7 @@ build: setup
 
 ## Every test: Swift unit and golden tests, the Python reference's tests, and the CLI end to end.
 test: build
-	$(SWIFT) test
+	$(SWIFT) test --disable-xctest
 	PYTHONPATH=tools ACM_SERVE_BIN=$(CURDIR)/.build/release/acm-serve $(PY) -m pytest -q tools/tests Tests/e2e
 
 ## Classify an image with a bundled model at a compute budget.

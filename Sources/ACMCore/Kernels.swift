@@ -180,6 +180,31 @@ public func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int, ld:
     return result
 }
 
+/// im2col for a convolution whose stride equals its kernel (a ViT's patch embedding): writes the
+/// patches of `count` images [C, size, size] as rows [count·g², C·p·p], g = size/p, patches in row-major
+/// grid order and each row in (channel, ky, kx) order, the layout of a conv weight [d, C, p, p]. The
+/// embedding is then one GEMM: [count·g², C·p·p] × [C·p·p, d].
+public func extractPatches(
+    _ images: UnsafePointer<Float>, count: Int, channels c: Int, size: Int, patch p: Int,
+    out: UnsafeMutablePointer<Float>
+) {
+    let g = size / p, patchLength = c * p * p
+    for b in 0..<count {
+        let image = images + b * c * size * size
+        for gy in 0..<g {
+            for gx in 0..<g {
+                var dst = out + ((b * g + gy) * g + gx) * patchLength
+                for ch in 0..<c {
+                    for ky in 0..<p {
+                        dst.update(from: image + (ch * size + gy * p + ky) * size + gx * p, count: p)
+                        dst += p
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Multi-head scaled dot-product attention, run per sequence.
 ///
 /// `q`, `k`, `v` and `out` are [tokens, heads·headDim] with the given row strides; `sequences` are

@@ -192,21 +192,7 @@ public final class ViT: @unchecked Sendable {
 
         // patch embedding: im2col, then [images·g², C·p·p] × [C·p·p, d]
         let patches = ws.patches.reserve(count * g * g * patchLength)
-        for b in 0..<count {
-            let image = images + b * inputCount
-            for gy in 0..<g {
-                for gx in 0..<g {
-                    var dst = patches + ((b * g + gy) * g + gx) * patchLength
-                    for ch in 0..<c {
-                        for ky in 0..<p {
-                            let src = image + (ch * size + gy * p + ky) * size + gx * p
-                            dst.update(from: src, count: p)
-                            dst += p
-                        }
-                    }
-                }
-            }
-        }
+        extractPatches(images, count: count, channels: c, size: size, patch: p, out: patches)
         let embedded = ws.blockOut.reserve(count * g * g * d)
         gemm(
             m: count * g * g, n: d, k: patchLength,

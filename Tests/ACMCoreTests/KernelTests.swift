@@ -119,6 +119,36 @@ import Testing
         }
     }
 
+    /// Should make the patch embedding one GEMM equal to a naive strided convolution.
+    @Test func patchEmbeddingMatchesConvolution() {
+        var rng = SplitMix64(seed: 6)
+        let count = 2, c = 3, size = 8, p = 4, d = 5, g = size / p, length = c * p * p
+        let images = randomTensor([count, c, size, size], rng: &rng)
+        let weight = randomTensor([d, c, p, p], rng: &rng)
+        let patches = Tensor(shape: [count * g * g, length])
+        extractPatches(images.data, count: count, channels: c, size: size, patch: p, out: patches.data)
+        let out = Tensor(shape: [count * g * g, d])
+        gemm(m: count * g * g, n: d, k: length, a: patches.data, lda: length, b: weight.data, ldb: length, transB: true, c: out.data, ldc: d)
+        for b in 0..<count {
+            for gy in 0..<g {
+                for gx in 0..<g {
+                    for o in 0..<d {
+                        var want = 0.0
+                        for ch in 0..<c {
+                            for ky in 0..<p {
+                                for kx in 0..<p {
+                                    let pixel = images.data[((b * c + ch) * size + gy * p + ky) * size + gx * p + kx]
+                                    want += Double(pixel) * Double(weight.data[((o * c + ch) * p + ky) * p + kx])
+                                }
+                            }
+                        }
+                        #expect(abs(Double(out.data[((b * g + gy) * g + gx) * d + o]) - want) < 1e-5)
+                    }
+                }
+            }
+        }
+    }
+
     /// Should equal naive per-sequence, per-head attention, with no attention across sequences.
     @Test func attentionMatchesNaive() {
         var rng = SplitMix64(seed: 4)
