@@ -19,6 +19,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         // C libraries from Debian, through pkg-config.
@@ -31,20 +32,40 @@ let package = Package(
         .systemLibrary(
             name: "CJansson", pkgConfig: "jansson",
             providers: [.apt(["libjansson-dev"])]),
+        .systemLibrary(
+            name: "CPNG", pkgConfig: "libpng",
+            providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(
+            name: "CTurboJPEG", pkgConfig: "libturbojpeg",
+            providers: [.apt(["libturbojpeg0-dev"])]),
 
         // Numeric core: tensors, BLAS, kernels, the ACM layer, safetensors and .npy readers.
         .target(name: "ACMCore", dependencies: ["CBLAS"], swiftSettings: swiftSettings),
         // Models built from the core: the ViT and its config.
         .target(name: "ACMModels", dependencies: ["ACMCore"], swiftSettings: swiftSettings),
-        // HTTP front end (libmicrohttpd + jansson).
+        // Serving without HTTP: the dynamic batcher and the model's loop thread, image decoding and
+        // preprocessing, metrics, server configuration.
         .target(
-            name: "ACMHTTP", dependencies: ["CMicroHTTPD", "CJansson", "ACMModels"],
+            name: "ACMServing",
+            dependencies: [
+                "ACMModels", "CPNG", "CTurboJPEG",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: swiftSettings),
+        // HTTP front end (libmicrohttpd + jansson): the Open Inference Protocol.
+        .target(
+            name: "ACMHTTP",
+            dependencies: [
+                "CMicroHTTPD", "CJansson", "ACMServing",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings),
 
         .executableTarget(
             name: "acm-serve",
             dependencies: [
-                "ACMModels", "ACMHTTP",
+                "ACMModels", "ACMServing", "ACMHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -60,6 +81,9 @@ let package = Package(
         .testTarget(
             name: "ACMModelsTests", dependencies: ["ACMModels"],
             exclude: ["Fixtures"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ACMServingTests", dependencies: ["ACMServing"], exclude: ["Fixtures"],
+            swiftSettings: swiftSettings),
         .testTarget(name: "ACMHTTPTests", dependencies: ["ACMHTTP"], swiftSettings: swiftSettings),
     ]
 )

@@ -1,0 +1,1 @@
+// Serving without HTTP: see the files of this target.
