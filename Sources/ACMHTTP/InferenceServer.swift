@@ -1,0 +1,345 @@
+import ACMCore
+import ACMModels
+import ACMServing
+import Foundation
+import Logging
+
+/// The Open Inference Protocol over HTTP (docs/http-api.md): routes requests, validates them, hands
+/// inference to each model's `ModelRunner` and answers when the batch is done.
+public final class InferenceServer: HTTPHandler, @unchecked Sendable {
+    struct Served {
+        let name: String
+        let model: Model
+        let runner: ModelRunner
+        let entry: ServerConfig.ModelEntry
+    }
+
+    public static let version = "0.1.0"
+    let models: [String: Served]
+    public let metrics: ServingMetrics
+    let logger: Logger
+    private let stateLock = NSLock()
+    private var draining = false
+
+    /// Loads every configured model and starts its runner.
+    public init(config: ServerConfig, metrics: ServingMetrics = ServingMetrics(), logger: Logger) throws {
+        self.metrics = metrics
+        self.logger = logger
+        var models: [String: Served] = [:]
+        for (name, entry) in config.models.sorted(by: { $0.key < $1.key }) {
+            let model = try Model(directory: entry.path)
+            let runner = ModelRunner(
+                name: name, model: model,
+                config: BatcherConfig(
+                    maxBatchSize: entry.maxBatchSize, maxQueueDelayMicroseconds: entry.maxQueueDelayMicroseconds,
+                    maxQueueSize: entry.maxQueueSize),
+                observer: MetricsObserver(metrics: metrics))
+            metrics.register(
+                model: name, acmPaths: model.vit.acmPaths,
+                choices: model.vit.acmPaths.map { model.config.acm[$0]!.minChoice...model.config.acm[$0]!.numLearners })
+            models[name] = Served(name: name, model: model, runner: runner, entry: entry)
+            logger.info(
+                "loaded model",
+                metadata: [
+                    "model": "\(name)", "path": "\(entry.path)", "acm_layers": "\(model.vit.acmPaths.count)",
+                    "max_batch_size": "\(entry.maxBatchSize)",
+                ])
+        }
+        self.models = models
+    }
+
+    var isDraining: Bool {
+        stateLock.lock()
+        defer { stateLock.unlock() }
+        return draining
+    }
+
+    /// Refuses new inference (503) and finishes every accepted request; returns when all are answered
+    /// by their runners.
+    public func drain() {
+        stateLock.lock()
+        draining = true
+        stateLock.unlock()
+        for served in models.values { served.runner.shutdown() }
+    }
+
+    // MARK: - HTTPHandler
+
+    public func bodyTooLarge(_ exchange: HTTPExchange) -> HTTPResponse {
+        if let name = modelName(in: exchange.path) { metrics.failure(model: name, reason: .tooLarge) }
+        return error(413, "request body is larger than the limit of \(maxBodyDescription)", connectionClose: true)
+    }
+
+    var maxBodyDescription: String { "max_body_bytes" }
+
+    public func handle(_ exchange: HTTPExchange) -> HTTPResponse? {
+        let parts = exchange.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+        let get = exchange.method == "GET" || exchange.method == "HEAD"
+        let post = exchange.method == "POST"
+        switch parts {
+        case ["v2", "health", "live"]:
+            return get ? HTTPResponse(status: 200) : methodNotAllowed("GET")
+        case ["v2", "health", "ready"]:
+            return get ? HTTPResponse(status: isDraining ? 400 : 200) : methodNotAllowed("GET")
+        case ["v2"]:
+            return get ? json(200, serverMetadata) : methodNotAllowed("GET")
+        case ["metrics"]:
+            guard get else { return methodNotAllowed("GET") }
+            for served in models.values { metrics.pending(model: served.name, served.runner.pendingRequests) }
+            return HTTPResponse(
+                status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: metrics.render())
+        default:
+            break
+        }
+        guard parts.count >= 3, parts[0] == "v2", parts[1] == "models" else {
+            return error(404, "no route for \(exchange.method) \(exchange.path)")
+        }
+        let name = parts[2]
+        var rest = Array(parts.dropFirst(3))
+        guard let served = models[name] else { return error(404, "unknown model '\(name)'") }
+        if rest.count >= 2, rest[0] == "versions" {
+            guard rest[1] == "1" else { return error(404, "model '\(name)' has no version '\(rest[1])'; its version is 1") }
+            rest.removeFirst(2)
+        }
+        switch rest {
+        case []:
+            return get ? json(200, modelMetadata(served)) : methodNotAllowed("GET")
+        case ["ready"]:
+            return get ? HTTPResponse(status: isDraining ? 400 : 200) : methodNotAllowed("GET")
+        case ["config"]:
+            return get ? json(200, modelConfig(served)) : methodNotAllowed("GET")
+        case ["infer"]:
+            return post ? infer(exchange, served) : methodNotAllowed("POST")
+        case ["classify"]:
+            return post ? classify(exchange, served) : methodNotAllowed("POST")
+        default:
+            return error(404, "no route for \(exchange.method) \(exchange.path)")
+        }
+    }
+
+    // MARK: - Inference
+
+    private func infer(_ exchange: HTTPExchange, _ served: Served) -> HTTPResponse? {
+        let request: InferRequest
+        do {
+            request = try InferRequest.parse(
+                body: exchange.body, headerLength: exchange.header("Inference-Header-Content-Length"),
+                model: served.model, maxBatchSize: served.entry.maxBatchSize, defaultBudget: served.entry.defaultBudget)
+        } catch let e as ProtocolError {
+            return fail(served.name, e, id: nil)
+        } catch {
+            return fail(served.name, ProtocolError(status: 500, message: "\(error)", reason: .internalError), id: nil)
+        }
+        let labels = served.model.config.labels
+        return submit(exchange, served, images: request.images, count: request.count, budget: request.budget,
+                      timeout: request.timeoutNanoseconds, id: request.id) { result in
+            inferResponse(model: served.name, request: request, result: result, labels: labels)
+        }
+    }
+
+    /// The curl route: the body is one encoded image; answers the top labels.
+    private func classify(_ exchange: HTTPExchange, _ served: Served) -> HTTPResponse? {
+        let image: [Float]
+        let budget: Double?
+        do {
+            budget = try exchange.query("compute_budget").map { try parseBudget(nil, text: $0) } ?? served.entry.defaultBudget
+            guard !exchange.body.isEmpty else { throw ProtocolError.bad("the body must be a PNG or JPEG image") }
+            image = try InferRequest.decodeImage(exchange.body, model: served.model, index: 0)
+        } catch let e as ProtocolError {
+            return fail(served.name, e, id: nil)
+        } catch {
+            return fail(served.name, ProtocolError(status: 500, message: "\(error)", reason: .internalError), id: nil)
+        }
+        let model = served.model
+        return submit(exchange, served, images: image, count: 1, budget: budget, timeout: nil, id: nil) { result in
+            let p = result.probabilities(image: 0)
+            let top = result.top(min(labelCount, result.classes), image: 0).map { c -> JSON in
+                .object([("label", .string(model.label(c))), ("index", .integer(c)), ("probability", .number(p[c]))])
+            }
+            var fields: [(String, JSON)] = [
+                ("model_name", .string(served.name)), ("labels", .array(top)),
+                ("compute_fraction", .number(result.computeFraction[0])),
+            ]
+            if let budget { fields.append(("compute_budget", .number(budget))) }
+            return HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: JSON.object(fields).bytes)
+        }
+    }
+
+    /// Queues the images on the model's runner; the exchange is answered from the runner's thread.
+    private func submit(
+        _ exchange: HTTPExchange, _ served: Served, images: [Float], count: Int, budget: Double?,
+        timeout: UInt64?, id: String?, render: @escaping @Sendable (InferenceResult) -> HTTPResponse
+    ) -> HTTPResponse? {
+        if isDraining {
+            return fail(served.name, ProtocolError(status: 503, message: "the server is shutting down", reason: .shuttingDown), id: id)
+        }
+        let started = exchange.arrived
+        let metrics = self.metrics, logger = self.logger, name = served.name
+        let job = InferenceJob(
+            images: images, count: count, policy: budget.map { .cap($0) } ?? .auto, timeoutNanoseconds: timeout
+        ) { outcome in
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+            let response: HTTPResponse
+            switch outcome {
+            case let .success(result):
+                response = render(result)
+                let fraction = result.computeFraction.reduce(0, +) / Double(max(count, 1))
+                metrics.success(model: name, seconds: seconds, fraction: fraction, budget: budget)
+                logger.info(
+                    "infer", metadata: requestMetadata(id, name, 200, seconds, fraction, batch: result.batchImages))
+            case .timedOut:
+                response = errorResponse(503, "request timeout expired in the queue", retryAfter: true)
+                metrics.failure(model: name, reason: .timeout)
+                logger.info("infer", metadata: requestMetadata(id, name, 503, seconds, nil, batch: nil))
+            case .shuttingDown:
+                response = errorResponse(503, "the server is shutting down", retryAfter: false)
+                metrics.failure(model: name, reason: .shuttingDown)
+                logger.info("infer", metadata: requestMetadata(id, name, 503, seconds, nil, batch: nil))
+            case let .failed(message):
+                response = errorResponse(500, message, retryAfter: false)
+                metrics.failure(model: name, reason: .internalError)
+                logger.error("infer failed: \(message)", metadata: requestMetadata(id, name, 500, seconds, nil, batch: nil))
+            }
+            exchange.complete(response)
+        }
+        switch served.runner.submit(job) {
+        case .accepted:
+            return nil
+        case .queueFull:
+            metrics.failure(model: name, reason: .queueFull)
+            logger.info("infer", metadata: requestMetadata(id, name, 503, 0, nil, batch: nil))
+            return errorResponse(503, "the queue of model '\(name)' is full; retry later", retryAfter: true)
+        case .shuttingDown:
+            metrics.failure(model: name, reason: .shuttingDown)
+            return errorResponse(503, "the server is shutting down", retryAfter: false)
+        }
+    }
+
+    private func fail(_ model: String, _ e: ProtocolError, id: String?) -> HTTPResponse {
+        metrics.failure(model: model, reason: e.reason)
+        logger.info("infer", metadata: requestMetadata(id, model, e.status, 0, nil, batch: nil).merging(["error": "\(e.message)"]) { a, _ in a })
+        return errorResponse(e.status, e.message, retryAfter: e.status == 503)
+    }
+
+    // MARK: - Metadata
+
+    private var serverMetadata: JSON {
+        .object([
+            ("name", .string("acm-serve")), ("version", .string(Self.version)),
+            ("extensions", .array(["binary_tensor_data", "classification", "model_configuration", "compute_budget"].map { .string($0) })),
+        ])
+    }
+
+    private func inputDims(_ served: Served) -> [Int] {
+        let c = served.model.vit.config
+        return [c.numChannels, c.imageSize, c.imageSize]
+    }
+
+    private func modelMetadata(_ served: Served) -> JSON {
+        let classes = served.model.vit.config.numClasses
+        var outputs: [JSON] = [
+            .object([("name", .string(TensorName.logits)), ("datatype", .string("FP32")), ("shape", .array([.integer(-1), .integer(classes)]))])
+        ]
+        if served.model.config.labels != nil {
+            outputs.append(
+                .object([("name", .string(TensorName.labels)), ("datatype", .string("BYTES")),
+                         ("shape", .array([.integer(-1), .integer(min(labelCount, classes))]))]))
+        }
+        return .object([
+            ("name", .string(served.name)), ("versions", .array([.string("1")])), ("platform", .string("acm-serve")),
+            ("inputs", .array([.object([
+                ("name", .string(TensorName.input)), ("datatype", .string("FP32")),
+                ("shape", .array(([-1] + inputDims(served)).map { .integer($0) })),
+            ])])),
+            ("outputs", .array(outputs)),
+        ])
+    }
+
+    /// Triton's model configuration, which perf_analyzer reads.
+    private func modelConfig(_ served: Served) -> JSON {
+        let classes = served.model.vit.config.numClasses
+        var outputs: [JSON] = [
+            .object([("name", .string(TensorName.logits)), ("data_type", .string("TYPE_FP32")), ("dims", .array([.integer(classes)]))])
+        ]
+        if served.model.config.labels != nil {
+            outputs.append(.object([
+                ("name", .string(TensorName.labels)), ("data_type", .string("TYPE_STRING")),
+                ("dims", .array([.integer(min(labelCount, classes))])),
+            ]))
+        }
+        return .object([
+            ("name", .string(served.name)), ("platform", .string("acm-serve")), ("backend", .string("acm")),
+            ("version_policy", .object([("latest", .object([("num_versions", .integer(1))]))])),
+            ("max_batch_size", .integer(served.entry.maxBatchSize)),
+            ("input", .array([.object([
+                ("name", .string(TensorName.input)), ("data_type", .string("TYPE_FP32")), ("format", .string("FORMAT_NONE")),
+                ("dims", .array(inputDims(served).map { .integer($0) })),
+            ])])),
+            ("output", .array(outputs)),
+            ("dynamic_batching", .object([
+                ("max_queue_delay_microseconds", .integer(served.entry.maxQueueDelayMicroseconds)),
+                ("default_queue_policy", .object([("max_queue_size", .integer(served.entry.maxQueueSize))])),
+            ])),
+        ])
+    }
+
+    // MARK: - Helpers
+
+    private func modelName(in path: String) -> String? {
+        let parts = path.split(separator: "/").map(String.init)
+        guard parts.count >= 3, parts[0] == "v2", parts[1] == "models", models[parts[2]] != nil else { return nil }
+        return parts[2]
+    }
+
+    private func json(_ status: Int, _ value: JSON) -> HTTPResponse {
+        HTTPResponse(status: status, headers: [("Content-Type", "application/json")], body: value.bytes)
+    }
+
+    private func error(_ status: Int, _ message: String, connectionClose: Bool = false) -> HTTPResponse {
+        var r = errorResponse(status, message, retryAfter: false)
+        if connectionClose { r.headers.append(("Connection", "close")) }
+        return r
+    }
+
+    private func methodNotAllowed(_ allowed: String) -> HTTPResponse {
+        var r = errorResponse(405, "method not allowed; use \(allowed)", retryAfter: false)
+        r.headers.append(("Allow", allowed))
+        return r
+    }
+}
+
+/// `{"error": message}` with the status; 503s that are worth retrying say when.
+func errorResponse(_ status: Int, _ message: String, retryAfter: Bool) -> HTTPResponse {
+    var headers = [("Content-Type", "application/json")]
+    if retryAfter { headers.append(("Retry-After", "1")) }
+    return HTTPResponse(status: status, headers: headers, body: JSON.object([("error", .string(message))]).bytes)
+}
+
+/// The fields of the one log line per request.
+func requestMetadata(_ id: String?, _ model: String, _ status: Int, _ seconds: Double, _ fraction: Double?, batch: Int?)
+    -> Logger.Metadata
+{
+    var m: Logger.Metadata = [
+        "model": "\(model)", "status": "\(status)", "latency_ms": "\(String(format: "%.2f", seconds * 1000))",
+    ]
+    if let id { m["id"] = "\(id)" }
+    if let fraction { m["compute_fraction"] = "\(String(format: "%.4f", fraction))" }
+    if let batch { m["batch_images"] = "\(batch)" }
+    return m
+}
+
+/// Feeds the runner's batch and queue events into the Prometheus metrics.
+final class MetricsObserver: RunnerObserver, @unchecked Sendable {
+    let metrics: ServingMetrics
+    init(metrics: ServingMetrics) { self.metrics = metrics }
+
+    func batchExecuted(
+        model: String, images: Int, requests: Int, computeSeconds: Double, learnerHistogram: [[Int]], acmPaths: [String]
+    ) {
+        metrics.batch(model: model, images: images, seconds: computeSeconds, acmPaths: acmPaths, histogram: learnerHistogram)
+    }
+
+    func requestFinished(model: String, queueSeconds: Double, timedOut: Bool) {
+        metrics.queued(model: model, seconds: queueSeconds)
+    }
+}

@@ -1,0 +1,146 @@
+import Foundation
+import Prometheus
+
+/// Why a request failed, as the `reason` label of `acm_request_failure_total`.
+public enum FailureReason: String, Sendable, CaseIterable {
+    case badRequest = "bad_request"
+    case notFound = "not_found"
+    case tooLarge = "too_large"
+    case queueFull = "queue_full"
+    case timeout
+    case shuttingDown = "shutting_down"
+    case internalError = "internal"
+}
+
+/// The server's Prometheus metrics (docs/metrics.md): one registry, every name prefixed `acm_`, every
+/// series labelled by model. Thread-safe: the collectors are atomic.
+public final class ServingMetrics: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+
+    /// Seconds: from 100 µs to 10 s.
+    static let durationBuckets: [Double] = [
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+    ]
+    static let fractionBuckets: [Double] = [0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0]
+    static let batchBuckets: [Double] = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+
+    public init() {}
+
+    private func name(_ metric: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "acm", metricName: metric, unitName: unit, helpText: help)
+    }
+
+    /// Registers every per-model series at zero, so that dashboards see them before the first request.
+    public func register(model: String, acmPaths: [String], choices: [ClosedRange<Int>]) {
+        let m = [("model", model)]
+        _ = registry.makeCounter(descriptor: successDescriptor, labels: m)
+        for reason in FailureReason.allCases { failure(model: model, reason: reason, count: 0) }
+        _ = registry.makeCounter(descriptor: inferencesDescriptor, labels: m)
+        _ = registry.makeCounter(descriptor: batchesDescriptor, labels: m)
+        for d in [requestDurationDescriptor, queueDurationDescriptor, computeDurationDescriptor] {
+            _ = registry.makeValueHistogram(descriptor: d, labels: m, buckets: Self.durationBuckets)
+        }
+        _ = registry.makeValueHistogram(descriptor: batchSizeDescriptor, labels: m, buckets: Self.batchBuckets)
+        _ = registry.makeValueHistogram(descriptor: fractionDescriptor, labels: m, buckets: Self.fractionBuckets)
+        _ = registry.makeValueHistogram(descriptor: budgetDescriptor, labels: m, buckets: Self.fractionBuckets)
+        for mode in ["auto", "budget"] {
+            _ = registry.makeCounter(descriptor: modeDescriptor, labels: m + [("mode", mode)])
+        }
+        pending(model: model, 0)
+        for (path, ks) in zip(acmPaths, choices) {
+            for k in ks {
+                _ = registry.makeCounter(descriptor: tokensDescriptor, labels: m + [("layer", path), ("k", "\(k)")])
+            }
+        }
+    }
+
+    private var successDescriptor: MetricNameDescriptor {
+        name("request_success", "total", "Inference requests answered with 200.")
+    }
+    private var failureDescriptor: MetricNameDescriptor {
+        name("request_failure", "total", "Inference requests answered with an error, by reason.")
+    }
+    private var inferencesDescriptor: MetricNameDescriptor {
+        name("inference", "total", "Images inferred (a request may carry several).")
+    }
+    private var batchesDescriptor: MetricNameDescriptor {
+        name("batch_execution", "total", "Batches the model ran.")
+    }
+    private var requestDurationDescriptor: MetricNameDescriptor {
+        name("request_duration", "seconds", "Time from a request's arrival to its answer being ready.")
+    }
+    private var queueDurationDescriptor: MetricNameDescriptor {
+        name("queue_duration", "seconds", "Time a request waited in the model's queue.")
+    }
+    private var computeDurationDescriptor: MetricNameDescriptor {
+        name("compute_duration", "seconds", "Time the model took for the batch a request ran in.")
+    }
+    private var batchSizeDescriptor: MetricNameDescriptor {
+        name("batch_size", "images", "Images per executed batch.")
+    }
+    private var pendingDescriptor: MetricNameDescriptor {
+        name("pending_requests", "", "Requests waiting in the model's queue.")
+    }
+    private var tokensDescriptor: MetricNameDescriptor {
+        name("layer_tokens", "total", "Tokens that ran k learners at an ACM layer.")
+    }
+    private var fractionDescriptor: MetricNameDescriptor {
+        name("compute_fraction", "ratio", "Compute fraction used per request: executed over all-learner FLOPs.")
+    }
+    private var budgetDescriptor: MetricNameDescriptor {
+        name("compute_budget", "ratio", "compute_budget asked for, per request that set one.")
+    }
+    private var modeDescriptor: MetricNameDescriptor {
+        name("budget_mode_requests", "total", "Requests by how learners were chosen: the gates alone (auto) or under a budget.")
+    }
+
+    public func success(model: String, seconds: Double, fraction: Double, budget: Double?) {
+        let m = [("model", model)]
+        registry.makeCounter(descriptor: successDescriptor, labels: m).increment()
+        registry.makeValueHistogram(descriptor: requestDurationDescriptor, labels: m, buckets: Self.durationBuckets)
+            .record(seconds)
+        registry.makeValueHistogram(descriptor: fractionDescriptor, labels: m, buckets: Self.fractionBuckets)
+            .record(fraction)
+        registry.makeCounter(descriptor: modeDescriptor, labels: m + [("mode", budget == nil ? "auto" : "budget")])
+            .increment()
+        if let budget {
+            registry.makeValueHistogram(descriptor: budgetDescriptor, labels: m, buckets: Self.fractionBuckets)
+                .record(budget)
+        }
+    }
+
+    public func failure(model: String, reason: FailureReason, count: Int = 1) {
+        registry.makeCounter(descriptor: failureDescriptor, labels: [("model", model), ("reason", reason.rawValue)])
+            .increment(by: Int64(count))
+    }
+
+    public func queued(model: String, seconds: Double) {
+        registry.makeValueHistogram(
+            descriptor: queueDurationDescriptor, labels: [("model", model)], buckets: Self.durationBuckets
+        ).record(seconds)
+    }
+
+    public func pending(model: String, _ count: Int) {
+        registry.makeGauge(descriptor: pendingDescriptor, labels: [("model", model)]).set(Double(count))
+    }
+
+    /// One executed batch: its size, its compute time, and how many tokens ran each k at each ACM.
+    public func batch(model: String, images: Int, seconds: Double, acmPaths: [String], histogram: [[Int]]) {
+        let m = [("model", model)]
+        registry.makeCounter(descriptor: batchesDescriptor, labels: m).increment()
+        registry.makeCounter(descriptor: inferencesDescriptor, labels: m).increment(by: Int64(images))
+        registry.makeValueHistogram(descriptor: batchSizeDescriptor, labels: m, buckets: Self.batchBuckets)
+            .record(Double(images))
+        registry.makeValueHistogram(descriptor: computeDurationDescriptor, labels: m, buckets: Self.durationBuckets)
+            .record(seconds)
+        for (path, counts) in zip(acmPaths, histogram) {
+            for (k, count) in counts.enumerated() where count > 0 {
+                registry.makeCounter(descriptor: tokensDescriptor, labels: m + [("layer", path), ("k", "\(k)")])
+                    .increment(by: Int64(count))
+            }
+        }
+    }
+
+    /// The exposition text, format 0.0.4.
+    public func render() -> [UInt8] { registry.emitToBuffer() }
+}

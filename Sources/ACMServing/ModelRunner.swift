@@ -1,0 +1,369 @@
+// The model's loop thread, as the llama.cpp server keeps its model: HTTP threads only post jobs, and
+// one thread owns the model's workspace, asks `BatchPolicy` what to do and does it.
+
+import ACMCore
+import ACMModels
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One request for a model: n images and how their learners are chosen.
+public struct InferenceJob: Sendable {
+    /// [count, C, H, W], preprocessed, in the model's layout.
+    public var images: [Float]
+    /// The request's batch dimension, 1...maxBatchSize.
+    public var count: Int
+    public var policy: LearnerPolicy
+    /// How long the job may wait in the queue before it is answered `.timedOut` instead of run; nil: no limit.
+    public var timeoutNanoseconds: UInt64?
+    /// Called once, on the runner's thread, with the answer. It must not block, nor call `shutdown()`.
+    public var completion: @Sendable (InferenceOutcome) -> Void
+
+    public init(
+        images: [Float], count: Int, policy: LearnerPolicy, timeoutNanoseconds: UInt64? = nil,
+        completion: @escaping @Sendable (InferenceOutcome) -> Void
+    ) {
+        self.images = images
+        self.count = count
+        self.policy = policy
+        self.timeoutNanoseconds = timeoutNanoseconds
+        self.completion = completion
+    }
+}
+
+/// What a job produced, for one request.
+public struct InferenceResult: Sendable, Equatable {
+    /// [count, classes]
+    public var logits: [Float]
+    public var classes: Int
+    /// Per image: executed learner FLOPs / all-learner FLOPs (docs/compute-budget.md).
+    public var computeFraction: [Double]
+    /// From submission to the start of its batch.
+    public var queueSeconds: Double
+    /// The forward pass of its whole batch.
+    public var computeSeconds: Double
+    /// Images and requests in the batch it ran in.
+    public var batchImages: Int
+    public var batchRequests: Int
+}
+
+/// How a job ended.
+public enum InferenceOutcome: Sendable, Equatable {
+    case success(InferenceResult)
+    /// It waited longer than its timeout; HTTP answers 503.
+    case timedOut
+    /// The model is going away. The runner itself never answers this (`shutdown()` runs every accepted
+    /// job, and `submit` refuses later ones); it is here for front ends that answer for the runner.
+    case shuttingDown
+    /// The job was malformed (a caller's bug): wrong image size, count, or policy.
+    case failed(String)
+}
+
+/// Whether `submit` took the job; only `.accepted` jobs get a completion.
+public enum SubmitResult: Sendable, Equatable {
+    case accepted
+    /// `maxQueueSize` requests are waiting; HTTP answers 503 with `Retry-After`.
+    case queueFull
+    case shuttingDown
+}
+
+/// Hooks for metrics, called on the runner's thread before the jobs' completions.
+public protocol RunnerObserver: AnyObject, Sendable {
+    /// One forward pass ran; `learnerHistogram[i][k]` tokens ran k learners at ACM `acmPaths[i]`.
+    func batchExecuted(
+        model: String, images: Int, requests: Int, computeSeconds: Double, learnerHistogram: [[Int]],
+        acmPaths: [String])
+    /// A queued request left the queue: run, or dropped because its timeout passed.
+    func requestFinished(model: String, queueSeconds: Double, timedOut: Bool)
+}
+
+/// Owns one model and the thread that runs it: jobs are queued by `submit` from any thread and run in
+/// dynamic batches, each as ONE forward pass, so that the ACM layers group the tokens of all the batch's
+/// requests by learner count.
+public final class ModelRunner: @unchecked Sendable {
+    public let name: String
+    public let model: Model
+    public let config: BatcherConfig
+    private let policy: BatchPolicy
+    private let clock: any ServingClock
+    private let observer: (any RunnerObserver)?
+
+    // Guarded by `lock`.
+    private let lock = PThreadMutex()
+    /// Signalled on every submit and on shutdown; the loop thread is its only waiter.
+    private let workArrived = PThreadCondition()
+    /// Broadcast when the loop thread has finished.
+    private let loopEnded = PThreadCondition()
+    /// The queue, oldest first: what the policy sees, and the jobs themselves, in lockstep.
+    private var waiting: [QueuedRequest] = []
+    private var jobs: [InferenceJob] = []
+    /// Malformed jobs, answered `.failed` by the loop so that every completion runs on its thread.
+    private var malformed: [(InferenceJob, String)] = []
+    private var accepting = true
+    private var ended = false
+
+    private var thread: Thread?
+
+    /// Starts the loop thread, which owns the model's workspace from then on. The thread keeps the
+    /// runner alive until `shutdown()`.
+    public init(
+        name: String, model: Model, config: BatcherConfig, clock: any ServingClock = SystemClock(),
+        observer: (any RunnerObserver)? = nil
+    ) {
+        self.name = name
+        self.model = model
+        self.config = config
+        self.policy = BatchPolicy(config)
+        self.clock = clock
+        self.observer = observer
+        let thread = Thread { [self] in loop() }
+        thread.name = String("acm \(name)".prefix(15))  // Linux thread names are at most 15 bytes
+        self.thread = thread
+        thread.start()
+    }
+
+    /// Requests waiting in the queue, not counting the batch running.
+    public var pendingRequests: Int {
+        lock.withLock { waiting.count }
+    }
+
+    /// Queues `job`. Its completion is called later on the runner's thread, once, unless the answer is
+    /// not `.accepted`.
+    public func submit(_ job: InferenceJob) -> SubmitResult {
+        let problem = validate(job)
+        return lock.withLock {
+            guard accepting else { return .shuttingDown }
+            if let problem {
+                malformed.append((job, problem))
+            } else {
+                if config.maxQueueSize > 0 && waiting.count >= config.maxQueueSize { return .queueFull }
+                let now = clock.now()
+                let deadline = job.timeoutNanoseconds.map { now.addingSaturating($0) }
+                waiting.append(QueuedRequest(images: job.count, enqueuedAt: now, deadline: deadline))
+                jobs.append(job)
+            }
+            workArrived.signal()
+            return .accepted
+        }
+    }
+
+    /// Stops accepting jobs, runs every job already accepted, and returns when the loop thread has
+    /// ended. Idempotent; safe from several threads; not from a completion.
+    public func shutdown() {
+        precondition(Thread.current !== thread, "shutdown() called from a completion would wait for itself")
+        lock.withLock {
+            accepting = false
+            workArrived.signal()
+            while !ended { loopEnded.wait(lock) }
+        }
+    }
+
+    /// Why `job` cannot run, or nil. Checked before queueing, so a bad job never reaches the engine.
+    private func validate(_ job: InferenceJob) -> String? {
+        guard job.count >= 1, job.count <= config.maxBatchSize else {
+            return "\(job.count) images; this model takes 1...\(config.maxBatchSize) per request"
+        }
+        let expected = job.count * model.vit.inputCount
+        guard job.images.count == expected else {
+            return "\(job.images.count) input values for \(job.count) images; expected \(expected)"
+        }
+        if case let .cap(beta) = job.policy, !(beta > 0 && beta <= 1) {
+            return "compute budget \(beta) is outside (0, 1]"
+        }
+        return nil
+    }
+
+    // MARK: - The loop thread
+
+    /// What the loop does once it has released the lock.
+    private enum Work {
+        case run([InferenceJob], [QueuedRequest])
+        case expire([InferenceJob], [QueuedRequest], now: UInt64)
+        case reject([(InferenceJob, String)])
+    }
+
+    /// The loop thread's body: ask the policy, take the jobs it names under the lock, and run them
+    /// outside it.
+    private func loop() {
+        let workspace = ViTWorkspace()
+        let input = Scratch()
+        var policies: [LearnerPolicy] = []
+        while let work = nextWork() {
+            switch work {
+            case let .run(batch, requests):
+                runBatch(batch, requests, input: input, policies: &policies, workspace: workspace)
+            case let .expire(expired, requests, now):
+                for (job, request) in zip(expired, requests) {
+                    let queued = seconds(from: request.enqueuedAt, to: now)
+                    observer?.requestFinished(model: name, queueSeconds: queued, timedOut: true)
+                    job.completion(.timedOut)
+                }
+            case let .reject(rejected):
+                for (job, problem) in rejected { job.completion(.failed(problem)) }
+            }
+        }
+    }
+
+    /// Blocks until there is work, and takes it off the queue; nil when shut down and drained.
+    private func nextWork() -> Work? {
+        lock.withLock {
+            while true {
+                if !malformed.isEmpty {
+                    defer { malformed.removeAll() }
+                    return .reject(malformed)
+                }
+                let now = clock.now()
+                switch policy.decide(queue: waiting, now: now, draining: !accepting) {
+                case let .run(n):
+                    let work = Work.run(Array(jobs.prefix(n)), Array(waiting.prefix(n)))
+                    jobs.removeFirst(n)
+                    waiting.removeFirst(n)
+                    return work
+                case let .expire(indices):
+                    let work = Work.expire(indices.map { jobs[$0] }, indices.map { waiting[$0] }, now: now)
+                    for i in indices.reversed() {
+                        jobs.remove(at: i)
+                        waiting.remove(at: i)
+                    }
+                    return work
+                case let .wait(until):
+                    // Relative to the injected clock, so a mock clock's time is respected too.
+                    let current = clock.now()
+                    if until > current { workArrived.wait(lock, timeoutNanoseconds: until - current) }
+                case .idle:
+                    if !accepting {
+                        ended = true
+                        loopEnded.broadcast()
+                        return nil
+                    }
+                    workArrived.wait(lock)
+                }
+            }
+        }
+    }
+
+    /// Runs `batch` as one forward pass and answers each job with its rows.
+    private func runBatch(
+        _ batch: [InferenceJob], _ requests: [QueuedRequest], input: Scratch, policies: inout [LearnerPolicy],
+        workspace: ViTWorkspace
+    ) {
+        let vit = model.vit
+        let perImage = vit.inputCount
+        let images = batch.reduce(0) { $0 + $1.count }
+
+        // concatenate the requests' images: [images, C, H, W]
+        let buffer = input.reserve(images * perImage)
+        policies.removeAll(keepingCapacity: true)
+        var offset = 0
+        for job in batch {
+            job.images.withUnsafeBufferPointer { (buffer + offset).update(from: $0.baseAddress!, count: $0.count) }
+            offset += job.images.count
+            for _ in 0..<job.count { policies.append(job.policy) }
+        }
+
+        let start = clock.now()
+        let output = vit.forward(images: buffer, count: images, policies: policies, workspace: workspace)
+        let computeSeconds = seconds(from: start, to: clock.now())
+        observer?.batchExecuted(
+            model: name, images: images, requests: batch.count, computeSeconds: computeSeconds,
+            learnerHistogram: output.learnerHistogram, acmPaths: vit.acmPaths)
+
+        // split the [images, classes] logits back per request
+        let classes = vit.config.numClasses
+        var first = 0
+        for (job, request) in zip(batch, requests) {
+            let rows = first..<first + job.count
+            let logits = UnsafeBufferPointer(start: output.logits.data + first * classes, count: job.count * classes)
+            let result = InferenceResult(
+                logits: Array(logits),
+                classes: classes,
+                computeFraction: Array(output.computeFraction[rows]),
+                queueSeconds: seconds(from: request.enqueuedAt, to: start),
+                computeSeconds: computeSeconds,
+                batchImages: images,
+                batchRequests: batch.count)
+            observer?.requestFinished(model: name, queueSeconds: result.queueSeconds, timedOut: false)
+            job.completion(.success(result))
+            first += job.count
+        }
+    }
+}
+
+/// Seconds between two clock readings; 0 if the clock went backwards (only a mock clock can).
+private func seconds(from start: UInt64, to end: UInt64) -> Double {
+    end > start ? Double(end - start) / 1e9 : 0
+}
+
+// MARK: - pthread wrappers
+
+/// A pthread mutex. Its storage is allocated once, since a pthread mutex must not move.
+private final class PThreadMutex: @unchecked Sendable {
+    let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    init() { pthread_mutex_init(mutex, nil) }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body()
+    }
+}
+
+/// A pthread condition variable whose timed waits run on the monotonic clock (NSCondition's run on the
+/// wall clock, which an NTP step could stretch).
+private final class PThreadCondition: @unchecked Sendable {
+    let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    init() {
+        #if os(Linux)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(condition, &attributes)
+        pthread_condattr_destroy(&attributes)
+        #else
+        pthread_cond_init(condition, nil)
+        #endif
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        condition.deallocate()
+    }
+
+    func signal() { pthread_cond_signal(condition) }
+
+    func broadcast() { pthread_cond_broadcast(condition) }
+
+    /// Waits for a signal; `lock` must be held. It may also return spuriously.
+    func wait(_ lock: PThreadMutex) { pthread_cond_wait(condition, lock.mutex) }
+
+    /// Waits for a signal or for `nanoseconds` to pass; `lock` must be held. It may also return early.
+    func wait(_ lock: PThreadMutex, timeoutNanoseconds nanoseconds: UInt64) {
+        // A day at most keeps tv_sec from overflowing; the caller asks again when it wakes.
+        let wait = min(nanoseconds, 86_400 * 1_000_000_000)
+        #if os(Linux)
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let total = UInt64(now.tv_nsec) + wait % 1_000_000_000
+        var deadline = timespec(
+            tv_sec: now.tv_sec + Int(wait / 1_000_000_000) + Int(total / 1_000_000_000),
+            tv_nsec: Int(total % 1_000_000_000))
+        pthread_cond_timedwait(condition, lock.mutex, &deadline)
+        #else
+        var relative = timespec(tv_sec: Int(wait / 1_000_000_000), tv_nsec: Int(wait % 1_000_000_000))
+        pthread_cond_timedwait_relative_np(condition, lock.mutex, &relative)
+        #endif
+    }
+}

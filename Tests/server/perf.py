@@ -1,0 +1,121 @@
+"""Triton's perf_analyzer against acm-serve: the runner the server tests use, and a benchmark that prints
+throughput and p50/p99 latency by concurrency as a markdown table (for BENCHMARKS.md).
+
+    .venv/bin/python Tests/server/perf.py                      # starts acm-serve on the fixtures itself
+    .venv/bin/python Tests/server/perf.py --url 127.0.0.1:8000 --model vit-demo --concurrency 1 8 32
+
+perf_analyzer comes from scripts/setup (.tools/perf_analyzer, with libcudart in .tools/cuda)."""
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import REPO, Server, default_models  # noqa: E402
+
+PERF_ANALYZER = os.path.join(REPO, '.tools', 'perf_analyzer', 'perf_analyzer')
+CUDA_LIBS = os.path.join(REPO, '.tools', 'cuda')
+
+
+def input_shape(url, model):
+    """The model's input shape without the batch dimension, from its metadata."""
+    with urllib.request.urlopen(f'http://{url}/v2/models/{model}', timeout=10) as r:
+        [inp] = json.load(r)['inputs']
+    return inp['shape'][1:]
+
+
+def command(url, model, shape, concurrency, tensor_format='binary', input_data='random', interval_ms=1500,
+            csv_path=None):
+    """perf_analyzer's command line: one concurrency, windows of interval_ms, and a stability threshold so
+    loose that three windows always count as stable (a run takes about 3 windows; it exits 0 unless a
+    request fails)."""
+    cmd = [PERF_ANALYZER, '-m', model, '-u', url, '-i', 'http', '-b', '1',
+           '--shape', 'input:' + ','.join(str(d) for d in shape),
+           '--input-data', input_data,
+           f'--input-tensor-format={tensor_format}', f'--output-tensor-format={tensor_format}',
+           '--concurrency-range', str(concurrency),
+           '--measurement-mode', 'time_windows', '--measurement-interval', str(interval_ms),
+           '--stability-percentage', '1000', '--max-trials', '5', '--percentile', '99']
+    if csv_path:
+        cmd += ['-f', csv_path]
+    return cmd
+
+
+def run(cmd, timeout=120):
+    """-> (exit code, stdout and stderr together)"""
+    env = dict(os.environ)
+    env['LD_LIBRARY_PATH'] = CUDA_LIBS + (':' + env['LD_LIBRARY_PATH'] if env.get('LD_LIBRARY_PATH') else '')
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return out.returncode, out.stdout + out.stderr
+
+
+def read_csv(path):
+    """perf_analyzer's -f report -> one dict per concurrency: throughput (infer/s), p50, p99 and avg (µs)."""
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return [{'concurrency': int(r['Concurrency']), 'throughput': float(r['Inferences/Second']),
+             'p50_us': float(r['p50 latency']), 'p99_us': float(r['p99 latency']),
+             'avg_us': float(r['Avg latency']) if 'Avg latency' in r else None} for r in rows]
+
+
+def measure(url, model, concurrency, **kw):
+    """Run perf_analyzer at one concurrency. -> (exit code, output, row or None)"""
+    shape = input_shape(url, model)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, 'report.csv')
+        cmd = command(url, model, shape, concurrency, csv_path=path, **kw)
+        code, output = run(cmd)
+        rows = read_csv(path) if code == 0 and os.path.exists(path) else []
+    return code, output, (rows[0] if rows else None), cmd
+
+
+def table(rows):
+    lines = ['| concurrency | throughput (infer/s) | p50 latency (ms) | p99 latency (ms) |',
+             '| ---: | ---: | ---: | ---: |']
+    for r in rows:
+        lines.append(f'| {r["concurrency"]} | {r["throughput"]:.0f} | {r["p50_us"] / 1000:.2f} | '
+                     f'{r["p99_us"] / 1000:.2f} |')
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--url', help='HOST:PORT of a running server (default: start acm-serve on the fixtures)')
+    ap.add_argument('--model', default='vit-mixed')
+    ap.add_argument('--concurrency', type=int, nargs='+', default=[1, 8, 32])
+    ap.add_argument('--format', choices=['binary', 'json'], default='binary', help='tensor format of requests and answers')
+    ap.add_argument('--budget', type=float, help='the model\'s default_budget (default: none, auto); only for the '
+                    'server started here: perf_analyzer 2.40 sends no request parameters over HTTP')
+    ap.add_argument('--interval-ms', type=int, default=3000, help='measurement window')
+    args = ap.parse_args(argv)
+
+    server = None
+    if args.url is None:
+        server = Server(models=default_models(default_budget=args.budget))
+        args.url = server.url
+    elif args.budget is not None:
+        ap.error('--budget needs the server started here (set default_budget in your server\'s config instead)')
+    try:
+        rows = []
+        for c in args.concurrency:
+            code, output, row, cmd = measure(args.url, args.model, c, tensor_format=args.format,
+                                             interval_ms=args.interval_ms)
+            if code != 0 or row is None:
+                print(' '.join(cmd), file=sys.stderr)
+                print(output, file=sys.stderr)
+                sys.exit(f'perf_analyzer exited with {code} at concurrency {c}')
+            rows.append(row)
+        budget = 'auto' if args.budget is None else f'default_budget {args.budget}'
+        print(f'{args.model}, batch 1, {args.format} tensors, {budget}:\n')
+        print(table(rows))
+    finally:
+        if server:
+            server.close()
+
+
+if __name__ == '__main__':
+    main()
