@@ -1,4 +1,4 @@
-# acm-serve: the two commands are `make predict` (run the engine on a bundled model) and `make test`.
+# acm-serve: the two commands are `make serve` (serve the bundled models on :8000) and `make test`.
 # Both install what they need first (scripts/setup).
 
 SWIFT ?= swift
@@ -7,7 +7,7 @@ MODEL ?= Tests/ACMModelsTests/Fixtures/vit_mixed
 INPUT ?= $(MODEL)/example.npy
 BUDGET ?= 0.5
 
-.PHONY: setup build test test-swift test-python predict bench fixtures clean
+.PHONY: setup build test serve predict bench bench-server fixtures demo-model clean
 
 setup:
 	@scripts/setup
@@ -20,17 +20,27 @@ test: build
 	$(SWIFT) test --disable-xctest
 	PYTHONPATH=tools ACM_SERVE_BIN=$(CURDIR)/.build/release/acm-serve $(PY) -m pytest -q tools/tests Tests/e2e
 
+## Serve the bundled models (config/acm-serve.json) on port 8000 until Ctrl-C.
+serve: build
+	.build/release/acm-serve serve --config config/acm-serve.json
+
 ## Classify an image with a bundled model at a compute budget.
 predict: build
 	.build/release/acm-serve predict --model $(MODEL) --input $(INPUT) --budget $(BUDGET)
 
-## The ACM-vs-dense layer benchmark (BENCHMARKS.md).
+## The ACM-vs-dense layer benchmark and the engine's throughput (BENCHMARKS.md).
 bench: build
-	.build/release/acm-bench
+	.build/release/acm-bench layer
+	.build/release/acm-bench model --model models/vit-demo
 
 ## Regenerate the golden fixtures from the PyTorch reference.
 fixtures: setup
 	PYTHONPATH=tools $(PY) -m acm_tools.golden
+	PYTHONPATH=tools $(PY) -m acm_tools.image_fixtures
+
+## Regenerate the bundled demo model.
+demo-model: setup
+	PYTHONPATH=tools $(PY) -m acm_tools.demo_model --out models/vit-demo
 
 clean:
 	rm -rf .build

@@ -73,7 +73,7 @@ let package = Package(
         .executableTarget(
             name: "acm-bench",
             dependencies: [
-                "ACMCore", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "ACMCore", "ACMModels", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings),
 

@@ -50,7 +50,8 @@ let labelCount = 5
 extension InferRequest {
     /// Parses a request body: the JSON header, then any binary tensor data.
     static func parse(
-        body: [UInt8], headerLength: String?, model: Model, maxBatchSize: Int, defaultBudget: Double?
+        body: [UInt8], headerLength: String?, model: Model, preprocessor: ImagePreprocessor?, maxBatchSize: Int,
+        defaultBudget: Double?
     ) throws -> InferRequest {
         let jsonLength: Int
         if let headerLength {
@@ -171,7 +172,7 @@ extension InferRequest {
             images = []
             images.reserveCapacity(count * perImage)
             for (i, bytes) in encoded.enumerated() {
-                images += try decodeImage(bytes, model: model, index: i)
+                images += try decodeImage(bytes, preprocessor: preprocessor, index: i)
             }
         default:
             throw ProtocolError.bad("input '\(name)' has datatype \(datatype); the model takes FP32 (or BYTES images)")
@@ -232,13 +233,12 @@ extension InferRequest {
     }
 
     /// One encoded image to the model's input, as its config's preprocessing says.
-    static func decodeImage(_ bytes: [UInt8], model: Model, index: Int) throws -> [Float] {
-        guard let pre = model.config.preprocessing else {
+    static func decodeImage(_ bytes: [UInt8], preprocessor: ImagePreprocessor?, index: Int) throws -> [Float] {
+        guard let preprocessor else {
             throw ProtocolError.bad("this model takes no encoded images: its config has no preprocessing")
         }
         do {
-            return try preprocessImage(
-                bytes, config: pre, channels: model.vit.config.numChannels, imageSize: model.vit.config.imageSize)
+            return try preprocessor.preprocess(bytes)
         } catch {
             throw ProtocolError.bad("image \(index): \(error)")
         }

@@ -12,6 +12,8 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         let model: Model
         let runner: ModelRunner
         let entry: ServerConfig.ModelEntry
+        /// Built at load from the model's `preprocessing`, so that a bad one fails start-up.
+        let preprocessor: ImagePreprocessor?
     }
 
     public static let version = "0.1.0"
@@ -28,6 +30,9 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         var models: [String: Served] = [:]
         for (name, entry) in config.models.sorted(by: { $0.key < $1.key }) {
             let model = try Model(directory: entry.path)
+            let preprocessor = try model.config.preprocessing.map {
+                try ImagePreprocessor(config: $0, channels: model.vit.config.numChannels, imageSize: model.vit.config.imageSize)
+            }
             let runner = ModelRunner(
                 name: name, model: model,
                 config: BatcherConfig(
@@ -37,7 +42,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             metrics.register(
                 model: name, acmPaths: model.vit.acmPaths,
                 choices: model.vit.acmPaths.map { model.config.acm[$0]!.minChoice...model.config.acm[$0]!.numLearners })
-            models[name] = Served(name: name, model: model, runner: runner, entry: entry)
+            models[name] = Served(name: name, model: model, runner: runner, entry: entry, preprocessor: preprocessor)
             logger.info(
                 "loaded model",
                 metadata: [
@@ -124,7 +129,8 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         do {
             request = try InferRequest.parse(
                 body: exchange.body, headerLength: exchange.header("Inference-Header-Content-Length"),
-                model: served.model, maxBatchSize: served.entry.maxBatchSize, defaultBudget: served.entry.defaultBudget)
+                model: served.model, preprocessor: served.preprocessor, maxBatchSize: served.entry.maxBatchSize,
+                defaultBudget: served.entry.defaultBudget)
         } catch let e as ProtocolError {
             return fail(served.name, e, id: nil)
         } catch {
@@ -144,7 +150,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         do {
             budget = try exchange.query("compute_budget").map { try parseBudget(nil, text: $0) } ?? served.entry.defaultBudget
             guard !exchange.body.isEmpty else { throw ProtocolError.bad("the body must be a PNG or JPEG image") }
-            image = try InferRequest.decodeImage(exchange.body, model: served.model, index: 0)
+            image = try InferRequest.decodeImage(exchange.body, preprocessor: served.preprocessor, index: 0)
         } catch let e as ProtocolError {
             return fail(served.name, e, id: nil)
         } catch {

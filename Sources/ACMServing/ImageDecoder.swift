@@ -17,8 +17,6 @@ import Foundation
 public enum ImageError: Error, CustomStringConvertible, Equatable {
     /// The bytes start with neither the PNG nor the JPEG signature.
     case unknownFormat
-    /// The header says the image has no pixels.
-    case empty(width: Int, height: Int)
     /// The header claims more pixels than the limit; rejected before any pixel memory is allocated.
     case tooLarge(width: Int, height: Int, maxPixels: Int)
     /// The decoder failed: corrupt, truncated or malformed data. `reason` is the library's message.
@@ -33,7 +31,6 @@ public enum ImageError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case .unknownFormat: return "not a PNG or JPEG image"
-        case let .empty(width, height): return "image is empty (\(width)×\(height))"
         case let .tooLarge(width, height, maxPixels):
             return "image is too large: \(width)×\(height) is more than \(maxPixels) pixels"
         case let .corrupt(format, reason): return "cannot decode \(format) image: \(reason)"
@@ -80,8 +77,11 @@ public enum ImageDecoder {
     static let pngSignature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
     static let jpegSignature: [UInt8] = [0xFF, 0xD8, 0xFF]
 
-    static func checkSize(width: Int, height: Int, maxPixels: Int) throws {
-        guard width > 0, height > 0 else { throw ImageError.empty(width: width, height: height) }
+    static func checkSize(format: String, width: Int, height: Int, maxPixels: Int) throws {
+        // TurboJPEG reports 0×0 for a header cut short; libpng rejects a zero size itself.
+        guard width > 0, height > 0 else {
+            throw ImageError.corrupt(format: format, reason: "no image in the header (\(width)×\(height))")
+        }
         guard width * height <= maxPixels else {
             throw ImageError.tooLarge(width: width, height: height, maxPixels: maxPixels)
         }
@@ -105,7 +105,7 @@ public enum ImageDecoder {
         }
         let width = Int(image.width), height = Int(image.height)
         do {
-            try checkSize(width: width, height: height, maxPixels: maxPixels)
+            try checkSize(format: "PNG", width: width, height: height, maxPixels: maxPixels)
         } catch {
             png_image_free(&image)
             throw error
@@ -186,7 +186,7 @@ public enum ImageDecoder {
             throw ImageError.corrupt(format: "JPEG", reason: errorString(handle))
         }
         let width = Int(w), height = Int(h)
-        try checkSize(width: width, height: height, maxPixels: maxPixels)
+        try checkSize(format: "JPEG", width: width, height: height, maxPixels: maxPixels)
         guard colorspace != Int32(TJCS_CMYK.rawValue), colorspace != Int32(TJCS_YCCK.rawValue) else {
             throw ImageError.unsupported("CMYK JPEG")
         }

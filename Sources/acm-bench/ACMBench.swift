@@ -2,12 +2,18 @@ import ACMCore
 import ArgumentParser
 import Foundation
 
-/// Times one ACM MLP layer against the dense MLP it replaces, in the same run, and prints the ratio
-/// time(ACM at mean fraction β) / time(dense). Runs alternate between the two so machine noise hits both.
 @main
 struct ACMBench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "acm-bench",
+        commandName: "acm-bench", abstract: "acm-serve's benchmarks (BENCHMARKS.md).",
+        subcommands: [LayerBench.self, ModelBench.self], defaultSubcommand: LayerBench.self)
+}
+
+/// Times one ACM MLP layer against the dense MLP it replaces, in the same run, and prints the ratio
+/// time(ACM at mean fraction β) / time(dense). Runs alternate between the two so machine noise hits both.
+struct LayerBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "layer",
         abstract: "Benchmark a grouped ACM MLP layer against the dense MLP (ViT-B shapes by default).")
 
     @Option(help: "Model width d.") var hidden = 768

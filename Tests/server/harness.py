@@ -77,7 +77,8 @@ class Server:
         self.wait_ready()
 
     def log_tail(self, n=60):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path, 'rb') as f:
             lines = f.read().decode('utf-8', 'replace').splitlines()
         return '\n'.join(lines[-n:])

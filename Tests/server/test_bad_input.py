@@ -102,6 +102,41 @@ def test_binary_size_mismatch(server, mixed):
     still_serving(server, mixed)
 
 
+@pytest.mark.parametrize('binary', [False, True], ids=['json', 'binary'])
+@pytest.mark.parametrize('batch', [10**12, 2**62], ids=['1e12', '2^62'])
+def test_huge_batch_dimension(mixed, batch, binary):
+    """Should refuse a shape whose batch dimension is far over max_batch_size with 400, allocating nothing for it."""
+    s = Server()  # its own server: a crash here must not take the other tests' server down
+    try:
+        x = mixed['input'][:1]
+        if binary:
+            body, headers = encode_infer(x, binary=True)
+            n = int(headers['Inference-Header-Content-Length'])
+            header = json.loads(body[:n])
+            header['inputs'][0]['shape'][0] = batch
+            head = json.dumps(header).encode()
+            headers['Inference-Header-Content-Length'] = str(len(head))
+            body = head + body[n:]
+        else:
+            body = json.dumps(json_infer(x, shape=[batch, 1, 16, 16])).encode()
+            headers = {'Content-Type': 'application/json'}
+        try:
+            got, rh, data = request(s.port, 'POST', infer_path('vit-mixed'), body, headers)
+        except ConnectionError as e:
+            try:
+                s.proc.wait(5)
+            except Exception:  # noqa: BLE001 - still running: no crash to show
+                pass
+            crash = [line for line in s.log_tail(400).splitlines() if 'Fatal' in line or 'crashed' in line]
+            raise AssertionError(f'no answer ({type(e).__name__}); exit code {s.proc.poll()}; {crash[:3]}') from None
+        assert got == 400, data
+        error_message(got, rh, data)
+        still_serving(s, mixed)
+    finally:
+        s.kill()
+        s.log.close()
+
+
 @pytest.mark.parametrize('image', [b'not an image at all', b'\x89PNG\r\n\x1a\n' + b'\0' * 40, b''],
                          ids=['text', 'truncated-png', 'empty'])
 def test_undecodable_image(server, mixed, image):

@@ -70,6 +70,7 @@ def test_full_queue_refuses_with_503(server, mixed):
         if refused:
             break
         time.sleep(0.1)
+    print(f'{ok} answered 200, {refused} refused with 503')
     assert refused > 0, f'no request refused in {ROUNDS} bursts of {CLIENTS}'
     assert ok > 0
     assert failures() - before == refused
