@@ -15,10 +15,18 @@ setup:
 build: setup
 	$(SWIFT) build -c release
 
-## Every test: Swift unit and golden tests, the Python reference's tests, and the CLI end to end.
+## Every test: Swift unit and golden tests, the Python reference's tests, the CLI and the server end to end.
 test: build
 	$(SWIFT) test --disable-xctest
-	PYTHONPATH=tools ACM_SERVE_BIN=$(CURDIR)/.build/release/acm-serve $(PY) -m pytest -q tools/tests Tests/e2e
+	PYTHONPATH=tools ACM_SERVE_BIN=$(CURDIR)/.build/release/acm-serve $(PY) -m pytest -q tools/tests Tests/e2e Tests/server
+
+## The HTTP server end to end: tritonclient, perf_analyzer, curl, promtool.
+test-server: build
+	ACM_SERVE_BIN=$(CURDIR)/.build/release/acm-serve $(PY) -m pytest -q Tests/server
+
+## perf_analyzer against acm-serve: throughput and p50/p99 latency at concurrency 1, 8, 32.
+bench-server: build
+	$(PY) Tests/server/perf.py
 
 ## Serve the bundled models (config/acm-serve.json) on port 8000 until Ctrl-C.
 serve: build

@@ -135,6 +135,7 @@ extension InferRequest {
                 throw ProtocolError.bad("input '\(name)' has shape \(shape); the model takes [n, \(imageShape.map(String.init).joined(separator: ", "))]")
             }
             count = shape[0]
+            try checkBatch(count, maxBatchSize)  // before any arithmetic or allocation that uses it
             let elements = count * perImage
             if let binarySize {
                 guard binarySize == elements * 4 else {
@@ -159,6 +160,7 @@ extension InferRequest {
                 throw ProtocolError.bad("BYTES input '\(name)' must have shape [n] (n encoded images), got \(shape)")
             }
             count = shape[0]
+            try checkBatch(count, maxBatchSize)
             var encoded: [[UInt8]] = []
             if let binarySize {
                 encoded = try splitBytesElements(binary.prefix(binarySize), expected: count)
@@ -176,10 +178,6 @@ extension InferRequest {
             }
         default:
             throw ProtocolError.bad("input '\(name)' has datatype \(datatype); the model takes FP32 (or BYTES images)")
-        }
-        guard count >= 1 else { throw ProtocolError.bad("input '\(name)' holds no images") }
-        guard count <= maxBatchSize else {
-            throw ProtocolError.bad("inference request batch-size must be <= \(maxBatchSize) for this model, got \(count)")
         }
 
         // outputs
@@ -215,6 +213,14 @@ extension InferRequest {
         }
         return InferRequest(
             id: id, images: images, count: count, budget: budget, timeoutNanoseconds: timeout, outputs: outputs)
+    }
+
+    /// A request's image count must be 1...max_batch_size (Triton's rule and message).
+    static func checkBatch(_ count: Int, _ maxBatchSize: Int) throws {
+        guard count >= 1 else { throw ProtocolError.bad("the input holds no images (batch dimension 0)") }
+        guard count <= maxBatchSize else {
+            throw ProtocolError.bad("inference request batch-size must be <= \(maxBatchSize) for this model, got \(count)")
+        }
     }
 
     /// Triton's BYTES binary layout: each element is a 4-byte little-endian length and its bytes.

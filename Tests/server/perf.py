@@ -90,15 +90,20 @@ def main(argv=None):
     ap.add_argument('--format', choices=['binary', 'json'], default='binary', help='tensor format of requests and answers')
     ap.add_argument('--budget', type=float, help='the model\'s default_budget (default: none, auto); only for the '
                     'server started here: perf_analyzer 2.40 sends no request parameters over HTTP')
+    ap.add_argument('--queue-delay-us', type=int, help='the batcher\'s max_queue_delay_microseconds (default: the '
+                    'config\'s, 2000); only for the server started here')
     ap.add_argument('--interval-ms', type=int, default=3000, help='measurement window')
     args = ap.parse_args(argv)
 
     server = None
     if args.url is None:
-        server = Server(models=default_models(default_budget=args.budget))
+        batcher = {'default_budget': args.budget}
+        if args.queue_delay_us is not None:
+            batcher['max_queue_delay_microseconds'] = args.queue_delay_us
+        server = Server(models=default_models(**batcher))
         args.url = server.url
-    elif args.budget is not None:
-        ap.error('--budget needs the server started here (set default_budget in your server\'s config instead)')
+    elif args.budget is not None or args.queue_delay_us is not None:
+        ap.error('--budget and --queue-delay-us need the server started here (set them in your server\'s config)')
     try:
         rows = []
         for c in args.concurrency:
@@ -110,7 +115,8 @@ def main(argv=None):
                 sys.exit(f'perf_analyzer exited with {code} at concurrency {c}')
             rows.append(row)
         budget = 'auto' if args.budget is None else f'default_budget {args.budget}'
-        print(f'{args.model}, batch 1, {args.format} tensors, {budget}:\n')
+        delay = '' if args.queue_delay_us is None else f', max_queue_delay {args.queue_delay_us} µs'
+        print(f'{args.model}, batch 1, {args.format} tensors, {budget}{delay}:\n')
         print(table(rows))
     finally:
         if server:
