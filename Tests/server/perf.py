@@ -62,12 +62,27 @@ def read_csv(path):
              'avg_us': float(r['Avg latency']) if 'Avg latency' in r else None} for r in rows]
 
 
-def measure(url, model, concurrency, **kw):
-    """Run perf_analyzer at one concurrency. -> (exit code, output, row or None)"""
+def normal_input_file(path, shape, count=16, seed=0):
+    """perf_analyzer's JSON input-data file with `count` images of N(0, 1) values. Its own 'random' data
+    are random bit patterns, NaNs among them, which acm-serve refuses (400)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    data = [{'input': {'content': rng.standard_normal(shape).astype(np.float32).ravel().tolist(), 'shape': shape}}
+            for _ in range(count)]
+    with open(path, 'w') as f:
+        json.dump({'data': data}, f)
+    return path
+
+
+def measure(url, model, concurrency, input_data='normal', **kw):
+    """Run perf_analyzer at one concurrency. input_data: 'normal' (N(0, 1) images), 'zero', or a file.
+    -> (exit code, output, row or None)"""
     shape = input_shape(url, model)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, 'report.csv')
-        cmd = command(url, model, shape, concurrency, csv_path=path, **kw)
+        if input_data == 'normal':
+            input_data = normal_input_file(os.path.join(d, 'input.json'), shape)
+        cmd = command(url, model, shape, concurrency, csv_path=path, input_data=input_data, **kw)
         code, output = run(cmd)
         rows = read_csv(path) if code == 0 and os.path.exists(path) else []
     return code, output, (rows[0] if rows else None), cmd
