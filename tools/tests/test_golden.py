@@ -8,6 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from acm_tools import golden
+from regeneration import generate_twice, tree
 from acm_tools.modelio import load_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -16,23 +17,11 @@ NAMES = [fx.name for fx in golden.fixtures()]
 FILES = ['config.json', 'example.npy', 'golden.safetensors', 'model.safetensors']
 
 
-def tree(d):
-    """{relative path: bytes} of every file under d."""
-    out = {}
-    for root, _, files in os.walk(d):
-        for f in files:
-            p = os.path.join(root, f)
-            with open(p, 'rb') as fh:
-                out[os.path.relpath(p, d)] = fh.read()
-    return out
 
 
 @pytest.fixture(scope='module')
 def generated(tmp_path_factory):
-    d = tmp_path_factory.mktemp('golden')
-    golden.main(['--out', str(d / 'a')])
-    golden.main(['--out', str(d / 'b')])
-    return tree(d / 'a'), tree(d / 'b')
+    return generate_twice(golden.main, tmp_path_factory.mktemp('golden'))
 
 
 def test_generation_is_deterministic(generated):

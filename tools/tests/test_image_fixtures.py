@@ -10,26 +10,17 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from acm_tools import image_fixtures
+from regeneration import generate_twice, tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMMITTED = os.path.join(REPO, 'Tests', 'ACMServingTests', 'Fixtures', 'images')
 
 
-def tree(d):
-    """{file name: bytes} of every file in d."""
-    out = {}
-    for f in sorted(os.listdir(d)):
-        with open(os.path.join(d, f), 'rb') as fh:
-            out[f] = fh.read()
-    return out
 
 
 @pytest.fixture(scope='module')
 def generated(tmp_path_factory):
-    d = tmp_path_factory.mktemp('images')
-    image_fixtures.main(['--out', str(d / 'a')])
-    image_fixtures.main(['--out', str(d / 'b')])
-    return tree(d / 'a'), tree(d / 'b')
+    return generate_twice(image_fixtures.main, tmp_path_factory.mktemp('images'))
 
 
 def test_generation_is_deterministic(generated):
