@@ -7,7 +7,7 @@ MODEL ?= Tests/ACMModelsTests/Fixtures/vit_mixed
 INPUT ?= $(MODEL)/example.npy
 BUDGET ?= 0.5
 
-.PHONY: setup build test serve predict bench bench-server fixtures demo-model clean
+.PHONY: setup build test test-server serve predict bench bench-server fixtures demo-model fashion-models fashion-report clean
 
 setup:
 	@scripts/setup
@@ -45,6 +45,14 @@ bench: build
 fixtures: setup
 	PYTHONPATH=tools $(PY) -m acm_tools.golden
 	PYTHONPATH=tools $(PY) -m acm_tools.image_fixtures
+
+## Rebuild the Fashion-MNIST models from scratch (teacher, ACM, ACM without robustness) into models/.
+fashion-models: setup
+	PYTHONPATH=tools $(PY) -m acm_tools.fashion_pipeline
+
+## docs/results.md's numbers and plots, measured through acm-serve evaluate.
+fashion-report: build
+	PYTHONPATH=tools $(PY) -m acm_tools.report
 
 ## Regenerate the bundled demo model.
 demo-model: setup

@@ -109,7 +109,7 @@ public final class ACMLayer: @unchecked Sendable {
     /// Running sums of `b2` [(N+1)·d_out]: row k is Σ_{j≤k} b2[j].
     let cumulativeB2: Tensor?
     /// `gating_network.net.{j}`
-    let gate: [Linear]
+    public let gate: [Linear]
 
     public init(config: ACMConfig, inputDim: Int, outputDim: Int, weights: Weights) throws {
         try config.validate(path: weights.prefix)

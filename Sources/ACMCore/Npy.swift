@@ -1,7 +1,8 @@
 import Foundation
 
 /// NumPy's `.npy` format (https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html),
-/// enough for model inputs: little-endian f4, f8 or f2, C order, any shape.
+/// enough for model inputs and labels: little-endian f4, f8, f2, i4, i8 or u1, C order, any shape,
+/// read as Float (integers up to 2²⁴ exactly).
 public enum Npy {
     public static func read(path: String) throws -> Tensor {
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -48,12 +49,15 @@ public enum Npy {
             }
 
         let width: Int
-        switch descr {
-        case "<f4", "|f4": width = 4
-        case "<f8", "|f8": width = 8
-        case "<f2", "|f2": width = 2
+        switch descr.dropFirst() {
+        case "f4", "i4": width = 4
+        case "f8", "i8": width = 8
+        case "f2": width = 2
+        case "u1": width = 1
         default: throw fail("dtype '\(descr)' is not supported; use float32")
         }
+        guard descr.first == "<" || descr.first == "|" else { throw fail("dtype '\(descr)' is not little-endian") }
+        let integer = descr.dropFirst().first == "i" || descr.dropFirst().first == "u"
         let tensor = Tensor(shape: shape)
         let dataStart = headerStart + headerLength
         guard bytes.count - dataStart == tensor.count * width else {
@@ -62,9 +66,12 @@ public enum Npy {
         bytes.withUnsafeBytes { raw in
             let src = raw.baseAddress! + dataStart
             for i in 0..<tensor.count {
-                switch width {
-                case 4: tensor.data[i] = Float(bitPattern: UInt32(littleEndian: src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
-                case 8: tensor.data[i] = Float(Double(bitPattern: UInt64(littleEndian: src.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self))))
+                switch (width, integer) {
+                case (1, _): tensor.data[i] = Float(src.load(fromByteOffset: i, as: UInt8.self))
+                case (4, true): tensor.data[i] = Float(Int32(littleEndian: src.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self)))
+                case (8, true): tensor.data[i] = Float(Int64(littleEndian: src.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self)))
+                case (4, _): tensor.data[i] = Float(bitPattern: UInt32(littleEndian: src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self)))
+                case (8, _): tensor.data[i] = Float(Double(bitPattern: UInt64(littleEndian: src.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self))))
                 default: tensor.data[i] = halfToFloat(UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)))
                 }
             }

@@ -162,6 +162,34 @@ public final class ViT: @unchecked Sendable {
         self.acms = acms
     }
 
+    /// FLOPs (2 per multiply-add) per image of everything but the ACMs' learners: patch embedding,
+    /// attention, dense layers, gates and head. LayerNorm and softmax are not counted.
+    public var fixedFLOPs: Double {
+        let c = config
+        let t = Double(c.sequenceLength), d = Double(c.hiddenDim), patches = Double(c.gridSize * c.gridSize)
+        var total = 2 * patches * Double(c.numChannels * c.patchSize * c.patchSize) * d  // patch embedding
+        total += 2 * d * Double(c.numClasses)  // head, on the class token
+        for layer in layers {
+            total += 2 * 2 * t * t * d  // q·kᵀ and softmax·v over all heads
+            for block in [layer.q, layer.k, layer.v, layer.o, layer.mlp] {
+                switch block {
+                case let .linear(l): total += 2 * t * Double(l.inputs * l.outputs)
+                case let .mlp(m): total += 2 * t * Double(m.fc1.inputs * m.fc1.outputs + m.fc2.inputs * m.fc2.outputs)
+                case let .acm(_, a): total += 2 * t * a.gate.reduce(0.0) { $0 + Double($1.inputs * $1.outputs) }
+                }
+            }
+        }
+        return total
+    }
+
+    /// FLOPs per image of every ACM learner: the denominator of the compute fraction.
+    public var allLearnerFLOPs: Double {
+        acms.reduce(0.0) { $0 + $1.learnerFLOPs * Double(config.sequenceLength * $1.config.numLearners) }
+    }
+
+    /// FLOPs per image at a compute fraction.
+    public func flops(computeFraction: Double) -> Double { fixedFLOPs + computeFraction * allLearnerFLOPs }
+
     /// Number of input floats per image: [C, H, W].
     public var inputCount: Int { config.numChannels * config.imageSize * config.imageSize }
 

@@ -112,6 +112,23 @@ func rawSafeTensors(header: String, data: [UInt8], declaredLength: Int? = nil) -
         #expect(t.shape == [2] && t.array == [1.5, -2.25])
     }
 
+    /// Should read integer arrays (labels) as NumPy writes them.
+    @Test func readsIntegers() throws {
+        func file(_ descr: String, _ payload: [UInt8]) -> Data {
+            var header = "{'descr': '\(descr)', 'fortran_order': False, 'shape': (3,), }"
+            while (10 + header.count + 1) % 64 != 0 { header += " " }
+            header += "\n"
+            var data = Data([0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.count), 0])
+            data.append(contentsOf: Array(header.utf8))
+            data.append(contentsOf: payload)
+            return data
+        }
+        #expect(try Npy.decode(file("|u1", [0, 7, 255])).array == [0, 7, 255])
+        #expect(try Npy.decode(file("<i4", [9, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 1, 1, 0, 0])).array == [9, -1, 257])
+        let i8: [UInt8] = [3, 0, 0, 0, 0, 0, 0, 0] + [0xFE] + [UInt8](repeating: 0xFF, count: 7) + [0, 0, 1, 0, 0, 0, 0, 0]
+        #expect(try Npy.decode(file("<i8", i8)).array == [3, -2, 65536])
+    }
+
     /// Should reject other dtypes, Fortran order, and short data with a message.
     @Test func rejectsBadFiles() {
         func file(_ dict: String, payload: Int) -> Data {
@@ -120,7 +137,8 @@ func rawSafeTensors(header: String, data: [UInt8], declaredLength: Int? = nil) -
             data.append(contentsOf: [UInt8](repeating: 0, count: payload))
             return data
         }
-        #expect(throws: ModelError.self) { try Npy.decode(file("{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }\n", payload: 16)) }
+        #expect(throws: ModelError.self) { try Npy.decode(file("{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }\n", payload: 8)) }
+        #expect(throws: ModelError.self) { try Npy.decode(file("{'descr': '<c8', 'fortran_order': False, 'shape': (2,), }\n", payload: 16)) }
         #expect(throws: ModelError.self) { try Npy.decode(file("{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }\n", payload: 8)) }
         #expect(throws: ModelError.self) { try Npy.decode(file("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }\n", payload: 8)) }
         #expect(throws: ModelError.self) { try Npy.decode(Data("hello".utf8)) }

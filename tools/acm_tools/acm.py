@@ -124,6 +124,29 @@ def trim_to_cap(logits, k_auto, min_choice, num_learners, beta):
     return k
 
 
+def cap_choices_batched(logits, k, min_choice, num_learners, beta):
+    """The cap rule of trim_to_cap for a whole batch at once (for training): the same units kept, the same
+    order (S high to low, then token, then j), vectorised. logits (B, T, C), k (B, T) proposed counts,
+    beta [B] -> k (B, T) int64."""
+    B, T, C = logits.shape
+    N = num_learners
+    S = survival(logits.reshape(B * T, C)).reshape(B, T, C)  # (B, T, C) float64, S[..., c] = P(K >= k_min + c)
+    j = torch.arange(min_choice, N + 1, device=logits.device)  # (C,): k of each column
+    valid = (j > min_choice) & (j <= k.unsqueeze(-1))  # (B, T, C): units above the floor, up to k
+    score = torch.where(valid, S, torch.full_like(S, -1.0)).reshape(B, T * C)  # (B, T*C) in (t, j) order
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices  # ties keep (t, j) order
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(T * C, device=logits.device).expand(B, -1))  # (B, T*C)
+    beta = torch.as_tensor(beta, dtype=torch.float64).reshape(-1).expand(B)
+    cap = torch.maximum(torch.full((B,), min_choice * T, dtype=torch.float64),
+                        torch.floor(beta * N * T + CAP_EPS))  # (B,)
+    keep_n = (cap - min_choice * T).long().unsqueeze(1)  # (B, 1)
+    kept = (rank < keep_n) & valid.reshape(B, T * C)  # (B, T*C)
+    trimmed = min_choice + kept.reshape(B, T, C).sum(dim=-1)  # (B, T)
+    over = k.sum(dim=1) > cap  # (B,): only sequences over their cap are trimmed
+    return torch.where(over.unsqueeze(1), trimmed, k)
+
+
 def sequence_betas(beta, batch_size):
     """A float or a [B] tensor of per-sequence budgets -> list of B floats in (0, 1]."""
     if isinstance(beta, torch.Tensor):
@@ -160,8 +183,9 @@ def choose(logits, mode, cfg, batch_size, seq_len, beta=None, k=None):
     k_auto = choose_auto(logits, k_min)  # (B, T)
     if mode == 'auto':
         return k_auto
-    betas = sequence_betas(beta, B)
-    return torch.stack([trim_to_cap(logits[b], k_auto[b], k_min, N, betas[b]) for b in range(B)])  # (B, T)
+    betas = torch.tensor(sequence_betas(beta, B), dtype=torch.float64)
+    # trim_to_cap, vectorised over the batch (tested equal to it in tools/tests/test_acm.py)
+    return cap_choices_batched(logits, k_auto, k_min, N, betas)  # (B, T)
 
 
 # -----------------------------------------------------------------------------
@@ -212,13 +236,47 @@ class ACM(nn.Module):
             bound = 1 / self.d_out ** 0.5
             nn.init.uniform_(self.b2, -bound, bound)
 
-    def forward(self, x, mode='auto', beta=None, k=None):
+    def forward(self, x, mode='auto', beta=None, k=None, tau=None):
         """x (B, T, d_in) -> out (B, T, d_out), k (B, T) int64.
-        mode: 'full', 'auto', 'cap' (beta: float or [B] tensor), 'uniform' (k: int)."""
+        mode: 'full', 'auto', 'cap' (beta: float or [B] tensor), 'uniform' (k: int),
+        or 'gumbel' for training (see forward_gumbel; then the second value is the gate's one-hot)."""
+        if mode == 'gumbel':
+            return self.forward_gumbel(x, tau=tau, beta=beta)
         B, T, _ = x.shape
         logits = self.gating_network(x) if mode in ('auto', 'cap') else None  # (B, T, C)
         k = choose(logits, mode, self.cfg, B, T, beta=beta, k=k)  # (B, T)
         return self.forward_k(x, k), k
+
+    def prefix_outputs(self, x):
+        """out_k(x) for every k = k_min..N at once. x (B, T, d_in) -> (B, T, C, d_out)."""
+        B, T, _ = x.shape
+        N, h = self.cfg.num_learners, self.cfg.learner_dim
+        hid = x @ self.w1  # (B, T, N*h)
+        if self.b1 is not None:
+            hid = hid + self.b1
+        hid = self.act(hid).view(B, T, N, h)  # (B, T, N, h)
+        y = torch.einsum('btnh,nho->btno', hid, self.w2.view(N, h, self.d_out))  # (B, T, N, d_out)
+        outs = torch.cat([torch.zeros_like(y[:, :, :1]), y.cumsum(dim=2)], dim=2)  # (B, T, N+1, d_out)
+        if self.b2 is not None:
+            outs = outs + self.b2.view(N + 1, self.d_out).cumsum(dim=0)  # (N+1, d_out) broadcast
+        return outs[:, :, self.cfg.min_choice:]  # (B, T, C, d_out)
+
+    def forward_gumbel(self, x, tau, beta=None):
+        """Training forward: k sampled with straight-through Gumbel-softmax (temperature tau), trimmed by
+        per-sequence caps beta ([B] tensor, or None) with the inference rule, and the output mixed from
+        the prefix outputs by the straight-through one-hot, so the task loss reaches the gate (the
+        reference code's gated forward gives the gate no gradient).
+        -> out (B, T, d_out), g (B, T, C) one-hot with gradients."""
+        logits = self.gating_network(x)  # (B, T, C)
+        soft = F.gumbel_softmax(logits, tau=tau, hard=False)  # (B, T, C)
+        c = soft.argmax(dim=-1)  # (B, T): sampled choice index
+        if beta is not None:
+            c = cap_choices_batched(logits.detach(), c + self.cfg.min_choice, self.cfg.min_choice,
+                                    self.cfg.num_learners, beta) - self.cfg.min_choice
+        hard = F.one_hot(c, logits.shape[-1]).to(soft.dtype)  # (B, T, C)
+        g = hard - soft.detach() + soft  # straight-through: forward hard, backward soft
+        out = (g.unsqueeze(-1) * self.prefix_outputs(x)).sum(dim=2)  # (B, T, d_out)
+        return out, g
 
     def forward_k(self, x, k):
         """out_k(x) = sum_{n<k} y_n(x) + sum_{j<=k} b2[j], for a given k (B, T) per token."""

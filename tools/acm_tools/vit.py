@@ -160,9 +160,11 @@ class VisionTransformer(nn.Module):
         self.preprocessing = None
         self.labels = None
 
-    def forward(self, x, mode='auto', beta=None, k=None):
+    def forward(self, x, mode='auto', beta=None, k=None, tau=None):
         """x (B, C, H, W) -> logits (B, classes), {acm path: k (B, T)}.
-        mode: 'full', 'auto', 'cap' (beta: float or [B] tensor of per-image budgets), 'uniform' (k: int)."""
+        mode: 'full', 'auto', 'cap' (beta: float or [B] tensor of per-image budgets), 'uniform' (k: int),
+        or 'gumbel' (training, temperature tau; optional caps beta): then the dict holds each ACM's
+        straight-through one-hot (B, T, C) instead of k."""
         cfg = self.cfg
         B = x.shape[0]
         if tuple(x.shape[1:]) != (cfg.num_channels, cfg.image_size, cfg.image_size):
@@ -172,7 +174,7 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, T-1, d): patches in row-major order
         x = torch.cat([self.class_token.expand(B, -1, -1), x], dim=1)  # (B, T, d)
         choices = {}
-        x = self.encoder(x, choices, dict(mode=mode, beta=beta, k=k))  # (B, T, d)
+        x = self.encoder(x, choices, dict(mode=mode, beta=beta, k=k, tau=tau))  # (B, T, d)
         logits = self.heads.head(x[:, 0])  # (B, classes): class token
         return logits, choices
 

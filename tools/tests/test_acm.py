@@ -248,3 +248,34 @@ def test_bad_modes_are_rejected(kw):
     acm = make_acm(True, False, 'gelu', 0, GateConfig())
     with pytest.raises(ValueError):
         acm(torch.randn(3, 2, acm.d_in, dtype=torch.float64), **kw)
+
+
+def test_batched_cap_matches_reference_rule():
+    """Should keep exactly the units trim_to_cap keeps, for random logits, counts and budgets."""
+    from acm_tools.acm import cap_choices_batched, trim_to_cap
+    g = torch.Generator().manual_seed(3)
+    for k_min, N in [(0, 4), (1, 4), (0, 2), (1, 3)]:
+        C = N + 1 - k_min
+        logits = torch.randn(16, 23, C, generator=g) * 2
+        k = k_min + torch.randint(0, C, (16, 23), generator=g)
+        beta = torch.rand(16, generator=g) * 0.9 + 0.1
+        got = cap_choices_batched(logits, k, k_min, N, beta)
+        for b in range(16):
+            assert torch.equal(got[b], trim_to_cap(logits[b], k[b], k_min, N, float(beta[b])))
+
+
+def test_gumbel_forward_reaches_the_gate():
+    """Should give the gate a gradient from the output (the reference code's gated forward does not),
+    and output one of the prefix outputs per token."""
+    torch.manual_seed(0)
+    cfg = ACMConfig(num_learners=4, learner_dim=3, activation='gelu', min_choice=0, output_bias=True,
+                    gate=GateConfig(depth=3, hidden_dim=8))
+    acm = ACM(6, 5, cfg)
+    x = torch.randn(2, 7, 6)
+    out, g = acm(x, mode='gumbel', tau=0.8, beta=torch.tensor([0.3, 1.0]))
+    out.sum().backward()
+    assert acm.gating_network.net[0].weight.grad is not None
+    assert acm.gating_network.net[0].weight.grad.abs().sum() > 0
+    k = g.argmax(-1)  # (2, 7)
+    assert torch.allclose(out, acm.forward_k(x, k + cfg.min_choice), atol=1e-5)
+    assert k[0].sum() <= int(0.3 * 4 * 7 + 1e-9)  # the cap held for the first sequence
