@@ -72,10 +72,8 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
 
     public func bodyTooLarge(_ exchange: HTTPExchange) -> HTTPResponse {
         if let name = modelName(in: exchange.path) { metrics.failure(model: name, reason: .tooLarge) }
-        return error(413, "request body is larger than the limit of \(maxBodyDescription)", connectionClose: true)
+        return error(413, "request body is larger than the server's max_body_bytes limit", connectionClose: true)
     }
-
-    var maxBodyDescription: String { "max_body_bytes" }
 
     public func handle(_ exchange: HTTPExchange) -> HTTPResponse? {
         let parts = exchange.path.split(separator: "/", omittingEmptySubsequences: true).map(String.init)

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import fashion
-from .acm import ACM, ACMConfig, GateConfig
+from .acm import ACMConfig, GateConfig
 from .modelio import load_model, save_model
-from .train_teacher import accuracy, augment, setup_logging
+from .train_teacher import accuracy, augment, start_run
 from .vit import PROJECTIONS, ViTConfig, VisionTransformer, compute_fraction, layer_path
 
 # -----------------------------------------------------------------------------
@@ -288,10 +288,7 @@ def main(argv=None):
     ap.add_argument('--from-phase2', help='skip phases 0-2: start phase 3 from this ACM model directory')
     ap.add_argument('--seed', type=int, default=seed)
     args = ap.parse_args(argv)
-    setup_logging(args.out)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(args.seed)
+    g = start_run(args.out, args.seed, threads)
     start = time.time()
 
     teacher = load_model(args.teacher).eval()

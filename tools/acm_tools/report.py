@@ -113,7 +113,7 @@ def plot_kmaps(auto, xs, path, grid=7):
     plt.close(fig)
 
 
-def markdown(results, pipeline):
+def markdown(results):
     lines = ['| model and mode | test accuracy | compute fraction | GFLOPs / image | images/s |',
              '| --- | ---: | ---: | ---: | ---: |']
     for name, r in results:
@@ -132,7 +132,7 @@ def main(argv=None):
         json.dump(results, f, indent=1)
     plot(results, out_plot)
     plot_kmaps(results[1][1], xs, out_kmap)
-    print(markdown(results, None))
+    print(markdown(results))
     print('mean learners per token, auto mode:')
     for path, k in sorted(results[1][1]['mean_learners'].items()):
         print(f'  {path}: {k:.2f}')

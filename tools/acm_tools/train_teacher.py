@@ -77,6 +77,14 @@ def setup_logging(out_dir):
                         handlers=[logging.FileHandler(os.path.join(out_dir, 'train.log')), logging.StreamHandler()])
 
 
+def start_run(out_dir, run_seed, num_threads):
+    """Log to <out_dir>/train.log, seed torch, set its threads -> the run's data-order generator."""
+    setup_logging(out_dir)
+    torch.manual_seed(run_seed)
+    torch.set_num_threads(num_threads)
+    return torch.Generator().manual_seed(run_seed)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--out', default=out)
@@ -84,10 +92,7 @@ def main(argv=None):
     ap.add_argument('--limit', type=int, default=limit, help='training images (default: all)')
     ap.add_argument('--seed', type=int, default=seed)
     args = ap.parse_args(argv)
-    setup_logging(args.out)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(args.seed)
+    g = start_run(args.out, args.seed, threads)
 
     x_train, y_train = fashion.load('train', limit=args.limit)
     x_val, y_val = fashion.load('val', limit=None if args.limit is None else max(100, args.limit // 5))
