@@ -30,10 +30,14 @@ public struct ACMConfig: Codable, Sendable, Equatable {
     public var hiddenBias: Bool
     public var outputBias: Bool
     public var gate: GateConfig
+    /// The share of its learners the gate runs in auto mode, on average (nil: 1): a cap spreads its
+    /// budget over the ACMs in these proportions.
+    public var budgetShare: Double?
 
     public init(
         numLearners: Int, learnerDim: Int, activation: Activation, minChoice: Int,
-        hiddenBias: Bool = true, outputBias: Bool = false, gate: GateConfig = GateConfig()
+        hiddenBias: Bool = true, outputBias: Bool = false, gate: GateConfig = GateConfig(),
+        budgetShare: Double? = nil
     ) {
         self.numLearners = numLearners
         self.learnerDim = learnerDim
@@ -42,9 +46,11 @@ public struct ACMConfig: Codable, Sendable, Equatable {
         self.hiddenBias = hiddenBias
         self.outputBias = outputBias
         self.gate = gate
+        self.budgetShare = budgetShare
     }
 
     enum CodingKeys: String, CodingKey {
+        case budgetShare = "budget_share"
         case numLearners = "num_learners"
         case learnerDim = "learner_dim"
         case activation
@@ -69,6 +75,9 @@ public struct ACMConfig: Codable, Sendable, Equatable {
         }
         guard activation == .gelu || activation == .identity else {
             throw ModelError.config("\(path): learner activation must be gelu or identity")
+        }
+        if let share = budgetShare, !(0...1).contains(share) {
+            throw ModelError.config("\(path): budget_share \(share) is outside 0...1")
         }
     }
 }

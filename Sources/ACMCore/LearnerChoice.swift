@@ -5,6 +5,7 @@ public enum LearnerPolicy: Sendable, Equatable, CustomStringConvertible {
     /// The gate's argmax, ties to the smaller k.
     case auto
     /// The gate's choice, trimmed so that the sequence's Σk ≤ max(k_min·T, ⌊β·N·T⌋); β ∈ (0, 1].
+    /// A model applies this per ACM with that ACM's share of the request's budget (`splitBudget`).
     case cap(Double)
     /// Every token runs k learners, clamped to [k_min, N]: the static baseline.
     case uniform(Int)
@@ -29,7 +30,8 @@ public enum LearnerPolicy: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// One learner unit (token t, learner j) that a cap may take away, ranked by its survival probability.
+/// One learner unit (token t, learner j) that a cap may take away; ranked by j, then by its survival
+/// probability.
 struct LearnerUnit {
     var survival: Double
     var token: Int32
@@ -73,7 +75,8 @@ func chooseLearners(
     for t in 0..<tokens { total += Int(ks[t]) }
     if total <= cap { return }
 
-    // Rank every unit above the k_min floor by its survival probability S_t(j) = P(K_t ≥ j).
+    // Rank every unit above the k_min floor: lower j first (the water level), then the higher survival
+    // probability S_t(j) = P(K_t ≥ j), then the earlier token.
     units.removeAll(keepingCapacity: true)
     var p = [Double](repeating: 0, count: choices)
     for t in 0..<tokens {
@@ -98,10 +101,49 @@ func chooseLearners(
         }
     }
     units.sort { a, b in
+        if a.learner != b.learner { return a.learner < b.learner }
         if a.survival != b.survival { return a.survival > b.survival }
-        if a.token != b.token { return a.token < b.token }
-        return a.learner < b.learner
+        return a.token < b.token
     }
     ks.update(repeating: Int32(minChoice), count: tokens)
     for unit in units.prefix(cap - floorUnits) { ks[Int(unit.token)] += 1 }
 }
+
+/// Spreads a sequence's cap β over a model's ACMs (docs/compute-budget.md, "Spreading the budget"):
+/// β_l = min(1, max(floor_l, s·w_l)) with the largest s, found by 100 halvings, at which
+/// Σ_l β_l·cost_l ≤ β·Σ_l cost_l. The arrays are in the ACMs' sorted-path order, so that the sums
+/// are the same floating-point operations as in the reference (`acm_tools.acm.split_budget`).
+///
+/// - Parameters:
+///   - shares: w_l, the share of its learners each ACM's gate runs on average (nil: 1).
+///   - floors: k_min/N of each ACM.
+///   - costs: N·F of each ACM (its learner FLOPs per token).
+/// - Returns: β_l for each ACM, in the same order.
+public func splitBudget(_ beta: Double, shares: [Double?], floors: [Double], costs: [Double]) -> [Double] {
+    precondition(shares.count == floors.count && floors.count == costs.count)
+    if shares.isEmpty { return [] }
+    let w = shares.map { $0 ?? 1 }
+    var total = 0.0
+    for c in costs { total += c }
+    func level(_ s: Double, _ l: Int) -> Double { min(1, max(floors[l], s * w[l])) }
+    func spent(_ s: Double) -> Double {
+        var used = 0.0
+        for l in w.indices { used += level(s, l) * costs[l] }
+        return used / total
+    }
+    var hi = 0.0
+    for wl in w where wl > 0 { hi = max(hi, 1 / wl) }
+    var s = hi
+    if spent(hi) > beta {
+        var a = 0.0, b = hi
+        for _ in 0..<budgetBisections {
+            let mid = (a + b) / 2
+            if spent(mid) > beta { b = mid } else { a = mid }
+        }
+        s = a
+    }
+    return w.indices.map { level(s, $0) }
+}
+
+/// Halvings of the bisection in `splitBudget`.
+let budgetBisections = 100

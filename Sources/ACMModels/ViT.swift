@@ -187,6 +187,31 @@ public final class ViT: @unchecked Sendable {
         acms.reduce(0.0) { $0 + $1.learnerFLOPs * Double(config.sequenceLength * $1.config.numLearners) }
     }
 
+    /// Each ACM's share of a cap β (docs/compute-budget.md, "Spreading the budget"), in `acmPaths` order.
+    public func layerBudgets(_ beta: Double) -> [Double] {
+        let order = acmPaths.indices.sorted { acmPaths[$0] < acmPaths[$1] }
+        let split = splitBudget(
+            beta,
+            shares: order.map { acms[$0].config.budgetShare },
+            floors: order.map { Double(acms[$0].config.minChoice) / Double(acms[$0].config.numLearners) },
+            costs: order.map { acms[$0].learnerFLOPs * Double(acms[$0].config.numLearners) })
+        var budgets = [Double](repeating: 1, count: acms.count)
+        for (position, index) in order.enumerated() { budgets[index] = split[position] }
+        return budgets
+    }
+
+    /// The policy of each image at each ACM: a cap becomes that ACM's share of it; `[acm][image]`.
+    func layerPolicies(_ policies: [LearnerPolicy]) -> [[LearnerPolicy]] {
+        var splits: [Double: [Double]] = [:]
+        for case let .cap(beta) in policies where splits[beta] == nil { splits[beta] = layerBudgets(beta) }
+        return acms.indices.map { l in
+            policies.map { policy in
+                if case let .cap(beta) = policy { return .cap(splits[beta]![l]) }
+                return policy
+            }
+        }
+    }
+
     /// FLOPs per image at a compute fraction.
     public func flops(computeFraction: Double) -> Double { fixedFLOPs + computeFraction * allLearnerFLOPs }
 
@@ -217,6 +242,7 @@ public final class ViT: @unchecked Sendable {
         var possible = [Double](repeating: 0, count: count)
         var histogram = acms.map { [Int](repeating: 0, count: $0.config.numLearners + 1) }
         var recorded: [[Int32]] = []
+        let acmPolicies = layerPolicies(policies)
 
         // patch embedding: im2col, then [images·g², C·p·p] × [C·p·p, d]
         let patches = ws.patches.reserve(count * g * g * patchLength)
@@ -250,7 +276,7 @@ public final class ViT: @unchecked Sendable {
             case let .acm(index, layer):
                 ws.choices.withUnsafeMutableBufferPointer { ks in
                     layer.forward(
-                        input, sequences: sequences, policies: policies, out: output,
+                        input, sequences: sequences, policies: acmPolicies[index], out: output,
                         choices: ks.baseAddress!, workspace: ws.acm)
                     let cost = layer.learnerFLOPs
                     for b in 0..<count {

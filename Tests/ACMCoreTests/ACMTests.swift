@@ -51,9 +51,9 @@ func naiveACM(
     return out
 }
 
-/// The cap rule by repeated removal: while over the cap, drop the top learner of the token whose top
-/// learner has the lowest survival probability (the later token on ties). An independent route to
-/// docs/compute-budget.md's "keep the highest-ranked units".
+/// The cap rule by repeated removal: while over the cap, drop the top learner of a token that has the
+/// most learners, the one whose top learner has the lowest survival probability (the later token on
+/// ties). An independent route to docs/compute-budget.md's "keep the highest-ranked units".
 func naiveChoices(
     policy: LearnerPolicy, logits: [[Float]], minChoice: Int, numLearners: Int
 ) -> [Int] {
@@ -74,7 +74,8 @@ func naiveChoices(
     func survival(_ t: Int, _ j: Int) -> Double { (j...numLearners).reduce(0) { $0 + probabilities[t][$1 - minChoice] } }
     while ks.reduce(0, +) > cap {
         var victim = -1
-        for t in 0..<tokens where ks[t] > minChoice {
+        let top = ks.max()!
+        for t in 0..<tokens where ks[t] == top {
             if victim < 0 || survival(t, ks[t]) <= survival(victim, ks[victim]) { victim = t }
         }
         ks[victim] -= 1
@@ -100,15 +101,53 @@ func naiveChoices(
         #expect(choose(.auto, logits, minChoice: 1, numLearners: 3) == [1, 2, 3, 1])
     }
 
-    /// Should keep the units the gate is surest of, and break survival ties by token order.
-    @Test func capKeepsHighestSurvival() {
-        // Three tokens all choose k = 2 of N = 2; cap β = 0.5 allows floor(0.5·2·3) = 3 learners.
-        // Token 1 is surest of learner 2, tokens 0 and 2 are identical: the earlier token wins the tie.
-        let logits: [[Float]] = [[0, 1, 2], [-5, -5, 6], [0, 1, 2]]
-        #expect(choose(.auto, logits, minChoice: 0, numLearners: 2) == [2, 2, 2])
-        // S(1) = 1 − p(0) is high for all; S(2) = p(2): token 1 ≈ 1, tokens 0, 2 ≈ 0.665.
-        // Ranked: S_1(1), S_1(2), then S_0(1) and S_2(1) (≈ 0.91, token 0 first) → k = [1, 2, 0].
-        #expect(choose(.cap(0.5), logits, minChoice: 0, numLearners: 2) == [1, 2, 0])
+    /// Should give every token its j-th learner before any its (j+1)-th, then keep the units the gate
+    /// is surest of, and break survival ties by token order.
+    @Test func capFillsLevelsThenHighestSurvival() {
+        // Four tokens choose k = 2 of N = 2.
+        // S(1) = 1 − p(0): tokens 0, 2 ≈ 0.91, token 1 ≈ 1, token 3 ≈ 0.5; S(2) = p(2): token 1 ≈ 1,
+        // tokens 0, 2 ≈ 0.665, token 3 ≈ 0.5.
+        let logits: [[Float]] = [[0, 1, 2], [-5, -5, 6], [0, 1, 2], [0, -9, 0.001]]
+        #expect(choose(.auto, logits, minChoice: 0, numLearners: 2) == [2, 2, 2, 2])
+        // C = 3 of the four level-1 units: token 3's is the least sure.
+        #expect(choose(.cap(3 / 8), logits, minChoice: 0, numLearners: 2) == [1, 1, 1, 0])
+        // C = 5: all of level 1, then token 1's second learner (S ≈ 1).
+        #expect(choose(.cap(5 / 8), logits, minChoice: 0, numLearners: 2) == [1, 2, 1, 1])
+        // C = 6: tokens 0 and 2 tie on S(2); the earlier one wins.
+        #expect(choose(.cap(6 / 8), logits, minChoice: 0, numLearners: 2) == [2, 2, 1, 1])
+    }
+
+    /// Should spread a cap in proportion to the shares, clip at 1 and at the k_min floors, and spend the
+    /// whole budget when it can.
+    @Test func splitBudgetFollowsShares() {
+        func close(_ a: [Double], _ b: [Double]) -> Bool { zip(a, b).allSatisfy { abs($0 - $1) < 1e-12 } }
+        // Two equal-cost ACMs, shares 1 and 0.5: s + s/2 = 2β.
+        #expect(close(splitBudget(0.3, shares: [1, 0.5], floors: [0, 0], costs: [1, 1]), [0.4, 0.2]))
+        // β = 0.9: the first is clipped at 1, so 1 + s/2 = 1.8.
+        #expect(close(splitBudget(0.9, shares: [1, 0.5], floors: [0, 0], costs: [1, 1]), [1, 0.8]))
+        #expect(close(splitBudget(1, shares: [1, 0.5], floors: [0, 0], costs: [1, 1]), [1, 1]))
+        // No shares: every ACM gets β itself.
+        #expect(close(splitBudget(0.35, shares: [nil, nil, nil], floors: [0, 0.25, 0], costs: [8, 1, 3]), [0.35, 0.35, 0.35]))
+        // A floor that binds (k_min = 1 of 4) is paid for by the others: 0.25·1 + β_0·3 = 0.2·4.
+        #expect(close(splitBudget(0.2, shares: [nil, nil], floors: [0, 0.25], costs: [3, 1]), [0.55 / 3, 0.25]))
+        // A share of 0 gets only its floor.
+        #expect(close(splitBudget(0.5, shares: [0, 1], floors: [0.25, 0], costs: [1, 1]), [0.25, 0.75]))
+        var rng = SplitMix64(seed: 11)
+        for _ in 0..<200 {
+            let n = Int.random(in: 1...12, using: &rng)
+            let shares: [Double?] = (0..<n).map { _ in Double.random(in: 0...1, using: &rng) }
+            let floors = (0..<n).map { _ in [0, 0.25, 1.0 / 3][Int.random(in: 0...2, using: &rng)] }
+            let costs = (0..<n).map { _ in Double(Int.random(in: 1...64, using: &rng) * 64) }
+            let beta = Double.random(in: 0.01...1, using: &rng)
+            let split = splitBudget(beta, shares: shares, floors: floors, costs: costs)
+            let total = costs.reduce(0, +)
+            let used = zip(split, costs).map(*).reduce(0, +) / total
+            let least = zip(floors, costs).map(*).reduce(0, +) / total
+            let most = zip(zip(shares, floors), costs).map { $0.0! > 0 || $0.1 == 1 ? $1 : $0.1 * $1 }.reduce(0, +) / total
+            #expect(zip(split, floors).allSatisfy { $0 >= $1 && $0 <= 1 })
+            // the whole budget, or as near as the floors and the shares allow
+            #expect(abs(used - min(max(beta, least), most)) < 1e-9)
+        }
     }
 
     /// Should never go below k_min, even when β·N·T is smaller than k_min·T.

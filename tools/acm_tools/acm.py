@@ -28,6 +28,8 @@ LEARNER_ACTIVATIONS = ('gelu', 'identity')
 
 # floor(beta * N * T + CAP_EPS), so that a budget such as 0.3 is not lost to rounding
 CAP_EPS = 1e-9
+# halvings of the bisection that spreads a cap over the ACMs (split_budget)
+BUDGET_BISECTIONS = 100
 
 
 @dataclass
@@ -52,10 +54,17 @@ class ACMConfig:
     hidden_bias: bool = True        # tensor b1
     output_bias: bool = False       # tensor b2, one vector per choice k = 0..N (cumulative)
     gate: GateConfig = field(default_factory=GateConfig)
+    # the share of this ACM's learners the gates run in auto mode, on average (None: 1); a cap spreads its
+    # budget over the ACMs in these proportions (docs/compute-budget.md)
+    budget_share: float = None
 
     def __post_init__(self):
         if isinstance(self.gate, dict):
             self.gate = GateConfig(**self.gate)
+        if self.budget_share is not None and (isinstance(self.budget_share, bool)
+                                              or not isinstance(self.budget_share, (int, float))
+                                              or not 0.0 <= self.budget_share <= 1.0):
+            raise ValueError(f'budget_share {self.budget_share} is not in [0, 1]')
         if self.num_learners < 1 or self.learner_dim < 1:
             raise ValueError(f'num_learners and learner_dim must be >= 1, got {self.num_learners}, {self.learner_dim}')
         if not 0 <= self.min_choice <= self.num_learners:
@@ -100,19 +109,19 @@ def survival(logits):
 
 def cap_units(logits, k_auto, min_choice):
     """The learner units (S_t(j), t, j) of one sequence, k_min < j <= k_auto[t], in keep order:
-    S from high to low, then smaller token index t, then smaller j.
+    smaller j first (the water level), then S from high to low, then smaller token index t.
     logits (T, C), k_auto (T,) -> list of (float, int, int)."""
     S = survival(logits)  # (T, C)
     units = [(S[t, j - min_choice].item(), t, j)
              for t in range(logits.shape[0])
              for j in range(min_choice + 1, int(k_auto[t]) + 1)]
-    units.sort(key=lambda u: (-u[0], u[1], u[2]))
+    units.sort(key=lambda u: (u[2], -u[0], u[1]))
     return units
 
 
 def trim_to_cap(logits, k_auto, min_choice, num_learners, beta):
-    """Cap beta for one sequence: keep the auto choices if they fit in C, else keep the
-    C - k_min*T units the gate is most sure of. logits (T, C), k_auto (T,) -> k (T,) int64."""
+    """Cap beta for one sequence at one ACM: keep the auto choices if they fit in C, else keep the
+    C - k_min*T units in cap_units order. logits (T, C), k_auto (T,) -> k (T,) int64."""
     T = logits.shape[0]
     C = cap_total(beta, num_learners, T, min_choice)
     if int(k_auto.sum()) <= C:
@@ -125,16 +134,19 @@ def trim_to_cap(logits, k_auto, min_choice, num_learners, beta):
 
 
 def cap_choices_batched(logits, k, min_choice, num_learners, beta):
-    """The cap rule of trim_to_cap for a whole batch at once (for training): the same units kept, the same
-    order (S high to low, then token, then j), vectorised. logits (B, T, C), k (B, T) proposed counts,
-    beta [B] -> k (B, T) int64."""
+    """The cap rule of trim_to_cap for a whole batch at once (for training): the same units kept, in the
+    same order (j low to high, then S high to low, then token), vectorised. logits (B, T, C), k (B, T)
+    proposed counts, beta [B] -> k (B, T) int64."""
     B, T, C = logits.shape
     N = num_learners
     S = survival(logits.reshape(B * T, C)).reshape(B, T, C)  # (B, T, C) float64, S[..., c] = P(K >= k_min + c)
     j = torch.arange(min_choice, N + 1, device=logits.device)  # (C,): k of each column
     valid = (j > min_choice) & (j <= k.unsqueeze(-1))  # (B, T, C): units above the floor, up to k
     score = torch.where(valid, S, torch.full_like(S, -1.0)).reshape(B, T * C)  # (B, T*C) in (t, j) order
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices  # ties keep (t, j) order
+    by_s = torch.sort(score, dim=1, descending=True, stable=True).indices  # S high to low, ties in (t, j) order
+    level = torch.where(valid, j.expand(B, T, C), torch.full_like(k, N + 1).unsqueeze(-1).expand(B, T, C))
+    level = level.reshape(B, T * C).gather(1, by_s)  # (B, T*C): j of each unit in S order; invalid last
+    order = by_s.gather(1, torch.sort(level, dim=1, stable=True).indices)  # j first, then S, then (t, j)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(T * C, device=logits.device).expand(B, -1))  # (B, T*C)
     beta = torch.as_tensor(beta, dtype=torch.float64).reshape(-1).expand(B)
@@ -145,6 +157,46 @@ def cap_choices_batched(logits, k, min_choice, num_learners, beta):
     trimmed = min_choice + kept.reshape(B, T, C).sum(dim=-1)  # (B, T)
     over = k.sum(dim=1) > cap  # (B,): only sequences over their cap are trimmed
     return torch.where(over.unsqueeze(1), trimmed, k)
+
+
+def split_budget(beta, layers):
+    """A sequence's cap beta -> one budget beta_l per ACM (docs/compute-budget.md, "Spreading the budget").
+    layers: {path: (share w_l or None, k_min/N, cost N_l*F_l)}. beta_l = min(1, max(k_min/N, s*w_l)), with
+    the largest s (found by bisection, 100 halvings) at which sum_l beta_l*cost_l <= beta*sum_l cost_l.
+    The sums run over the paths in sorted order so that the engine computes the same floats.
+    -> {path: beta_l}."""
+    if not layers:
+        return {}
+    paths = sorted(layers)
+    w = [1.0 if layers[p][0] is None else float(layers[p][0]) for p in paths]
+    lo = [float(layers[p][1]) for p in paths]
+    cost = [float(layers[p][2]) for p in paths]
+    total = 0.0
+    for c in cost:
+        total += c
+
+    def spent(s):
+        used = 0.0
+        for wl, ll, cl in zip(w, lo, cost):
+            used += min(1.0, max(ll, s * wl)) * cl
+        return used / total
+
+    hi = 0.0
+    for wl in w:
+        if wl > 0.0:
+            hi = max(hi, 1.0 / wl)
+    if spent(hi) <= beta:
+        s = hi
+    else:
+        a, b = 0.0, hi
+        for _ in range(BUDGET_BISECTIONS):
+            mid = (a + b) / 2
+            if spent(mid) > beta:
+                b = mid
+            else:
+                a = mid
+        s = a
+    return {p: min(1.0, max(ll, s * wl)) for p, wl, ll in zip(paths, w, lo)}
 
 
 def sequence_betas(beta, batch_size):

@@ -48,7 +48,7 @@ gate = dict(depth=3, hidden_dim=16, activation='identity')  # the paper's gate
 batch_size = 128
 phase1_epochs, phase1_lr = 2, 1e-3
 phase2_epochs, phase2_lr = 1, 1e-3
-phase3_epochs, phase3_lr = 3, 2e-4
+phase3_epochs, phase3_lr = 4, 2e-4
 tau_error = 1.2  # phase 2's error-ratio threshold
 gumbel_tau = 0.8
 beta_target = 0.6  # the compute fraction the gates aim for in auto mode
@@ -56,6 +56,8 @@ cost_weight, entropy_weight, diversity_weight = 0.1, 0.05, 0.05
 distill_weight, distill_temperature = 1.0, 1.0  # KL to the teacher's logits in phase 3
 robust_fraction = 0.5  # share of phase-3 batches run under random caps (with --robust)
 robust_range = (0.2, 1.0)
+share_momentum = 0.95  # phase 3 tracks each ACM's budget_share from the uncapped batches
+calibration_images = 5000  # training images on which the exported budget shares are measured
 threads = 2
 limit = None  # training images (None: all); CI uses a few hundred
 # -----------------------------------------------------------------------------
@@ -205,6 +207,21 @@ def phase2(student, teacher, x_train, g, epochs):
     return loss.item()
 
 
+@torch.no_grad()
+def calibrate_budget_shares(student, x, batch=500):
+    """Set each ACM's budget_share (docs/compute-budget.md) to the share of its learners the gates run in
+    auto mode on the images x, rounded to 6 decimals. -> {path: share}."""
+    student.eval()
+    sums = {p: 0.0 for p in student.cfg.acm}
+    for i in range(0, len(x), batch):
+        _, choices = student(x[i:i + batch], mode='auto')
+        for p, k in choices.items():
+            sums[p] += k.double().sum().item()
+    for p, c in student.cfg.acm.items():
+        c.budget_share = round(sums[p] / (len(x) * student.cfg.seq_length * c.num_learners), 6)
+    return {p: c.budget_share for p, c in student.cfg.acm.items()}
+
+
 def phase3(student, teacher, x_train, y_train, g, epochs, robust):
     """End to end: task and distillation losses plus the paper's cost, entropy and diversity losses,
     straight-through Gumbel-softmax (tau = gumbel_tau); with `robust`, random per-image caps."""
@@ -243,6 +260,12 @@ def phase3(student, teacher, x_train, y_train, g, epochs, robust):
         tokens = next(iter(gates.values())).shape[1]
         fraction_b = cost_b / (full_cost * tokens)  # (B,)
         cost = (fraction_b.mean() - beta_target).abs() if beta is None else fraction_b.mean() * 0
+        if beta is None:  # follow the gates' own allocation, which the caps spread their budgets by
+            for path, gt in gates.items():
+                c = student.cfg.acm[path]
+                k = torch.arange(c.min_choice, c.num_learners + 1, dtype=gt.dtype)
+                share = (gt.detach() * k).sum(-1).mean().item() / c.num_learners
+                c.budget_share = min(1.0, share_momentum * c.budget_share + (1 - share_momentum) * share)
         entropy = -torch.stack(entropies).mean()
         diversity = -(fraction_b.unsqueeze(0) - fraction_b.unsqueeze(1)).abs().mean() * 2
         loss = (task + distill_weight * kd + cost_weight * cost + entropy_weight * entropy.float()
@@ -287,8 +310,9 @@ def main(argv=None):
     ap.add_argument('--limit', type=int, default=limit, help='training images (default: all)')
     ap.add_argument('--from-phase2', help='skip phases 0-2: start phase 3 from this ACM model directory')
     ap.add_argument('--seed', type=int, default=seed)
+    ap.add_argument('--threads', type=int, default=threads, help='torch intra-op threads')
     args = ap.parse_args(argv)
-    g = start_run(args.out, args.seed, threads)
+    g = start_run(args.out, args.seed, args.threads)
     start = time.time()
 
     teacher = load_model(args.teacher).eval()
@@ -314,7 +338,10 @@ def main(argv=None):
         logging.info(f'after phase 2: {metrics["after_phase2"]}')
         save_model(student, os.path.join(args.out, 'phase2'), dtype='F32', preprocessing=fashion.PREPROCESSING,
                    labels=fashion.LABELS)
+    metrics['budget_shares_before_phase3'] = calibrate_budget_shares(student, x_train[:calibration_images])
     metrics['phase3_last_batch'] = phase3(student, teacher, x_train, y_train, g, args.epochs[2], args.robust)
+    metrics['budget_shares'] = calibrate_budget_shares(student, x_train[:calibration_images])
+    logging.info(f'budget shares: {metrics["budget_shares"]}')
     metrics['after_phase3'] = evaluate(student, x_val, y_val)
     logging.info(f'after phase 3: {metrics["after_phase3"]}')
     student.eval()

@@ -20,15 +20,15 @@ learner units differ in survival probability by more than min_survival_gap.
 """
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .acm import ACM, ACMConfig, GateConfig, cap_total, cap_units, choose_auto, sequence_betas
+from .acm import ACM, ACMConfig, GateConfig, cap_total, cap_units, choose_auto
 from .modelio import load_model, save_model
-from .vit import ViTConfig, VisionTransformer, compute_fraction, layer_path
+from .vit import ViTConfig, VisionTransformer, compute_fraction, layer_budgets, layer_path
 
 # -----------------------------------------------------------------------------
 # config
@@ -61,8 +61,11 @@ def fixtures():
                           hidden_bias=True, output_bias=False, gate=mixed_gate)
     mixed_proj = ACMConfig(num_learners=4, learner_dim=6, activation='identity', min_choice=1,
                            hidden_bias=True, output_bias=False, gate=mixed_gate)
-    mixed_acm = {f'{layer_path(0)}.mlp': mixed_mlp, f'{layer_path(1)}.mlp': mixed_mlp}
-    mixed_acm.update({f'{layer_path(0)}.self_attention.{p}': mixed_proj for p in ('q_proj', 'k_proj', 'v_proj', 'o_proj')})
+    # budget shares as acmize measures them, so that caps are spread unevenly over the ACMs
+    mixed_acm = {f'{layer_path(0)}.mlp': replace(mixed_mlp, budget_share=0.8),
+                 f'{layer_path(1)}.mlp': replace(mixed_mlp, budget_share=0.35)}
+    mixed_acm.update({f'{layer_path(0)}.self_attention.{p}': replace(mixed_proj, budget_share=share)
+                      for p, share in (('q_proj', 0.6), ('k_proj', 0.7), ('v_proj', 0.9), ('o_proj', 0.4))})
 
     bias_gate = GateConfig(depth=2, hidden_dim=16, activation='gelu')
     bias_mlp = ACMConfig(num_learners=3, learner_dim=32, activation='gelu', min_choice=0,
@@ -179,14 +182,15 @@ def near_ties(model, results):
             if kw['mode'] != 'cap':
                 continue
             B, T, _ = z.shape
-            for b, beta in enumerate(sequence_betas(kw['beta'], B)):
+            budgets = layer_budgets(model.cfg, kw['beta'], B)[path]  # (B,): this ACM's share of each cap
+            for b, beta in enumerate(budgets.tolist()):
                 k_auto = choose_auto(z[b], acm.min_choice)  # (T,)
                 C = cap_total(beta, acm.num_learners, T, acm.min_choice)
                 if int(k_auto.sum()) <= C:
                     continue
                 units = cap_units(z[b], k_auto, acm.min_choice)
                 keep = C - acm.min_choice * T
-                if 0 < keep < len(units):
+                if 0 < keep < len(units) and units[keep - 1][2] == units[keep][2]:  # same level j
                     gap = units[keep - 1][0] - units[keep][0]
                     if gap <= min_survival_gap:
                         problems.append(f'{name} {path} sequence {b}: survival gap {gap:.2e}')

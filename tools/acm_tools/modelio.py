@@ -45,6 +45,8 @@ def config_to_json(cfg: ViTConfig, preprocessing=None, labels=None):
             a = cfg.acm[path]
             entry = {name: getattr(a, name) for name in ACM_FIELDS if name != 'gate'}
             entry['gate'] = {name: getattr(a.gate, name) for name in GATE_FIELDS}
+            if a.budget_share is not None:
+                entry['budget_share'] = a.budget_share
             obj['acm'][path] = entry
     if preprocessing is not None:
         check_preprocessing(preprocessing, cfg)
@@ -105,7 +107,7 @@ def config_from_json(obj):
         raise ModelFormatError('config.json: acm must be an object')
     acm = {}
     for path, entry in obj['acm'].items():
-        check_fields(entry, f'acm[{path!r}]', ACM_FIELDS)
+        check_fields(entry, f'acm[{path!r}]', ACM_FIELDS, ['budget_share'])
         check_fields(entry['gate'], f'acm[{path!r}].gate', GATE_FIELDS)
         try:
             acm[path] = ACMConfig(**{**entry, 'gate': GateConfig(**entry['gate'])})

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .acm import ACM, ACMConfig
+from .acm import ACM, ACMConfig, sequence_betas, split_budget
 
 PROJECTIONS = ('q_proj', 'k_proj', 'v_proj', 'o_proj')
 PACKED = ('in_proj_weight', 'in_proj_bias', 'out_proj.weight', 'out_proj.bias')
@@ -69,9 +69,14 @@ def layer_path(i):
 
 
 def run_module(module, path, x, choices, mode):
-    """Run a dense module or an ACM; an ACM's choices go to choices[path]."""
+    """Run a dense module or an ACM; an ACM's choices go to choices[path]. Under caps, each ACM gets its
+    own share of the budget, mode['budgets'][path] (layer_budgets)."""
     if isinstance(module, ACM):
-        y, k = module(x, **mode)
+        kwargs = dict(mode)
+        budgets = kwargs.pop('budgets', None)
+        if budgets is not None:
+            kwargs['beta'] = budgets[path]
+        y, k = module(x, **kwargs)
         choices[path] = k
         return y
     return module(x)
@@ -174,9 +179,21 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, T-1, d): patches in row-major order
         x = torch.cat([self.class_token.expand(B, -1, -1), x], dim=1)  # (B, T, d)
         choices = {}
-        x = self.encoder(x, choices, dict(mode=mode, beta=beta, k=k, tau=tau))  # (B, T, d)
+        budgets = layer_budgets(cfg, beta, B) if beta is not None and mode in ('cap', 'gumbel') else None
+        x = self.encoder(x, choices, dict(mode=mode, beta=beta, k=k, tau=tau, budgets=budgets))  # (B, T, d)
         logits = self.heads.head(x[:, 0])  # (B, classes): class token
         return logits, choices
+
+
+def layer_budgets(cfg: ViTConfig, beta, batch_size):
+    """Per-sequence caps beta (a float or a [B] tensor) -> {acm path: [B] float64 tensor of that ACM's
+    budget}, spread over the ACMs by split_budget in proportion to their budget_share."""
+    d = cfg.hidden_dim
+    layers = {p: (c.budget_share, c.min_choice / c.num_learners, c.num_learners * c.learner_flops(d, d))
+              for p, c in cfg.acm.items()}
+    betas = sequence_betas(beta, batch_size)
+    splits = {b: split_budget(b, layers) for b in set(betas)}
+    return {p: torch.tensor([splits[b][p] for b in betas], dtype=torch.float64) for p in cfg.acm}
 
 
 def compute_fraction(cfg: ViTConfig, choices, batch_size):

@@ -151,16 +151,18 @@ def test_survival_is_a_suffix_sum():
     assert (S[:, :-1] >= S[:, 1:]).all()
 
 
-def test_cap_trims_lowest_survival_first():
-    """Should keep the learner units with the highest survival probability."""
+def test_cap_trims_from_the_top_level_down():
+    """Should keep every token's j-th learner before any token's (j+1)-th, and within a level the units
+    with the highest survival probability."""
     # token 0: k_auto 2, S(1) = .9, S(2) = .7; token 1: k_auto 2, S(1) = .95, S(2) = .8; token 2: k_auto 1, S(1) = .65
     z = logits_from_probs([[0.1, 0.2, 0.7], [0.05, 0.15, 0.8], [0.35, 0.6, 0.05]])
     k_auto = choose_auto(z, 0)
     assert k_auto.tolist() == [2, 2, 1]
     units = [(t, j) for _, t, j in cap_units(z, k_auto, 0)]
-    assert units == [(1, 1), (0, 1), (1, 2), (0, 2), (2, 1)]
-    assert trim_to_cap(z, k_auto, 0, 2, 0.5).tolist() == [1, 2, 0]  # C = 3
-    assert trim_to_cap(z, k_auto, 0, 2, 4 / 6).tolist() == [2, 2, 0]  # C = 4
+    assert units == [(1, 1), (0, 1), (2, 1), (1, 2), (0, 2)]
+    assert trim_to_cap(z, k_auto, 0, 2, 0.5).tolist() == [1, 1, 1]  # C = 3
+    assert trim_to_cap(z, k_auto, 0, 2, 4 / 6).tolist() == [1, 2, 1]  # C = 4
+    assert trim_to_cap(z, k_auto, 0, 2, 2 / 6).tolist() == [1, 1, 0]  # C = 2
     assert trim_to_cap(z, k_auto, 0, 2, 5 / 6).tolist() == [2, 2, 1]  # C = 5 = sum(k_auto): kept as is
     assert trim_to_cap(z, k_auto, 0, 2, 0.1).tolist() == [0, 0, 0]  # C = 0
 
@@ -189,15 +191,16 @@ def test_cap_with_min_choice():
 
 
 def greedy_trim(z, k_auto, k_min, N, beta):
-    """The cap the other way round: take away the least sure unit (lowest S, latest token, largest j)
-    until the sum is C."""
+    """The cap the other way round: take away the top unit of a token with the most learners (the least
+    sure of them: lowest S, then the latest token) until the sum is C."""
     T = z.shape[0]
     C = cap_total(beta, N, T, k_min)
     p = torch.softmax(z.double(), dim=-1)
     k = k_auto.clone()
     while int(k.sum()) > C:
         # the unit on top of each token is its (t, k_t); S_t(k_t) is the lowest of its units
-        candidates = [(float(p[t, k[t] - k_min:].sum()), t) for t in range(T) if k[t] > k_min]
+        top = int(k.max())
+        candidates = [(float(p[t, k[t] - k_min:].sum()), t) for t in range(T) if k[t] == top]
         s_min = min(s for s, _ in candidates)
         t = max(t for s, t in candidates if s == s_min)
         k[t] -= 1
@@ -279,3 +282,42 @@ def test_gumbel_forward_reaches_the_gate():
     k = g.argmax(-1)  # (2, 7)
     assert torch.allclose(out, acm.forward_k(x, k + cfg.min_choice), atol=1e-5)
     assert k[0].sum() <= int(0.3 * 4 * 7 + 1e-9)  # the cap held for the first sequence
+
+
+def test_split_budget_follows_shares():
+    """Should spread a cap in proportion to the shares, clip at 1 and at the k_min floors, and spend the
+    whole budget when it can (the same cases as the engine's splitBudgetFollowsShares)."""
+    from acm_tools.acm import split_budget
+
+    def split(beta, shares, floors, costs):
+        out = split_budget(beta, {f'p{i}': layer for i, layer in enumerate(zip(shares, floors, costs))})
+        return [out[f'p{i}'] for i in range(len(shares))]
+
+    assert split(0.3, [1, 0.5], [0, 0], [1, 1]) == pytest.approx([0.4, 0.2], abs=1e-12)
+    assert split(0.9, [1, 0.5], [0, 0], [1, 1]) == pytest.approx([1, 0.8], abs=1e-12)
+    assert split(1.0, [1, 0.5], [0, 0], [1, 1]) == [1, 1]
+    assert split(0.35, [None] * 3, [0, 0.25, 0], [8, 1, 3]) == pytest.approx([0.35] * 3, abs=1e-12)
+    assert split(0.2, [None, None], [0, 0.25], [3, 1]) == pytest.approx([0.55 / 3, 0.25], abs=1e-12)
+    assert split(0.5, [0, 1], [0.25, 0], [1, 1]) == pytest.approx([0.25, 0.75], abs=1e-12)
+    assert split_budget(0.5, {}) == {}
+    # sorted paths: the result does not depend on the dict's order
+    layers = {'b': (0.3, 0.0, 5.0), 'a': (0.9, 0.25, 2.0), 'c': (0.5, 0.0, 7.0)}
+    assert split_budget(0.4, layers) == split_budget(0.4, dict(reversed(list(layers.items()))))
+
+
+def test_layer_budgets_spend_the_cap():
+    """Should give a capped ViT's ACMs budgets whose cost is the cap, so the realized fraction stays
+    under it (k_min = 0 everywhere here)."""
+    from acm_tools.vit import VisionTransformer, ViTConfig, compute_fraction, layer_budgets
+    cfg = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_dim=8, num_layers=2, num_heads=2,
+                    mlp_dim=16, num_classes=3,
+                    acm={'encoder.layers.encoder_layer_0.mlp': dict(num_learners=4, learner_dim=4, budget_share=0.9),
+                         'encoder.layers.encoder_layer_1.mlp': dict(num_learners=4, learner_dim=4, budget_share=0.3)})
+    budgets = layer_budgets(cfg, torch.tensor([0.2, 0.5]), 2)
+    b0, b1 = budgets['encoder.layers.encoder_layer_0.mlp'], budgets['encoder.layers.encoder_layer_1.mlp']
+    torch.testing.assert_close((b0 + b1) / 2, torch.tensor([0.2, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(b0 / b1, torch.tensor([3.0, 3.0], dtype=torch.float64))
+    model = VisionTransformer(cfg)
+    torch.manual_seed(0)
+    _, choices = model(torch.randn(2, 1, 8, 8), mode='cap', beta=torch.tensor([0.2, 0.5]))
+    assert (compute_fraction(cfg, choices, 2) <= torch.tensor([0.2, 0.5], dtype=torch.float64) + 1e-12).all()

@@ -57,7 +57,7 @@ def test_config_json_schema(tmp_path):
     assert obj['acm']['encoder.layers.encoder_layer_0.self_attention.q_proj'] == {
         'num_learners': 4, 'learner_dim': 6, 'activation': 'identity', 'min_choice': 1,
         'hidden_bias': True, 'output_bias': False,
-        'gate': {'depth': 3, 'hidden_dim': 16, 'activation': 'identity'}}
+        'gate': {'depth': 3, 'hidden_dim': 16, 'activation': 'identity'}, 'budget_share': 0.6}
     assert len(obj['acm']) == 6
     _, d = saved(tmp_path, 'vit_dense')
     with open(os.path.join(d, 'config.json')) as f:
@@ -136,6 +136,8 @@ def test_strict_loading_names_the_tensor(tmp_path, name, key, change, what):
     (lambda o: o['acm'][f'{L0}.mlp'].__setitem__('activation', 'swish'), 'swish'),
     (lambda o: o.__setitem__('format_version', 2), 'version'),
     (lambda o: o['labels'].pop(), 'labels'),
+    (lambda o: o['acm'][f'{L0}.mlp'].__setitem__('budget_share', 1.5), 'budget_share'),
+    (lambda o: o['acm'][f'{L0}.mlp'].__setitem__('budget_share', 'half'), 'budget_share'),
 ])
 def test_strict_config(tmp_path, edit, field):
     """Should refuse an unknown, missing or invalid config.json field, naming it."""

@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from acm_tools.golden import fixtures, init_weights
-from acm_tools.vit import ViTConfig, VisionTransformer, compute_fraction, pack_attention, unpack_attention
+from acm_tools.vit import (ViTConfig, VisionTransformer, compute_fraction, layer_budgets, pack_attention,
+                           unpack_attention)
 
 FIXTURES = {fx.name: fx for fx in fixtures()}
 
@@ -59,12 +60,14 @@ def test_choices_and_fraction():
     torch.testing.assert_close(compute_fraction(cfg, auto, 2), num / den)
     for beta in (0.5, 0.25):
         _, cap = model(x, mode='cap', beta=beta)
+        budgets = layer_budgets(cfg, beta, 2)  # each ACM's share of the cap
         for p, a in cfg.acm.items():
             first = p.startswith('encoder.layers.encoder_layer_0.self_attention.') and not p.endswith('o_proj')
             if first:  # the same input as under auto, so never more than auto
                 assert (cap[p] <= auto[p]).all()
-            if a.min_choice == 0:
-                assert (cap[p].sum(1) <= int(beta * a.num_learners * T + 1e-9)).all()
+            allowed = torch.floor(budgets[p] * a.num_learners * T + 1e-9).clamp(min=a.min_choice * T)
+            assert (cap[p].sum(1) <= allowed).all()
+        assert (compute_fraction(cfg, cap, 2) <= beta + 1e-12).all()
 
 
 def functional_vit(sd, cfg, x):
