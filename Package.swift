@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "acm-bench", targets: ["acm-bench"]),
         .library(name: "ACMCore", targets: ["ACMCore"]),
         .library(name: "ACMModels", targets: ["ACMModels"]),
+        .library(name: "ACMWhisper", targets: ["ACMWhisper"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -38,17 +39,28 @@ let package = Package(
         .systemLibrary(
             name: "CTurboJPEG", pkgConfig: "libturbojpeg",
             providers: [.apt(["libturbojpeg0-dev"])]),
+        .systemLibrary(
+            name: "CSndFile", pkgConfig: "sndfile",
+            providers: [.apt(["libsndfile1-dev"])]),
+        .systemLibrary(
+            name: "CSoxr", pkgConfig: "soxr",
+            providers: [.apt(["libsoxr-dev"])]),
 
         // Numeric core: tensors, BLAS, kernels, the ACM layer, safetensors and .npy readers.
         .target(name: "ACMCore", dependencies: ["CBLAS"], swiftSettings: swiftSettings),
         // Models built from the core: the ViT and its config.
         .target(name: "ACMModels", dependencies: ["ACMCore"], swiftSettings: swiftSettings),
+        // Whisper speech recognition on the core: audio decoding (libsndfile, libsoxr), the log-mel
+        // front end, the encoder-decoder with ACM-capable MLPs, greedy decoding and the BPE detokenizer.
+        .target(
+            name: "ACMWhisper", dependencies: ["ACMCore", "CSndFile", "CSoxr"],
+            swiftSettings: swiftSettings),
         // Serving without HTTP: the dynamic batcher and the model's loop thread, image decoding and
         // preprocessing, metrics, server configuration.
         .target(
             name: "ACMServing",
             dependencies: [
-                "ACMModels", "CPNG", "CTurboJPEG",
+                "ACMModels", "ACMWhisper", "CPNG", "CTurboJPEG",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
@@ -57,7 +69,7 @@ let package = Package(
         .target(
             name: "ACMHTTP",
             dependencies: [
-                "CMicroHTTPD", "CJansson", "ACMServing",
+                "CMicroHTTPD", "CJansson", "ACMServing", "ACMWhisper",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings),
@@ -65,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "acm-serve",
             dependencies: [
-                "ACMModels", "ACMServing", "ACMHTTP",
+                "ACMModels", "ACMServing", "ACMHTTP", "ACMWhisper",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -85,5 +97,8 @@ let package = Package(
             name: "ACMServingTests", dependencies: ["ACMServing"], exclude: ["Fixtures"],
             swiftSettings: swiftSettings),
         .testTarget(name: "ACMHTTPTests", dependencies: ["ACMHTTP"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ACMWhisperTests", dependencies: ["ACMWhisper"],
+            exclude: ["Fixtures"], swiftSettings: swiftSettings),
     ]
 )

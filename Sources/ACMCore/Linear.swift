@@ -70,3 +70,21 @@ public struct DenseMLP: Sendable {
         }
     }
 }
+
+/// A LayerNorm over the last dimension (`nn.LayerNorm`): weight [d], bias [d].
+public struct LayerNorm: Sendable {
+    public let weight: Tensor
+    public let bias: Tensor
+    public let eps: Float
+
+    public init(dim: Int, eps: Float, weights: Weights) throws {
+        weight = try weights.tensor("weight", shape: [dim])
+        bias = try weights.tensor("bias", shape: [dim])
+        self.eps = eps
+    }
+
+    /// x [rows, d] → out [rows, d]; out may be x.
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>) {
+        layerNorm(x, rows: rows, columns: weight.count, gamma: weight.data, beta: bias.data, eps: eps, out: out)
+    }
+}

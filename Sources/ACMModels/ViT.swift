@@ -6,23 +6,6 @@
 
 import ACMCore
 
-/// `ln_1`, `ln_2`, `encoder.ln`: weight [d], bias [d].
-struct LayerNorm {
-    let weight: Tensor
-    let bias: Tensor
-    let eps: Float
-
-    init(dim: Int, eps: Float, weights: Weights) throws {
-        weight = try weights.tensor("weight", shape: [dim])
-        bias = try weights.tensor("bias", shape: [dim])
-        self.eps = eps
-    }
-
-    func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>) {
-        layerNorm(x, rows: rows, columns: weight.count, gamma: weight.data, beta: bias.data, eps: eps, out: out)
-    }
-}
-
 /// A d → d map that is either dense or an ACM: an attention projection or an MLP.
 enum Block {
     /// An `nn.Linear` projection (`q_proj`, …, or a slice of the packed `in_proj_weight`).

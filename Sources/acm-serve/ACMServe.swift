@@ -14,7 +14,7 @@ struct ACMServe: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "acm-serve",
         abstract: "An inference server for transformers built from Adaptive Computation Modules.",
-        subcommands: [Serve.self, Predict.self, Evaluate.self, Version.self])
+        subcommands: [Serve.self, Predict.self, Evaluate.self, Transcribe.self, Version.self])
 }
 
 /// How learner counts are chosen, from the command line (docs/compute-budget.md).

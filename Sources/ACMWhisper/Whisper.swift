@@ -1,0 +1,518 @@
+// Whisper, an encoder-decoder speech recogniser, with MLPs that may be ACMs.
+// Mirrors Hugging Face's WhisperForConditionalGeneration
+// (https://github.com/huggingface/transformers/blob/v4.46.3/src/transformers/models/whisper/modeling_whisper.py):
+// two convolutions and pre-norm encoder layers; pre-norm decoder layers with causal self-attention and
+// cross-attention; k_proj without bias; logits tied to embed_tokens (no proj_out); no embedding scale.
+
+import ACMCore
+
+/// `self_attn`, `encoder_attn`: d → d projections; q is scaled by 1/√head_dim inside the attention.
+struct Attention {
+    let q: Linear  // q_proj
+    let k: Linear  // k_proj (no bias)
+    let v: Linear  // v_proj
+    let out: Linear  // out_proj
+
+    init(dim d: Int, weights: Weights) throws {
+        q = try Linear(inputs: d, outputs: d, weights: weights.scoped("q_proj"))
+        k = try Linear(inputs: d, outputs: d, weights: weights.scoped("k_proj"), bias: false)
+        v = try Linear(inputs: d, outputs: d, weights: weights.scoped("v_proj"))
+        out = try Linear(inputs: d, outputs: d, weights: weights.scoped("out_proj"))
+    }
+}
+
+/// A layer's MLP: `fc1` (d → ffn), exact GELU, `fc2` (ffn → d); or an ACM in their place.
+enum FeedForward {
+    case dense(DenseMLP)
+    /// The ACM at the layer's own path (`model.encoder.layers.{i}`), weights `w1`, `w2`, … there.
+    case acm(index: Int, ACMLayer)
+}
+
+/// `model.encoder.layers.{i}`
+struct EncoderLayer {
+    let selfAttnLayerNorm: LayerNorm  // self_attn_layer_norm
+    let selfAttn: Attention  // self_attn
+    let finalLayerNorm: LayerNorm  // final_layer_norm
+    let mlp: FeedForward  // fc1, fc2
+}
+
+/// `model.decoder.layers.{i}`
+struct DecoderLayer {
+    let selfAttnLayerNorm: LayerNorm  // self_attn_layer_norm
+    let selfAttn: Attention  // self_attn
+    let encoderAttnLayerNorm: LayerNorm  // encoder_attn_layer_norm
+    let encoderAttn: Attention  // encoder_attn
+    let finalLayerNorm: LayerNorm  // final_layer_norm
+    let mlp: FeedForward  // fc1, fc2
+}
+
+/// The scratch buffers of the encoder and the decoder steps, kept by the caller (the model's loop
+/// thread) and reused.
+public final class WhisperWorkspace: @unchecked Sendable {
+    let columns = Scratch(), conv = Scratch()
+    let x = Scratch(), normed = Scratch(), q = Scratch(), k = Scratch(), v = Scratch()
+    let attended = Scratch(), blockOut = Scratch(), hidden = Scratch()
+    let mlpHidden = WorkerScratch(), scores = WorkerScratch()
+    let acm = ACMWorkspace()
+    var choices: [Int32] = []
+
+    public init() {}
+}
+
+/// The decoder's state for a batch of utterances, one slot each: the self-attention keys and values
+/// of the tokens so far (the KV cache), and the cross-attention keys and values, computed once from
+/// the encoder output. Finished slots are simply no longer stepped.
+public final class WhisperDecoderState: @unchecked Sendable {
+    public let slots: Int
+    /// Per decoder layer, [slots, max_target_positions, d].
+    let selfK: [Tensor], selfV: [Tensor]
+    /// Per decoder layer, [slots, max_source_positions, d].
+    let crossK: [Tensor], crossV: [Tensor]
+    /// Tokens in each slot's cache.
+    public internal(set) var lengths: [Int]
+
+    init(selfK: [Tensor], selfV: [Tensor], crossK: [Tensor], crossV: [Tensor], slots: Int) {
+        self.slots = slots
+        self.selfK = selfK
+        self.selfV = selfV
+        self.crossK = crossK
+        self.crossV = crossV
+        lengths = Array(repeating: 0, count: slots)
+    }
+}
+
+public final class Whisper: @unchecked Sendable {
+    public let config: WhisperConfig
+    /// Module path of each ACM, in execution order (encoder layers, then decoder layers).
+    public let acmPaths: [String]
+    let acms: [ACMLayer]
+    let conv1Weight: Tensor  // model.encoder.conv1.weight [d, mel, 3], read as [d, mel·3]
+    let conv1Bias: Tensor  // model.encoder.conv1.bias [d]
+    let conv2Weight: Tensor  // model.encoder.conv2.weight [d, d, 3], read as [d, d·3]
+    let conv2Bias: Tensor  // model.encoder.conv2.bias [d]
+    let encoderPositions: Tensor  // model.encoder.embed_positions.weight [S, d]
+    let encoderLayers: [EncoderLayer]  // model.encoder.layers.{i}
+    let encoderLayerNorm: LayerNorm  // model.encoder.layer_norm
+    let embedTokens: Tensor  // model.decoder.embed_tokens.weight [vocab, d], also the output projection
+    let decoderPositions: Tensor  // model.decoder.embed_positions.weight [max_target_positions, d]
+    let decoderLayers: [DecoderLayer]  // model.decoder.layers.{i}
+    let decoderLayerNorm: LayerNorm  // model.decoder.layer_norm
+
+    /// Builds the model from its config and weights; every tensor in `weights.file` must be used.
+    public init(config: WhisperConfig, acm: [String: ACMConfig], weights: Weights) throws {
+        try config.validate()
+        let d = config.dModel, eps = config.layerNormEps
+        let encoderNames = (0..<config.encoderLayers).map { "model.encoder.layers.\($0)" }
+        let decoderNames = (0..<config.decoderLayers).map { "model.decoder.layers.\($0)" }
+        let allowed = Set(encoderNames + decoderNames)
+        if let unknown = acm.keys.filter({ !allowed.contains($0) }).sorted().first {
+            throw ModelError.config("acm entry '\(unknown)' is not a layer of this Whisper (model.{encoder,decoder}.layers.{i})")
+        }
+
+        var paths: [String] = []
+        var acms: [ACMLayer] = []
+        /// The layer's MLP: the ACM the config names at `path`, else dense `fc1`/`fc2`.
+        func feedForward(_ path: String, ffn: Int) throws -> FeedForward {
+            let w = weights.scoped(path)
+            guard let settings = acm[path] else {
+                return .dense(
+                    DenseMLP(
+                        fc1: try Linear(inputs: d, outputs: ffn, weights: w.scoped("fc1")),
+                        fc2: try Linear(inputs: ffn, outputs: d, weights: w.scoped("fc2"))))
+            }
+            let layer = try ACMLayer(config: settings, inputDim: d, outputDim: d, weights: w)
+            paths.append(path)
+            acms.append(layer)
+            return .acm(index: acms.count - 1, layer)
+        }
+
+        let encoder = weights.scoped("model.encoder")
+        let conv1Weight = try encoder.tensor("conv1.weight", shape: [d, config.numMelBins, 3])
+        let conv1Bias = try encoder.tensor("conv1.bias", shape: [d])
+        let conv2Weight = try encoder.tensor("conv2.weight", shape: [d, d, 3])
+        let conv2Bias = try encoder.tensor("conv2.bias", shape: [d])
+        let encoderPositions = try encoder.tensor("embed_positions.weight", shape: [config.maxSourcePositions, d])
+        var encoderLayers: [EncoderLayer] = []
+        for name in encoderNames {
+            let w = weights.scoped(name)
+            encoderLayers.append(
+                EncoderLayer(
+                    selfAttnLayerNorm: try LayerNorm(dim: d, eps: eps, weights: w.scoped("self_attn_layer_norm")),
+                    selfAttn: try Attention(dim: d, weights: w.scoped("self_attn")),
+                    finalLayerNorm: try LayerNorm(dim: d, eps: eps, weights: w.scoped("final_layer_norm")),
+                    mlp: try feedForward(name, ffn: config.encoderFfnDim)))
+        }
+        let encoderLayerNorm = try LayerNorm(dim: d, eps: eps, weights: encoder.scoped("layer_norm"))
+
+        let decoder = weights.scoped("model.decoder")
+        let embedTokens = try decoder.tensor("embed_tokens.weight", shape: [config.vocabSize, d])
+        let decoderPositions = try decoder.tensor("embed_positions.weight", shape: [config.maxTargetPositions, d])
+        var decoderLayers: [DecoderLayer] = []
+        for name in decoderNames {
+            let w = weights.scoped(name)
+            decoderLayers.append(
+                DecoderLayer(
+                    selfAttnLayerNorm: try LayerNorm(dim: d, eps: eps, weights: w.scoped("self_attn_layer_norm")),
+                    selfAttn: try Attention(dim: d, weights: w.scoped("self_attn")),
+                    encoderAttnLayerNorm: try LayerNorm(dim: d, eps: eps, weights: w.scoped("encoder_attn_layer_norm")),
+                    encoderAttn: try Attention(dim: d, weights: w.scoped("encoder_attn")),
+                    finalLayerNorm: try LayerNorm(dim: d, eps: eps, weights: w.scoped("final_layer_norm")),
+                    mlp: try feedForward(name, ffn: config.decoderFfnDim)))
+        }
+        let decoderLayerNorm = try LayerNorm(dim: d, eps: eps, weights: decoder.scoped("layer_norm"))
+        try weights.file.checkAllUsed()
+
+        self.config = config
+        self.acmPaths = paths
+        self.acms = acms
+        self.conv1Weight = conv1Weight
+        self.conv1Bias = conv1Bias
+        self.conv2Weight = conv2Weight
+        self.conv2Bias = conv2Bias
+        self.encoderPositions = encoderPositions
+        self.encoderLayers = encoderLayers
+        self.encoderLayerNorm = encoderLayerNorm
+        self.embedTokens = embedTokens
+        self.decoderPositions = decoderPositions
+        self.decoderLayers = decoderLayers
+        self.decoderLayerNorm = decoderLayerNorm
+    }
+
+    /// Floats of one log-mel input: [num_mel_bins, 2·max_source_positions].
+    public var inputCount: Int { config.numMelBins * config.inputFrames }
+
+    // MARK: - Encoder
+
+    /// The encoder over a batch of log-mel spectrograms.
+    ///
+    /// - Parameters:
+    ///   - logMels: [count, num_mel_bins, 2·S], S = max_source_positions (3000 frames for Whisper).
+    ///   - policies: each utterance's learner policy at the ACM MLPs (ignored by dense ones).
+    /// - Returns: [count·S, d], utterance b in rows b·S..<(b+1)·S.
+    public func encode(
+        logMels: UnsafePointer<Float>, count: Int, policies: [LearnerPolicy], workspace ws: WhisperWorkspace
+    ) -> Tensor {
+        precondition(policies.count == count)
+        let d = config.dModel, mels = config.numMelBins, s = config.maxSourcePositions, frames = config.inputFrames
+        let tokens = count * s
+        let sequences = (0..<count).map { $0 * s..<($0 + 1) * s }
+
+        // conv1 (k 3, pad 1) by im2col: row (b, t), column c·3 + j holds mel[b, c, t + j − 1]
+        let columns1 = ws.columns.reserve(count * frames * mels * 3)
+        for b in 0..<count {
+            let mel = logMels + b * mels * frames
+            for t in 0..<frames {
+                let row = columns1 + (b * frames + t) * mels * 3
+                for c in 0..<mels {
+                    for j in 0..<3 {
+                        let source = t + j - 1
+                        row[c * 3 + j] = source >= 0 && source < frames ? mel[c * frames + source] : 0
+                    }
+                }
+            }
+        }
+        // [count·2S, mel·3] × [mel·3, d], then GELU(· + bias)
+        let h = ws.conv.reserve(count * frames * d)
+        Parallel.forEachChunk(count * frames) { _, r in
+            gemm(
+                m: r.count, n: d, k: mels * 3, a: columns1 + r.lowerBound * mels * 3, lda: mels * 3,
+                b: conv1Weight.data, ldb: mels * 3, transB: true, c: h + r.lowerBound * d, ldc: d)
+            Activation.gelu.apply(h + r.lowerBound * d, rows: r.count, columns: d, bias: conv1Bias.data)
+        }
+
+        // conv2 (k 3, stride 2, pad 1): row (b, t), column c·3 + j holds h[b, 2t + j − 1, c]
+        let columns2 = ws.columns.reserve(tokens * d * 3)
+        for b in 0..<count {
+            for t in 0..<s {
+                let row = columns2 + (b * s + t) * d * 3
+                for j in 0..<3 {
+                    let source = 2 * t + j - 1
+                    if source >= 0 && source < frames {
+                        let hRow = h + (b * frames + source) * d
+                        for c in 0..<d { row[c * 3 + j] = hRow[c] }
+                    } else {
+                        for c in 0..<d { row[c * 3 + j] = 0 }
+                    }
+                }
+            }
+        }
+        // [count·S, d·3] × [d·3, d], then GELU(· + bias), + embed_positions
+        let x = ws.x.reserve(tokens * d)
+        Parallel.forEachChunk(tokens) { _, r in
+            gemm(
+                m: r.count, n: d, k: d * 3, a: columns2 + r.lowerBound * d * 3, lda: d * 3,
+                b: conv2Weight.data, ldb: d * 3, transB: true, c: x + r.lowerBound * d, ldc: d)
+            Activation.gelu.apply(x + r.lowerBound * d, rows: r.count, columns: d, bias: conv2Bias.data)
+            for row in r {
+                let pos = encoderPositions.data + (row % s) * d
+                let xr = x + row * d
+                for c in 0..<d { xr[c] += pos[c] }
+            }
+        }
+
+        let normed = ws.normed.reserve(tokens * d)
+        let q = ws.q.reserve(tokens * d), k = ws.k.reserve(tokens * d), v = ws.v.reserve(tokens * d)
+        let attended = ws.attended.reserve(tokens * d), blockOut = ws.blockOut.reserve(tokens * d)
+        let heads = config.encoderAttentionHeads
+        for layer in encoderLayers {
+            // self-attention: x = x + out(attention(q, k, v)) on self_attn_layer_norm(x)
+            layer.selfAttnLayerNorm.forward(x, rows: tokens, out: normed)
+            project(layer.selfAttn.q, normed, rows: tokens, out: q)
+            project(layer.selfAttn.k, normed, rows: tokens, out: k)
+            project(layer.selfAttn.v, normed, rows: tokens, out: v)
+            multiHeadAttention(
+                q: q, k: k, v: v, ld: d, out: attended, ldOut: d,
+                sequences: sequences, heads: heads, headDim: d / heads, scores: ws.scores)
+            project(layer.selfAttn.out, attended, rows: tokens, out: blockOut)
+            for i in 0..<(tokens * d) { x[i] += blockOut[i] }
+
+            // mlp: x = x + fc2(gelu(fc1(final_layer_norm(x))))
+            layer.finalLayerNorm.forward(x, rows: tokens, out: normed)
+            feedForward(layer.mlp, normed, sequences: sequences, policies: policies, out: blockOut, workspace: ws)
+            for i in 0..<(tokens * d) { x[i] += blockOut[i] }
+        }
+        let encoded = Tensor(shape: [tokens, d])
+        encoderLayerNorm.forward(x, rows: tokens, out: encoded.data)
+        return encoded
+    }
+
+    // MARK: - Decoder
+
+    /// A decoder state for `count` utterances, with each decoder layer's cross-attention keys and values
+    /// computed from `encoded` ([count·S, d], from `encode`).
+    public func makeDecoderState(encoded: Tensor, count: Int) -> WhisperDecoderState {
+        let d = config.dModel, s = config.maxSourcePositions, t = config.maxTargetPositions
+        precondition(encoded.shape == [count * s, d])
+        var crossK: [Tensor] = [], crossV: [Tensor] = []
+        for layer in decoderLayers {
+            // [count·S, d] × [d, d], once per utterance rather than once per step
+            let k = Tensor(shape: [count, s, d]), v = Tensor(shape: [count, s, d])
+            project(layer.encoderAttn.k, encoded.data, rows: count * s, out: k.data)
+            project(layer.encoderAttn.v, encoded.data, rows: count * s, out: v.data)
+            crossK.append(k)
+            crossV.append(v)
+        }
+        return WhisperDecoderState(
+            selfK: decoderLayers.map { _ in Tensor(shape: [count, t, d]) },
+            selfV: decoderLayers.map { _ in Tensor(shape: [count, t, d]) },
+            crossK: crossK, crossV: crossV, slots: count)
+    }
+
+    /// One decoder pass over new tokens of some slots: appends them to those slots' caches and returns
+    /// the logits of each slot's last new token.
+    ///
+    /// - Parameters:
+    ///   - tokens: `tokens[i]` (at least one) continue slot `slots[i]`, at positions
+    ///     `state.lengths[slots[i]]...`. All rows of all slots run through each GEMM together.
+    ///   - policies: each slot's learner policy at the ACM MLPs, indexed by slot.
+    /// - Returns: [slots.count, vocab_size].
+    public func decode(
+        tokens: [[Int]], slots: [Int], state: WhisperDecoderState, policies: [LearnerPolicy],
+        workspace ws: WhisperWorkspace
+    ) -> Tensor {
+        precondition(tokens.count == slots.count && policies.count == state.slots)
+        let d = config.dModel, maxT = config.maxTargetPositions, s = config.maxSourcePositions
+        let heads = config.decoderAttentionHeads, headDim = d / heads
+        var sequences: [Range<Int>] = []
+        var rows = 0
+        for (i, slot) in slots.enumerated() {
+            precondition(!tokens[i].isEmpty && state.lengths[slot] + tokens[i].count <= maxT)
+            sequences.append(rows..<rows + tokens[i].count)
+            rows += tokens[i].count
+        }
+        let rowPolicies = slots.map { policies[$0] }
+
+        // token embedding + learned position
+        let x = ws.x.reserve(rows * d)
+        for (i, slot) in slots.enumerated() {
+            for (j, token) in tokens[i].enumerated() {
+                precondition((0..<config.vocabSize).contains(token), "token id \(token) outside the vocabulary")
+                let row = x + (sequences[i].lowerBound + j) * d
+                let e = embedTokens.data + token * d, p = decoderPositions.data + (state.lengths[slot] + j) * d
+                for c in 0..<d { row[c] = e[c] + p[c] }
+            }
+        }
+
+        let normed = ws.normed.reserve(rows * d)
+        let q = ws.q.reserve(rows * d), k = ws.k.reserve(rows * d), v = ws.v.reserve(rows * d)
+        let attended = ws.attended.reserve(rows * d), blockOut = ws.blockOut.reserve(rows * d)
+        ws.scores.prepare()
+        for (l, layer) in decoderLayers.enumerated() {
+            // self-attention over the cache and the new tokens, causal
+            layer.selfAttnLayerNorm.forward(x, rows: rows, out: normed)
+            project(layer.selfAttn.q, normed, rows: rows, out: q)
+            project(layer.selfAttn.k, normed, rows: rows, out: k)
+            project(layer.selfAttn.v, normed, rows: rows, out: v)
+            let cacheK = state.selfK[l], cacheV = state.selfV[l]
+            for (i, slot) in slots.enumerated() {
+                let at = (slot * maxT + state.lengths[slot]) * d
+                (cacheK.data + at).update(from: k + sequences[i].lowerBound * d, count: sequences[i].count * d)
+                (cacheV.data + at).update(from: v + sequences[i].lowerBound * d, count: sequences[i].count * d)
+            }
+            Parallel.forEachChunk(slots.count * heads, minimumPerChunk: 1) { worker, pairs in
+                for pair in pairs {
+                    let i = pair / heads, h = pair % heads, slot = slots[i], seq = sequences[i]
+                    let cached = state.lengths[slot]
+                    attend(
+                        queries: q + seq.lowerBound * d + h * headDim, count: seq.count,
+                        keys: cacheK.data + slot * maxT * d + h * headDim,
+                        values: cacheV.data + slot * maxT * d + h * headDim, keyCount: cached + seq.count,
+                        causalFrom: cached, ld: d, headDim: headDim,
+                        out: attended + seq.lowerBound * d + h * headDim, scratch: ws.scores[worker])
+                }
+            }
+            project(layer.selfAttn.out, attended, rows: rows, out: blockOut)
+            for i in 0..<(rows * d) { x[i] += blockOut[i] }
+
+            // cross-attention over the utterance's encoder output
+            layer.encoderAttnLayerNorm.forward(x, rows: rows, out: normed)
+            project(layer.encoderAttn.q, normed, rows: rows, out: q)
+            let crossK = state.crossK[l], crossV = state.crossV[l]
+            Parallel.forEachChunk(slots.count * heads, minimumPerChunk: 1) { worker, pairs in
+                for pair in pairs {
+                    let i = pair / heads, h = pair % heads, slot = slots[i], seq = sequences[i]
+                    attend(
+                        queries: q + seq.lowerBound * d + h * headDim, count: seq.count,
+                        keys: crossK.data + slot * s * d + h * headDim,
+                        values: crossV.data + slot * s * d + h * headDim, keyCount: s,
+                        causalFrom: nil, ld: d, headDim: headDim,
+                        out: attended + seq.lowerBound * d + h * headDim, scratch: ws.scores[worker])
+                }
+            }
+            project(layer.encoderAttn.out, attended, rows: rows, out: blockOut)
+            for i in 0..<(rows * d) { x[i] += blockOut[i] }
+
+            // mlp
+            layer.finalLayerNorm.forward(x, rows: rows, out: normed)
+            feedForward(layer.mlp, normed, sequences: sequences, policies: rowPolicies, out: blockOut, workspace: ws)
+            for i in 0..<(rows * d) { x[i] += blockOut[i] }
+        }
+        for (i, slot) in slots.enumerated() { state.lengths[slot] += tokens[i].count }
+
+        // layer_norm on each slot's last row only (it is per row), then logits = x · embed_tokensᵀ
+        let last = ws.hidden.reserve(slots.count * d)
+        for (i, seq) in sequences.enumerated() { (last + i * d).update(from: x + (seq.upperBound - 1) * d, count: d) }
+        decoderLayerNorm.forward(last, rows: slots.count, out: last)
+        let vocab = config.vocabSize
+        let logits = Tensor(shape: [slots.count, vocab])
+        Parallel.forEachChunk(vocab, minimumPerChunk: 1024) { _, columns in
+            // [live, d] × [d, vocab columns]
+            timesTransposed(
+                last, rows: slots.count, w: embedTokens.data, columns: columns, k: d,
+                out: logits.data, ldOut: vocab)
+        }
+        return logits
+    }
+
+    // MARK: - Building blocks
+
+    /// out = x·Wᵀ + b. `Linear.forward` shares rows out among the workers; a decoder step has only a
+    /// few rows (one per live utterance), so then the output columns are shared out instead.
+    func project(_ linear: Linear, _ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>) {
+        if rows >= Parallel.workers * Parallel.minimumRowsPerWorker {
+            linear.forward(x, rows: rows, out: out)
+            return
+        }
+        let n = linear.inputs, m = linear.outputs
+        Parallel.forEachChunk(m, minimumPerChunk: 64) { _, columns in
+            // [rows, in] × [in, columns]
+            timesTransposed(x, rows: rows, w: linear.weight.data, columns: columns, k: n, out: out, ldOut: m)
+            if let bias = linear.bias {
+                addBias(out + columns.lowerBound, rows: rows, columns: columns.count, ld: m, bias: bias.data + columns.lowerBound)
+            }
+        }
+    }
+
+    /// The layer's MLP on `rows` = the sequences' tokens, into `out` [rows, d].
+    func feedForward(
+        _ mlp: FeedForward, _ x: UnsafePointer<Float>, sequences: [Range<Int>], policies: [LearnerPolicy],
+        out: UnsafeMutablePointer<Float>, workspace ws: WhisperWorkspace
+    ) {
+        let rows = sequences.last?.upperBound ?? 0
+        switch mlp {
+        case let .dense(dense) where rows >= Parallel.workers * Parallel.minimumRowsPerWorker:
+            dense.forward(x, rows: rows, out: out, scratch: ws.mlpHidden)
+        case let .dense(dense):
+            let hidden = ws.hidden.reserve(rows * dense.fc1.outputs)
+            project(dense.fc1, x, rows: rows, out: hidden)
+            Activation.gelu.apply(hidden, count: rows * dense.fc1.outputs)
+            project(dense.fc2, hidden, rows: rows, out: out)
+        case let .acm(_, layer):
+            if ws.choices.count < rows { ws.choices = [Int32](repeating: 0, count: rows) }
+            ws.choices.withUnsafeMutableBufferPointer { ks in
+                layer.forward(
+                    x, sequences: sequences, policies: policies, out: out, choices: ks.baseAddress!,
+                    workspace: ws.acm)
+            }
+        }
+    }
+}
+
+/// out[r, j] = Σ_c x[r, c]·w[j, c] for `rows` rows and the output columns j in `columns`: x [rows, k]
+/// times wᵀ, w [n, k] in `nn.Linear`'s layout. Few rows go through `dot`, streaming w from memory once:
+/// OpenBLAS packs all of w on every call, which for a decoder step's one row per utterance costs more
+/// than the arithmetic (3× for the 51864 × 384 logits). Each output is then also the same dot product
+/// whatever the batch, so a step's logits do not depend on which other utterances are live.
+func timesTransposed(
+    _ x: UnsafePointer<Float>, rows: Int, w: UnsafePointer<Float>, columns: Range<Int>, k: Int,
+    out: UnsafeMutablePointer<Float>, ldOut: Int
+) {
+    if rows > fewRows {
+        gemm(
+            m: rows, n: columns.count, k: k, a: x, lda: k, b: w + columns.lowerBound * k, ldb: k, transB: true,
+            c: out + columns.lowerBound, ldc: ldOut)
+        return
+    }
+    for j in columns {
+        let wj = w + j * k
+        for r in 0..<rows { out[r * ldOut + j] = dot(x + r * k, wj, k) }
+    }
+}
+
+/// Rows up to which `timesTransposed` streams the weight instead of calling GEMM.
+let fewRows = 8
+
+/// Σ a[i]·b[i] over n floats; eight partial sums so the loop vectorises.
+@inline(__always) func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var s = (Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0))
+    var i = 0
+    while i + 8 <= n {
+        s.0 += a[i] * b[i]
+        s.1 += a[i + 1] * b[i + 1]
+        s.2 += a[i + 2] * b[i + 2]
+        s.3 += a[i + 3] * b[i + 3]
+        s.4 += a[i + 4] * b[i + 4]
+        s.5 += a[i + 5] * b[i + 5]
+        s.6 += a[i + 6] * b[i + 6]
+        s.7 += a[i + 7] * b[i + 7]
+        i += 8
+    }
+    var result = ((s.0 + s.1) + (s.2 + s.3)) + ((s.4 + s.5) + (s.6 + s.7))
+    while i < n {
+        result += a[i] * b[i]
+        i += 1
+    }
+    return result
+}
+
+/// Attention of one head for `count` queries over `keyCount` keys, rows `ld` apart:
+/// out = softmax(q·kᵀ/√headDim)·v. With `causalFrom` = c, query i sees keys 0...c + i (the cache
+/// holds c earlier tokens); without it, every key.
+func attend(
+    queries q: UnsafePointer<Float>, count: Int, keys k: UnsafePointer<Float>, values v: UnsafePointer<Float>,
+    keyCount: Int, causalFrom: Int?, ld: Int, headDim: Int, out: UnsafeMutablePointer<Float>, scratch: Scratch
+) {
+    let scores = scratch.reserve(count * keyCount)
+    // [count, dh] × [dh, keys]
+    gemm(
+        m: count, n: keyCount, k: headDim, alpha: 1 / Float(headDim).squareRoot(),
+        a: q, lda: ld, b: k, ldb: ld, transB: true, c: scores, ldc: keyCount)
+    for i in 0..<count {
+        let row = scores + i * keyCount
+        let visible = causalFrom.map { min($0 + i + 1, keyCount) } ?? keyCount
+        softmaxRows(row, rows: 1, n: visible, ld: keyCount)
+        for j in visible..<keyCount { row[j] = 0 }
+    }
+    // [count, keys] × [keys, dh]
+    gemm(m: count, n: headDim, k: keyCount, a: scores, lda: keyCount, b: v, ldb: ld, c: out, ldc: ld)
+}

@@ -1,0 +1,199 @@
+import ACMCore
+import Foundation
+
+/// `config.json` of a Whisper model directory (docs/whisper.md): architecture "whisper".
+public struct WhisperModelConfig: Decodable, Sendable {
+    public var format: String
+    public var formatVersion: Int
+    public var architecture: String
+    public var whisper: WhisperConfig
+    /// Module path (`model.encoder.layers.{i}`, `model.decoder.layers.{i}`) → ACM settings of that
+    /// layer's MLP; layers not listed are dense.
+    public var acm: [String: ACMConfig]
+    public var generation: GenerationConfig
+
+    enum CodingKeys: String, CodingKey {
+        case format
+        case formatVersion = "format_version"
+        case architecture, whisper, acm, generation
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        format = try c.decode(String.self, forKey: .format)
+        formatVersion = try c.decode(Int.self, forKey: .formatVersion)
+        architecture = try c.decode(String.self, forKey: .architecture)
+        whisper = try c.decode(WhisperConfig.self, forKey: .whisper)
+        acm = try c.decodeIfPresent([String: ACMConfig].self, forKey: .acm) ?? [:]
+        generation = try c.decode(GenerationConfig.self, forKey: .generation)
+    }
+
+    /// Reads and checks `config.json`; every failure names the file and the problem.
+    public static func load(path: String) throws -> WhisperModelConfig {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ModelError.io(path: path, reason: "no such file or not readable")
+        }
+        func keyPath(_ keys: [any CodingKey]) -> String {
+            keys.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
+        }
+        let config: WhisperModelConfig
+        do {
+            config = try JSONDecoder().decode(WhisperModelConfig.self, from: data)
+        } catch let DecodingError.dataCorrupted(context) where context.codingPath.isEmpty {
+            throw ModelError.format(path: path, reason: "not valid JSON (\(context.debugDescription))")
+        } catch let DecodingError.dataCorrupted(context) {
+            throw ModelError.format(
+                path: path, reason: "field '\(keyPath(context.codingPath))' is invalid: \(context.debugDescription)")
+        } catch let DecodingError.keyNotFound(key, context) {
+            throw ModelError.format(path: path, reason: "missing field '\(keyPath(context.codingPath + [key]))'")
+        } catch let DecodingError.typeMismatch(_, context) {
+            throw ModelError.format(path: path, reason: "field '\(keyPath(context.codingPath))' has the wrong type")
+        } catch let DecodingError.valueNotFound(_, context) {
+            throw ModelError.format(path: path, reason: "field '\(keyPath(context.codingPath))' is null")
+        }
+        guard config.format == "acm-serve" else {
+            throw ModelError.format(path: path, reason: "format is '\(config.format)', expected 'acm-serve'")
+        }
+        guard config.formatVersion == 1 else {
+            throw ModelError.format(path: path, reason: "format_version \(config.formatVersion) is not supported (1 is)")
+        }
+        guard config.architecture == "whisper" else {
+            throw ModelError.format(path: path, reason: "architecture is '\(config.architecture)', expected 'whisper'")
+        }
+        try config.whisper.validate()
+        try config.generation.validate(config.whisper)
+        return config
+    }
+}
+
+/// Hugging Face `WhisperConfig` fields, verbatim names.
+public struct WhisperConfig: Codable, Sendable, Equatable {
+    public var numMelBins: Int
+    public var dModel: Int
+    public var encoderLayers: Int
+    public var encoderAttentionHeads: Int
+    public var decoderLayers: Int
+    public var decoderAttentionHeads: Int
+    public var encoderFfnDim: Int
+    public var decoderFfnDim: Int
+    /// Encoder positions: the conv stack halves 2·this many log-mel frames to this many.
+    public var maxSourcePositions: Int
+    public var maxTargetPositions: Int
+    public var vocabSize: Int
+    public var layerNormEps: Float
+
+    public init(
+        numMelBins: Int, dModel: Int, encoderLayers: Int, encoderAttentionHeads: Int, decoderLayers: Int,
+        decoderAttentionHeads: Int, encoderFfnDim: Int, decoderFfnDim: Int, maxSourcePositions: Int,
+        maxTargetPositions: Int, vocabSize: Int, layerNormEps: Float = 1e-5
+    ) {
+        self.numMelBins = numMelBins
+        self.dModel = dModel
+        self.encoderLayers = encoderLayers
+        self.encoderAttentionHeads = encoderAttentionHeads
+        self.decoderLayers = decoderLayers
+        self.decoderAttentionHeads = decoderAttentionHeads
+        self.encoderFfnDim = encoderFfnDim
+        self.decoderFfnDim = decoderFfnDim
+        self.maxSourcePositions = maxSourcePositions
+        self.maxTargetPositions = maxTargetPositions
+        self.vocabSize = vocabSize
+        self.layerNormEps = layerNormEps
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case numMelBins = "num_mel_bins"
+        case dModel = "d_model"
+        case encoderLayers = "encoder_layers"
+        case encoderAttentionHeads = "encoder_attention_heads"
+        case decoderLayers = "decoder_layers"
+        case decoderAttentionHeads = "decoder_attention_heads"
+        case encoderFfnDim = "encoder_ffn_dim"
+        case decoderFfnDim = "decoder_ffn_dim"
+        case maxSourcePositions = "max_source_positions"
+        case maxTargetPositions = "max_target_positions"
+        case vocabSize = "vocab_size"
+        case layerNormEps = "layer_norm_eps"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        numMelBins = try c.decode(Int.self, forKey: .numMelBins)
+        dModel = try c.decode(Int.self, forKey: .dModel)
+        encoderLayers = try c.decode(Int.self, forKey: .encoderLayers)
+        encoderAttentionHeads = try c.decode(Int.self, forKey: .encoderAttentionHeads)
+        decoderLayers = try c.decode(Int.self, forKey: .decoderLayers)
+        decoderAttentionHeads = try c.decode(Int.self, forKey: .decoderAttentionHeads)
+        encoderFfnDim = try c.decode(Int.self, forKey: .encoderFfnDim)
+        decoderFfnDim = try c.decode(Int.self, forKey: .decoderFfnDim)
+        maxSourcePositions = try c.decode(Int.self, forKey: .maxSourcePositions)
+        maxTargetPositions = try c.decode(Int.self, forKey: .maxTargetPositions)
+        vocabSize = try c.decode(Int.self, forKey: .vocabSize)
+        layerNormEps = try c.decodeIfPresent(Float.self, forKey: .layerNormEps) ?? 1e-5
+    }
+
+    /// Log-mel frames the encoder takes: two per encoder position (conv2 has stride 2).
+    public var inputFrames: Int { 2 * maxSourcePositions }
+
+    func validate() throws {
+        let positive = [
+            numMelBins, dModel, encoderLayers, encoderAttentionHeads, decoderLayers, decoderAttentionHeads,
+            encoderFfnDim, decoderFfnDim, maxSourcePositions, maxTargetPositions, vocabSize,
+        ]
+        guard positive.allSatisfy({ $0 > 0 }) else { throw ModelError.config("whisper sizes must be positive") }
+        guard dModel % encoderAttentionHeads == 0, dModel % decoderAttentionHeads == 0 else {
+            throw ModelError.config("d_model \(dModel) is not a multiple of the attention head counts")
+        }
+    }
+}
+
+/// How greedy decoding starts, what it may not emit, and when it stops (Whisper's English-only rules).
+public struct GenerationConfig: Codable, Sendable, Equatable {
+    public var decoderStartTokenId: Int
+    public var eosTokenId: Int
+    public var noTimestampsTokenId: Int
+    /// The tokens every sequence starts from: `<|startoftranscript|><|notimestamps|>` for tiny.en.
+    public var prompt: [Int]
+    /// Never emitted.
+    public var suppressTokens: [Int]
+    /// Not emitted as the first generated token (a blank, or an immediate end).
+    public var beginSuppressTokens: [Int]
+    /// Generated tokens at most, the end token included.
+    public var maxNewTokens: Int
+
+    public init(
+        decoderStartTokenId: Int, eosTokenId: Int, noTimestampsTokenId: Int, prompt: [Int],
+        suppressTokens: [Int], beginSuppressTokens: [Int], maxNewTokens: Int
+    ) {
+        self.decoderStartTokenId = decoderStartTokenId
+        self.eosTokenId = eosTokenId
+        self.noTimestampsTokenId = noTimestampsTokenId
+        self.prompt = prompt
+        self.suppressTokens = suppressTokens
+        self.beginSuppressTokens = beginSuppressTokens
+        self.maxNewTokens = maxNewTokens
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case decoderStartTokenId = "decoder_start_token_id"
+        case eosTokenId = "eos_token_id"
+        case noTimestampsTokenId = "no_timestamps_token_id"
+        case prompt
+        case suppressTokens = "suppress_tokens"
+        case beginSuppressTokens = "begin_suppress_tokens"
+        case maxNewTokens = "max_new_tokens"
+    }
+
+    func validate(_ model: WhisperConfig) throws {
+        let vocab = 0..<model.vocabSize
+        let ids = [decoderStartTokenId, eosTokenId, noTimestampsTokenId] + prompt + suppressTokens + beginSuppressTokens
+        if let bad = ids.first(where: { !vocab.contains($0) }) {
+            throw ModelError.config("generation: token id \(bad) is outside the vocabulary 0..<\(model.vocabSize)")
+        }
+        guard !prompt.isEmpty else { throw ModelError.config("generation: prompt is empty") }
+        guard maxNewTokens >= 1, prompt.count + maxNewTokens <= model.maxTargetPositions else {
+            throw ModelError.config(
+                "generation: \(prompt.count) prompt tokens + max_new_tokens \(maxNewTokens) must fit in max_target_positions \(model.maxTargetPositions)")
+        }
+    }
+}

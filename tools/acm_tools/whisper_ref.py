@@ -1,0 +1,302 @@
+"""
+An independent PyTorch reference of Whisper that reads our model directory (docs/whisper.md): the log-mel
+front end in NumPy (and, to check it, in torch.stft as openai-whisper computes it), the encoder, the decoder
+with a KV cache, greedy decoding with Whisper's suppression rules, and byte-level BPE detokenisation.
+
+    PYTHONPATH=tools .venv/bin/python -m acm_tools.whisper_ref --model build/models/whisper-tiny.en clip.wav
+
+Upstream code it mirrors:
+- https://github.com/openai/whisper/blob/v20240930/whisper/audio.py (log_mel_spectrogram, pad_or_trim)
+- https://github.com/openai/whisper/blob/v20240930/whisper/model.py (AudioEncoder, TextDecoder)
+- https://github.com/openai/whisper/blob/v20240930/whisper/decoding.py (SuppressBlank, SuppressTokens)
+- https://github.com/librosa/librosa/blob/0.10.2/librosa/filters.py (mel, slaney scale and norm)
+- https://github.com/OpenNMT/CTranslate2/blob/v4.8.5/src/models/whisper.cc (WhisperReplica::generate, whose
+  greedy output this reproduces: the prompt before its last token is a prefix, at most max_length / 2 new
+  tokens, suppress_ids at every step, suppress_ids_begin at the first)
+
+Audio is read from 16-bit PCM WAV; other rates are resampled to 16 kHz with libsoxr at VHQ quality
+(python-soxr, the library the Swift engine links) and channels are averaged.
+"""
+import argparse
+import json
+import math
+import wave
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .whisper_model import load_whisper
+
+# -----------------------------------------------------------------------------
+# config: Whisper's audio hyperparameters (whisper/audio.py)
+sample_rate = 16000
+n_fft = 400
+hop_length = 160
+chunk_length = 30  # seconds
+n_samples = chunk_length * sample_rate  # 480000
+n_frames = n_samples // hop_length  # 3000
+# -----------------------------------------------------------------------------
+
+
+# -----------------------------------------------------------------------------
+# audio
+
+def read_wav(path):
+    """16-bit PCM WAV -> (float64 [samples, channels] in [-1, 1), sample rate)."""
+    with wave.open(path, 'rb') as w:
+        if w.getsampwidth() != 2 or w.getcomptype() != 'NONE':
+            raise ValueError(f'{path}: only 16-bit PCM WAV is read')
+        channels, rate = w.getnchannels(), w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype='<i2')
+    return (pcm.astype(np.float64) / 32768).reshape(-1, channels), rate
+
+
+def to_mono_16k(samples, rate):
+    """float64 [samples, channels] at rate -> float64 [samples'] at 16 kHz: channels averaged, then libsoxr at
+    VHQ quality (which computes in double precision, so the result hardly depends on the CPU's SIMD paths)."""
+    x = samples.mean(axis=1)
+    if rate != sample_rate:
+        import soxr  # only resampled audio needs it
+        x = soxr.resample(x, rate, sample_rate, quality='VHQ')
+    return x
+
+
+def load_audio(path):
+    """A WAV file -> 16 kHz mono float64 audio."""
+    return to_mono_16k(*read_wav(path))
+
+
+def pad_or_trim(audio, length=n_samples):
+    if len(audio) >= length:
+        return audio[:length]
+    return np.pad(audio, (0, length - len(audio)))
+
+
+# -----------------------------------------------------------------------------
+# log-mel front end
+
+def hz_to_mel(f):
+    """Slaney's mel scale (librosa, htk=False): linear below 1 kHz, logarithmic above."""
+    f = np.asarray(f, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, min_log_hz) / min_log_hz) / logstep, f / f_sp)
+
+
+def mel_to_hz(m):
+    m = np.asarray(m, dtype=np.float64)
+    f_sp, min_log_hz, logstep = 200.0 / 3, 1000.0, math.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_filters(n_mels=80, sr=sample_rate, n_fft=n_fft):
+    """float64 [n_mels, 1 + n_fft // 2]: librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels) with its defaults
+    fmin=0, fmax=sr/2, htk=False, norm='slaney': triangles on the mel scale, each of unit area in Hz."""
+    fft_freqs = np.linspace(0, sr / 2, 1 + n_fft // 2)
+    mel_f = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(sr / 2), n_mels + 2))  # band edges in Hz
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_freqs[None, :]  # (n_mels + 2, n_bins)
+    weights = np.zeros((n_mels, len(fft_freqs)))
+    for i in range(n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    enorm = 2.0 / (mel_f[2:n_mels + 2] - mel_f[:n_mels])  # slaney: divide each triangle by its width
+    return weights * enorm[:, None]
+
+
+def log_mel(audio, n_mels=80):
+    """16 kHz mono float32 audio -> float32 [n_mels, 3000], computed in float64 with NumPy: the audio padded or
+    trimmed to 30 s first, STFT (periodic Hann, center=True with reflect padding, last frame dropped), power,
+    slaney mel filters, log10 clamped at 1e-10 and at max - 8, then (x + 4) / 4."""
+    x = pad_or_trim(np.asarray(audio, dtype=np.float64))
+    x = np.pad(x, n_fft // 2, mode='reflect')  # center=True
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+    starts = np.arange(n_frames) * hop_length  # 3001 frames fit; the last is dropped
+    frames = x[starts[:, None] + np.arange(n_fft)[None, :]] * window  # (3000, n_fft)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # (3000, 201)
+    mel = mel_filters(n_mels) @ power.T  # (n_mels, 3000)
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+
+
+def log_mel_torch(audio, n_mels=80):
+    """The same in float32 with torch.stft, as openai-whisper's log_mel_spectrogram computes it."""
+    x = torch.from_numpy(pad_or_trim(np.asarray(audio, dtype=np.float32)))
+    window = torch.hann_window(n_fft)  # periodic
+    stft = torch.stft(x, n_fft, hop_length, window=window, center=True, pad_mode='reflect', return_complex=True)
+    magnitudes = stft[..., :-1].abs() ** 2  # (201, 3000)
+    mel = torch.from_numpy(mel_filters(n_mels).astype(np.float32)) @ magnitudes
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).numpy()
+
+
+# -----------------------------------------------------------------------------
+# model
+
+class Whisper:
+    """The model in float32 (weights widened from F16 as stored), one audio clip at a time."""
+
+    def __init__(self, model_dir):
+        self.cfg, self.gen, tensors = load_whisper(model_dir)
+        self.w = {k: v.float() for k, v in tensors.items()}
+        self.tokenizer = Tokenizer(f'{model_dir}/tokenizer.json')
+
+    def linear(self, x, name):
+        y = x @ self.w[f'{name}.weight'].T  # [T, in] × [in, out]
+        b = self.w.get(f'{name}.bias')
+        return y if b is None else y + b
+
+    def norm(self, x, name):
+        return F.layer_norm(x, x.shape[-1:], self.w[f'{name}.weight'], self.w[f'{name}.bias'], self.cfg.layer_norm_eps)
+
+    def mlp(self, x, p):
+        return self.linear(F.gelu(self.linear(x, f'{p}.fc1')), f'{p}.fc2')
+
+    @staticmethod
+    def attend(q, k, v, n_heads, mask=None):
+        """q [Tq, d], k and v [Tk, d] -> [Tq, d], scaled dot-product attention over n_heads heads."""
+        Tq, d = q.shape
+        hs = d // n_heads
+        q = q.view(Tq, n_heads, hs).transpose(0, 1)  # (nh, Tq, hs)
+        k = k.view(-1, n_heads, hs).transpose(0, 1)  # (nh, Tk, hs)
+        v = v.view(-1, n_heads, hs).transpose(0, 1)  # (nh, Tk, hs)
+        att = (q @ k.transpose(1, 2)) / math.sqrt(hs)  # (nh, Tq, Tk)
+        if mask is not None:
+            att = att.masked_fill(mask, float('-inf'))
+        y = torch.softmax(att, dim=-1) @ v  # (nh, Tq, hs)
+        return y.transpose(0, 1).reshape(Tq, d)  # (Tq, d)
+
+    @torch.no_grad()
+    def encode(self, mel):
+        """float32 [n_mels, 3000] -> encoder output [1500, d]."""
+        x = torch.as_tensor(mel)[None]  # (1, n_mels, 3000)
+        x = F.gelu(F.conv1d(x, self.w['model.encoder.conv1.weight'], self.w['model.encoder.conv1.bias'], padding=1))
+        x = F.gelu(F.conv1d(x, self.w['model.encoder.conv2.weight'], self.w['model.encoder.conv2.bias'],
+                            stride=2, padding=1))  # (1, d, 1500)
+        x = x[0].T + self.w['model.encoder.embed_positions.weight']  # (1500, d)
+        for i in range(self.cfg.encoder_layers):
+            p = f'model.encoder.layers.{i}'
+            # self-attention
+            h = self.norm(x, f'{p}.self_attn_layer_norm')
+            q, k, v = (self.linear(h, f'{p}.self_attn.{n}_proj') for n in 'qkv')
+            x = x + self.linear(self.attend(q, k, v, self.cfg.encoder_attention_heads), f'{p}.self_attn.out_proj')
+            # mlp
+            x = x + self.mlp(self.norm(x, f'{p}.final_layer_norm'), p)
+        return self.norm(x, 'model.encoder.layer_norm')
+
+    def cross_kv(self, memory):
+        """[(k, v) per decoder layer], the cross-attention keys and values of the encoder output [1500, d]."""
+        return [(self.linear(memory, f'model.decoder.layers.{i}.encoder_attn.k_proj'),
+                 self.linear(memory, f'model.decoder.layers.{i}.encoder_attn.v_proj'))
+                for i in range(self.cfg.decoder_layers)]
+
+    @torch.no_grad()
+    def decode(self, tokens, cross, cache):
+        """New tokens [T] after the len(cache[0]) cached ones -> logits [T, vocab]; appends to cache, a list of
+        [k, v] per layer, each [past, d]."""
+        offset = cache[0][0].shape[0] if cache else 0
+        T = len(tokens)
+        x = self.w['model.decoder.embed_tokens.weight'][tokens] \
+            + self.w['model.decoder.embed_positions.weight'][offset:offset + T]  # (T, d)
+        # position offset + i sees the past and itself
+        mask = torch.arange(offset + T)[None, :] > (offset + torch.arange(T))[:, None]  # (T, offset + T)
+        heads = self.cfg.decoder_attention_heads
+        for i in range(self.cfg.decoder_layers):
+            p = f'model.decoder.layers.{i}'
+            # causal self-attention over the cache
+            h = self.norm(x, f'{p}.self_attn_layer_norm')
+            q, k, v = (self.linear(h, f'{p}.self_attn.{n}_proj') for n in 'qkv')
+            if len(cache) <= i:
+                cache.append([k[:0], v[:0]])
+            cache[i][0] = torch.cat([cache[i][0], k])  # (offset + T, d)
+            cache[i][1] = torch.cat([cache[i][1], v])
+            x = x + self.linear(self.attend(q, cache[i][0], cache[i][1], heads, mask), f'{p}.self_attn.out_proj')
+            # cross-attention
+            h = self.norm(x, f'{p}.encoder_attn_layer_norm')
+            q = self.linear(h, f'{p}.encoder_attn.q_proj')
+            x = x + self.linear(self.attend(q, *cross[i], heads), f'{p}.encoder_attn.out_proj')
+            # mlp
+            x = x + self.mlp(self.norm(x, f'{p}.final_layer_norm'), p)
+        x = self.norm(x, 'model.decoder.layer_norm')
+        return x @ self.w['model.decoder.embed_tokens.weight'].T  # [T, d] × [d, vocab]
+
+    @torch.no_grad()
+    def greedy(self, mel, margins=None):
+        """float32 [n_mels, 3000] -> the generated token ids (without the prompt and the final eot). margins: a
+        list to append each step's lead of the chosen token's logit over the runner-up to."""
+        g = self.gen
+        cross = self.cross_kv(self.encode(mel))
+        cache = []
+        logits = self.decode(torch.tensor(g.prompt), cross, cache)[-1]
+        out = []
+        while len(out) < g.max_new_tokens:
+            logits[g.suppress_tokens] = float('-inf')
+            if not out:
+                logits[g.begin_suppress_tokens] = float('-inf')  # SuppressBlank: no space or eot first
+            top = torch.topk(logits, 2)
+            token = int(top.indices[0])
+            if margins is not None:
+                margins.append(float(top.values[0] - top.values[1]))
+            if token == g.eos_token_id:
+                break
+            out.append(token)
+            logits = self.decode(torch.tensor([token]), cross, cache)[-1]
+        return out
+
+    def transcribe(self, audio, margins=None):
+        """16 kHz mono audio (up to 30 s) -> (token ids, text)."""
+        ids = self.greedy(log_mel(audio, self.cfg.num_mel_bins), margins)
+        return ids, self.tokenizer.decode(ids)
+
+
+# -----------------------------------------------------------------------------
+# tokenizer
+
+def bytes_to_unicode():
+    """GPT-2's map from the 256 byte values to printable characters that byte-level BPE tokens are made of."""
+    bs = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+class Tokenizer:
+    """Decoding only: token ids -> text, from tokenizer.json's byte-level BPE vocabulary."""
+
+    def __init__(self, path):
+        with open(path) as f:
+            tok = json.load(f)
+        self.tokens = {i: t for t, i in tok['model']['vocab'].items()}
+        self.eot = next(t['id'] for t in tok['added_tokens'] if t['content'] == '<|endoftext|>')
+        self.byte_of = {c: b for b, c in bytes_to_unicode().items()}
+
+    def decode(self, ids):
+        """Special tokens (ids >= <|endoftext|>) are skipped, as Whisper's decode does."""
+        text = ''.join(self.tokens[i] for i in ids if i < self.eot)
+        return bytes(self.byte_of[c] for c in text).decode('utf-8', errors='replace')
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--model', default='build/models/whisper-tiny.en', help='model directory (default: %(default)s)')
+    p.add_argument('wav', nargs='+', help='16-bit PCM WAV files')
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    model = Whisper(args.model)
+    for path in args.wav:
+        ids, text = model.transcribe(load_audio(path))
+        print(f'{path}: {text.strip()}  {ids}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,94 @@
+"""The PyTorch Whisper reference: its NumPy log-mel against torch.stft and an independent filter bank, its
+encoder against CTranslate2's, its KV cache against a full forward, and its detokeniser."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from acm_tools import whisper_fixtures as wf
+from acm_tools import whisper_model as wm
+from acm_tools import whisper_ref as wr
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURES = os.path.join(REPO, wf.out)
+CLIPS = ['flite_slt_stella', 'espeak_us_stereo', 'espeak_us_m3_fast']  # 16 kHz flite, 22050 Hz stereo, espeak
+
+
+@pytest.fixture(scope='module')
+def model():
+    torch.set_num_threads(1)
+    return wr.Whisper(os.path.join(REPO, wm.out))
+
+
+def audio(name):
+    return wr.load_audio(os.path.join(FIXTURES, 'clips', f'{name}.wav'))
+
+
+def test_mel_scale():
+    """Should be Slaney's scale: linear to 1 kHz (15 mel), then 27 mel per factor 6.4, and invertible."""
+    assert np.allclose(wr.hz_to_mel([0, 500, 1000, 6400]), [0, 7.5, 15, 42])
+    f = np.linspace(0, 8000, 101)
+    assert np.allclose(wr.mel_to_hz(wr.hz_to_mel(f)), f)
+
+
+def test_mel_filters_are_slaney_triangles():
+    """Should equal triangles drawn another way (np.interp between band edges), each scaled to 2 / its width."""
+    fb = wr.mel_filters(80)
+    assert fb.shape == (80, 201)
+    edges = wr.mel_to_hz(np.linspace(0, wr.hz_to_mel(8000.0), 82))
+    freqs = np.arange(201) * 16000 / 400
+    for i in range(80):
+        tri = np.interp(freqs, edges[i:i + 3], [0, 1, 0], left=0, right=0) * 2 / (edges[i + 2] - edges[i])
+        np.testing.assert_allclose(fb[i], tri, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('name', CLIPS)
+def test_log_mel_numpy_matches_torch_stft(name):
+    """Should agree within 1e-4 with the torch.stft float32 computation openai-whisper uses, on speech."""
+    a = audio(name)
+    ours, theirs = wr.log_mel(a), wr.log_mel_torch(a)
+    assert ours.shape == (80, 3000) and ours.dtype == np.float32
+    assert np.abs(ours - theirs).max() <= 1e-4
+    assert ours.max() - ours.min() == pytest.approx(2.0, abs=1e-6)  # the 8-decade clamp, / 4
+
+
+def test_log_mel_pads_to_30_seconds_first():
+    """Should pad short audio with zeros and trim long audio to 480000 samples before the STFT."""
+    a = audio('flite_slt_stella')
+    padded = np.concatenate([a, np.zeros(wr.n_samples - len(a))])
+    assert np.array_equal(wr.log_mel(a), wr.log_mel(padded))
+    long = np.concatenate([padded, np.ones(1000)])
+    assert np.array_equal(wr.log_mel(long), wr.log_mel(padded))
+
+
+@pytest.mark.parametrize('name', CLIPS[:2])
+def test_encoder_matches_ctranslate2(model, name):
+    """Should match CTranslate2's encoder output within 1e-3 of its largest magnitude."""
+    mel = wr.log_mel(audio(name))
+    ours = model.encode(mel).numpy()
+    theirs = wf.CT2(os.path.join(REPO, wm.ct2_dir)).encode(mel)
+    assert ours.shape == theirs.shape == (1500, 384)
+    rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
+    print(f'{name}: encoder max|d| / max|ct2| = {rel:.2e}')
+    assert rel <= 1e-3
+
+
+def test_kv_cache_matches_full_forward(model):
+    """Should give the same logits decoding token by token with the cache as for the whole sequence at once."""
+    cross = model.cross_kv(model.encode(wr.log_mel(audio('flite_slt_stella'))))
+    tokens = torch.tensor(model.gen.prompt + [4222, 869, 45856, 290])
+    full = model.decode(tokens, cross, [])
+    cache = []
+    steps = [model.decode(tokens[:2], cross, cache)] + [model.decode(tokens[i:i + 1], cross, cache)
+                                                         for i in range(2, len(tokens))]
+    torch.testing.assert_close(torch.cat(steps), full, rtol=1e-4, atol=1e-4)
+    assert cache[0][0].shape == (len(tokens), 384)
+
+
+def test_detokenizer(model):
+    """Should turn byte-level BPE tokens into UTF-8 text and skip special tokens."""
+    tok = model.tokenizer
+    vocab = {t: i for i, t in tok.tokens.items()}
+    assert tok.decode([383, 2068, 7586, 21831, 50256]) == ' The quick brown fox'
+    assert tok.decode([50257, vocab['Ġcaf'], vocab['Ã©'], 50362]) == ' café'
