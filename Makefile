@@ -8,7 +8,7 @@ INPUT ?= $(MODEL)/example.npy
 BUDGET ?= 0.5
 
 .PHONY: setup build test test-server serve predict bench bench-server fixtures demo-model fashion-models fashion-report \
-	whisper-model whisper-fixtures clean
+	whisper-model whisper-fixtures bench-whisper clean
 
 setup:
 	@scripts/setup
@@ -66,6 +66,10 @@ whisper-model: setup
 ## Regenerate the Whisper speech fixtures (Tests/ACMWhisperTests/Fixtures), checked against CTranslate2.
 whisper-fixtures: whisper-model
 	PYTHONPATH=tools $(PY) -m acm_tools.whisper_fixtures
+
+## Whisper tiny.en: seconds per 30-s clip for acm-serve, CTranslate2 fp32 and PyTorch (BENCHMARKS.md, build/whisper/bench.json).
+bench-whisper: build whisper-model
+	PYTHONPATH=tools $(PY) -m acm_tools.whisper_bench
 
 clean:
 	rm -rf .build

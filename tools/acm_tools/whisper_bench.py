@@ -1,0 +1,260 @@
+"""
+Whisper tiny.en speed, in one run, for three engines on the same audio: acm-serve (`acm-serve transcribe
+--timing`), CTranslate2 (fp32 compute) and the PyTorch reference (acm_tools.whisper_ref). Seconds per 30-s
+clip for the encoder alone (log-mel given) and for the whole transcription (WAV to text), on two inputs:
+
+- `30 s`: the fixture clips (Tests/ACMWhisperTests/Fixtures) resampled to 16 kHz mono, concatenated and cut
+  to exactly 30 s, so that the decoder writes as many tokens as real speech gives it;
+- `12 clips`: the 12 fixture clips as one batch (acm-serve: one call; CTranslate2: one batched encode and
+  generate; PyTorch: the reference takes one clip at a time, so the clips run one after another).
+
+    PYTHONPATH=tools .venv/bin/python -m acm_tools.whisper_bench [--repeats 5]   # = make bench-whisper
+
+Each repeat runs every engine on both inputs, so that the machine's noise hits all of them alike; one repeat
+first is a warm-up and is not counted; the numbers are medians over the repeats. Prints a markdown table with
+each engine's ratio to CTranslate2 and writes every time to build/whisper/bench.json.
+
+How each engine is timed:
+- acm-serve: a process per input and repeat, `transcribe --timing --repeats 2` (the first in-process run
+  allocates the buffers; the second is timed). Encoder: its `encoder … s` line. Whole: its front-end time
+  (WAV read, decoded, resampled, log-mel: run once per process, so not warmed) plus encoder plus decoder.
+  Model loading is left out. The engine runs one worker per core (Parallel.workers).
+- CTranslate2 4.8.5: `models.Whisper(build/whisper/ct2, compute_type='float32', intra_threads=2)`. Encoder:
+  `encode` of the batch. Whole: WAV read, openai-whisper's torch front end (whisper_ref.log_mel_torch),
+  `generate(beam_size=1)` as whisper_fixtures calls it, detokenised.
+- PyTorch: whisper_ref.Whisper with torch.set_num_threads(2). Encoder: `encode` per clip. Whole: WAV read,
+  the same torch front end, `greedy`, detokenised.
+The encoder-only runs of CTranslate2 and PyTorch take the reference's NumPy log-mel, computed beforehand.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+
+import ctranslate2
+import numpy as np
+import torch
+
+from . import whisper_model
+from .whisper_fixtures import to_int16, write_wav
+from .whisper_ref import Whisper, load_audio, log_mel, log_mel_torch, n_samples, sample_rate
+
+# -----------------------------------------------------------------------------
+# config
+model_dir = 'build/models/whisper-tiny.en'
+ct2_dir = whisper_model.ct2_dir  # CTranslate2's original of the same model (fp16 weights)
+fixtures = 'Tests/ACMWhisperTests/Fixtures'
+binary = '.build/release/acm-serve'
+out = 'build/whisper/bench.json'
+clip_30s = 'bench_30s.wav'  # the concatenated 30-s clip, written next to the JSON
+repeats = 5  # timed repeats, after one warm-up
+threads = 2  # CTranslate2 intra_threads and torch threads; acm-serve runs one worker per core
+engines = ['acm-serve', 'CTranslate2 fp32', 'PyTorch']
+# -----------------------------------------------------------------------------
+
+
+# -----------------------------------------------------------------------------
+# inputs
+
+def fixture_wavs(fixture_dir):
+    with open(os.path.join(fixture_dir, 'clips.json')) as f:
+        return [os.path.join(fixture_dir, c['file']) for c in json.load(f)]
+
+
+def write_30s(wavs, path):
+    """The clips at 16 kHz mono, one after another, cut to exactly 30 s and written as 16-bit PCM."""
+    audio = np.concatenate([load_audio(w) for w in wavs])
+    assert len(audio) >= n_samples, f'the fixture clips last only {len(audio) / sample_rate:.1f} s'
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_wav(path, to_int16(audio[:n_samples])[:, None], sample_rate)
+    return path
+
+
+# -----------------------------------------------------------------------------
+# engines: each run returns (encoder seconds, whole seconds, [token ids per clip], [text per clip])
+
+ours_front = re.compile(r"model loaded in ([\d.]+) s; (\d+) input\(s\) decoded and log-mel'd in ([\d.]+) s")
+ours_stages = re.compile(r'encoder ([\d.]+) s \(([\d.]+) s per input\); '
+                         r'decoder ([\d.]+) s for (\d+) tokens \((\d+) inputs\)')
+ours_output = re.compile(r'^(.*?): (.*)\n  tokens: \[([\d, ]*)\]$', re.M)  # a clip's text, then its ids
+
+
+def parse_ours(stdout, stderr, count):
+    """`acm-serve transcribe --timing` output -> (encoder s, front end + encoder + decoder s, ids per input,
+    text per input)."""
+    front, stages = ours_front.search(stderr), ours_stages.search(stderr)
+    if front is None or stages is None:
+        raise RuntimeError(f'acm-serve transcribe --timing printed no timing lines we know:\n{stderr}')
+    clips = ours_output.findall(stdout)
+    ids = [[int(t) for t in c[2].split(',') if t.strip()] for c in clips]
+    assert int(front.group(2)) == int(stages.group(5)) == len(ids) == count, (front.group(0), stages.group(0))
+    assert int(stages.group(4)) == sum(map(len, ids)), (stages.group(0), ids)
+    encoder, decoder = float(stages.group(1)), float(stages.group(3))
+    return encoder, float(front.group(3)) + encoder + decoder, ids, [c[1] for c in clips]
+
+
+class Ours:
+    def __init__(self, binary, model):
+        self.binary, self.model = binary, model
+
+    def run(self, wavs, mels):
+        cmd = [self.binary, 'transcribe', '--model', self.model, '--timing', '--repeats', '2']
+        for w in wavs:
+            cmd += ['--audio', w]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        return parse_ours(r.stdout, r.stderr, len(wavs))
+
+
+class CTranslate2:
+    def __init__(self, path, prompt, tokenizer):
+        self.model = ctranslate2.models.Whisper(path, device='cpu', compute_type='float32', intra_threads=threads,
+                                                inter_threads=1)
+        self.prompt, self.tokenizer = prompt, tokenizer
+
+    def features(self, mels):
+        return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(mels)))  # (B, 80, 3000)
+
+    def run(self, wavs, mels):
+        t0 = time.perf_counter()
+        self.model.encode(self.features(mels), to_cpu=True)
+        encoder = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        x = self.features([log_mel_torch(load_audio(w)) for w in wavs])
+        results = self.model.generate(x, [self.prompt] * len(wavs), beam_size=1, suppress_blank=True,
+                                      suppress_tokens=[-1], max_length=448)  # as CT2.greedy in whisper_fixtures
+        ids = [r.sequences_ids[0] for r in results]
+        texts = [self.tokenizer.decode(i) for i in ids]
+        return encoder, time.perf_counter() - t0, ids, texts
+
+
+class PyTorch:
+    def __init__(self, model):
+        self.model = model
+
+    def run(self, wavs, mels):
+        t0 = time.perf_counter()
+        for mel in mels:
+            self.model.encode(mel)
+        encoder = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ids, texts = [], []
+        for w in wavs:
+            ids.append(self.model.greedy(log_mel_torch(load_audio(w))))
+            texts.append(self.model.tokenizer.decode(ids[-1]))
+        return encoder, time.perf_counter() - t0, ids, texts
+
+
+# -----------------------------------------------------------------------------
+# benchmark
+
+def bench(inputs, runners, repeats):
+    """Warm-up, then `repeats` rounds of every input on every engine -> {input: {engine: {encoder, whole,
+    tokens, texts}}}: the times per clip, one per round; the last round's ids and text per clip."""
+    res = {name: {e: {'encoder': [], 'whole': [], 'tokens': None, 'texts': None} for e in runners}
+           for name in inputs}
+    for i in range(repeats + 1):
+        for name, (wavs, mels) in inputs.items():
+            for e, runner in runners.items():
+                encoder, whole, ids, texts = runner.run(wavs, mels)
+                print(f'  {"warm-up" if i == 0 else f"repeat {i}"}: {name}, {e}: encoder {encoder:.3f} s, '
+                      f'whole {whole:.3f} s, {sum(map(len, ids))} tokens', flush=True)
+                r = res[name][e]
+                if i > 0:
+                    r['encoder'].append(encoder / len(wavs))
+                    r['whole'].append(whole / len(wavs))
+                r['tokens'], r['texts'] = ids, texts
+    return res
+
+
+def disagreements(res):
+    """{input: [where an engine's tokens first differ from CTranslate2's, one line per clip]}: empty lists when
+    the engines agree."""
+    out = {}
+    for name, by_engine in res.items():
+        want = by_engine[engines[1]]['tokens']
+        out[name] = []
+        for e, r in by_engine.items():
+            for b, (got, ct2) in enumerate(zip(r['tokens'], want)):
+                if got != ct2:
+                    at = next((t for t, (x, y) in enumerate(zip(got, ct2)) if x != y), min(len(got), len(ct2)))
+                    out[name].append(f'{e}, clip {b}: differs from CTranslate2 at token {at} '
+                                     f'({len(got)} tokens against {len(ct2)})')
+    return out
+
+
+def table(res):
+    lines = ['| input | engine | encoder (s/clip) | × CT2 | transcription (s/clip) | × CT2 | tokens |',
+             '| --- | --- | ---: | ---: | ---: | ---: | ---: |']
+    for name, by_engine in res.items():
+        base = by_engine[engines[1]]
+        for e, r in by_engine.items():
+            lines.append(f'| {name} | {e} | {r["encoder_median"]:.3f} | '
+                         f'{r["encoder_median"] / base["encoder_median"]:.2f} | {r["whole_median"]:.3f} | '
+                         f'{r["whole_median"] / base["whole_median"]:.2f} | {sum(map(len, r["tokens"]))} |')
+    return '\n'.join(lines)
+
+
+def cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--repeats', type=int, default=repeats,
+                   help='timed repeats after one warm-up (default: %(default)s)')
+    p.add_argument('--model', default=model_dir, help='our model directory (default: %(default)s)')
+    p.add_argument('--ct2', default=ct2_dir, help='the CTranslate2 model directory (default: %(default)s)')
+    p.add_argument('--bin', default=os.environ.get('ACM_SERVE_BIN', binary), help='acm-serve (default: %(default)s)')
+    p.add_argument('--fixtures', default=fixtures, help='the Whisper fixtures (default: %(default)s)')
+    p.add_argument('--out', default=out, help='JSON results (default: %(default)s)')
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error('--repeats must be ≥ 1')
+
+    torch.set_num_threads(threads)
+    ref = Whisper(args.model)
+    runners = dict(zip(engines, [Ours(args.bin, args.model), CTranslate2(args.ct2, ref.gen.prompt, ref.tokenizer),
+                                 PyTorch(ref)]))
+    clips = fixture_wavs(args.fixtures)
+    wav_30s = write_30s(clips, os.path.join(os.path.dirname(args.out), clip_30s))
+    inputs = {'30 s': ([wav_30s], [log_mel(load_audio(wav_30s))]),
+              f'{len(clips)} clips': (clips, [log_mel(load_audio(w)) for w in clips])}
+    cores = os.cpu_count()
+    print(f'{cores} cores; CTranslate2 and torch on {threads} threads, acm-serve one worker per core; '
+          f'{args.repeats} repeats after a warm-up', flush=True)
+    if cores != threads:
+        print(f'note: acm-serve runs {cores} workers, the others {threads} threads', flush=True)
+
+    res = bench(inputs, runners, args.repeats)
+    for by_engine in res.values():
+        for r in by_engine.values():
+            r['encoder_median'] = statistics.median(r['encoder'])
+            r['whole_median'] = statistics.median(r['whole'])
+    diffs = disagreements(res)
+    print()
+    print(table(res))
+    print()
+    for name, lines in diffs.items():
+        print(f'{name}: ' + ('; '.join(lines) if lines else 'the three engines wrote the same tokens'))
+
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
+    report = dict(date=time.strftime('%Y-%m-%d'), commit=commit, cpu=cpu_name(), cores=cores, threads=threads,
+                  repeats=args.repeats, versions=dict(ctranslate2=ctranslate2.__version__, torch=torch.__version__),
+                  unit='seconds per clip', inputs={name: [os.path.relpath(w) for w in wavs]
+                                                   for name, (wavs, _) in inputs.items()},
+                  results=res, token_differences=diffs, table=table(res))
+    with open(args.out, 'w') as f:
+        json.dump(report, f, indent=1)
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()
