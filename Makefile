@@ -29,8 +29,8 @@ test-server: build
 bench-server: build
 	$(PY) Tests/server/perf.py
 
-## Serve the bundled models (config/acm-serve.json) on port 8000 until Ctrl-C.
-serve: build
+## Serve the bundled models (config/acm-serve.json: the Fashion-MNIST ViTs and Whisper tiny.en) on port 8000 until Ctrl-C.
+serve: build whisper-model
 	.build/release/acm-serve serve --config config/acm-serve.json
 
 ## Classify an image with a bundled model at a compute budget.

@@ -47,12 +47,21 @@ enum TensorName {
 /// The top labels returned per image by the `labels` output and the classify route.
 let labelCount = 5
 
-extension InferRequest {
-    /// Parses a request body: the JSON header, then any binary tensor data.
-    static func parse(
-        body: [UInt8], headerLength: String?, model: Model, preprocessor: ImagePreprocessor?, maxBatchSize: Int,
-        defaultBudget: Double?
-    ) throws -> InferRequest {
+/// What every infer request has, whatever the model: the JSON header, `id`, the parameters, and the
+/// binary tensor data after the header.
+struct RequestEnvelope {
+    let root: JSONView
+    /// The body after the JSON header; each binary input takes its bytes off the front.
+    var binary: ArraySlice<UInt8>
+    let id: String?
+    /// `compute_budget`, or the model's `default_budget`.
+    let budget: Double?
+    let timeoutNanoseconds: UInt64?
+    /// `binary_data_output`: the outputs' default.
+    let binaryOutputs: Bool
+
+    /// Parses a request body's JSON header and its parameters.
+    static func parse(body: [UInt8], headerLength: String?, defaultBudget: Double?) throws -> RequestEnvelope {
         let jsonLength: Int
         if let headerLength {
             guard let n = Int(headerLength), n >= 0, n <= body.count else {
@@ -69,7 +78,6 @@ extension InferRequest {
             throw ProtocolError.bad(error.description)
         }
         guard root.isObject else { throw ProtocolError.bad("the request must be a JSON object") }
-        var binary = body[jsonLength...]
 
         // id and parameters
         var id: String?
@@ -94,6 +102,97 @@ extension InferRequest {
                 binaryOutputs = flag
             }
         }
+        return RequestEnvelope(
+            root: root, binary: body[jsonLength...], id: id, budget: budget, timeoutNanoseconds: timeout,
+            binaryOutputs: binaryOutputs)
+    }
+}
+
+/// One input as the request declares it: its shape, datatype, and where its data is (`data`, or
+/// `binary_data_size` bytes of the binary tail).
+struct InputTensor {
+    let json: JSONView
+    let name: String
+    let shape: [Int]
+    let datatype: String
+    let binarySize: Int?
+
+    /// Reads the declaration of `input`, named `name` (which the caller has checked); `available` is
+    /// the binary bytes left in the body.
+    init(_ input: JSONView, name: String, available: Int) throws {
+        guard let shapeNode = input["shape"]?.array else { throw ProtocolError.bad("input '\(name)' has no 'shape' array") }
+        shape = try shapeNode.map { v -> Int in
+            guard let d = v.integer, d >= 0 else { throw ProtocolError.bad("input shape must hold non-negative integers") }
+            return d
+        }
+        guard let datatype = input["datatype"]?.string else { throw ProtocolError.bad("input '\(name)' has no 'datatype'") }
+        var binarySize: Int?
+        if let p = input["parameters"], let size = p["binary_data_size"] {
+            guard let n = size.integer, n >= 0 else { throw ProtocolError.bad("'binary_data_size' must be a non-negative integer") }
+            guard n <= available else {
+                throw ProtocolError.bad("input '\(name)' declares \(n) binary bytes but the body holds \(available)")
+            }
+            binarySize = n
+        }
+        let hasData = input["data"] != nil
+        guard hasData != (binarySize != nil) else {
+            throw ProtocolError.bad("input '\(name)' needs exactly one of 'data' and parameters.binary_data_size")
+        }
+        self.json = input
+        self.name = name
+        self.datatype = datatype
+        self.binarySize = binarySize
+    }
+
+    /// The FP32 values, `elements` of them (the shape's product, which the caller has bounded), taken
+    /// from `data` or off the front of `binary`; NaN and infinities are refused.
+    func floats(elements: Int, binary: inout ArraySlice<UInt8>) throws -> [Float] {
+        var values: [Float]
+        if let binarySize {
+            guard binarySize == elements * 4 else {
+                throw ProtocolError.bad("input '\(name)': \(binarySize) binary bytes for \(elements) FP32 values")
+            }
+            values = [Float](repeating: 0, count: elements)
+            let chunk = binary.prefix(binarySize)
+            values.withUnsafeMutableBytes { dst in chunk.withUnsafeBytes { src in dst.copyMemory(from: src) } }
+            for i in values.indices { values[i] = Float(bitPattern: UInt32(littleEndian: values[i].bitPattern)) }
+            binary = binary.dropFirst(binarySize)
+        } else {
+            values = []
+            values.reserveCapacity(elements)
+            do { try json["data"]!.flattenNumbers(into: &values) } catch let e as JSONError { throw ProtocolError.bad(e.description) }
+            guard values.count == elements else {
+                throw ProtocolError.bad("input '\(name)' has \(values.count) values for shape \(shape) (\(elements) expected)")
+            }
+        }
+        guard values.allSatisfy({ $0.isFinite }) else { throw ProtocolError.bad("input '\(name)' holds NaN or infinite values") }
+        return values
+    }
+
+    /// The BYTES elements, `count` of them, from `data` or off the front of `binary`.
+    func byteElements(count: Int, binary: inout ArraySlice<UInt8>) throws -> [[UInt8]] {
+        var encoded: [[UInt8]] = []
+        if let binarySize {
+            encoded = try InferRequest.splitBytesElements(binary.prefix(binarySize), expected: count)
+            binary = binary.dropFirst(binarySize)
+        } else {
+            do { try json["data"]!.flattenStrings(into: &encoded) } catch let e as JSONError { throw ProtocolError.bad(e.description) }
+        }
+        guard encoded.count == count else {
+            throw ProtocolError.bad("BYTES input '\(name)' has \(encoded.count) elements for shape \(shape)")
+        }
+        return encoded
+    }
+}
+
+extension InferRequest {
+    /// Parses a request body: the JSON header, then any binary tensor data.
+    static func parse(
+        body: [UInt8], headerLength: String?, model: Model, preprocessor: ImagePreprocessor?, maxBatchSize: Int,
+        defaultBudget: Double?
+    ) throws -> InferRequest {
+        var envelope = try RequestEnvelope.parse(body: body, headerLength: headerLength, defaultBudget: defaultBudget)
+        let root = envelope.root
 
         // inputs
         guard let inputs = root["inputs"]?.array else { throw ProtocolError.bad("'inputs' must be an array") }
@@ -105,80 +204,38 @@ extension InferRequest {
         guard name == TensorName.input else {
             throw ProtocolError.bad("unexpected input '\(name)': the model's input is '\(TensorName.input)'")
         }
-        guard let shapeNode = input["shape"]?.array else { throw ProtocolError.bad("input '\(name)' has no 'shape' array") }
-        let shape = try shapeNode.map { v -> Int in
-            guard let d = v.integer, d >= 0 else { throw ProtocolError.bad("input shape must hold non-negative integers") }
-            return d
-        }
-        guard let datatype = input["datatype"]?.string else { throw ProtocolError.bad("input '\(name)' has no 'datatype'") }
-        var binarySize: Int?
-        if let p = input["parameters"], let size = p["binary_data_size"] {
-            guard let n = size.integer, n >= 0 else { throw ProtocolError.bad("'binary_data_size' must be a non-negative integer") }
-            guard n <= binary.count else {
-                throw ProtocolError.bad("input '\(name)' declares \(n) binary bytes but the body holds \(binary.count)")
-            }
-            binarySize = n
-        }
-        let hasData = input["data"] != nil
-        guard hasData != (binarySize != nil) else {
-            throw ProtocolError.bad("input '\(name)' needs exactly one of 'data' and parameters.binary_data_size")
-        }
+        let tensor = try InputTensor(input, name: name, available: envelope.binary.count)
+        let shape = tensor.shape
 
         let cfg = model.vit.config
         let imageShape = [cfg.numChannels, cfg.imageSize, cfg.imageSize]
         let perImage = imageShape.reduce(1, *)
         var images: [Float]
         let count: Int
-        switch datatype {
+        switch tensor.datatype {
         case "FP32":
             guard shape.count == 4, Array(shape.dropFirst()) == imageShape else {
                 throw ProtocolError.bad("input '\(name)' has shape \(shape); the model takes [n, \(imageShape.map(String.init).joined(separator: ", "))]")
             }
             count = shape[0]
             try checkBatch(count, maxBatchSize)  // before any arithmetic or allocation that uses it
-            let elements = count * perImage
-            if let binarySize {
-                guard binarySize == elements * 4 else {
-                    throw ProtocolError.bad("input '\(name)': \(binarySize) binary bytes for \(elements) FP32 values")
-                }
-                images = [Float](repeating: 0, count: elements)
-                let chunk = binary.prefix(binarySize)
-                images.withUnsafeMutableBytes { dst in chunk.withUnsafeBytes { src in dst.copyMemory(from: src) } }
-                for i in images.indices { images[i] = Float(bitPattern: UInt32(littleEndian: images[i].bitPattern)) }
-                binary = binary.dropFirst(binarySize)
-            } else {
-                images = []
-                images.reserveCapacity(elements)
-                do { try input["data"]!.flattenNumbers(into: &images) } catch let e as JSONError { throw ProtocolError.bad(e.description) }
-                guard images.count == elements else {
-                    throw ProtocolError.bad("input '\(name)' has \(images.count) values for shape \(shape) (\(elements) expected)")
-                }
-            }
-            guard images.allSatisfy({ $0.isFinite }) else { throw ProtocolError.bad("input '\(name)' holds NaN or infinite values") }
+            images = try tensor.floats(elements: count * perImage, binary: &envelope.binary)
         case "BYTES":
             guard (shape.count == 1 || (shape.count == 2 && shape[1] == 1)), shape[0] >= 0 else {
                 throw ProtocolError.bad("BYTES input '\(name)' must have shape [n] (n encoded images), got \(shape)")
             }
             count = shape[0]
             try checkBatch(count, maxBatchSize)
-            var encoded: [[UInt8]] = []
-            if let binarySize {
-                encoded = try splitBytesElements(binary.prefix(binarySize), expected: count)
-                binary = binary.dropFirst(binarySize)
-            } else {
-                do { try input["data"]!.flattenStrings(into: &encoded) } catch let e as JSONError { throw ProtocolError.bad(e.description) }
-            }
-            guard encoded.count == count else {
-                throw ProtocolError.bad("BYTES input '\(name)' has \(encoded.count) elements for shape \(shape)")
-            }
+            let encoded = try tensor.byteElements(count: count, binary: &envelope.binary)
             images = []
             images.reserveCapacity(count * perImage)
             for (i, bytes) in encoded.enumerated() {
                 images += try decodeImage(bytes, preprocessor: preprocessor, index: i)
             }
         default:
-            throw ProtocolError.bad("input '\(name)' has datatype \(datatype); the model takes FP32 (or BYTES images)")
+            throw ProtocolError.bad("input '\(name)' has datatype \(tensor.datatype); the model takes FP32 (or BYTES images)")
         }
+        let binaryOutputs = envelope.binaryOutputs
 
         // outputs
         var outputs: [RequestedOutput] = []
@@ -212,12 +269,13 @@ extension InferRequest {
             if hasLabels { outputs.append(RequestedOutput(kind: .labels, binary: binaryOutputs, classification: nil)) }
         }
         return InferRequest(
-            id: id, images: images, count: count, budget: budget, timeoutNanoseconds: timeout, outputs: outputs)
+            id: envelope.id, images: images, count: count, budget: envelope.budget,
+            timeoutNanoseconds: envelope.timeoutNanoseconds, outputs: outputs)
     }
 
     /// A request's image count must be 1...max_batch_size (Triton's rule and message).
-    static func checkBatch(_ count: Int, _ maxBatchSize: Int) throws {
-        guard count >= 1 else { throw ProtocolError.bad("the input holds no images (batch dimension 0)") }
+    static func checkBatch(_ count: Int, _ maxBatchSize: Int, items: String = "images") throws {
+        guard count >= 1 else { throw ProtocolError.bad("the input holds no \(items) (batch dimension 0)") }
         guard count <= maxBatchSize else {
             throw ProtocolError.bad("inference request batch-size must be <= \(maxBatchSize) for this model, got \(count)")
         }
@@ -263,7 +321,7 @@ func parseBudget(_ number: Double?, text: String?) throws -> Double {
     return value
 }
 
-extension InferenceResult {
+extension ClassifierOutput {
     /// Indices of the top `k` classes of image `b`, best first.
     func top(_ k: Int, image b: Int) -> [Int] {
         let row = logits[(b * classes)..<((b + 1) * classes)]
@@ -289,8 +347,7 @@ func inferResponse(model name: String, request: InferRequest, result: InferenceR
     if let b = request.budget { params.append(("compute_budget", .number(b))) }
     fields.append(("parameters", .object(params)))
 
-    var blobs: [[UInt8]] = []
-    var outputs: [JSON] = []
+    var outputs: [EncodedOutput] = []
     let n = request.count
     for output in request.outputs {
         var entry: [(String, JSON)]
@@ -303,7 +360,7 @@ func inferResponse(model name: String, request: InferRequest, result: InferenceR
             blob = result.logits.withUnsafeBytes { [UInt8]($0) }  // little-endian hosts only (x86-64, arm64)
         case let (.logits, k?):
             let strings = (0..<n).flatMap { b in
-                result.top(k, image: b).map { c -> String in
+                result.output.top(k, image: b).map { c -> String in
                     let score = String(format: "%f", result.logits[b * result.classes + c])
                     return labels.map { "\(score):\(c):\($0[c])" } ?? "\(score):\(c)"
                 }
@@ -313,21 +370,40 @@ func inferResponse(model name: String, request: InferRequest, result: InferenceR
             blob = bytesElements(strings)
         case (.labels, _):
             let k = min(labelCount, result.classes)
-            let strings = (0..<n).flatMap { b in result.top(k, image: b).map { labels?[$0] ?? "\($0)" } }
+            let strings = (0..<n).flatMap { b in result.output.top(k, image: b).map { labels?[$0] ?? "\($0)" } }
             entry = [("name", .string(TensorName.labels)), ("datatype", .string("BYTES")), ("shape", .array([.integer(n), .integer(k)]))]
             payload = .array(strings.map { .string($0) })
             blob = bytesElements(strings)
         }
-        if output.binary {
-            entry.append(("parameters", .object([("binary_data_size", .integer(blob.count))])))
-            blobs.append(blob)
-        } else {
-            entry.append(("data", payload))
-        }
-        outputs.append(.object(entry))
+        outputs.append(EncodedOutput(entry: entry, values: payload, bytes: blob, binary: output.binary))
     }
-    fields.append(("outputs", .array(outputs)))
-    let header = JSON.object(fields).bytes
+    return inferHTTPResponse(fields: fields, outputs: outputs)
+}
+
+/// One output tensor of an infer response: its name, datatype and shape, and its values both as JSON and
+/// as the binary-data extension's bytes; `binary` says which one is sent.
+struct EncodedOutput {
+    var entry: [(String, JSON)]
+    var values: JSON
+    var bytes: [UInt8]
+    var binary: Bool
+}
+
+/// An infer response: `fields`, then `outputs`; JSON alone, or JSON followed by the binary outputs.
+func inferHTTPResponse(fields: [(String, JSON)], outputs: [EncodedOutput]) -> HTTPResponse {
+    var blobs: [[UInt8]] = []
+    var entries: [JSON] = []
+    for output in outputs {
+        var entry = output.entry
+        if output.binary {
+            entry.append(("parameters", .object([("binary_data_size", .integer(output.bytes.count))])))
+            blobs.append(output.bytes)
+        } else {
+            entry.append(("data", output.values))
+        }
+        entries.append(.object(entry))
+    }
+    let header = JSON.object(fields + [("outputs", .array(entries))]).bytes
     if blobs.isEmpty {
         return HTTPResponse(status: 200, headers: [("Content-Type", "application/json")], body: header)
     }

@@ -1,6 +1,7 @@
 import ACMCore
 import ACMModels
 import ACMServing
+import ACMWhisper
 import Foundation
 import Logging
 
@@ -9,11 +10,29 @@ import Logging
 public final class InferenceServer: HTTPHandler, @unchecked Sendable {
     struct Served {
         let name: String
-        let model: Model
-        let runner: ModelRunner
         let entry: ServerConfig.ModelEntry
-        /// Built at load from the model's `preprocessing`, so that a bad one fails start-up.
-        let preprocessor: ImagePreprocessor?
+        let kind: Kind
+
+        /// The model, by kind (`ModelKind`), and the runner that owns it.
+        enum Kind {
+            /// `preprocessor`: built at load from the model's `preprocessing`, so that a bad one fails start-up.
+            case image(model: Model, runner: ModelRunner, preprocessor: ImagePreprocessor?)
+            case speech(model: WhisperModel, runner: SpeechRunner)
+        }
+
+        var pendingRequests: Int {
+            switch kind {
+            case let .image(_, runner, _): return runner.pendingRequests
+            case let .speech(_, runner): return runner.pendingRequests
+            }
+        }
+
+        func shutdown() {
+            switch kind {
+            case let .image(_, runner, _): runner.shutdown()
+            case let .speech(_, runner): runner.shutdown()
+            }
+        }
     }
 
     public static let version = "0.1.0"
@@ -29,20 +48,35 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         self.logger = logger
         var models: [String: Served] = [:]
         for (name, entry) in config.models.sorted(by: { $0.key < $1.key }) {
+            let batcher = BatcherConfig(
+                maxBatchSize: entry.maxBatchSize, maxQueueDelayMicroseconds: entry.maxQueueDelayMicroseconds,
+                maxQueueSize: entry.maxQueueSize)
+            if ModelKind.of(directory: entry.path) == .speech {
+                let model = try WhisperModel(directory: entry.path)
+                let runner = SpeechRunner(
+                    name: name, speechModel: model, config: batcher,
+                    observer: MetricsObserver(metrics: metrics, kind: .speech))
+                metrics.registerSpeech(model: name)
+                models[name] = Served(name: name, entry: entry, kind: .speech(model: model, runner: runner))
+                logger.info(
+                    "loaded model",
+                    metadata: [
+                        "model": "\(name)", "path": "\(entry.path)", "architecture": "whisper",
+                        "max_batch_size": "\(entry.maxBatchSize)",
+                    ])
+                continue
+            }
             let model = try Model(directory: entry.path)
             let preprocessor = try model.config.preprocessing.map {
                 try ImagePreprocessor(config: $0, channels: model.vit.config.numChannels, imageSize: model.vit.config.imageSize)
             }
             let runner = ModelRunner(
-                name: name, model: model,
-                config: BatcherConfig(
-                    maxBatchSize: entry.maxBatchSize, maxQueueDelayMicroseconds: entry.maxQueueDelayMicroseconds,
-                    maxQueueSize: entry.maxQueueSize),
-                observer: MetricsObserver(metrics: metrics))
+                name: name, model: model, config: batcher, observer: MetricsObserver(metrics: metrics, kind: .image))
             metrics.register(
                 model: name, acmPaths: model.vit.acmPaths,
                 choices: model.vit.acmPaths.map { model.config.acm[$0]!.minChoice...model.config.acm[$0]!.numLearners })
-            models[name] = Served(name: name, model: model, runner: runner, entry: entry, preprocessor: preprocessor)
+            models[name] = Served(
+                name: name, entry: entry, kind: .image(model: model, runner: runner, preprocessor: preprocessor))
             logger.info(
                 "loaded model",
                 metadata: [
@@ -65,7 +99,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         stateLock.lock()
         draining = true
         stateLock.unlock()
-        for served in models.values { served.runner.shutdown() }
+        for served in models.values { served.shutdown() }
     }
 
     // MARK: - HTTPHandler
@@ -88,7 +122,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             return get ? json(200, serverMetadata) : methodNotAllowed("GET")
         case ["metrics"]:
             guard get else { return methodNotAllowed("GET") }
-            for served in models.values { metrics.pending(model: served.name, served.runner.pendingRequests) }
+            for served in models.values { metrics.pending(model: served.name, served.pendingRequests) }
             return HTTPResponse(
                 status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: metrics.render())
         default:
@@ -104,17 +138,29 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             guard rest[1] == "1" else { return error(404, "model '\(name)' has no version '\(rest[1])'; its version is 1") }
             rest.removeFirst(2)
         }
-        switch rest {
-        case []:
-            return get ? json(200, modelMetadata(served)) : methodNotAllowed("GET")
-        case ["ready"]:
+        switch (rest, served.kind) {
+        case ([], let .image(model, _, _)):
+            return get ? json(200, modelMetadata(served, model)) : methodNotAllowed("GET")
+        case ([], let .speech(model, _)):
+            return get ? json(200, speechModelMetadata(name: name, model: model)) : methodNotAllowed("GET")
+        case (["ready"], _):
             return get ? HTTPResponse(status: isDraining ? 400 : 200) : methodNotAllowed("GET")
-        case ["config"]:
-            return get ? json(200, modelConfig(served)) : methodNotAllowed("GET")
-        case ["infer"]:
-            return post ? infer(exchange, served) : methodNotAllowed("POST")
-        case ["classify"]:
-            return post ? classify(exchange, served) : methodNotAllowed("POST")
+        case (["config"], let .image(model, _, _)):
+            return get ? json(200, modelConfig(served, model)) : methodNotAllowed("GET")
+        case (["config"], let .speech(model, _)):
+            return get ? json(200, speechModelConfig(name: name, model: model, entry: served.entry)) : methodNotAllowed("GET")
+        case (["infer"], let .image(model, runner, preprocessor)):
+            return post ? infer(exchange, served, model, runner, preprocessor) : methodNotAllowed("POST")
+        case (["infer"], let .speech(model, runner)):
+            return post ? speechInfer(exchange, served, model, runner) : methodNotAllowed("POST")
+        case (["classify"], let .image(model, runner, preprocessor)):
+            return post ? classify(exchange, served, model, runner, preprocessor) : methodNotAllowed("POST")
+        case (["transcribe"], let .speech(model, runner)):
+            return post ? transcribe(exchange, served, model, runner) : methodNotAllowed("POST")
+        case (["classify"], .speech):
+            return error(404, "model '\(name)' is a speech model: it has no /classify; POST audio to /v2/models/\(name)/transcribe, or use /infer")
+        case (["transcribe"], .image):
+            return error(404, "model '\(name)' is an image model: it has no /transcribe; POST an image to /v2/models/\(name)/classify, or use /infer")
         default:
             return error(404, "no route for \(exchange.method) \(exchange.path)")
         }
@@ -122,42 +168,45 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
 
     // MARK: - Inference
 
-    private func infer(_ exchange: HTTPExchange, _ served: Served) -> HTTPResponse? {
+    private func infer(
+        _ exchange: HTTPExchange, _ served: Served, _ model: Model, _ runner: ModelRunner, _ preprocessor: ImagePreprocessor?
+    ) -> HTTPResponse? {
         let request: InferRequest
         do {
             request = try InferRequest.parse(
                 body: exchange.body, headerLength: exchange.header("Inference-Header-Content-Length"),
-                model: served.model, preprocessor: served.preprocessor, maxBatchSize: served.entry.maxBatchSize,
+                model: model, preprocessor: preprocessor, maxBatchSize: served.entry.maxBatchSize,
                 defaultBudget: served.entry.defaultBudget)
         } catch let e as ProtocolError {
             return fail(served.name, e, id: nil)
         } catch {
             return fail(served.name, ProtocolError(status: 500, message: "\(error)", reason: .internalError), id: nil)
         }
-        let labels = served.model.config.labels
+        let labels = model.config.labels
         return submit(exchange, served, images: request.images, count: request.count, budget: request.budget,
-                      timeout: request.timeoutNanoseconds, id: request.id) { result in
+                      timeout: request.timeoutNanoseconds, id: request.id, runner: runner) { result in
             inferResponse(model: served.name, request: request, result: result, labels: labels)
         }
     }
 
     /// The curl route: the body is one encoded image; answers the top labels.
-    private func classify(_ exchange: HTTPExchange, _ served: Served) -> HTTPResponse? {
+    private func classify(
+        _ exchange: HTTPExchange, _ served: Served, _ model: Model, _ runner: ModelRunner, _ preprocessor: ImagePreprocessor?
+    ) -> HTTPResponse? {
         let image: [Float]
         let budget: Double?
         do {
             budget = try exchange.query("compute_budget").map { try parseBudget(nil, text: $0) } ?? served.entry.defaultBudget
             guard !exchange.body.isEmpty else { throw ProtocolError.bad("the body must be a PNG or JPEG image") }
-            image = try InferRequest.decodeImage(exchange.body, preprocessor: served.preprocessor, index: 0)
+            image = try InferRequest.decodeImage(exchange.body, preprocessor: preprocessor, index: 0)
         } catch let e as ProtocolError {
             return fail(served.name, e, id: nil)
         } catch {
             return fail(served.name, ProtocolError(status: 500, message: "\(error)", reason: .internalError), id: nil)
         }
-        let model = served.model
-        return submit(exchange, served, images: image, count: 1, budget: budget, timeout: nil, id: nil) { result in
-            let p = result.probabilities(image: 0)
-            let top = result.top(min(labelCount, result.classes), image: 0).map { c -> JSON in
+        return submit(exchange, served, images: image, count: 1, budget: budget, timeout: nil, id: nil, runner: runner) { result in
+            let p = result.output.probabilities(image: 0)
+            let top = result.output.top(min(labelCount, result.classes), image: 0).map { c -> JSON in
                 .object([("label", .string(model.label(c))), ("index", .integer(c)), ("probability", .number(p[c]))])
             }
             var fields: [(String, JSON)] = [
@@ -172,25 +221,42 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
     /// Queues the images on the model's runner; the exchange is answered from the runner's thread.
     private func submit(
         _ exchange: HTTPExchange, _ served: Served, images: [Float], count: Int, budget: Double?,
-        timeout: UInt64?, id: String?, render: @escaping @Sendable (InferenceResult) -> HTTPResponse
+        timeout: UInt64?, id: String?, runner: ModelRunner, render: @escaping @Sendable (InferenceResult) -> HTTPResponse
+    ) -> HTTPResponse? {
+        let metrics = self.metrics, name = served.name
+        return submit(
+            exchange, name: name, runner: runner, input: images, count: count, budget: budget, timeout: timeout, id: id,
+            succeeded: { result, seconds in
+                let fraction = result.computeFraction.reduce(0, +) / Double(max(count, 1))
+                metrics.success(model: name, seconds: seconds, fraction: fraction, budget: budget)
+                return fraction
+            }, render: render)
+    }
+
+    /// Queues a job on a model's runner; the exchange is answered from the runner's thread.
+    /// `succeeded` records a success's metrics and returns the compute fraction to log, if any.
+    private func submit<Engine: BatchEngine>(
+        _ exchange: HTTPExchange, name: String, runner: BatchRunner<Engine>, input: Engine.Input, count: Int,
+        budget: Double?, timeout: UInt64?, id: String?,
+        succeeded: @escaping @Sendable (RunResult<Engine.Output>, Double) -> Double?,
+        render: @escaping @Sendable (RunResult<Engine.Output>) -> HTTPResponse
     ) -> HTTPResponse? {
         if isDraining {
-            return fail(served.name, ProtocolError(status: 503, message: "the server is shutting down", reason: .shuttingDown), id: id)
+            return fail(name, ProtocolError(status: 503, message: "the server is shutting down", reason: .shuttingDown), id: id)
         }
         let started = exchange.arrived
-        let metrics = self.metrics, logger = self.logger, name = served.name
-        let job = InferenceJob(
-            images: images, count: count, policy: budget.map { .cap($0) } ?? .auto, timeoutNanoseconds: timeout
+        let metrics = self.metrics, logger = self.logger
+        let job = BatchJob<Engine.Input, Engine.Output>(
+            input: input, count: count, policy: budget.map { .cap($0) } ?? .auto, timeoutNanoseconds: timeout
         ) { outcome in
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
             let response: HTTPResponse
             switch outcome {
             case let .success(result):
                 response = render(result)
-                let fraction = result.computeFraction.reduce(0, +) / Double(max(count, 1))
-                metrics.success(model: name, seconds: seconds, fraction: fraction, budget: budget)
+                let fraction = succeeded(result, seconds)
                 logger.info(
-                    "infer", metadata: requestMetadata(id, name, 200, seconds, fraction, batch: result.batchImages))
+                    "infer", metadata: requestMetadata(id, name, 200, seconds, fraction, batch: result.batchItems))
             case .timedOut:
                 response = errorResponse(503, "request timeout expired in the queue", retryAfter: true)
                 metrics.failure(model: name, reason: .timeout)
@@ -206,7 +272,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             }
             exchange.complete(response)
         }
-        switch served.runner.submit(job) {
+        switch runner.submit(job) {
         case .accepted:
             return nil
         case .queueFull:
@@ -217,6 +283,63 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             metrics.failure(model: name, reason: .shuttingDown)
             return errorResponse(503, "the server is shutting down", retryAfter: false)
         }
+    }
+
+    // MARK: - Speech
+
+    private func speechInfer(
+        _ exchange: HTTPExchange, _ served: Served, _ model: WhisperModel, _ runner: SpeechRunner
+    ) -> HTTPResponse? {
+        let request: SpeechRequest
+        do {
+            request = try SpeechRequest.parse(
+                body: exchange.body, headerLength: exchange.header("Inference-Header-Content-Length"), model: model,
+                maxBatchSize: served.entry.maxBatchSize, defaultBudget: served.entry.defaultBudget)
+        } catch let e as ProtocolError {
+            return fail(served.name, e, id: nil)
+        } catch {
+            return fail(served.name, ProtocolError(status: 500, message: "\(error)", reason: .internalError), id: nil)
+        }
+        return submitSpeech(
+            exchange, served, runner, mels: request.mels, budget: request.budget, timeout: request.timeoutNanoseconds,
+            id: request.id
+        ) { result in
+            speechResponse(model: served.name, request: request, result: result)
+        }
+    }
+
+    /// The curl route of a speech model: the body is one audio file; answers its text and tokens.
+    private func transcribe(
+        _ exchange: HTTPExchange, _ served: Served, _ model: WhisperModel, _ runner: SpeechRunner
+    ) -> HTTPResponse? {
+        let mel: Tensor
+        let budget: Double?
+        do {
+            budget = try exchange.query("compute_budget").map { try parseBudget(nil, text: $0) } ?? served.entry.defaultBudget
+            guard !exchange.body.isEmpty else { throw ProtocolError.bad("the body must be an audio file (WAV, FLAC, ...)") }
+            mel = try SpeechRequest.decodeAudio(exchange.body, model: model, index: 0)
+        } catch let e as ProtocolError {
+            return fail(served.name, e, id: nil)
+        } catch {
+            return fail(served.name, ProtocolError(status: 500, message: "\(error)", reason: .internalError), id: nil)
+        }
+        return submitSpeech(exchange, served, runner, mels: [mel], budget: budget, timeout: nil, id: nil) { result in
+            transcribeResponse(model: served.name, budget: budget, transcription: result.output[0])
+        }
+    }
+
+    private func submitSpeech(
+        _ exchange: HTTPExchange, _ served: Served, _ runner: SpeechRunner, mels: [Tensor], budget: Double?,
+        timeout: UInt64?, id: String?, render: @escaping @Sendable (SpeechResult) -> HTTPResponse
+    ) -> HTTPResponse? {
+        let metrics = self.metrics, name = served.name
+        return submit(
+            exchange, name: name, runner: runner, input: mels, count: mels.count, budget: budget, timeout: timeout,
+            id: id,
+            succeeded: { _, seconds in
+                metrics.speechSuccess(model: name, seconds: seconds)
+                return nil
+            }, render: render)
     }
 
     private func fail(_ model: String, _ e: ProtocolError, id: String?) -> HTTPResponse {
@@ -234,17 +357,17 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         ])
     }
 
-    private func inputDims(_ served: Served) -> [Int] {
-        let c = served.model.vit.config
+    private func inputDims(_ model: Model) -> [Int] {
+        let c = model.vit.config
         return [c.numChannels, c.imageSize, c.imageSize]
     }
 
-    private func modelMetadata(_ served: Served) -> JSON {
-        let classes = served.model.vit.config.numClasses
+    private func modelMetadata(_ served: Served, _ model: Model) -> JSON {
+        let classes = model.vit.config.numClasses
         var outputs: [JSON] = [
             .object([("name", .string(TensorName.logits)), ("datatype", .string("FP32")), ("shape", .array([.integer(-1), .integer(classes)]))])
         ]
-        if served.model.config.labels != nil {
+        if model.config.labels != nil {
             outputs.append(
                 .object([("name", .string(TensorName.labels)), ("datatype", .string("BYTES")),
                          ("shape", .array([.integer(-1), .integer(min(labelCount, classes))]))]))
@@ -253,19 +376,19 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             ("name", .string(served.name)), ("versions", .array([.string("1")])), ("platform", .string("acm-serve")),
             ("inputs", .array([.object([
                 ("name", .string(TensorName.input)), ("datatype", .string("FP32")),
-                ("shape", .array(([-1] + inputDims(served)).map { .integer($0) })),
+                ("shape", .array(([-1] + inputDims(model)).map { .integer($0) })),
             ])])),
             ("outputs", .array(outputs)),
         ])
     }
 
     /// Triton's model configuration, which perf_analyzer reads.
-    private func modelConfig(_ served: Served) -> JSON {
-        let classes = served.model.vit.config.numClasses
+    private func modelConfig(_ served: Served, _ model: Model) -> JSON {
+        let classes = model.vit.config.numClasses
         var outputs: [JSON] = [
             .object([("name", .string(TensorName.logits)), ("data_type", .string("TYPE_FP32")), ("dims", .array([.integer(classes)]))])
         ]
-        if served.model.config.labels != nil {
+        if model.config.labels != nil {
             outputs.append(.object([
                 ("name", .string(TensorName.labels)), ("data_type", .string("TYPE_STRING")),
                 ("dims", .array([.integer(min(labelCount, classes))])),
@@ -277,7 +400,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             ("max_batch_size", .integer(served.entry.maxBatchSize)),
             ("input", .array([.object([
                 ("name", .string(TensorName.input)), ("data_type", .string("TYPE_FP32")), ("format", .string("FORMAT_NONE")),
-                ("dims", .array(inputDims(served).map { .integer($0) })),
+                ("dims", .array(inputDims(model).map { .integer($0) })),
             ])])),
             ("output", .array(outputs)),
             ("dynamic_batching", .object([
@@ -335,12 +458,21 @@ func requestMetadata(_ id: String?, _ model: String, _ status: Int, _ seconds: D
 /// Feeds the runner's batch and queue events into the Prometheus metrics.
 final class MetricsObserver: RunnerObserver, @unchecked Sendable {
     let metrics: ServingMetrics
-    init(metrics: ServingMetrics) { self.metrics = metrics }
+    let kind: ModelKind
+    init(metrics: ServingMetrics, kind: ModelKind) {
+        self.metrics = metrics
+        self.kind = kind
+    }
 
     func batchExecuted(
         model: String, images: Int, requests: Int, computeSeconds: Double, learnerHistogram: [[Int]], acmPaths: [String]
     ) {
-        metrics.batch(model: model, images: images, seconds: computeSeconds, acmPaths: acmPaths, histogram: learnerHistogram)
+        switch kind {
+        case .image:
+            metrics.batch(model: model, images: images, seconds: computeSeconds, acmPaths: acmPaths, histogram: learnerHistogram)
+        case .speech:
+            metrics.speechBatch(model: model, utterances: images, seconds: computeSeconds)
+        }
     }
 
     func requestFinished(model: String, queueSeconds: Double, timedOut: Bool) {

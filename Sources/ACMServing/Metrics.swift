@@ -30,8 +30,18 @@ public final class ServingMetrics: Sendable {
         MetricNameDescriptor(namespace: "acm", metricName: metric, unitName: unit, helpText: help)
     }
 
-    /// Registers every per-model series at zero, so that dashboards see them before the first request.
-    public func register(model: String, acmPaths: [String], choices: [ClosedRange<Int>]) {
+    /// Registers every per-model series of a speech model at zero: the request, queue and batch series.
+    /// The learner-choice series (compute fraction and budget, budget mode, layer tokens) are an image
+    /// model's: Whisper has no ACM layers yet.
+    public func registerSpeech(model: String) {
+        registerRequestSeries(model: model)
+        _ = registry.makeValueHistogram(
+            descriptor: utteranceBatchDescriptor, labels: [("model", model)], buckets: Self.batchBuckets)
+        pending(model: model, 0)
+    }
+
+    /// The series every model has: successes, failures by reason, inferences, batches and durations.
+    private func registerRequestSeries(model: String) {
         let m = [("model", model)]
         _ = registry.makeCounter(descriptor: successDescriptor, labels: m)
         for reason in FailureReason.allCases { failure(model: model, reason: reason, count: 0) }
@@ -40,6 +50,12 @@ public final class ServingMetrics: Sendable {
         for d in [requestDurationDescriptor, queueDurationDescriptor, computeDurationDescriptor] {
             _ = registry.makeValueHistogram(descriptor: d, labels: m, buckets: Self.durationBuckets)
         }
+    }
+
+    /// Registers every per-model series at zero, so that dashboards see them before the first request.
+    public func register(model: String, acmPaths: [String], choices: [ClosedRange<Int>]) {
+        registerRequestSeries(model: model)
+        let m = [("model", model)]
         _ = registry.makeValueHistogram(descriptor: batchSizeDescriptor, labels: m, buckets: Self.batchBuckets)
         _ = registry.makeValueHistogram(descriptor: fractionDescriptor, labels: m, buckets: Self.fractionBuckets)
         _ = registry.makeValueHistogram(descriptor: budgetDescriptor, labels: m, buckets: Self.fractionBuckets)
@@ -61,7 +77,7 @@ public final class ServingMetrics: Sendable {
         name("request_failure", "total", "Inference requests answered with an error, by reason.")
     }
     private var inferencesDescriptor: MetricNameDescriptor {
-        name("inference", "total", "Images inferred (a request may carry several).")
+        name("inference", "total", "Images (or utterances, for a speech model) inferred; a request may carry several.")
     }
     private var batchesDescriptor: MetricNameDescriptor {
         name("batch_execution", "total", "Batches the model ran.")
@@ -77,6 +93,9 @@ public final class ServingMetrics: Sendable {
     }
     private var batchSizeDescriptor: MetricNameDescriptor {
         name("batch_size", "images", "Images per executed batch.")
+    }
+    private var utteranceBatchDescriptor: MetricNameDescriptor {
+        name("batch_size", "utterances", "Utterances per executed batch of a speech model.")
     }
     private var pendingDescriptor: MetricNameDescriptor {
         name("pending_requests", "", "Requests waiting in the model's queue.")
@@ -109,6 +128,14 @@ public final class ServingMetrics: Sendable {
         }
     }
 
+    /// A speech request answered with 200: no learner-choice series (see `registerSpeech`).
+    public func speechSuccess(model: String, seconds: Double) {
+        let m = [("model", model)]
+        registry.makeCounter(descriptor: successDescriptor, labels: m).increment()
+        registry.makeValueHistogram(descriptor: requestDurationDescriptor, labels: m, buckets: Self.durationBuckets)
+            .record(seconds)
+    }
+
     public func failure(model: String, reason: FailureReason, count: Int = 1) {
         registry.makeCounter(descriptor: failureDescriptor, labels: [("model", model), ("reason", reason.rawValue)])
             .increment(by: Int64(count))
@@ -139,6 +166,17 @@ public final class ServingMetrics: Sendable {
                     .increment(by: Int64(count))
             }
         }
+    }
+
+    /// One executed batch of a speech model: its size and its compute time.
+    public func speechBatch(model: String, utterances: Int, seconds: Double) {
+        let m = [("model", model)]
+        registry.makeCounter(descriptor: batchesDescriptor, labels: m).increment()
+        registry.makeCounter(descriptor: inferencesDescriptor, labels: m).increment(by: Int64(utterances))
+        registry.makeValueHistogram(descriptor: utteranceBatchDescriptor, labels: m, buckets: Self.batchBuckets)
+            .record(Double(utterances))
+        registry.makeValueHistogram(descriptor: computeDurationDescriptor, labels: m, buckets: Self.durationBuckets)
+            .record(seconds)
     }
 
     /// The exposition text, format 0.0.4.

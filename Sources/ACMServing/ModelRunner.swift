@@ -1,8 +1,8 @@
 // The model's loop thread, as the llama.cpp server keeps its model: HTTP threads only post jobs, and
-// one thread owns the model's workspace, asks `BatchPolicy` what to do and does it.
+// one thread owns the model's workspace, asks `BatchPolicy` what to do and does it. The runner is the
+// same for every kind of model; a `BatchEngine` (ViTEngine.swift, SpeechEngine.swift) is what it runs.
 
 import ACMCore
-import ACMModels
 import Foundation
 
 #if canImport(Glibc)
@@ -13,23 +13,53 @@ import Musl
 import Darwin
 #endif
 
-/// One request for a model: n images and how their learners are chosen.
-public struct InferenceJob: Sendable {
-    /// [count, C, H, W], preprocessed, in the model's layout.
-    public var images: [Float]
+/// A model as its runner drives it: it checks one request's input, and runs the inputs of several
+/// requests as one batch. Only the runner's loop thread calls `run`, so an engine keeps its scratch
+/// buffers without locks.
+public protocol BatchEngine: AnyObject, Sendable {
+    /// One request's input, of `count` items (images, utterances).
+    associatedtype Input: Sendable
+    /// One request's part of a batch's output.
+    associatedtype Output: Sendable
+    /// What a request's items are, for messages: "images", "utterances".
+    static var itemName: String { get }
+    /// Why `input` cannot be `count` items of this model, or nil. Checked before queueing.
+    func problem(with input: Input, count: Int) -> String?
+    /// Runs the requests' inputs as one batch, request `i` with `counts[i]` items under `policies[i]`.
+    /// Throws only on a fault that `problem` could not foresee; every request of the batch then fails.
+    func run(_ inputs: [Input], counts: [Int], policies: [LearnerPolicy]) throws -> EngineBatch<Output>
+}
+
+/// What an engine's batch produced: each request's output, in order, and the learners that ran.
+public struct EngineBatch<Output> {
+    public var outputs: [Output]
+    /// `learnerHistogram[i][k]`: tokens that ran k learners at ACM `acmPaths[i]`; empty without ACMs.
+    public var learnerHistogram: [[Int]]
+    public var acmPaths: [String]
+
+    public init(outputs: [Output], learnerHistogram: [[Int]] = [], acmPaths: [String] = []) {
+        self.outputs = outputs
+        self.learnerHistogram = learnerHistogram
+        self.acmPaths = acmPaths
+    }
+}
+
+/// One request for a model: its input of `count` items and how their learners are chosen.
+public struct BatchJob<Input: Sendable, Output: Sendable>: Sendable {
+    public var input: Input
     /// The request's batch dimension, 1...maxBatchSize.
     public var count: Int
     public var policy: LearnerPolicy
     /// How long the job may wait in the queue before it is answered `.timedOut` instead of run; nil: no limit.
     public var timeoutNanoseconds: UInt64?
     /// Called once, on the runner's thread, with the answer. It must not block, nor call `shutdown()`.
-    public var completion: @Sendable (InferenceOutcome) -> Void
+    public var completion: @Sendable (BatchOutcome<Output>) -> Void
 
     public init(
-        images: [Float], count: Int, policy: LearnerPolicy, timeoutNanoseconds: UInt64? = nil,
-        completion: @escaping @Sendable (InferenceOutcome) -> Void
+        input: Input, count: Int, policy: LearnerPolicy, timeoutNanoseconds: UInt64? = nil,
+        completion: @escaping @Sendable (BatchOutcome<Output>) -> Void
     ) {
-        self.images = images
+        self.input = input
         self.count = count
         self.policy = policy
         self.timeoutNanoseconds = timeoutNanoseconds
@@ -37,33 +67,45 @@ public struct InferenceJob: Sendable {
     }
 }
 
-/// What a job produced, for one request.
-public struct InferenceResult: Sendable, Equatable {
-    /// [count, classes]
-    public var logits: [Float]
-    public var classes: Int
-    /// Per image: executed learner FLOPs / all-learner FLOPs (docs/compute-budget.md).
-    public var computeFraction: [Double]
+/// What a job produced, for one request: the engine's output (whose fields read through, as
+/// `result.logits`) and how its batch ran.
+@dynamicMemberLookup
+public struct RunResult<Output: Sendable>: Sendable {
+    public var output: Output
     /// From submission to the start of its batch.
     public var queueSeconds: Double
     /// The forward pass of its whole batch.
     public var computeSeconds: Double
-    /// Images and requests in the batch it ran in.
-    public var batchImages: Int
+    /// Items (images, utterances) and requests in the batch it ran in.
+    public var batchItems: Int
     public var batchRequests: Int
+
+    public init(output: Output, queueSeconds: Double, computeSeconds: Double, batchItems: Int, batchRequests: Int) {
+        self.output = output
+        self.queueSeconds = queueSeconds
+        self.computeSeconds = computeSeconds
+        self.batchItems = batchItems
+        self.batchRequests = batchRequests
+    }
+
+    public subscript<T>(dynamicMember path: KeyPath<Output, T>) -> T { output[keyPath: path] }
 }
 
+extension RunResult: Equatable where Output: Equatable {}
+
 /// How a job ended.
-public enum InferenceOutcome: Sendable, Equatable {
-    case success(InferenceResult)
+public enum BatchOutcome<Output: Sendable>: Sendable {
+    case success(RunResult<Output>)
     /// It waited longer than its timeout; HTTP answers 503.
     case timedOut
     /// The model is going away. The runner itself never answers this (`shutdown()` runs every accepted
     /// job, and `submit` refuses later ones); it is here for front ends that answer for the runner.
     case shuttingDown
-    /// The job was malformed (a caller's bug): wrong image size, count, or policy.
+    /// The job was malformed (a caller's bug): wrong input size, count, or policy; or the engine failed.
     case failed(String)
 }
+
+extension BatchOutcome: Equatable where Output: Equatable {}
 
 /// Whether `submit` took the job; only `.accepted` jobs get a completion.
 public enum SubmitResult: Sendable, Equatable {
@@ -75,7 +117,8 @@ public enum SubmitResult: Sendable, Equatable {
 
 /// Hooks for metrics, called on the runner's thread before the jobs' completions.
 public protocol RunnerObserver: AnyObject, Sendable {
-    /// One forward pass ran; `learnerHistogram[i][k]` tokens ran k learners at ACM `acmPaths[i]`.
+    /// One forward pass ran over `images` items; `learnerHistogram[i][k]` tokens ran k learners at ACM
+    /// `acmPaths[i]`.
     func batchExecuted(
         model: String, images: Int, requests: Int, computeSeconds: Double, learnerHistogram: [[Int]],
         acmPaths: [String])
@@ -83,12 +126,14 @@ public protocol RunnerObserver: AnyObject, Sendable {
     func requestFinished(model: String, queueSeconds: Double, timedOut: Bool)
 }
 
-/// Owns one model and the thread that runs it: jobs are queued by `submit` from any thread and run in
-/// dynamic batches, each as ONE forward pass, so that the ACM layers group the tokens of all the batch's
-/// requests by learner count.
-public final class ModelRunner: @unchecked Sendable {
+/// Owns one model (its engine) and the thread that runs it: jobs are queued by `submit` from any
+/// thread and run in dynamic batches, each as ONE call of the engine, so that the ACM layers group the
+/// tokens of all the batch's requests by learner count.
+public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
+    public typealias Job = BatchJob<Engine.Input, Engine.Output>
+
     public let name: String
-    public let model: Model
+    public let engine: Engine
     public let config: BatcherConfig
     private let policy: BatchPolicy
     private let clock: any ServingClock
@@ -102,22 +147,22 @@ public final class ModelRunner: @unchecked Sendable {
     private let loopEnded = PThreadCondition()
     /// The queue, oldest first: what the policy sees, and the jobs themselves, in lockstep.
     private var waiting: [QueuedRequest] = []
-    private var jobs: [InferenceJob] = []
+    private var jobs: [Job] = []
     /// Malformed jobs, answered `.failed` by the loop so that every completion runs on its thread.
-    private var malformed: [(InferenceJob, String)] = []
+    private var malformed: [(Job, String)] = []
     private var accepting = true
     private var ended = false
 
     private var thread: Thread?
 
-    /// Starts the loop thread, which owns the model's workspace from then on. The thread keeps the
+    /// Starts the loop thread, which owns the engine's workspace from then on. The thread keeps the
     /// runner alive until `shutdown()`.
     public init(
-        name: String, model: Model, config: BatcherConfig, clock: any ServingClock = SystemClock(),
+        name: String, engine: Engine, config: BatcherConfig, clock: any ServingClock = SystemClock(),
         observer: (any RunnerObserver)? = nil
     ) {
         self.name = name
-        self.model = model
+        self.engine = engine
         self.config = config
         self.policy = BatchPolicy(config)
         self.clock = clock
@@ -135,7 +180,7 @@ public final class ModelRunner: @unchecked Sendable {
 
     /// Queues `job`. Its completion is called later on the runner's thread, once, unless the answer is
     /// not `.accepted`.
-    public func submit(_ job: InferenceJob) -> SubmitResult {
+    public func submit(_ job: Job) -> SubmitResult {
         let problem = validate(job)
         return lock.withLock {
             guard accepting else { return .shuttingDown }
@@ -165,14 +210,11 @@ public final class ModelRunner: @unchecked Sendable {
     }
 
     /// Why `job` cannot run, or nil. Checked before queueing, so a bad job never reaches the engine.
-    private func validate(_ job: InferenceJob) -> String? {
+    private func validate(_ job: Job) -> String? {
         guard job.count >= 1, job.count <= config.maxBatchSize else {
-            return "\(job.count) images; this model takes 1...\(config.maxBatchSize) per request"
+            return "\(job.count) \(Engine.itemName); this model takes 1...\(config.maxBatchSize) per request"
         }
-        let expected = job.count * model.vit.inputCount
-        guard job.images.count == expected else {
-            return "\(job.images.count) input values for \(job.count) images; expected \(expected)"
-        }
+        if let problem = engine.problem(with: job.input, count: job.count) { return problem }
         if case let .cap(beta) = job.policy, !(beta > 0 && beta <= 1) {
             return "compute budget \(beta) is outside (0, 1]"
         }
@@ -183,21 +225,18 @@ public final class ModelRunner: @unchecked Sendable {
 
     /// What the loop does once it has released the lock.
     private enum Work {
-        case run([InferenceJob], [QueuedRequest])
-        case expire([InferenceJob], [QueuedRequest], now: UInt64)
-        case reject([(InferenceJob, String)])
+        case run([Job], [QueuedRequest])
+        case expire([Job], [QueuedRequest], now: UInt64)
+        case reject([(Job, String)])
     }
 
     /// The loop thread's body: ask the policy, take the jobs it names under the lock, and run them
     /// outside it.
     private func loop() {
-        let workspace = ViTWorkspace()
-        let input = Scratch()
-        var policies: [LearnerPolicy] = []
         while let work = nextWork() {
             switch work {
             case let .run(batch, requests):
-                runBatch(batch, requests, input: input, policies: &policies, workspace: workspace)
+                runBatch(batch, requests)
             case let .expire(expired, requests, now):
                 for (job, request) in zip(expired, requests) {
                     let queued = seconds(from: request.enqueuedAt, to: now)
@@ -248,49 +287,35 @@ public final class ModelRunner: @unchecked Sendable {
         }
     }
 
-    /// Runs `batch` as one forward pass and answers each job with its rows.
-    private func runBatch(
-        _ batch: [InferenceJob], _ requests: [QueuedRequest], input: Scratch, policies: inout [LearnerPolicy],
-        workspace: ViTWorkspace
-    ) {
-        let vit = model.vit
-        let perImage = vit.inputCount
-        let images = batch.reduce(0) { $0 + $1.count }
-
-        // concatenate the requests' images: [images, C, H, W]
-        let buffer = input.reserve(images * perImage)
-        policies.removeAll(keepingCapacity: true)
-        var offset = 0
-        for job in batch {
-            job.images.withUnsafeBufferPointer { (buffer + offset).update(from: $0.baseAddress!, count: $0.count) }
-            offset += job.images.count
-            for _ in 0..<job.count { policies.append(job.policy) }
-        }
-
+    /// Runs `batch` as one call of the engine and answers each job with its output.
+    private func runBatch(_ batch: [Job], _ requests: [QueuedRequest]) {
+        let items = batch.reduce(0) { $0 + $1.count }
         let start = clock.now()
-        let output = vit.forward(images: buffer, count: images, policies: policies, workspace: workspace)
+        let output: EngineBatch<Engine.Output>
+        do {
+            output = try engine.run(batch.map(\.input), counts: batch.map(\.count), policies: batch.map(\.policy))
+            precondition(output.outputs.count == batch.count, "the engine answered \(output.outputs.count) of \(batch.count) requests")
+        } catch {
+            for (job, request) in zip(batch, requests) {
+                observer?.requestFinished(model: name, queueSeconds: seconds(from: request.enqueuedAt, to: start), timedOut: false)
+                job.completion(.failed("\(error)"))
+            }
+            return
+        }
         let computeSeconds = seconds(from: start, to: clock.now())
         observer?.batchExecuted(
-            model: name, images: images, requests: batch.count, computeSeconds: computeSeconds,
-            learnerHistogram: output.learnerHistogram, acmPaths: vit.acmPaths)
+            model: name, images: items, requests: batch.count, computeSeconds: computeSeconds,
+            learnerHistogram: output.learnerHistogram, acmPaths: output.acmPaths)
 
-        // split the [images, classes] logits back per request
-        let classes = vit.config.numClasses
-        var first = 0
-        for (job, request) in zip(batch, requests) {
-            let rows = first..<first + job.count
-            let logits = UnsafeBufferPointer(start: output.logits.data + first * classes, count: job.count * classes)
-            let result = InferenceResult(
-                logits: Array(logits),
-                classes: classes,
-                computeFraction: Array(output.computeFraction[rows]),
+        for (i, (job, request)) in zip(batch, requests).enumerated() {
+            let result = RunResult(
+                output: output.outputs[i],
                 queueSeconds: seconds(from: request.enqueuedAt, to: start),
                 computeSeconds: computeSeconds,
-                batchImages: images,
+                batchItems: items,
                 batchRequests: batch.count)
             observer?.requestFinished(model: name, queueSeconds: result.queueSeconds, timedOut: false)
             job.completion(.success(result))
-            first += job.count
         }
     }
 }

@@ -132,3 +132,22 @@ public struct ServerConfig: Codable, Sendable, Equatable {
         }
     }
 }
+
+/// The kinds of model the server serves, told apart by `architecture` in the model directory's
+/// `config.json`.
+public enum ModelKind: String, Sendable {
+    /// An image classifier (`"vit"`).
+    case image
+    /// A speech recogniser (`"whisper"`).
+    case speech
+
+    /// The kind of the model in `directory`. A directory that is not a Whisper model is taken for an
+    /// image model, whose loading then says what is wrong with it.
+    public static func of(directory: String) -> ModelKind {
+        struct Header: Decodable { var architecture: String? }
+        guard let data = FileManager.default.contents(atPath: "\(directory)/config.json"),
+            let header = try? JSONDecoder().decode(Header.self, from: data)
+        else { return .image }
+        return header.architecture == "whisper" ? .speech : .image
+    }
+}

@@ -257,3 +257,45 @@ private final class RecordingObserver: RunnerObserver, @unchecked Sendable {
         #expect(outcomes.result(4) != nil)
     }
 }
+
+/// An engine whose every batch fails, as a model fault would.
+private final class FailingEngine: BatchEngine, @unchecked Sendable {
+    struct Fault: Error, CustomStringConvertible { var description: String { "engine fault" } }
+    static let itemName = "items"
+    func problem(with input: Int, count: Int) -> String? { nil }
+    func run(_ inputs: [Int], counts: [Int], policies: [LearnerPolicy]) throws -> EngineBatch<Int> { throw Fault() }
+}
+
+@Suite struct BatchRunnerTests {
+    /// Should answer every job of a batch whose engine throws with .failed and the error, and keep running.
+    @Test func engineFaultFailsTheBatch() {
+        let runner = BatchRunner(
+            name: "failing", engine: FailingEngine(),
+            config: BatcherConfig(maxBatchSize: 4, maxQueueDelayMicroseconds: 0, maxQueueSize: 0))
+        let group = DispatchGroup()
+        let lock = NSLock()
+        nonisolated(unsafe) var outcomes: [BatchOutcome<Int>] = []
+        for i in 0..<3 {
+            group.enter()
+            let job = BatchJob<Int, Int>(input: i, count: 1, policy: .auto) { outcome in
+                lock.withLock { outcomes.append(outcome) }
+                group.leave()
+            }
+            #expect(runner.submit(job) == .accepted)
+        }
+        #expect(group.wait(timeout: .now() + 30) == .success)
+        runner.shutdown()
+        #expect(lock.withLock { outcomes } == Array(repeating: .failed("engine fault"), count: 3))
+    }
+
+    /// Should tell a Whisper model directory from an image model's by its config's architecture.
+    @Test func modelKindFromArchitecture() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("acm-kind-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Data(#"{"format": "acm-serve", "architecture": "whisper"}"#.utf8).write(to: dir.appendingPathComponent("config.json"))
+        #expect(ModelKind.of(directory: dir.path) == .speech)
+        #expect(ModelKind.of(directory: fixture) == .image)
+        #expect(ModelKind.of(directory: dir.appendingPathComponent("missing").path) == .image)
+    }
+}

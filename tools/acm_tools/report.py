@@ -122,6 +122,27 @@ def markdown(results):
     return '\n'.join(lines)
 
 
+def uniform_at(results, fraction):
+    """The uniform-k baseline's accuracy at a compute fraction: linear between its measured points."""
+    pts = sorted((r['compute_fraction'], r['accuracy']) for name, r in results if name.startswith('uniform'))
+    return float(np.interp(fraction, [p[0] for p in pts], [p[1] for p in pts]))
+
+
+def goals(results):
+    """The issue's goals, row by row: each cap of the ACM model against the teacher and against the
+    uniform-k baseline at the same realized fraction."""
+    teacher_acc = results[0][1]['accuracy']
+    lines = ['| ACM mode | fraction | accuracy | vs dense teacher | uniform k at this fraction | ACM − uniform |',
+             '| --- | ---: | ---: | ---: | ---: | ---: |']
+    for name, r in results:
+        if name.startswith('ACM, cap') or name.startswith('ACM, auto'):
+            u = uniform_at(results, r['compute_fraction'])
+            lines.append(f'| {name.removeprefix("ACM, ")} | {r["compute_fraction"]:.3f} | {r["accuracy"] * 100:.2f}% | '
+                         f'{(r["accuracy"] - teacher_acc) * 100:+.2f} | {u * 100:.2f}% | '
+                         f'{(r["accuracy"] - u) * 100:+.2f} |')
+    return '\n'.join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--json-out', default=os.path.join(work, 'results.json'))
@@ -133,6 +154,9 @@ def main(argv=None):
     plot(results, out_plot)
     plot_kmaps(results[1][1], xs, out_kmap)
     print(markdown(results))
+    print()
+    print(goals(results))
+    print()
     print('mean learners per token, auto mode:')
     for path, k in sorted(results[1][1]['mean_learners'].items()):
         print(f'  {path}: {k:.2f}')
