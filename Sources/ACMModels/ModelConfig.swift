@@ -2,7 +2,7 @@ import ACMCore
 import Foundation
 
 /// `config.json` of a model directory (docs/model-format.md).
-public struct ModelConfig: Codable, Sendable {
+public struct ModelConfig: Codable, Sendable, ModelConfigHeader {
     public var format: String
     public var formatVersion: Int
     public var architecture: String
@@ -31,35 +31,7 @@ public struct ModelConfig: Codable, Sendable {
 
     /// Reads and checks `config.json`; every failure names the file and the problem.
     public static func load(path: String) throws -> ModelConfig {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ModelError.io(path: path, reason: "no such file or not readable")
-        }
-        let config: ModelConfig
-        do {
-            config = try JSONDecoder().decode(ModelConfig.self, from: data)
-        } catch let DecodingError.dataCorrupted(context) where context.codingPath.isEmpty {
-            throw ModelError.format(path: path, reason: "not valid JSON (\(context.debugDescription))")
-        } catch let DecodingError.dataCorrupted(context) {
-            throw ModelError.format(
-                path: path, reason: "field '\(Self.path(context.codingPath))' is invalid: \(context.debugDescription)")
-        } catch let DecodingError.keyNotFound(key, context) {
-            throw ModelError.format(path: path, reason: "missing field '\(Self.path(context.codingPath + [key]))'")
-        } catch let DecodingError.typeMismatch(_, context) {
-            throw ModelError.format(path: path, reason: "field '\(Self.path(context.codingPath))' has the wrong type")
-        } catch let DecodingError.valueNotFound(_, context) {
-            throw ModelError.format(path: path, reason: "field '\(Self.path(context.codingPath))' is null")
-        }
-        guard config.format == "acm-serve" else {
-            throw ModelError.format(path: path, reason: "format is '\(config.format)', expected 'acm-serve'")
-        }
-        guard config.formatVersion == 1 else {
-            throw ModelError.format(path: path, reason: "format_version \(config.formatVersion) is not supported (1 is)")
-        }
-        return config
-    }
-
-    private static func path(_ keys: [any CodingKey]) -> String {
-        keys.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
+        try loadModelConfig(ModelConfig.self, path: path)
     }
 }
 

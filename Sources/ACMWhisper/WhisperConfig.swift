@@ -2,7 +2,7 @@ import ACMCore
 import Foundation
 
 /// `config.json` of a Whisper model directory (docs/whisper.md): architecture "whisper".
-public struct WhisperModelConfig: Decodable, Sendable {
+public struct WhisperModelConfig: Decodable, Sendable, ModelConfigHeader {
     public var format: String
     public var formatVersion: Int
     public var architecture: String
@@ -30,36 +30,7 @@ public struct WhisperModelConfig: Decodable, Sendable {
 
     /// Reads and checks `config.json`; every failure names the file and the problem.
     public static func load(path: String) throws -> WhisperModelConfig {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ModelError.io(path: path, reason: "no such file or not readable")
-        }
-        func keyPath(_ keys: [any CodingKey]) -> String {
-            keys.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
-        }
-        let config: WhisperModelConfig
-        do {
-            config = try JSONDecoder().decode(WhisperModelConfig.self, from: data)
-        } catch let DecodingError.dataCorrupted(context) where context.codingPath.isEmpty {
-            throw ModelError.format(path: path, reason: "not valid JSON (\(context.debugDescription))")
-        } catch let DecodingError.dataCorrupted(context) {
-            throw ModelError.format(
-                path: path, reason: "field '\(keyPath(context.codingPath))' is invalid: \(context.debugDescription)")
-        } catch let DecodingError.keyNotFound(key, context) {
-            throw ModelError.format(path: path, reason: "missing field '\(keyPath(context.codingPath + [key]))'")
-        } catch let DecodingError.typeMismatch(_, context) {
-            throw ModelError.format(path: path, reason: "field '\(keyPath(context.codingPath))' has the wrong type")
-        } catch let DecodingError.valueNotFound(_, context) {
-            throw ModelError.format(path: path, reason: "field '\(keyPath(context.codingPath))' is null")
-        }
-        guard config.format == "acm-serve" else {
-            throw ModelError.format(path: path, reason: "format is '\(config.format)', expected 'acm-serve'")
-        }
-        guard config.formatVersion == 1 else {
-            throw ModelError.format(path: path, reason: "format_version \(config.formatVersion) is not supported (1 is)")
-        }
-        guard config.architecture == "whisper" else {
-            throw ModelError.format(path: path, reason: "architecture is '\(config.architecture)', expected 'whisper'")
-        }
+        let config = try loadModelConfig(WhisperModelConfig.self, path: path, architecture: "whisper")
         try config.whisper.validate()
         try config.generation.validate(config.whisper)
         return config
