@@ -177,10 +177,8 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
                 body: exchange.body, headerLength: exchange.header("Inference-Header-Content-Length"),
                 model: model, preprocessor: preprocessor, maxBatchSize: served.entry.maxBatchSize,
                 defaultBudget: served.entry.defaultBudget)
-        } catch let e as ProtocolError {
-            return fail(served.name, e, id: nil)
         } catch {
-            return fail(served.name, ProtocolError(status: 500, message: "\(error)", reason: .internalError), id: nil)
+            return fail(served.name, error)
         }
         let labels = model.config.labels
         return submit(exchange, served, images: request.images, count: request.count, budget: request.budget,
@@ -196,13 +194,11 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         let image: [Float]
         let budget: Double?
         do {
-            budget = try exchange.query("compute_budget").map { try parseBudget(nil, text: $0) } ?? served.entry.defaultBudget
+            budget = try queryBudget(exchange, served)
             guard !exchange.body.isEmpty else { throw ProtocolError.bad("the body must be a PNG or JPEG image") }
             image = try InferRequest.decodeImage(exchange.body, preprocessor: preprocessor, index: 0)
-        } catch let e as ProtocolError {
-            return fail(served.name, e, id: nil)
         } catch {
-            return fail(served.name, ProtocolError(status: 500, message: "\(error)", reason: .internalError), id: nil)
+            return fail(served.name, error)
         }
         return submit(exchange, served, images: image, count: 1, budget: budget, timeout: nil, id: nil, runner: runner) { result in
             let p = result.output.probabilities(image: 0)
@@ -295,10 +291,8 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             request = try SpeechRequest.parse(
                 body: exchange.body, headerLength: exchange.header("Inference-Header-Content-Length"), model: model,
                 maxBatchSize: served.entry.maxBatchSize, defaultBudget: served.entry.defaultBudget)
-        } catch let e as ProtocolError {
-            return fail(served.name, e, id: nil)
         } catch {
-            return fail(served.name, ProtocolError(status: 500, message: "\(error)", reason: .internalError), id: nil)
+            return fail(served.name, error)
         }
         return submitSpeech(
             exchange, served, runner, mels: request.mels, budget: request.budget, timeout: request.timeoutNanoseconds,
@@ -315,13 +309,11 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         let mel: Tensor
         let budget: Double?
         do {
-            budget = try exchange.query("compute_budget").map { try parseBudget(nil, text: $0) } ?? served.entry.defaultBudget
+            budget = try queryBudget(exchange, served)
             guard !exchange.body.isEmpty else { throw ProtocolError.bad("the body must be an audio file (WAV, FLAC, ...)") }
             mel = try SpeechRequest.decodeAudio(exchange.body, model: model, index: 0)
-        } catch let e as ProtocolError {
-            return fail(served.name, e, id: nil)
         } catch {
-            return fail(served.name, ProtocolError(status: 500, message: "\(error)", reason: .internalError), id: nil)
+            return fail(served.name, error)
         }
         return submitSpeech(exchange, served, runner, mels: [mel], budget: budget, timeout: nil, id: nil) { result in
             transcribeResponse(model: served.name, budget: budget, transcription: result.output[0])
@@ -340,6 +332,17 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
                 metrics.speechSuccess(model: name, seconds: seconds)
                 return nil
             }, render: render)
+    }
+
+    /// A curl route's budget: its `compute_budget` query parameter, else the model's default.
+    private func queryBudget(_ exchange: HTTPExchange, _ served: Served) throws -> Double? {
+        try exchange.query("compute_budget").map { try parseBudget(nil, text: $0) } ?? served.entry.defaultBudget
+    }
+
+    /// A request that could not be parsed: a `ProtocolError` is answered as it says, anything else as 500.
+    private func fail(_ model: String, _ error: any Error) -> HTTPResponse {
+        let e = error as? ProtocolError ?? ProtocolError(status: 500, message: "\(error)", reason: .internalError)
+        return fail(model, e, id: nil)
     }
 
     private func fail(_ model: String, _ e: ProtocolError, id: String?) -> HTTPResponse {

@@ -154,12 +154,7 @@ public final class ServingMetrics: Sendable {
     /// One executed batch: its size, its compute time, and how many tokens ran each k at each ACM.
     public func batch(model: String, images: Int, seconds: Double, acmPaths: [String], histogram: [[Int]]) {
         let m = [("model", model)]
-        registry.makeCounter(descriptor: batchesDescriptor, labels: m).increment()
-        registry.makeCounter(descriptor: inferencesDescriptor, labels: m).increment(by: Int64(images))
-        registry.makeValueHistogram(descriptor: batchSizeDescriptor, labels: m, buckets: Self.batchBuckets)
-            .record(Double(images))
-        registry.makeValueHistogram(descriptor: computeDurationDescriptor, labels: m, buckets: Self.durationBuckets)
-            .record(seconds)
+        countBatch(model: model, inputs: images, seconds: seconds, sizeDescriptor: batchSizeDescriptor)
         for (path, counts) in zip(acmPaths, histogram) {
             for (k, count) in counts.enumerated() where count > 0 {
                 registry.makeCounter(descriptor: tokensDescriptor, labels: m + [("layer", path), ("k", "\(k)")])
@@ -170,11 +165,17 @@ public final class ServingMetrics: Sendable {
 
     /// One executed batch of a speech model: its size and its compute time.
     public func speechBatch(model: String, utterances: Int, seconds: Double) {
+        countBatch(model: model, inputs: utterances, seconds: seconds, sizeDescriptor: utteranceBatchDescriptor)
+    }
+
+    /// What every executed batch counts: one batch, its inputs, its size in `sizeDescriptor`'s histogram,
+    /// and its compute time.
+    private func countBatch(model: String, inputs: Int, seconds: Double, sizeDescriptor: MetricNameDescriptor) {
         let m = [("model", model)]
         registry.makeCounter(descriptor: batchesDescriptor, labels: m).increment()
-        registry.makeCounter(descriptor: inferencesDescriptor, labels: m).increment(by: Int64(utterances))
-        registry.makeValueHistogram(descriptor: utteranceBatchDescriptor, labels: m, buckets: Self.batchBuckets)
-            .record(Double(utterances))
+        registry.makeCounter(descriptor: inferencesDescriptor, labels: m).increment(by: Int64(inputs))
+        registry.makeValueHistogram(descriptor: sizeDescriptor, labels: m, buckets: Self.batchBuckets)
+            .record(Double(inputs))
         registry.makeValueHistogram(descriptor: computeDurationDescriptor, labels: m, buckets: Self.durationBuckets)
             .record(seconds)
     }
