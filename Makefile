@@ -6,9 +6,12 @@ PY := .venv/bin/python
 MODEL ?= Tests/ACMModelsTests/Fixtures/vit_mixed
 INPUT ?= $(MODEL)/example.npy
 BUDGET ?= 0.5
+# bench-peers' model, fashion or vit-b: MODEL when you set it (make bench-peers MODEL=vit-b), else fashion, not
+# MODEL's default above (predict's fixture directory).
+PEERS_MODEL := $(if $(filter file,$(origin MODEL)),fashion,$(MODEL))
 
-.PHONY: setup build test test-server serve predict bench bench-server fixtures demo-model fashion-models fashion-report \
-	whisper-model whisper-fixtures bench-whisper clean
+.PHONY: setup build test test-server serve predict bench bench-server bench-peers fixtures demo-model fashion-models \
+	fashion-report whisper-model whisper-fixtures bench-whisper clean
 
 setup:
 	@scripts/setup
@@ -41,6 +44,11 @@ predict: build
 bench: build
 	.build/release/acm-bench layer
 	.build/release/acm-bench model --model models/vit-demo
+
+## acm-serve against OpenVINO (fp32, bf16) and ONNX Runtime on the same network, MODEL=fashion (default) or vit-b;
+## rewrites that model's section of BENCHMARKS.md and writes build/bench-peers-MODEL.json.
+bench-peers: build
+	PYTHONPATH=tools $(PY) -m acm_tools.bench_peers --model $(PEERS_MODEL) --write
 
 ## Regenerate the golden fixtures from the PyTorch reference.
 fixtures: setup

@@ -28,6 +28,9 @@ let package = Package(
             name: "CBLAS", pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(
+            name: "CXSMM", pkgConfig: "libxsmm",
+            providers: [.apt(["libxsmm-dev"])]),
+        .systemLibrary(
             name: "CMicroHTTPD", pkgConfig: "libmicrohttpd",
             providers: [.apt(["libmicrohttpd-dev"])]),
         .systemLibrary(
@@ -46,8 +49,10 @@ let package = Package(
             name: "CSoxr", pkgConfig: "soxr",
             providers: [.apt(["libsoxr-dev"])]),
 
-        // Numeric core: tensors, BLAS, kernels, the ACM layer, safetensors and .npy readers.
-        .target(name: "ACMCore", dependencies: ["CBLAS"], swiftSettings: swiftSettings),
+        // Row kernels (softmax, LayerNorm, GELU) compiled per instruction set and picked at run time.
+        .target(name: "CACMKernels"),
+        // Numeric core: tensors, GEMM (LIBXSMM, OpenBLAS), kernels, the ACM layer, safetensors and .npy readers.
+        .target(name: "ACMCore", dependencies: ["CBLAS", "CXSMM", "CACMKernels"], swiftSettings: swiftSettings),
         // Models built from the core: the ViT and its config.
         .target(name: "ACMModels", dependencies: ["ACMCore"], swiftSettings: swiftSettings),
         // Whisper speech recognition on the core: audio decoding (libsndfile, libsoxr), the log-mel

@@ -82,10 +82,41 @@ public struct ACMConfig: Codable, Sendable, Equatable {
     }
 }
 
+/// The composition of linear layers with nothing between them, as one layer: x·W₀ᵀ·W₁ᵀ⋯ + the biases
+/// carried through. Multiplied out in double precision, so the folded logits differ from the layer-by-layer
+/// ones only by float rounding (docs/performance.md counts the gate decisions that moved).
+func foldLinear(_ layers: [Linear]) -> Linear {
+    // m = W_{last}·⋯·W₀ [out, in] and c the bias, built up from the first layer.
+    let first = layers[0]
+    var rows = first.outputs
+    let columns = first.inputs
+    var m = (0..<(rows * columns)).map { Double(first.weight.data[$0]) }
+    var c = (0..<rows).map { i in first.bias.map { Double($0.data[i]) } ?? 0 }
+    for layer in layers.dropFirst() {
+        precondition(layer.inputs == rows)
+        var next = [Double](repeating: 0, count: layer.outputs * columns)
+        var nextBias = [Double](repeating: 0, count: layer.outputs)
+        for o in 0..<layer.outputs {
+            var b = layer.bias.map { Double($0.data[o]) } ?? 0
+            for i in 0..<rows {
+                let w = Double(layer.weight.data[o * rows + i])
+                b += w * c[i]
+                for j in 0..<columns { next[o * columns + j] += w * m[i * columns + j] }
+            }
+            nextBias[o] = b
+        }
+        m = next
+        c = nextBias
+        rows = layer.outputs
+    }
+    return Linear(
+        weight: Tensor(shape: [rows, columns], values: m.map { Float($0) }),
+        bias: Tensor(shape: [rows], values: c.map { Float($0) }))
+}
+
 /// Scratch space shared by every ACM of a model; the layers run one at a time.
 public final class ACMWorkspace: @unchecked Sendable {
     let gateA = Scratch(), gateB = Scratch()
-    var units: [LearnerUnit] = []
     /// One per worker: each runs the learners for its own block of tokens.
     var chunks: [LearnerScratch] = []
 
@@ -101,6 +132,8 @@ final class LearnerScratch {
     let gathered = Scratch(), hidden = Scratch(), output = Scratch()
     var order: [Int32] = []
     var position: [Int32] = []
+    /// The cap's ranking scratch (`chooseLearners`).
+    var units: [LearnerUnit] = []
 }
 
 /// An ACM layer: learner n is `act(x·w1[:, n·h..<(n+1)·h] + b1[n·h..<(n+1)·h])·w2[n·h..<(n+1)·h, :]`,
@@ -117,7 +150,8 @@ public final class ACMLayer: @unchecked Sendable {
     let w2: Tensor
     /// Running sums of `b2` [(N+1)·d_out]: row k is Σ_{j≤k} b2[j].
     let cumulativeB2: Tensor?
-    /// `gating_network.net.{j}`
+    /// `gating_network.net.{j}`; a gate with no activation between its layers is one linear map, and is
+    /// kept as that one layer (`foldLinear`): one GEMM of [tokens, d_in] × [d_in, choices] instead of three.
     public let gate: [Linear]
 
     public init(config: ACMConfig, inputDim: Int, outputDim: Int, weights: Weights) throws {
@@ -148,7 +182,7 @@ public final class ACMLayer: @unchecked Sendable {
             let outputs = j == config.gate.depth - 1 ? config.numChoices : config.gate.hiddenDim
             layers.append(try Linear(inputs: inputs, outputs: outputs, weights: net.scoped("\(j)")))
         }
-        gate = layers
+        gate = config.gate.activation == .identity && layers.count > 1 ? [foldLinear(layers)] : layers
     }
 
     /// Multiply-adds ×2 of one learner for one token: the unit of the compute fraction.
@@ -187,11 +221,18 @@ public final class ACMLayer: @unchecked Sendable {
         let tokens = sequences.last?.upperBound ?? 0
         let logits: UnsafeMutablePointer<Float>? =
             policies.contains(where: \.usesGate) ? gateLogits(x, tokens: tokens, workspace: ws) : nil
-        for (seq, policy) in zip(sequences, policies) {
-            chooseLearners(
-                policy: policy, logits: (logits ?? out) + seq.lowerBound * config.numChoices,
-                tokens: seq.count, minChoice: config.minChoice, numLearners: config.numLearners,
-                ks: choices + seq.lowerBound, units: &ws.units)
+        // Each sequence's choice is its own; the workers take contiguous runs of sequences.
+        ws.prepare()
+        let gateOut = UnsafePointer(logits ?? out)
+        Parallel.forEachChunk(sequences.count, minimumPerChunk: 2) { worker, range in
+            let scratch = ws.chunks[worker]
+            for i in range {
+                let seq = sequences[i]
+                chooseLearners(
+                    policy: policies[i], logits: gateOut + seq.lowerBound * config.numChoices,
+                    tokens: seq.count, minChoice: config.minChoice, numLearners: config.numLearners,
+                    ks: choices + seq.lowerBound, units: &scratch.units)
+            }
         }
         runLearners(x, tokens: tokens, choices: choices, out: out, workspace: ws)
     }

@@ -3,14 +3,21 @@ import Foundation
 import Glibc
 #endif
 import CBLAS
+import CXSMM
 
-/// The one BLAS entry point. Every matrix is row-major; `lda`, `ldb`, `ldc` are row strides in elements,
+/// The one GEMM entry point. Every matrix is row-major; `lda`, `ldb`, `ldc` are row strides in elements,
 /// so a block of columns of a wider matrix is passed as a pointer to its first element plus the wider
 /// matrix's stride.
 ///
 ///     C[m×n] = alpha · op(A)[m×k] · op(B)[k×n] + beta · C
 ///
 /// where op(A) is A, or Aᵀ when `transA` (then A is stored [k×m]); likewise for B.
+///
+/// The kernel is chosen here and nowhere else: LIBXSMM's JIT kernels for the common case (no transpose,
+/// alpha 1, beta 0 or 1), run over blocks of `xsmmRowBlock` rows, and OpenBLAS for the rest. Measured
+/// on one core (docs/performance.md), LIBXSMM runs the engine's shapes at 210–255 GFLOP/s where
+/// OpenBLAS 0.3.21 runs them at 190–235 with its AVX-512 kernels, and at half that with the AVX2
+/// kernels it picks on AMD CPUs. Both are single-threaded here: `Parallel` splits the rows.
 @inline(__always)
 public func gemm(
     m: Int, n: Int, k: Int,
@@ -26,6 +33,11 @@ public func gemm(
         if beta == 0 { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
         return
     }
+    if useXSMM, alpha == 1, !transA, !transB, beta == 0 || beta == 1,
+        xsmmGEMM(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    {
+        return
+    }
     cblas_sgemm(
         CblasRowMajor,
         transA ? CblasTrans : CblasNoTrans,
@@ -33,6 +45,51 @@ public func gemm(
         Int32(m), Int32(n), Int32(k),
         alpha, a, Int32(lda), b, Int32(ldb),
         beta, c, Int32(ldc))
+}
+
+/// Rows per LIBXSMM kernel call: the kernel keeps a block of A's rows and C's in registers and cache while
+/// it streams B.
+let xsmmRowBlock = 64
+
+/// Whether `gemm` uses LIBXSMM: where it targets AVX2 or AVX-512, unless ACM_GEMM=openblas (for comparisons).
+nonisolated(unsafe) public var useXSMM: Bool = {
+    if let choice = getenv("ACM_GEMM").map({ String(cString: $0) }), choice == "openblas" { return false }
+    libxsmm_init()
+    return CXSMM_targets_avx2() != 0
+}()
+
+/// The GEMM kernels in use, e.g. "LIBXSMM (cpx), OpenBLAS SkylakeX", for logs and benchmarks.
+public var gemmKernelName: String {
+    useXSMM ? "LIBXSMM (\(String(cString: libxsmm_get_target_arch()))), OpenBLAS \(blasCoreName)" : "OpenBLAS \(blasCoreName)"
+}
+
+/// Row-major C = A·B (+ C) through LIBXSMM; false when LIBXSMM has no kernel for the shape.
+///
+/// LIBXSMM is column-major: a row-major C[m×n] = A[m×k]·B[k×n] is the column-major Cᵀ[n×m] = Bᵀ·Aᵀ,
+/// i.e. its kernel for (n, rows, k) with B as its first operand.
+@inline(__always)
+func xsmmGEMM(
+    m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+) -> Bool {
+    let block = min(m, xsmmRowBlock)
+    guard let kernel = CXSMM_smmdispatch(Int32(n), Int32(block), Int32(k), Int32(ldb), Int32(lda), Int32(ldc), beta)
+    else { return false }
+    var row = 0
+    while row + block <= m {
+        CXSMM_smmcall(kernel, b, a + row * lda, c + row * ldc)
+        row += block
+    }
+    if row < m {
+        if let tail = CXSMM_smmdispatch(Int32(n), Int32(m - row), Int32(k), Int32(ldb), Int32(lda), Int32(ldc), beta) {
+            CXSMM_smmcall(tail, b, a + row * lda, c + row * ldc)
+        } else {
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m - row), Int32(n), Int32(k),
+                1, a + row * lda, Int32(lda), b, Int32(ldb), beta, c + row * ldc, Int32(ldc))
+        }
+    }
+    return true
 }
 
 /// The number of threads OpenBLAS uses for one GEMM.
@@ -44,30 +101,35 @@ public var blasThreads: Int {
 /// The CPU kernel set OpenBLAS chose at load time, e.g. "SkylakeX".
 public var blasCoreName: String { String(cString: openblas_get_corename()) }
 
-/// Debian 12's OpenBLAS (0.3.21) does not know CPUs newer than itself (Sapphire Rapids among them) and
-/// falls back to its slowest kernels ("Prescott"), about 5× slower here. The kernel set is chosen when
-/// the library loads, so the only fix is to set OPENBLAS_CORETYPE and start the program again.
+/// Debian 12's OpenBLAS (0.3.21) does not know CPUs newer than itself well: Sapphire Rapids falls back to its
+/// slowest kernels ("Prescott", about 5× slower here), and AMD Zen 4 and Zen 5, which have AVX-512, get the
+/// AVX2 "Haswell" kernels (half the speed on Zen 5). The kernel set is chosen when the library loads, so the
+/// only fix is to set OPENBLAS_CORETYPE and start the program again.
 ///
 /// Call first thing in `main`. It does nothing when OPENBLAS_CORETYPE is already set (the user's choice
-/// wins) or when OpenBLAS recognised the CPU; otherwise it picks the newest kernel set the CPU's flags
-/// support and re-executes the program with the same arguments.
+/// wins) or when OpenBLAS already chose the best kernel set the CPU's flags support; otherwise it sets
+/// that kernel set and re-executes the program with the same arguments.
 public func reexecWithTunedBLASIfNeeded() {
-    guard getenv("OPENBLAS_CORETYPE") == nil, blasCoreName.lowercased() == "prescott",
+    guard getenv("OPENBLAS_CORETYPE") == nil,
         let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
         let flagsLine = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
     else { return }
     let flags = Set(flagsLine.split(separator: " ").map(String.init))
-    let core: String
-    if flags.isSuperset(of: ["avx512f", "avx512bw", "avx512dq", "avx512vl"]) {
-        core = "SkylakeX"
-    } else if flags.isSuperset(of: ["avx2", "fma"]) {
-        core = "Haswell"
-    } else {
-        return
-    }
+    guard let core = preferredBLASCore(flags: flags, chosen: blasCoreName) else { return }
     setenv("OPENBLAS_CORETYPE", core, 1)
     let args = CommandLine.arguments
     var argv = args.map { strdup($0) } + [nil]
     execv("/proc/self/exe", &argv)
-    // execv only returns on failure: carry on with the slow kernels.
+    // execv only returns on failure: carry on with the kernels OpenBLAS chose.
+}
+
+/// The OpenBLAS kernel set to force on a CPU with `flags`, or nil when `chosen` (OpenBLAS's own pick)
+/// is already as good: SkylakeX wherever AVX-512 is there, Haswell where only AVX2 and FMA are.
+func preferredBLASCore(flags: Set<String>, chosen: String) -> String? {
+    let avx512Cores: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
+    if flags.isSuperset(of: ["avx512f", "avx512bw", "avx512dq", "avx512vl"]) {
+        return avx512Cores.contains(chosen.lowercased()) ? nil : "SkylakeX"
+    }
+    if flags.isSuperset(of: ["avx2", "fma"]), chosen.lowercased() == "prescott" { return "Haswell" }
+    return nil
 }

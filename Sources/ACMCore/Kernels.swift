@@ -1,7 +1,10 @@
+import CACMKernels
 import Foundation
 
 // Elementwise and row kernels for a transformer forward pass. Each works on raw row-major buffers so the
-// caller decides where the data lives; each is checked against a naive loop in ACMCoreTests.
+// caller decides where the data lives; each is checked against a naive loop in ACMCoreTests. The hot ones
+// (softmax, LayerNorm, GELU, bias and residual adds) run in CACMKernels, compiled for AVX-512 and AVX2 and
+// chosen at run time.
 
 // The elementwise functions are plain scalar code with no branches, library calls or trapping
 // conversions, so that LLVM vectorises the loops that call them. (Swift's SIMD types were measured 10×
@@ -82,8 +85,8 @@ public enum Activation: String, Codable, Sendable {
         }
         switch self {
         case .identity:
-            if bias != nil { map { $0 } }
-        case .gelu: map(ACMCore.gelu)
+            if let bias { acm_add_bias_rows(x, rows, columns, columns, bias) }
+        case .gelu: acm_gelu_rows(x, rows, columns, columns, bias)
         case .relu: map { $0 < 0 ? 0 : $0 }
         // tanh(x) = 1 − 2/(e^{2x} + 1), exact in the limits.
         case .tanh: map { 1 - 2 / (expApprox(2 * $0) + 1) }
@@ -97,9 +100,13 @@ public enum Activation: String, Codable, Sendable {
 public func addBias(
     _ x: UnsafeMutablePointer<Float>, rows: Int, columns: Int, ld: Int, bias: UnsafePointer<Float>
 ) {
-    for r in 0..<rows {
-        let row = x + r * ld
-        for c in 0..<columns { row[c] += bias[c] }
+    acm_add_bias_rows(x, rows, columns, ld, bias)
+}
+
+/// x += y over `count` floats, split among the workers: the residual connection.
+public func addInPlace(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, count: Int) {
+    Parallel.forEachChunk(count, minimumPerChunk: 16_384) { _, r in
+        acm_add(x + r.lowerBound, y + r.lowerBound, r.count)
     }
 }
 
@@ -111,73 +118,13 @@ public func layerNorm(
     out: UnsafeMutablePointer<Float>
 ) {
     Parallel.forEachChunk(rows, minimumPerChunk: 64) { _, chunk in
-        for r in chunk {
-            let xr = x + r * d
-            let yr = out + r * d
-            let mean = sum(xr, d) / Float(d)
-            let rstd = 1 / (sum(xr, d, minus: mean, squared: true) / Float(d) + eps).squareRoot()
-            for c in 0..<d { yr[c] = (xr[c] - mean) * rstd * gamma[c] + beta[c] }
-        }
+        acm_layer_norm_rows(x + chunk.lowerBound * d, chunk.count, d, gamma, beta, eps, out + chunk.lowerBound * d)
     }
 }
 
-/// Softmax over each row of `rows` rows of length `n` (stride `ld`), in place.
-public func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int, ld: Int) {
-    for r in 0..<rows {
-        let row = x + r * ld
-        let m = maximum(row, n)
-        for c in 0..<n { row[c] = expApprox(row[c] - m) }
-        let inv = 1 / sum(row, n)
-        for c in 0..<n { row[c] *= inv }
-    }
-}
-
-/// The largest of `n` floats; eight running maxima so the loop vectorises.
-@inline(__always) func maximum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
-    var m = (Float, Float, Float, Float, Float, Float, Float, Float)(
-        -.infinity, -.infinity, -.infinity, -.infinity, -.infinity, -.infinity, -.infinity, -.infinity)
-    var i = 0
-    while i + 8 <= n {
-        m.0 = x[i] > m.0 ? x[i] : m.0
-        m.1 = x[i + 1] > m.1 ? x[i + 1] : m.1
-        m.2 = x[i + 2] > m.2 ? x[i + 2] : m.2
-        m.3 = x[i + 3] > m.3 ? x[i + 3] : m.3
-        m.4 = x[i + 4] > m.4 ? x[i + 4] : m.4
-        m.5 = x[i + 5] > m.5 ? x[i + 5] : m.5
-        m.6 = x[i + 6] > m.6 ? x[i + 6] : m.6
-        m.7 = x[i + 7] > m.7 ? x[i + 7] : m.7
-        i += 8
-    }
-    var result = max(max(max(m.0, m.1), max(m.2, m.3)), max(max(m.4, m.5), max(m.6, m.7)))
-    while i < n {
-        result = max(result, x[i])
-        i += 1
-    }
-    return result
-}
-
-/// The sum of `n` floats, or of (x − minus)² when `squared`; eight partial sums so the loop vectorises.
-@inline(__always) func sum(_ x: UnsafePointer<Float>, _ n: Int, minus: Float = 0, squared: Bool = false) -> Float {
-    @inline(__always) func term(_ v: Float) -> Float { squared ? (v - minus) * (v - minus) : v }
-    var s = (Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0))
-    var i = 0
-    while i + 8 <= n {
-        s.0 += term(x[i])
-        s.1 += term(x[i + 1])
-        s.2 += term(x[i + 2])
-        s.3 += term(x[i + 3])
-        s.4 += term(x[i + 4])
-        s.5 += term(x[i + 5])
-        s.6 += term(x[i + 6])
-        s.7 += term(x[i + 7])
-        i += 8
-    }
-    var result = ((s.0 + s.1) + (s.2 + s.3)) + ((s.4 + s.5) + (s.6 + s.7))
-    while i < n {
-        result += term(x[i])
-        i += 1
-    }
-    return result
+/// Softmax over each row of `rows` rows of length `n` (stride `ld`), in place, of the row times `scale`.
+public func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, n: Int, ld: Int, scale: Float = 1) {
+    acm_softmax_rows(x, rows, n, ld, scale)
 }
 
 /// im2col for a convolution whose stride equals its kernel (a ViT's patch embedding): writes the
@@ -221,15 +168,18 @@ public func multiHeadAttention(
         for pair in pairs {
             let seq = sequences[pair / heads], h = pair % heads
             let t = seq.count
-            let s = scores[worker].reserve(t * t)
+            let s = scores[worker].reserve(t * t + headDim * t)
+            let kT = s + t * t
             let col = h * headDim
             let base = seq.lowerBound * ld + col
-            // scores = q·kᵀ/√dh: [t, dh] × [dh, t]
-            gemm(
-                m: t, n: t, k: headDim, alpha: scale,
-                a: q + base, lda: ld, b: k + base, ldb: ld, transB: true,
-                c: s, ldc: t)
-            softmaxRows(s, rows: t, n: t, ld: t)
+            // kᵀ [dh, t], so that both GEMMs run untransposed
+            for j in 0..<t {
+                let row = k + base + j * ld
+                for c in 0..<headDim { kT[c * t + j] = row[c] }
+            }
+            // scores = q·kᵀ: [t, dh] × [dh, t]; the 1/√dh goes into the softmax
+            gemm(m: t, n: t, k: headDim, a: q + base, lda: ld, b: kT, ldb: t, c: s, ldc: t)
+            softmaxRows(s, rows: t, n: t, ld: t, scale: scale)
             // out = softmax(scores)·v: [t, t] × [t, dh]
             gemm(
                 m: t, n: headDim, k: t,

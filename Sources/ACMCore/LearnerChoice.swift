@@ -30,15 +30,18 @@ public enum LearnerPolicy: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// One learner unit (token t, learner j) that a cap may take away; ranked by j, then by its survival
-/// probability.
+/// A token's claim on one learner at the cap's boundary level: its survival probability there.
 struct LearnerUnit {
     var survival: Double
     var token: Int32
-    var learner: Int32
 }
 
 /// The learner count of each token of one sequence, per docs/compute-budget.md.
+///
+/// The cap keeps units level by level (every token's j-th learner before any token's (j+1)-th), so
+/// only the one level where the budget runs out needs ranking: levels below it are kept whole, levels
+/// above it dropped, and at that level the tokens are ranked by survival probability. That is the
+/// same result as ranking every unit, in O(T·choices + T_j·log T_j) instead of a sort of all units.
 ///
 /// - Parameters:
 ///   - logits: [tokens, numLearners + 1 − minChoice] gate logits (row stride = that width); unused for
@@ -75,38 +78,88 @@ func chooseLearners(
     for t in 0..<tokens { total += Int(ks[t]) }
     if total <= cap { return }
 
-    // Rank every unit above the k_min floor: lower j first (the water level), then the higher survival
-    // probability S_t(j) = P(K_t ≥ j), then the earlier token.
-    units.removeAll(keepingCapacity: true)
-    var p = [Double](repeating: 0, count: choices)
-    for t in 0..<tokens {
-        let row = logits + t * choices
-        var m = -Double.infinity
-        for c in 0..<choices { m = max(m, Double(row[c])) }
-        var sum = 0.0
-        for c in 0..<choices {
-            p[c] = Foundation.exp(Double(row[c]) - m)
-            sum += p[c]
+    // Units above the k_min floor at each level j: the tokens whose auto k reaches j. Keep whole levels
+    // from the bottom while the budget lasts; `boundary` is the level where it runs out.
+    var left = cap - floorUnits
+    var boundary = minChoice + 1
+    withUnsafeTemporaryAllocation(of: Int.self, capacity: numLearners + 1) { levels in
+        levels.initialize(repeating: 0)
+        for t in 0..<tokens where Int(ks[t]) > minChoice {
+            for j in (minChoice + 1)...Int(ks[t]) { levels[j] += 1 }
         }
-        var survival = 0.0
-        var j = Int(ks[t])
-        // Accumulate from the top choice down so S_t(j) = Σ_{k ≥ j} p(k).
-        for c in stride(from: choices - 1, through: 0, by: -1) {
-            survival += p[c] / sum
-            let k = minChoice + c
-            if k == j && j > minChoice {
-                units.append(LearnerUnit(survival: survival, token: Int32(t), learner: Int32(j)))
-                j -= 1
+        while boundary <= numLearners && levels[boundary] <= left {
+            left -= levels[boundary]
+            boundary += 1
+        }
+    }
+    // Every token keeps its learners below the boundary level.
+    for t in 0..<tokens { ks[t] = min(ks[t], Int32(boundary - 1)) }
+    if left == 0 || boundary > numLearners { return }
+
+    // At the boundary level, rank the tokens that reach it by S_t(j) = P(K_t ≥ j) = Σ_{k ≥ j} p_t(k),
+    // high to low, ties to the earlier token, and give the first `left` of them their j-th learner.
+    // The sums run from the top choice down in double precision, as the reference does.
+    units.removeAll(keepingCapacity: true)
+    let top = boundary - minChoice  // the choice index of k = boundary
+    withUnsafeTemporaryAllocation(of: Double.self, capacity: choices) { e in
+        for t in 0..<tokens {
+            let row = logits + t * choices
+            var best = 0
+            for c in 1..<choices where row[c] > row[best] { best = c }
+            if best < top { continue }
+            var m = -Double.infinity
+            for c in 0..<choices { m = max(m, Double(row[c])) }
+            var sum = 0.0
+            for c in 0..<choices {
+                e[c] = Foundation.exp(Double(row[c]) - m)
+                sum += e[c]
+            }
+            var survival = 0.0
+            for c in stride(from: choices - 1, through: top, by: -1) { survival += e[c] / sum }
+            units.append(LearnerUnit(survival: survival, token: Int32(t)))
+        }
+    }
+    if left < units.count { selectBest(&units, left) }
+    for unit in units.prefix(left) { ks[Int(unit.token)] += 1 }
+}
+
+/// Moves the `k` best units to the front, in no particular order: the higher survival probability first,
+/// then the earlier token (a strict order, as tokens are distinct). Quickselect: O(n) on average, where a
+/// sort of the boundary level took a tenth of a capped forward pass.
+func selectBest(_ units: inout [LearnerUnit], _ k: Int) {
+    @inline(__always) func better(_ a: LearnerUnit, _ b: LearnerUnit) -> Bool {
+        a.survival != b.survival ? a.survival > b.survival : a.token < b.token
+    }
+    units.withUnsafeMutableBufferPointer { u in
+        var lo = 0, hi = u.count - 1
+        let target = k - 1
+        while lo < hi {
+            // the median of the first, middle and last as the pivot
+            let mid = lo + (hi - lo) / 2
+            if better(u[mid], u[lo]) { u.swapAt(mid, lo) }
+            if better(u[hi], u[lo]) { u.swapAt(hi, lo) }
+            if better(u[hi], u[mid]) { u.swapAt(hi, mid) }
+            let pivot = u[mid]
+            // Hoare partition: [lo, j] are no worse than the pivot, [i, hi] no better
+            var i = lo, j = hi
+            while i <= j {
+                while better(u[i], pivot) { i += 1 }
+                while better(pivot, u[j]) { j -= 1 }
+                if i <= j {
+                    u.swapAt(i, j)
+                    i += 1
+                    j -= 1
+                }
+            }
+            if target <= j {
+                hi = j
+            } else if target >= i {
+                lo = i
+            } else {
+                return
             }
         }
     }
-    units.sort { a, b in
-        if a.learner != b.learner { return a.learner < b.learner }
-        if a.survival != b.survival { return a.survival > b.survival }
-        return a.token < b.token
-    }
-    ks.update(repeating: Int32(minChoice), count: tokens)
-    for unit in units.prefix(cap - floorUnits) { ks[Int(unit.token)] += 1 }
 }
 
 /// Spreads a sequence's cap β over a model's ACMs (docs/compute-budget.md, "Spreading the budget"):

@@ -4,12 +4,16 @@ public struct Linear: Sendable {
     public let outputs: Int
     public let weight: Tensor
     public let bias: Tensor?
+    /// `weight`ᵀ [in, out], made once at load so that the forward GEMM needs no transpose (the fast
+    /// kernels of `gemm` take none).
+    public let weightT: Tensor
 
     public init(inputs: Int, outputs: Int, weights: Weights, bias: Bool = true) throws {
         self.inputs = inputs
         self.outputs = outputs
         weight = try weights.tensor("weight", shape: [outputs, inputs])
         self.bias = bias ? try weights.tensor("bias", shape: [outputs]) : nil
+        weightT = weight.transposed()
     }
 
     /// A layer from tensors already in memory (e.g. one slice of a packed projection).
@@ -19,6 +23,7 @@ public struct Linear: Sendable {
         inputs = weight.shape[1]
         self.weight = weight
         self.bias = bias
+        weightT = weight.transposed()
     }
 
     /// out = x·Wᵀ + b for `rows` rows; `ldx` and `ldOut` are row strides.
@@ -31,7 +36,7 @@ public struct Linear: Sendable {
             // [rows, in] × [in, out]
             gemm(
                 m: r.count, n: outputs, k: inputs,
-                a: x + r.lowerBound * ldi, lda: ldi, b: weight.data, ldb: inputs, transB: true,
+                a: x + r.lowerBound * ldi, lda: ldi, b: weightT.data, ldb: outputs,
                 c: out + r.lowerBound * ldo, ldc: ldo)
             if let bias { addBias(out + r.lowerBound * ldo, rows: r.count, columns: outputs, ld: ldo, bias: bias.data) }
         }
@@ -60,12 +65,12 @@ public struct DenseMLP: Sendable {
             // [rows, d] × [d, D]
             gemm(
                 m: r.count, n: hiddenWidth, k: d, a: x + r.lowerBound * d, lda: d,
-                b: fc1.weight.data, ldb: d, transB: true, c: hidden, ldc: hiddenWidth)
+                b: fc1.weightT.data, ldb: hiddenWidth, c: hidden, ldc: hiddenWidth)
             Activation.gelu.apply(hidden, rows: r.count, columns: hiddenWidth, bias: fc1.bias?.data)
             // [rows, D] × [D, d]
             gemm(
                 m: r.count, n: dOut, k: hiddenWidth, a: hidden, lda: hiddenWidth,
-                b: fc2.weight.data, ldb: hiddenWidth, transB: true, c: out + r.lowerBound * dOut, ldc: dOut)
+                b: fc2.weightT.data, ldb: dOut, c: out + r.lowerBound * dOut, ldc: dOut)
             if let b = fc2.bias { addBias(out + r.lowerBound * dOut, rows: r.count, columns: dOut, ld: dOut, bias: b.data) }
         }
     }

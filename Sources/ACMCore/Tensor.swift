@@ -41,6 +41,16 @@ public final class Tensor: @unchecked Sendable {
         set { data[index] = newValue }
     }
 
+    /// The transpose of the 2-D view, [columns, rows].
+    public func transposed() -> Tensor {
+        let r = rows, c = columns
+        let t = Tensor(shape: [c, r])
+        for i in 0..<r {
+            for j in 0..<c { t.data[j * r + i] = data[i * c + j] }
+        }
+        return t
+    }
+
     /// A pointer to row `row` of the 2-D view.
     public func row(_ row: Int) -> UnsafeMutablePointer<Float> { data + row * columns }
 }

@@ -54,7 +54,7 @@ public final class ViT: @unchecked Sendable {
     /// Module path of each ACM, in execution order.
     public let acmPaths: [String]
     let acms: [ACMLayer]
-    let patchWeight: Tensor  // conv_proj.weight [d, C, p, p], read as [d, C·p·p]
+    let patchWeight: Tensor  // conv_proj.weight [d, C, p, p], kept transposed as [C·p·p, d]
     let patchBias: Tensor  // conv_proj.bias [d]
     let classToken: Tensor  // class_token [1, 1, d]
     let posEmbedding: Tensor  // encoder.pos_embedding [1, S, d]
@@ -134,7 +134,7 @@ public final class ViT: @unchecked Sendable {
         try weights.file.checkAllUsed()
 
         self.config = config
-        self.patchWeight = patchWeight
+        self.patchWeight = patchWeight.transposed()
         self.patchBias = patchBias
         self.classToken = classToken
         self.posEmbedding = posEmbedding
@@ -233,7 +233,7 @@ public final class ViT: @unchecked Sendable {
         let embedded = ws.blockOut.reserve(count * g * g * d)
         gemm(
             m: count * g * g, n: d, k: patchLength,
-            a: patches, lda: patchLength, b: patchWeight.data, ldb: patchLength, transB: true,
+            a: patches, lda: patchLength, b: patchWeight.data, ldb: d,
             c: embedded, ldc: d)
         // class token first, then the patches; plus the position embedding
         for b in 0..<count {
@@ -289,12 +289,12 @@ public final class ViT: @unchecked Sendable {
                 q: q, k: k, v: v, ld: d, out: attended, ldOut: d,
                 sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores)
             run(layer.o, attended, blockOut)
-            for i in 0..<(tokens * d) { x[i] += blockOut[i] }
+            addInPlace(x, blockOut, count: tokens * d)
 
             // mlp: x = x + mlp(ln_2(x))
             layer.ln2.forward(x, rows: tokens, out: normed)
             run(layer.mlp, normed, blockOut)
-            for i in 0..<(tokens * d) { x[i] += blockOut[i] }
+            addInPlace(x, blockOut, count: tokens * d)
         }
 
         // head on the class tokens: LayerNorm is per row, so only those rows need it

@@ -6,7 +6,7 @@ import Foundation
 struct ACMBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "acm-bench", abstract: "acm-serve's benchmarks (BENCHMARKS.md).",
-        subcommands: [LayerBench.self, ModelBench.self], defaultSubcommand: LayerBench.self)
+        subcommands: [LayerBench.self, ModelBench.self, GEMMBench.self], defaultSubcommand: LayerBench.self)
 }
 
 /// Times one ACM MLP layer against the dense MLP it replaces, in the same run, and prints the ratio
@@ -62,7 +62,7 @@ struct LayerBench: ParsableCommand {
             weights: Weights(file: try SafeTensorsFile(path: dir + "/acm.safetensors")))
         let workspace = ACMWorkspace()
 
-        print("ACM MLP vs dense MLP: d=\(d), d_ff=\(mlp), N=\(learners), h=\(h), tokens=\(batch)×\(sequence)=\(tokens), workers=\(Parallel.workers), BLAS core=\(blasCoreName)")
+        print("ACM MLP vs dense MLP: d=\(d), d_ff=\(mlp), N=\(learners), h=\(h), tokens=\(batch)×\(sequence)=\(tokens), workers=\(Parallel.workers), GEMM=\(gemmKernelName)")
         print("beta  realized  acm_ms  dense_ms  ratio  target   (ms: medians; ratio: median of paired runs)")
         for beta in fractions {
             // Random gates with mean fraction β: k ~ Binomial(N, β) per token.

@@ -4,16 +4,20 @@ import ArgumentParser
 import Foundation
 
 /// The engine's own throughput on a model directory: batches of random images straight through
-/// `ViT.forward`, no HTTP and no batcher. The peer of the server benchmark (BENCHMARKS.md).
+/// `ViT.forward`, no HTTP and no batcher. The peer of the server benchmark and of `make bench-peers`
+/// (BENCHMARKS.md).
 struct ModelBench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "model", abstract: "Images per second through the engine alone, per batch size and budget.")
+        commandName: "model", abstract: "Images per second through the engine alone, per batch size and learner policy.")
 
     @Option(help: "Model directory.") var model: String
     @Option(help: "Batch sizes to time.") var batch: [Int] = [1, 8, 32]
-    @Option(help: "Budgets to time; 0 means auto (the gates choose).") var budget: [Double] = [0, 0.5]
+    @Option(help: "Budgets to time; 0 means auto (the gates choose). Default: 0 and 0.5 unless --uniform-k is given.")
+    var budget: [Double] = []
+    @Option(help: "Also time the static baseline: every token runs k learners.") var uniformK: [Int] = []
     @Option(help: "Seconds per measurement.") var seconds = 3.0
     @Option(help: "Worker threads (0 = one per core).") var threads = 0
+    @Flag(help: "One JSON object per measurement instead of the table.") var json = false
 
     func run() throws {
         reexecWithTunedBLASIfNeeded()
@@ -22,28 +26,39 @@ struct ModelBench: ParsableCommand {
         let n = m.vit.inputCount
         var rng = SeededGenerator(seed: 1)
         let workspace = ViTWorkspace()
-        print("engine: \(model), workers=\(Parallel.workers), BLAS core=\(blasCoreName)")
-        print("| batch | budget | images/s | ms/batch | compute fraction |")
-        print("| --- | --- | --- | --- | --- |")
+        let budgets = budget.isEmpty && uniformK.isEmpty ? [0, 0.5] : budget
+        let policies: [(name: String, policy: LearnerPolicy)] =
+            budgets.map { $0 > 0 ? ("cap \($0)", .cap($0)) : ("auto", .auto) } + uniformK.map { ("uniform \($0)", .uniform($0)) }
+        if !json {
+            print("engine: \(model), workers=\(Parallel.workers), GEMM=\(gemmKernelName)")
+            print("| batch | policy | images/s | ms/batch | compute fraction |")
+            print("| --- | --- | --- | --- | --- |")
+        }
         for b in batch {
             let images = Tensor(shape: [b, n])
             for i in 0..<images.count { images.data[i] = Float.random(in: -1...1, using: &rng) }
-            for beta in budget {
-                let policies = [LearnerPolicy](repeating: beta > 0 ? .cap(beta) : .auto, count: b)
-                _ = m.vit.forward(images: images.data, count: b, policies: policies, workspace: workspace)
+            for (name, policy) in policies {
+                let batchPolicies = [LearnerPolicy](repeating: policy, count: b)
+                _ = m.vit.forward(images: images.data, count: b, policies: batchPolicies, workspace: workspace)
                 var runs = 0
                 var fraction = 0.0
                 let start = DispatchTime.now().uptimeNanoseconds
                 var elapsed = 0.0
                 while elapsed < seconds {
-                    let out = m.vit.forward(images: images.data, count: b, policies: policies, workspace: workspace)
+                    let out = m.vit.forward(images: images.data, count: b, policies: batchPolicies, workspace: workspace)
                     fraction += out.computeFraction.reduce(0, +) / Double(b)
                     runs += 1
                     elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 }
-                print(String(
-                    format: "| %d | %@ | %.0f | %.2f | %.3f |", b, beta > 0 ? String(beta) : "auto",
-                    Double(runs * b) / elapsed, elapsed / Double(runs) * 1000, fraction / Double(runs)))
+                let rate = Double(runs * b) / elapsed, ms = elapsed / Double(runs) * 1000
+                fraction /= Double(runs)
+                if json {
+                    print(String(
+                        format: #"{"batch": %d, "policy": "%@", "images_per_s": %.2f, "ms_per_batch": %.4f, "compute_fraction": %.5f}"#,
+                        b, name, rate, ms, fraction))
+                } else {
+                    print(String(format: "| %d | %@ | %.0f | %.2f | %.3f |", b, name, rate, ms, fraction))
+                }
             }
         }
     }

@@ -104,6 +104,6 @@ struct Version: ParsableCommand {
         print("acm-serve 0.1.0")
         print("libmicrohttpd \(HTTPLibraries.microhttpdVersion)")
         print("jansson \(HTTPLibraries.janssonVersion)")
-        print("OpenBLAS \(blasCoreName) kernels, \(blasThreads) threads")
+        print("GEMM kernels: \(gemmKernelName)")
     }
 }

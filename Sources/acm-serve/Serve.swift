@@ -84,7 +84,7 @@ struct Serve: ParsableCommand {
             "listening",
             metadata: [
                 "address": "\(config.host):\(config.port)", "models": "\(config.models.keys.sorted().joined(separator: ","))",
-                "compute_threads": "\(Parallel.workers)", "blas": "\(blasCoreName)",
+                "compute_threads": "\(Parallel.workers)", "gemm": "\(gemmKernelName)",
             ])
         stop.wait()
 

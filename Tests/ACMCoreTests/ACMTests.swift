@@ -117,6 +117,25 @@ func naiveChoices(
         #expect(choose(.cap(6 / 8), logits, minChoice: 0, numLearners: 2) == [2, 2, 1, 1])
     }
 
+    /// Should move exactly the k best units to the front (survival high to low, earlier token on ties),
+    /// as a sort would, for every k, with many ties.
+    @Test func selectBestMatchesSort() {
+        var rng = SplitMix64(seed: 17)
+        for n in [1, 2, 3, 7, 50, 200] {
+            for _ in 0..<20 {
+                let units = (0..<n).map { t in
+                    LearnerUnit(survival: Double(Int.random(in: 0...5, using: &rng)) / 5, token: Int32(t))
+                }.shuffled(using: &rng)
+                let sorted = units.sorted { $0.survival != $1.survival ? $0.survival > $1.survival : $0.token < $1.token }
+                for k in 1...n {
+                    var selected = units
+                    selectBest(&selected, k)
+                    #expect(Set(selected.prefix(k).map(\.token)) == Set(sorted.prefix(k).map(\.token)), "n \(n) k \(k)")
+                }
+            }
+        }
+    }
+
     /// Should spread a cap in proportion to the shares, clip at 1 and at the k_min floors, and spend the
     /// whole budget when it can.
     @Test func splitBudgetFollowsShares() {
@@ -244,6 +263,37 @@ func naiveChoices(
         for t in 0..<tokens {
             let want = naiveACM(config, w, x: x.data, row: t, k: Int(ks[t]), dIn: dIn, dOut: dOut)
             for c in 0..<dOut { #expect(abs(Double(out.data[t * dOut + c]) - want[c]) < 1e-5) }
+        }
+    }
+
+    /// Should fold a gate with no activation into one layer whose logits equal the layer-by-layer ones
+    /// (computed in Double) within float rounding; a gate with an activation stays as it is.
+    @Test func foldedGateMatchesLayers() throws {
+        let dir = TemporaryDirectory()
+        let dIn = 13, tokens = 17
+        for (index, config) in Self.configs.enumerated() {
+            let (layer, w) = try makeACM(config, inputDim: dIn, outputDim: 5, seed: UInt64(40 + index), gateScale: 1.5, dir: dir)
+            let folds = config.gate.activation == .identity && config.gate.depth > 1
+            #expect(layer.gate.count == (folds ? 1 : config.gate.depth))
+            var rng = SplitMix64(seed: 3)
+            let x = randomTensor([tokens, dIn], rng: &rng)
+            let ws = ACMWorkspace()  // owns the logits' memory
+            let logits = matrix(layer.gateLogits(x.data, tokens: tokens, workspace: ws), rows: tokens, columns: config.numChoices)
+            withExtendedLifetime(ws) {}
+            for t in 0..<tokens {
+                var v = (0..<dIn).map { Double(x.data[t * dIn + $0]) }
+                for j in 0..<config.gate.depth {
+                    let weight = w["acm.gating_network.net.\(j).weight"]!, bias = w["acm.gating_network.net.\(j).bias"]!
+                    let outputs = weight.shape[0], inputs = weight.shape[1]
+                    v = (0..<outputs).map { o in
+                        (0..<inputs).reduce(Double(bias.data[o])) { $0 + Double(weight.data[o * inputs + $1]) * v[$1] }
+                    }
+                    if j < config.gate.depth - 1 && config.gate.activation == .gelu { v = v.map(exactGELU) }
+                }
+                for c in 0..<config.numChoices {
+                    #expect(abs(Double(logits[t][c]) - v[c]) <= 1e-4 * max(1, abs(v[c])), "config \(index)")
+                }
+            }
         }
     }
 

@@ -33,6 +33,41 @@ import Testing
         }
     }
 
+    /// Should match a naive loop on the LIBXSMM path (alpha 1, beta 0 or 1, no transpose): row counts that
+    /// are and are not multiples of its row block, with strided operands, and leave padding alone.
+    @Test(arguments: [0, 1] as [Float], [1, 64, 150])
+    func fastPathMatchesNaive(beta: Float, m: Int) {
+        var rng = SplitMix64(seed: 2)
+        let n = 19, k = 37, pad = 5
+        let a = randomTensor([m, k + pad], rng: &rng)
+        let b = randomTensor([k, n + pad], rng: &rng)
+        let c = randomTensor([m, n + pad], rng: &rng)
+        let before = c.array
+        gemm(m: m, n: n, k: k, a: a.data, lda: k + pad, b: b.data, ldb: n + pad, beta: beta, c: c.data, ldc: n + pad)
+        let ab = naiveMatmul(matrix(a.data, rows: m, columns: k, ld: k + pad), matrix(b.data, rows: k, columns: n, ld: n + pad))
+        for i in 0..<m {
+            for j in 0..<(n + pad) {
+                let index = i * (n + pad) + j
+                let want = j < n ? ab[i][j] + beta * before[index] : before[index]
+                #expect(abs(c.data[index] - want) < 1e-4, "row \(i) column \(j)")
+            }
+        }
+    }
+
+    /// Should force AVX-512 kernels where OpenBLAS picked weaker ones, AVX2 only over its slowest, and
+    /// nothing where its own pick is already the best the flags allow.
+    @Test func blasCoreChoice() {
+        let avx512: Set<String> = ["avx512f", "avx512bw", "avx512dq", "avx512vl", "avx2", "fma"]
+        #expect(preferredBLASCore(flags: avx512, chosen: "Haswell") == "SkylakeX")
+        #expect(preferredBLASCore(flags: avx512, chosen: "Zen") == "SkylakeX")
+        #expect(preferredBLASCore(flags: avx512, chosen: "Prescott") == "SkylakeX")
+        #expect(preferredBLASCore(flags: avx512, chosen: "SkylakeX") == nil)
+        #expect(preferredBLASCore(flags: avx512, chosen: "Cooperlake") == nil)
+        #expect(preferredBLASCore(flags: ["avx2", "fma"], chosen: "Prescott") == "Haswell")
+        #expect(preferredBLASCore(flags: ["avx2", "fma"], chosen: "Zen") == nil)
+        #expect(preferredBLASCore(flags: ["sse2"], chosen: "Prescott") == nil)
+    }
+
     /// Should write zeros for k = 0 with beta = 0, and leave padding columns alone.
     @Test func emptyInnerDimension() {
         let c = Tensor(shape: [2, 4], values: [1, 2, 3, 4, 5, 6, 7, 8])
@@ -177,6 +212,53 @@ import Testing
                     }
                 }
             }
+        }
+    }
+}
+
+@Suite struct ParallelTests {
+    /// Should run every chunk exactly once per call, call after call, whatever the count.
+    @Test func runsEveryChunkOnce() {
+        let hits = Tensor(shape: [8])
+        for round in 0..<2000 {
+            let count = 1 + round % max(1, Parallel.workers)
+            Parallel.run(count) { i in hits.data[i] += 1 }
+        }
+        var want = [Float](repeating: 0, count: 8)
+        for round in 0..<2000 { for i in 0..<(1 + round % max(1, Parallel.workers)) { want[i] += 1 } }
+        #expect(hits.array == want)
+    }
+
+    /// Should finish a call made from inside a chunk, and calls made from several threads at once (the
+    /// pool serves one; the others go to Dispatch).
+    @Test func nestedAndConcurrentCalls() {
+        let sums = Tensor(shape: [4 * 64])
+        Parallel.run(2) { outer in
+            Parallel.forEachChunk(64, minimumPerChunk: 1) { _, r in
+                for i in r { sums.data[outer * 64 + i] += 1 }
+            }
+        }
+        DispatchQueue.concurrentPerform(iterations: 4) { caller in
+            for _ in 0..<200 {
+                Parallel.forEachChunk(64, minimumPerChunk: 1) { _, r in
+                    for i in r { sums.data[caller * 64 + i] += 1 }
+                }
+            }
+        }
+        for caller in 0..<4 {
+            let want: Float = caller < 2 ? 201 : 200
+            #expect((0..<64).allSatisfy { sums.data[caller * 64 + $0] == want }, "caller \(caller)")
+        }
+    }
+
+    /// Should add the residual over every element, split or not.
+    @Test func addInPlaceAddsEverything() {
+        var rng = SplitMix64(seed: 5)
+        for count in [1, 1000, 100_003] {
+            let x = randomTensor([count], rng: &rng), y = randomTensor([count], rng: &rng)
+            let want = zip(x.array, y.array).map { $0 + $1 }
+            addInPlace(x.data, y.data, count: count)
+            #expect(x.array == want)
         }
     }
 }

@@ -1,0 +1,51 @@
+import ACMCore
+import ArgumentParser
+import Foundation
+
+/// GFLOP/s of one thread's GEMMs on the engine's shapes, through `gemm`'s LIBXSMM path and through
+/// OpenBLAS, alternating (docs/performance.md).
+struct GEMMBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gemm", abstract: "One thread's GEMM speed on the engine's shapes: LIBXSMM against OpenBLAS.")
+
+    @Option(help: "Shapes as MxNxK (row-major [M×K]·[K×N]).")
+    var shape: [String] = [
+        "50x128x128", "50x512x128", "50x128x512", "400x16x128", "400x128x16", "800x128x128", "800x512x128",
+        "800x128x512", "1600x5x128", "1576x3072x768", "1576x768x3072",
+    ]
+    @Option(help: "Passes; the best is reported.") var passes = 5
+
+    func run() throws {
+        reexecWithTunedBLASIfNeeded()
+        Parallel.workers = 1
+        var rng = SeededGenerator(seed: 3)
+        print("one thread, GFLOP/s (best of \(passes)); \(gemmKernelName)")
+        print("| M | N | K | LIBXSMM | OpenBLAS | ratio |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        for text in shape {
+            let dims = text.split(separator: "x").compactMap { Int($0) }
+            guard dims.count == 3 else { throw ValidationError("shape '\(text)' is not MxNxK") }
+            let (m, n, k) = (dims[0], dims[1], dims[2])
+            let a = Tensor(shape: [m, k]), b = Tensor(shape: [k, n]), c = Tensor(shape: [m, n])
+            for i in 0..<a.count { a.data[i] = Float.random(in: -1...1, using: &rng) }
+            for i in 0..<b.count { b.data[i] = Float.random(in: -1...1, using: &rng) }
+            let flop = 2.0 * Double(m * n * k)
+            let reps = max(1, Int(2e9 / flop))
+            var best = [Double](repeating: .infinity, count: 2)
+            let fast = useXSMM
+            for _ in 0..<passes {
+                for (i, xsmm) in [fast, false].enumerated() {
+                    useXSMM = xsmm
+                    gemm(m: m, n: n, k: k, a: a.data, lda: k, b: b.data, ldb: n, c: c.data, ldc: n)
+                    let seconds = time {
+                        for _ in 0..<reps { gemm(m: m, n: n, k: k, a: a.data, lda: k, b: b.data, ldb: n, c: c.data, ldc: n) }
+                    }
+                    best[i] = min(best[i], seconds / Double(reps))
+                }
+            }
+            useXSMM = fast
+            let rates = best.map { flop / $0 / 1e9 }
+            print(String(format: "| %d | %d | %d | %.0f | %.0f | %.2f |", m, n, k, rates[0], rates[1], rates[0] / rates[1]))
+        }
+    }
+}
