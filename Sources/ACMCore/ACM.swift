@@ -153,6 +153,11 @@ public final class ACMLayer: @unchecked Sendable {
     /// `gating_network.net.{j}`; a gate with no activation between its layers is one linear map, and is
     /// kept as that one layer (`foldLinear`): one GEMM of [tokens, d_in] × [d_in, choices] instead of three.
     public let gate: [Linear]
+    /// [d_in, choices + k_min·h]: the one-layer gate's weightᵀ beside the w1 columns of the k_min learners
+    /// every token runs, so that one GEMM over the tokens gives both (`forward`); nil when the gate is not
+    /// one layer or k_min = 0. `gateAndFirstBias` is the gate's bias then those learners' b1 (or zeros).
+    let gateAndFirst: Tensor?
+    let gateAndFirstBias: Tensor?
 
     public init(config: ACMConfig, inputDim: Int, outputDim: Int, weights: Weights) throws {
         try config.validate(path: weights.prefix)
@@ -183,6 +188,21 @@ public final class ACMLayer: @unchecked Sendable {
             layers.append(try Linear(inputs: inputs, outputs: outputs, weights: net.scoped("\(j)")))
         }
         gate = config.gate.activation == .identity && layers.count > 1 ? [foldLinear(layers)] : layers
+        if gate.count == 1 && config.minChoice > 0 {
+            let choices = config.numChoices, first = config.minChoice * h, width = choices + first
+            let w = Tensor(shape: [inputDim, width]), b = Tensor(shape: [width])
+            for i in 0..<inputDim {
+                (w.data + i * width).update(from: gate[0].weightT.data + i * choices, count: choices)
+                (w.data + i * width + choices).update(from: w1.data + i * n * h, count: first)
+            }
+            if let bias = gate[0].bias { b.data.update(from: bias.data, count: choices) }
+            if let b1 { (b.data + choices).update(from: b1.data, count: first) }
+            gateAndFirst = w
+            gateAndFirstBias = b
+        } else {
+            gateAndFirst = nil
+            gateAndFirstBias = nil
+        }
     }
 
     /// Multiply-adds ×2 of one learner for one token: the unit of the compute fraction.
@@ -219,36 +239,59 @@ public final class ACMLayer: @unchecked Sendable {
     ) {
         precondition(sequences.count == policies.count)
         let tokens = sequences.last?.upperBound ?? 0
-        let logits: UnsafeMutablePointer<Float>? =
-            policies.contains(where: \.usesGate) ? gateLogits(x, tokens: tokens, workspace: ws) : nil
+        let usesGate = policies.contains(where: \.usesGate)
+        var logits: UnsafePointer<Float>? = nil
+        var stride = config.numChoices
+        var firstHidden: (UnsafeMutablePointer<Float>, Int)? = nil
+        if usesGate, let fused = gateAndFirst, let fusedBias = gateAndFirstBias {
+            // the gate's logits and the k_min learners' hidden layer in one GEMM:
+            // [tokens, d_in] × [d_in, choices + k_min·h]
+            let width = fused.columns, choices = config.numChoices, dIn = inputDim
+            let f = ws.gateA.reserve(tokens * width)
+            Parallel.forEachChunk(tokens) { _, r in
+                let rows = f + r.lowerBound * width
+                gemm(m: r.count, n: width, k: dIn, a: x + r.lowerBound * dIn, lda: dIn, b: fused.data, ldb: width, c: rows, ldc: width)
+                addBias(rows, rows: r.count, columns: width, ld: width, bias: fusedBias.data)
+                config.activation.apply(rows + choices, rows: r.count, columns: width - choices, ld: width)
+            }
+            logits = UnsafePointer(f)
+            stride = width
+            firstHidden = (f + choices, width)
+        } else if usesGate {
+            logits = UnsafePointer(gateLogits(x, tokens: tokens, workspace: ws))
+        }
         // Each sequence's choice is its own; the workers take contiguous runs of sequences.
         ws.prepare()
-        let gateOut = UnsafePointer(logits ?? out)
+        let gateOut = logits ?? UnsafePointer(out)
         Parallel.forEachChunk(sequences.count, minimumPerChunk: 2) { worker, range in
             let scratch = ws.chunks[worker]
             for i in range {
                 let seq = sequences[i]
                 chooseLearners(
-                    policy: policies[i], logits: gateOut + seq.lowerBound * config.numChoices,
+                    policy: policies[i], logits: gateOut + seq.lowerBound * stride, stride: stride,
                     tokens: seq.count, minChoice: config.minChoice, numLearners: config.numLearners,
                     ks: choices + seq.lowerBound, units: &scratch.units)
             }
         }
-        runLearners(x, tokens: tokens, choices: choices, out: out, workspace: ws)
+        runLearners(x, tokens: tokens, choices: choices, out: out, workspace: ws, firstHidden: firstHidden)
     }
 
     /// Runs the learners for every token, each with its own k.
     ///
     /// The tokens are split into one contiguous block per worker, balanced by Σk; within a block,
     /// learner n runs as two dense GEMMs over the block's tokens that chose k > n (see `runBlock`).
+    ///
+    /// - Parameter firstHidden: the k_min learners' hidden layer for every token, activation applied, and
+    ///   its row stride, when `forward` computed it with the gate; nil to compute it here.
     public func runLearners(
         _ x: UnsafePointer<Float>, tokens: Int, choices: UnsafePointer<Int32>,
-        out: UnsafeMutablePointer<Float>, workspace ws: ACMWorkspace
+        out: UnsafeMutablePointer<Float>, workspace ws: ACMWorkspace,
+        firstHidden: (UnsafeMutablePointer<Float>, Int)? = nil
     ) {
         ws.prepare()
         let workers = max(1, min(Parallel.workers, tokens / Parallel.minimumRowsPerWorker))
         if workers == 1 {
-            runBlock(x, tokens: tokens, choices: choices, out: out, scratch: ws.chunks[0])
+            runBlock(x, tokens: tokens, choices: choices, out: out, scratch: ws.chunks[0], firstHidden: firstHidden)
             return
         }
         // Cut where the running work (k learners plus a little for the gather and scatter) crosses
@@ -266,41 +309,70 @@ public final class ACMLayer: @unchecked Sendable {
             let block = cuts[i]..<cuts[i + 1]
             runBlock(
                 x + block.lowerBound * inputDim, tokens: block.count, choices: choices + block.lowerBound,
-                out: out + block.lowerBound * outputDim, scratch: ws.chunks[i])
+                out: out + block.lowerBound * outputDim, scratch: ws.chunks[i],
+                firstHidden: firstHidden.map { ($0.0 + block.lowerBound * $0.1, $0.1) })
         }
     }
 
     /// Runs learner n as two dense GEMMs over the contiguous block of tokens whose k > n.
     ///
-    /// Tokens are ordered by k, high to low (a counting sort), and gathered; then the tokens that run
-    /// learner n are exactly the first c_n rows, where c_n = #{t : k_t > n}. The work is Σ_n c_n = Σ_t k_t
-    /// learner evaluations. Results are scattered back, with the output bias of each token's k.
+    /// The first k_min learners run for every token, so they run on `x` and into `out` as they are. The
+    /// tokens with k > k_min are then ordered by k, high to low (a counting sort), and gathered; the
+    /// tokens that run learner n ≥ k_min are exactly the first c_n rows, where c_n = #{t : k_t > n}. The
+    /// work is Σ_n c_n = Σ_t k_t learner evaluations. Their sums are scattered back (added to the k_min
+    /// learners' part), with the output bias of each token's k.
     func runBlock(
         _ x: UnsafePointer<Float>, tokens: Int, choices: UnsafePointer<Int32>,
-        out: UnsafeMutablePointer<Float>, scratch ws: LearnerScratch
+        out: UnsafeMutablePointer<Float>, scratch ws: LearnerScratch, firstHidden: (UnsafeMutablePointer<Float>, Int)?
     ) {
         if tokens == 0 { return }
-        let n = config.numLearners, h = config.learnerDim
+        let n = config.numLearners, h = config.learnerDim, kMin = config.minChoice
         let dIn = inputDim, dOut = outputDim
 
-        // counting sort by k, descending: order[p] is the token at sorted position p
+        /// ys[0..<rows] (+)= act(xs[0..<rows]·W1_n + b1_n)·W2_n
+        func learner(_ index: Int, _ xs: UnsafePointer<Float>, _ ys: UnsafeMutablePointer<Float>, rows: Int, accumulate: Bool) {
+            let hid = ws.hidden.reserve(rows * h)
+            // [rows, d_in] × [d_in, h]
+            gemm(m: rows, n: h, k: dIn, a: xs, lda: dIn, b: w1.data + index * h, ldb: n * h, c: hid, ldc: h)
+            config.activation.apply(hid, rows: rows, columns: h, bias: b1.map { $0.data + index * h })
+            // [rows, h] × [h, d_out]
+            gemm(
+                m: rows, n: dOut, k: h, a: hid, lda: h, b: w2.data + index * h * dOut, ldb: dOut,
+                beta: accumulate ? 1 : 0, c: ys, ldc: dOut)
+        }
+
+        // the learners every token runs, in place
+        for index in 0..<kMin {
+            if let (hidden, ld) = firstHidden {
+                // out (+)= hidden_n · W2_n: [tokens, h] × [h, d_out]
+                gemm(
+                    m: tokens, n: dOut, k: h, a: hidden + index * h, lda: ld, b: w2.data + index * h * dOut, ldb: dOut,
+                    beta: index > 0 ? 1 : 0, c: out, ldc: dOut)
+            } else {
+                learner(index, x, out, rows: tokens, accumulate: index > 0)
+            }
+        }
+
+        // counting sort of the tokens with k > k_min by k, descending: order[p] is the token at position p
         var counts = [Int](repeating: 0, count: n + 1)
         for t in 0..<tokens { counts[Int(choices[t])] += 1 }
-        var start = [Int](repeating: 0, count: n + 1)  // start[k]: first position of tokens with this k
+        var start = [Int](repeating: 0, count: n + 1)  // start[k]: first position of the tokens with this k
         var acc = 0
-        for k in stride(from: n, through: 0, by: -1) {
+        for k in stride(from: n, through: kMin + 1, by: -1) {
             start[k] = acc
             acc += counts[k]
         }
+        let active = acc  // c_{k_min}: tokens that run more than the k_min learners
         if ws.order.count < tokens {
             ws.order = [Int32](repeating: 0, count: tokens)
             ws.position = [Int32](repeating: 0, count: tokens)
         }
-        var identity = true
+        var identity = active == tokens
         ws.order.withUnsafeMutableBufferPointer { order in
             ws.position.withUnsafeMutableBufferPointer { position in
                 for t in 0..<tokens {
                     let k = Int(choices[t])
+                    if k <= kMin { continue }
                     let p = start[k]
                     start[k] += 1
                     order[p] = Int32(t)
@@ -309,61 +381,48 @@ public final class ACMLayer: @unchecked Sendable {
                 }
             }
         }
-        let active = tokens - counts[0]  // c_0: tokens that run at least one learner
 
-        // When the sort left every token in place (e.g. all tokens chose N), work on x and out directly.
-        let xs: UnsafePointer<Float>
-        let ys: UnsafeMutablePointer<Float>
-        if identity {
-            xs = x
-            ys = out
-        } else {
-            let g = ws.gathered.reserve(active * dIn)
-            ws.order.withUnsafeBufferPointer { order in
-                for p in 0..<active { (g + p * dIn).update(from: x + Int(order[p]) * dIn, count: dIn) }
+        if active > 0 {
+            // When the sort left every token in place (e.g. all chose N), work on x and out directly.
+            let xs: UnsafePointer<Float>
+            let ys: UnsafeMutablePointer<Float>
+            if identity {
+                xs = x
+                ys = out
+            } else {
+                let g = ws.gathered.reserve(active * dIn)
+                ws.order.withUnsafeBufferPointer { order in
+                    for p in 0..<active { (g + p * dIn).update(from: x + Int(order[p]) * dIn, count: dIn) }
+                }
+                xs = UnsafePointer(g)
+                ys = ws.output.reserve(active * dOut)
             }
-            xs = UnsafePointer(g)
-            ys = ws.output.reserve(active * dOut)
-        }
-
-        let hid = ws.hidden.reserve(active * h)
-        var rows = active
-        for learner in 0..<n {
-            if learner > 0 { rows -= counts[learner] }  // drop the tokens with k = learner
-            if rows == 0 { break }
-            // hidden = act(xs[0..<rows] · w1[:, learner·h..<(learner+1)·h] + b1): [rows, d_in] × [d_in, h]
-            gemm(
-                m: rows, n: h, k: dIn,
-                a: xs, lda: dIn, b: w1.data + learner * h, ldb: n * h,
-                c: hid, ldc: h)
-            config.activation.apply(hid, rows: rows, columns: h, bias: b1.map { $0.data + learner * h })
-            // ys[0..<rows] += hidden · w2[learner·h..<(learner+1)·h, :]: [rows, h] × [h, d_out]
-            gemm(
-                m: rows, n: dOut, k: h,
-                a: hid, lda: h, b: w2.data + learner * h * dOut, ldb: dOut,
-                beta: learner == 0 ? 0 : 1,
-                c: ys, ldc: dOut)
-        }
-
-        // scatter back; k = 0 tokens get zeros (or b2[0])
-        ws.position.withUnsafeBufferPointer { position in
-            for t in 0..<tokens {
-                let k = Int(choices[t])
-                let row = out + t * dOut
-                if k == 0 {
-                    if let cumulativeB2 {
-                        row.update(from: cumulativeB2.data, count: dOut)
-                    } else {
-                        row.update(repeating: 0, count: dOut)
+            var rows = active
+            for index in kMin..<n {
+                if index > kMin { rows -= counts[index] }  // drop the tokens with k = index
+                if rows == 0 { break }
+                learner(index, xs, ys, rows: rows, accumulate: index > kMin || (identity && kMin > 0))
+            }
+            if !identity {
+                ws.position.withUnsafeBufferPointer { position in
+                    for t in 0..<tokens where Int(choices[t]) > kMin {
+                        let row = out + t * dOut, y = ys + Int(position[t]) * dOut
+                        if kMin > 0 {
+                            addInPlaceSerial(row, y, count: dOut)
+                        } else {
+                            row.update(from: y, count: dOut)
+                        }
                     }
-                    continue
-                }
-                if !identity { row.update(from: ys + Int(position[t]) * dOut, count: dOut) }
-                if let cumulativeB2 {
-                    let bias = cumulativeB2.data + k * dOut
-                    for c in 0..<dOut { row[c] += bias[c] }
                 }
             }
+        }
+
+        // k = 0 tokens (k_min = 0) get zeros; then every token the output bias of its k
+        for t in 0..<tokens {
+            let k = Int(choices[t])
+            let row = out + t * dOut
+            if k == 0 { row.update(repeating: 0, count: dOut) }
+            if let cumulativeB2 { addInPlaceSerial(row, cumulativeB2.data + k * dOut, count: dOut) }
         }
     }
 }

@@ -94,6 +94,19 @@ public enum Activation: String, Codable, Sendable {
     }
 }
 
+extension Activation {
+    /// x = act(x) in place for `rows` rows of `columns`, rows `ld` apart: a block of columns of a wider
+    /// matrix. The learner activations only (identity, GELU).
+    func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, columns: Int, ld: Int) {
+        switch self {
+        case .identity: break
+        case .gelu: acm_gelu_rows(x, rows, columns, ld, nil)
+        case .relu, .tanh:
+            for r in 0..<rows { apply(x + r * ld, count: columns) }
+        }
+    }
+}
+
 // MARK: - Row kernels
 
 /// Adds `bias` (length `columns`) to each of `rows` rows of `x` (stride `ld`).
@@ -108,6 +121,12 @@ public func addInPlace(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Floa
     Parallel.forEachChunk(count, minimumPerChunk: 16_384) { _, r in
         acm_add(x + r.lowerBound, y + r.lowerBound, r.count)
     }
+}
+
+/// x += y over `count` floats on this thread (a row, inside work already split among the workers).
+@inline(__always)
+public func addInPlaceSerial(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, count: Int) {
+    acm_add(x, y, count)
 }
 
 /// LayerNorm over each row: (x − mean)/√(var + eps)·gamma + beta, variance biased as in PyTorch.

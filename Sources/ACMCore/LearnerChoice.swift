@@ -44,16 +44,17 @@ struct LearnerUnit {
 /// same result as ranking every unit, in O(T·choices + T_j·log T_j) instead of a sort of all units.
 ///
 /// - Parameters:
-///   - logits: [tokens, numLearners + 1 − minChoice] gate logits (row stride = that width); unused for
-///     `.uniform` and `.full`.
+///   - logits: [tokens, numLearners + 1 − minChoice] gate logits, rows `stride` apart (at least that
+///     width); unused for `.uniform` and `.full`.
 ///   - ks: out, one count per token.
 ///   - units: scratch, reused across calls.
 func chooseLearners(
-    policy: LearnerPolicy, logits: UnsafePointer<Float>, tokens: Int,
+    policy: LearnerPolicy, logits: UnsafePointer<Float>, stride: Int? = nil, tokens: Int,
     minChoice: Int, numLearners: Int,
     ks: UnsafeMutablePointer<Int32>, units: inout [LearnerUnit]
 ) {
     let choices = numLearners + 1 - minChoice
+    let rowStride = stride ?? choices
     switch policy {
     case .full:
         ks.update(repeating: Int32(numLearners), count: tokens)
@@ -63,7 +64,7 @@ func chooseLearners(
         return
     case .auto, .cap:
         for t in 0..<tokens {
-            let row = logits + t * choices
+            let row = logits + t * rowStride
             var best = 0
             // strict > keeps the first (smallest k) of tied logits
             for c in 1..<choices where row[c] > row[best] { best = c }
@@ -103,7 +104,7 @@ func chooseLearners(
     let top = boundary - minChoice  // the choice index of k = boundary
     withUnsafeTemporaryAllocation(of: Double.self, capacity: choices) { e in
         for t in 0..<tokens {
-            let row = logits + t * choices
+            let row = logits + t * rowStride
             var best = 0
             for c in 1..<choices where row[c] > row[best] { best = c }
             if best < top { continue }
@@ -115,7 +116,7 @@ func chooseLearners(
                 sum += e[c]
             }
             var survival = 0.0
-            for c in stride(from: choices - 1, through: top, by: -1) { survival += e[c] / sum }
+            for c in Swift.stride(from: choices - 1, through: top, by: -1) { survival += e[c] / sum }
             units.append(LearnerUnit(survival: survival, token: Int32(t)))
         }
     }

@@ -14,10 +14,28 @@ public enum Parallel {
         return ProcessInfo.processInfo.activeProcessorCount
     }()
 
-    /// Worker threads per operation; set it before the first forward pass.
+    /// Worker threads per operation; set it before the first forward pass. Inside `serially` it is 1.
     public static var workers: Int {
-        get { configuredWorkers }
+        get { isSerial ? 1 : configuredWorkers }
         set { configuredWorkers = max(1, newValue) }
+    }
+
+    /// Whether this thread is inside `serially`.
+    public static var isSerial: Bool { pthread_getspecific(serialKey) != nil }
+
+    private static let serialKey: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
+
+    /// Runs `body` with every parallel operation it makes run inline on this thread: for work that is
+    /// already one of several running side by side (a forward pass over part of a batch).
+    public static func serially<T>(_ body: () -> T) -> T {
+        let outer = pthread_getspecific(serialKey)
+        pthread_setspecific(serialKey, UnsafeRawPointer(bitPattern: 1))
+        defer { pthread_setspecific(serialKey, outer) }
+        return body()
     }
 
     /// Rows below which an operation is not worth splitting.
@@ -45,8 +63,8 @@ public enum Parallel {
     /// costs well under a microsecond instead of a thread wake-up. When the pool is busy (another model's
     /// loop thread, or a call from inside a chunk), the call goes to Dispatch instead.
     public static func run(_ count: Int, _ body: (Int) -> Void) {
-        if count == 1 {
-            body(0)
+        if count == 1 || isSerial {
+            for i in 0..<count { body(i) }
             return
         }
         withoutActuallyEscaping(body) { body in

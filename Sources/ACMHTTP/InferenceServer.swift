@@ -251,16 +251,16 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             case let .success(result):
                 response = render(result)
                 let fraction = succeeded(result, seconds)
-                logger.info(
+                logger.debug(
                     "infer", metadata: requestMetadata(id, name, 200, seconds, fraction, batch: result.batchItems))
             case .timedOut:
                 response = errorResponse(503, "request timeout expired in the queue", retryAfter: true)
                 metrics.failure(model: name, reason: .timeout)
-                logger.info("infer", metadata: requestMetadata(id, name, 503, seconds, nil, batch: nil))
+                logger.debug("infer", metadata: requestMetadata(id, name, 503, seconds, nil, batch: nil))
             case .shuttingDown:
                 response = errorResponse(503, "the server is shutting down", retryAfter: false)
                 metrics.failure(model: name, reason: .shuttingDown)
-                logger.info("infer", metadata: requestMetadata(id, name, 503, seconds, nil, batch: nil))
+                logger.debug("infer", metadata: requestMetadata(id, name, 503, seconds, nil, batch: nil))
             case let .failed(message):
                 response = errorResponse(500, message, retryAfter: false)
                 metrics.failure(model: name, reason: .internalError)
@@ -273,7 +273,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             return nil
         case .queueFull:
             metrics.failure(model: name, reason: .queueFull)
-            logger.info("infer", metadata: requestMetadata(id, name, 503, 0, nil, batch: nil))
+            logger.debug("infer", metadata: requestMetadata(id, name, 503, 0, nil, batch: nil))
             return errorResponse(503, "the queue of model '\(name)' is full; retry later", retryAfter: true)
         case .shuttingDown:
             metrics.failure(model: name, reason: .shuttingDown)
@@ -347,7 +347,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
 
     private func fail(_ model: String, _ e: ProtocolError, id: String?) -> HTTPResponse {
         metrics.failure(model: model, reason: e.reason)
-        logger.info("infer", metadata: requestMetadata(id, model, e.status, 0, nil, batch: nil).merging(["error": "\(e.message)"]) { a, _ in a })
+        logger.debug("infer", metadata: requestMetadata(id, model, e.status, 0, nil, batch: nil).merging(["error": "\(e.message)"]) { a, _ in a })
         return errorResponse(e.status, e.message, retryAfter: e.status == 503)
     }
 

@@ -33,6 +33,8 @@ public final class ViTWorkspace: @unchecked Sendable {
     let mlpHidden = WorkerScratch(), scores = WorkerScratch()
     let acm = ACMWorkspace()
     var choices: [Int32] = []
+    /// One workspace per worker, for batches split into parts (`ViT.forward`).
+    var parts: [ViTWorkspace] = []
 
     public init() {}
 }
@@ -201,7 +203,19 @@ public final class ViT: @unchecked Sendable {
     /// Number of input floats per image: [C, H, W].
     public var inputCount: Int { config.numChannels * config.imageSize * config.imageSize }
 
+    /// A batch of at least this many images per worker is split into parts that each run the whole
+    /// network on one core; a part has about `imagesPerPart` images, and there are at least as many parts
+    /// as workers.
+    public static let minimumImagesPerWorker = 2
+    public static let imagesPerPart = 4
+
     /// Classifies a batch of images, each under its own learner policy.
+    ///
+    /// A batch of at least `minimumImagesPerWorker` images per worker is cut into contiguous parts, and
+    /// each part runs the whole network on one core: no operation waits for another core, and each
+    /// part's ACMs still group the tokens of all its images. The workers claim the parts as they go, so a
+    /// core the OS gives to something else for a while only takes fewer of them. A smaller batch runs as
+    /// one part with each operation split over the workers. An image's result is the same either way.
     ///
     /// - Parameters:
     ///   - images: [count, C, H, W]
@@ -212,6 +226,50 @@ public final class ViT: @unchecked Sendable {
         workspace ws: ViTWorkspace, recordChoices: Bool = false
     ) -> ViTOutput {
         precondition(policies.count == count)
+        let workers = Parallel.workers
+        guard workers > 1, count >= workers * Self.minimumImagesPerWorker else {
+            return forwardPart(images: images, count: count, policies: policies, workspace: ws, recordChoices: recordChoices)
+        }
+        let parts = min(max(workers, count / Self.imagesPerPart), 128)
+        while ws.parts.count < parts { ws.parts.append(ViTWorkspace()) }
+        let bounds = (0...parts).map { $0 * count / parts }
+        let results = (0..<parts).map { _ in PartResult() }
+        Parallel.run(parts) { i in
+            let range = bounds[i]..<bounds[i + 1]
+            results[i].output = Parallel.serially {
+                forwardPart(
+                    images: images + range.lowerBound * inputCount, count: range.count,
+                    policies: Array(policies[range]), workspace: ws.parts[i], recordChoices: recordChoices)
+            }
+        }
+        // the parts' outputs, one after the other
+        let outputs = results.map { $0.output! }
+        let classes = config.numClasses
+        let logits = Tensor(shape: [count, classes])
+        for (i, part) in outputs.enumerated() {
+            (logits.data + bounds[i] * classes).update(from: part.logits.data, count: part.logits.count)
+        }
+        var histogram = outputs[0].learnerHistogram
+        for part in outputs.dropFirst() {
+            for l in histogram.indices { for k in histogram[l].indices { histogram[l][k] += part.learnerHistogram[l][k] } }
+        }
+        let choices = recordChoices ? acms.indices.map { l in outputs.flatMap { $0.choices![l] } } : nil
+        return ViTOutput(
+            logits: logits, computeFraction: outputs.flatMap(\.computeFraction), learnerHistogram: histogram,
+            choices: choices)
+    }
+
+    /// One part's output, written by the worker that ran it.
+    private final class PartResult: @unchecked Sendable {
+        var output: ViTOutput?
+    }
+
+    /// `forward` on one part of a batch: every operation split over the workers (or inline, inside
+    /// `Parallel.serially`).
+    func forwardPart(
+        images: UnsafePointer<Float>, count: Int, policies: [LearnerPolicy],
+        workspace ws: ViTWorkspace, recordChoices: Bool
+    ) -> ViTOutput {
         let d = config.hiddenDim, s = config.sequenceLength, g = config.gridSize, p = config.patchSize
         let c = config.numChannels, size = config.imageSize
         let patchLength = c * p * p

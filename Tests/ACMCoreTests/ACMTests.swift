@@ -208,9 +208,13 @@ func naiveChoices(
         ACMConfig(
             numLearners: 2, learnerDim: 7, activation: .gelu, minChoice: 0, hiddenBias: true, outputBias: true,
             gate: GateConfig(depth: 1, hiddenDim: 16, activation: .identity)),
+        // k_min > 0 with a foldable gate: the gate and the first learners run as one GEMM
+        ACMConfig(
+            numLearners: 4, learnerDim: 3, activation: .identity, minChoice: 1, hiddenBias: false, outputBias: true),
+        ACMConfig(numLearners: 5, learnerDim: 4, activation: .gelu, minChoice: 2, hiddenBias: true, outputBias: true),
     ]
 
-    /// Should equal the per-token definition for any mix of learner counts, k = 0 included.
+    /// Should equal the per-token definition for any mix of learner counts k_min...N, k = 0 included.
     @Test(arguments: configs.indices, [29, 77])
     func groupedMatchesDefinition(index: Int, tokens: Int) throws {
         let config = Self.configs[index]
@@ -221,11 +225,12 @@ func naiveChoices(
         let x = randomTensor([tokens, dIn], rng: &rng)
         for pattern in 0..<4 {
             let ks: [Int32] = (0..<tokens).map { t in
+                let kMin = config.minChoice, n = config.numLearners
                 switch pattern {
-                case 0: return Int32.random(in: 0...Int32(config.numLearners), using: &rng)
-                case 1: return Int32(config.numLearners)  // already in order: the no-gather path
-                case 2: return Int32(t % (config.numLearners + 1))
-                default: return 0
+                case 0: return Int32.random(in: Int32(kMin)...Int32(n), using: &rng)
+                case 1: return Int32(n)  // already in order: the no-gather path
+                case 2: return Int32(kMin + t % (n + 1 - kMin))
+                default: return Int32(kMin)
                 }
             }
             let out = Tensor(shape: [tokens, dOut])
@@ -240,8 +245,9 @@ func naiveChoices(
     }
 
     /// Should choose as the naive rule does from the gate's own logits, and output the definition.
-    @Test func forwardChoosesAndComputes() throws {
-        let config = Self.configs[0]
+    @Test(arguments: [0, 3, 4])
+    func forwardChoosesAndComputes(index: Int) throws {
+        let config = Self.configs[index]
         let dir = TemporaryDirectory()
         let dIn = 10, dOut = 10
         let (layer, w) = try makeACM(config, inputDim: dIn, outputDim: dOut, seed: 21, gateScale: 2, dir: dir)
@@ -256,7 +262,8 @@ func naiveChoices(
         var ks = [Int32](repeating: 0, count: tokens)
         layer.forward(x.data, sequences: sequences, policies: policies, out: out.data, choices: &ks, workspace: ACMWorkspace())
         for (seq, policy) in zip(sequences, policies) {
-            let want = naiveChoices(policy: policy, logits: Array(allLogits[seq]), minChoice: 0, numLearners: 4)
+            let want = naiveChoices(
+                policy: policy, logits: Array(allLogits[seq]), minChoice: config.minChoice, numLearners: config.numLearners)
             #expect(ks[seq].map(Int.init) == want, "\(policy)")
         }
         #expect(Set(ks).count >= 3, "the random gate should spread its choices")
