@@ -50,6 +50,11 @@ public func gemm(
 /// Rows per LIBXSMM kernel call: the kernel keeps a block of A's rows and C's in registers and cache while
 /// it streams B.
 let xsmmRowBlock = 64
+/// Columns per LIBXSMM kernel call when B is large (more than `xsmmLargeB` floats): a panel of B that
+/// stays in the L2 cache across the row blocks. Measured on ViT-B's learner shapes, [788×768]×[768×768]
+/// with C accumulated went from 175 to 227 GFLOP/s on one core.
+let xsmmColumnBlock = 256
+let xsmmLargeB = 128 * 1024
 
 /// Whether `gemm` uses LIBXSMM: where it targets AVX2 or AVX-512, unless ACM_GEMM=openblas (for comparisons).
 nonisolated(unsafe) public var useXSMM: Bool = {
@@ -72,6 +77,19 @@ func xsmmGEMM(
     m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
 ) -> Bool {
+    if k * n > xsmmLargeB && n > xsmmColumnBlock {
+        var column = 0
+        while column < n {
+            let width = min(xsmmColumnBlock, n - column)
+            if !xsmmGEMM(m: m, n: width, k: k, a: a, lda: lda, b: b + column, ldb: ldb, beta: beta, c: c + column, ldc: ldc) {
+                cblas_sgemm(
+                    CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(width), Int32(k),
+                    1, a, Int32(lda), b + column, Int32(ldb), beta, c + column, Int32(ldc))
+            }
+            column += width
+        }
+        return true
+    }
     let block = min(m, xsmmRowBlock)
     guard let kernel = CXSMM_smmdispatch(Int32(n), Int32(block), Int32(k), Int32(ldb), Int32(lda), Int32(ldc), beta)
     else { return false }

@@ -93,72 +93,75 @@ func chooseLearners(
             boundary += 1
         }
     }
-    // Every token keeps its learners below the boundary level.
-    for t in 0..<tokens { ks[t] = min(ks[t], Int32(boundary - 1)) }
-    if left == 0 || boundary > numLearners { return }
+    if left == 0 || boundary > numLearners {
+        // every token keeps its learners below the boundary level, and none reaches it
+        for t in 0..<tokens { ks[t] = min(ks[t], Int32(boundary - 1)) }
+        return
+    }
 
     // At the boundary level, rank the tokens that reach it by S_t(j) = P(K_t ≥ j) = Σ_{k ≥ j} p_t(k),
     // high to low, ties to the earlier token, and give the first `left` of them their j-th learner.
     // The sums run from the top choice down in double precision, as the reference does.
-    units.removeAll(keepingCapacity: true)
     let top = boundary - minChoice  // the choice index of k = boundary
-    withUnsafeTemporaryAllocation(of: Double.self, capacity: choices) { e in
-        for t in 0..<tokens {
-            let row = logits + t * rowStride
-            var best = 0
-            for c in 1..<choices where row[c] > row[best] { best = c }
-            if best < top { continue }
-            var m = -Double.infinity
-            for c in 0..<choices { m = max(m, Double(row[c])) }
-            var sum = 0.0
-            for c in 0..<choices {
-                e[c] = Foundation.exp(Double(row[c]) - m)
-                sum += e[c]
+    if units.count < tokens { units = [LearnerUnit](repeating: LearnerUnit(survival: 0, token: 0), count: tokens) }
+    var reaching = 0
+    units.withUnsafeMutableBufferPointer { u in
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: choices) { e in
+            for t in 0..<tokens where Int(ks[t]) >= boundary {
+                let row = logits + t * rowStride
+                var m = -Double.infinity
+                for c in 0..<choices { m = max(m, Double(row[c])) }
+                var sum = 0.0
+                for c in 0..<choices {
+                    e[c] = Foundation.exp(Double(row[c]) - m)
+                    sum += e[c]
+                }
+                var survival = 0.0
+                for c in Swift.stride(from: choices - 1, through: top, by: -1) { survival += e[c] / sum }
+                u[reaching] = LearnerUnit(survival: survival, token: Int32(t))
+                reaching += 1
             }
-            var survival = 0.0
-            for c in Swift.stride(from: choices - 1, through: top, by: -1) { survival += e[c] / sum }
-            units.append(LearnerUnit(survival: survival, token: Int32(t)))
         }
+        // every token keeps its learners below the boundary level, the first `left` ranked one more
+        for t in 0..<tokens { ks[t] = min(ks[t], Int32(boundary - 1)) }
+        if left < reaching { selectBest(UnsafeMutableBufferPointer(rebasing: u[0..<reaching]), left) }
+        for unit in u[0..<min(left, reaching)] { ks[Int(unit.token)] += 1 }
     }
-    if left < units.count { selectBest(&units, left) }
-    for unit in units.prefix(left) { ks[Int(unit.token)] += 1 }
 }
 
 /// Moves the `k` best units to the front, in no particular order: the higher survival probability first,
 /// then the earlier token (a strict order, as tokens are distinct). Quickselect: O(n) on average, where a
 /// sort of the boundary level took a tenth of a capped forward pass.
-func selectBest(_ units: inout [LearnerUnit], _ k: Int) {
+func selectBest(_ u: UnsafeMutableBufferPointer<LearnerUnit>, _ k: Int) {
     @inline(__always) func better(_ a: LearnerUnit, _ b: LearnerUnit) -> Bool {
         a.survival != b.survival ? a.survival > b.survival : a.token < b.token
     }
-    units.withUnsafeMutableBufferPointer { u in
-        var lo = 0, hi = u.count - 1
-        let target = k - 1
-        while lo < hi {
-            // the median of the first, middle and last as the pivot
-            let mid = lo + (hi - lo) / 2
-            if better(u[mid], u[lo]) { u.swapAt(mid, lo) }
-            if better(u[hi], u[lo]) { u.swapAt(hi, lo) }
-            if better(u[hi], u[mid]) { u.swapAt(hi, mid) }
-            let pivot = u[mid]
-            // Hoare partition: [lo, j] are no worse than the pivot, [i, hi] no better
-            var i = lo, j = hi
-            while i <= j {
-                while better(u[i], pivot) { i += 1 }
-                while better(pivot, u[j]) { j -= 1 }
-                if i <= j {
-                    u.swapAt(i, j)
-                    i += 1
-                    j -= 1
-                }
+    var lo = 0, hi = u.count - 1
+    let target = k - 1
+    while lo < hi {
+        // the median of the first, middle and last as the pivot
+        let mid = lo + (hi - lo) / 2
+        if better(u[mid], u[lo]) { u.swapAt(mid, lo) }
+        if better(u[hi], u[lo]) { u.swapAt(hi, lo) }
+        if better(u[hi], u[mid]) { u.swapAt(hi, mid) }
+        let pivot = u[mid]
+        // Hoare partition: [lo, j] are no worse than the pivot, [i, hi] no better
+        var i = lo, j = hi
+        while i <= j {
+            while better(u[i], pivot) { i += 1 }
+            while better(pivot, u[j]) { j -= 1 }
+            if i <= j {
+                u.swapAt(i, j)
+                i += 1
+                j -= 1
             }
-            if target <= j {
-                hi = j
-            } else if target >= i {
-                lo = i
-            } else {
-                return
-            }
+        }
+        if target <= j {
+            hi = j
+        } else if target >= i {
+            lo = i
+        } else {
+            return
         }
     }
 }

@@ -108,7 +108,7 @@ final class WorkerPool: @unchecked Sendable {
     /// Written before the job is published; read only by a thread that has claimed one of its chunks,
     /// which the caller waits for.
     nonisolated(unsafe) private var job: UncheckedSendable<(Int) -> Void>?
-    static let spinIterations = 200_000
+    static let spinIterations = 20_000
     /// Spins between yields of the core (`sched_yield`, which returns at once when nothing else waits).
     static let yieldAfter = 2_000
 

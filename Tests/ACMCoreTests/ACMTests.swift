@@ -129,7 +129,7 @@ func naiveChoices(
                 let sorted = units.sorted { $0.survival != $1.survival ? $0.survival > $1.survival : $0.token < $1.token }
                 for k in 1...n {
                     var selected = units
-                    selectBest(&selected, k)
+                    selected.withUnsafeMutableBufferPointer { selectBest($0, k) }
                     #expect(Set(selected.prefix(k).map(\.token)) == Set(sorted.prefix(k).map(\.token)), "n \(n) k \(k)")
                 }
             }

@@ -54,6 +54,20 @@ import Testing
         }
     }
 
+    /// Should match a naive loop where B is large enough to be run in column panels, accumulating too.
+    @Test(arguments: [0, 1] as [Float])
+    func columnPanelsMatchNaive(beta: Float) {
+        var rng = SplitMix64(seed: 4)
+        let m = 70, n = 300, k = 500, ldb = 310
+        let a = randomTensor([m, k], rng: &rng), b = randomTensor([k, ldb], rng: &rng), c = randomTensor([m, n], rng: &rng)
+        let before = c.array
+        gemm(m: m, n: n, k: k, a: a.data, lda: k, b: b.data, ldb: ldb, beta: beta, c: c.data, ldc: n)
+        let ab = naiveMatmul(matrix(a.data, rows: m, columns: k), matrix(b.data, rows: k, columns: n, ld: ldb))
+        var worst: Float = 0
+        for i in 0..<m { for j in 0..<n { worst = max(worst, abs(c.data[i * n + j] - (ab[i][j] + beta * before[i * n + j]))) } }
+        #expect(worst < 1e-3)
+    }
+
     /// Should force AVX-512 kernels where OpenBLAS picked weaker ones, AVX2 only over its slowest, and
     /// nothing where its own pick is already the best the flags allow.
     @Test func blasCoreChoice() {

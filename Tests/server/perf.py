@@ -3,13 +3,21 @@ throughput and p50/p99 latency by concurrency as a markdown table (for BENCHMARK
 
     .venv/bin/python Tests/server/perf.py                      # starts acm-serve on the fixtures itself
     .venv/bin/python Tests/server/perf.py --url 127.0.0.1:8000 --model vit-demo --concurrency 1 8 32
+    .venv/bin/python Tests/server/perf.py --serve fashion-vit-acm=models/fashion-vit-acm --concurrency 32 \
+        --engine-batch 32 --log-level info debug                # the server against the engine alone (BENCHMARKS.md)
+
+With --serve the server is started here on that model directory (max_batch_size 32); with --engine-batch the
+engine's own throughput at that batch (`acm-bench model`, auto) is measured right before and after each
+perf_analyzer run, and the CPU time perf_analyzer itself used is reported beside it (it shares the cores).
 
 perf_analyzer comes from scripts/setup (.tools/perf_analyzer, with libcudart in .tools/cuda)."""
 import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
+import time
 import sys
 import tempfile
 import urllib.request
@@ -45,11 +53,18 @@ def command(url, model, shape, concurrency, tensor_format='binary', input_data='
     return cmd
 
 
+LAST_CPU_SECONDS = None  # perf_analyzer's user + system CPU seconds in the last run()
+
+
 def run(cmd, timeout=120):
-    """-> (exit code, stdout and stderr together)"""
+    """-> (exit code, stdout and stderr together); perf_analyzer's CPU time goes to LAST_CPU_SECONDS."""
+    global LAST_CPU_SECONDS
     env = dict(os.environ)
     env['LD_LIBRARY_PATH'] = CUDA_LIBS + (':' + env['LD_LIBRARY_PATH'] if env.get('LD_LIBRARY_PATH') else '')
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    LAST_CPU_SECONDS = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return out.returncode, out.stdout + out.stderr
 
 
@@ -88,6 +103,45 @@ def measure(url, model, concurrency, input_data='normal', **kw):
     return code, output, (rows[0] if rows else None), cmd
 
 
+def engine_rate(model_dir, batch, seconds=3):
+    """Images/s of `acm-bench model` (the engine alone, auto) at one batch size."""
+    bench = os.path.join(os.path.dirname(os.environ.get('ACM_SERVE_BIN', '')) or os.path.join(REPO, '.build', 'release'),
+                         'acm-bench')
+    out = subprocess.run([bench, 'model', '--model', model_dir, '--batch', str(batch), '--budget', '0',
+                          '--seconds', str(seconds), '--json'], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])['images_per_s']
+
+
+def serve_and_compare(args):
+    """--serve: per log level, the engine alone, perf_analyzer against the server, the engine again."""
+    name, model_dir = args.serve.split('=', 1)
+    print(f'{name}: perf_analyzer, batch 1 per request, binary tensors, auto; server max_batch_size 32, '
+          f'max_queue_delay 2000 µs; engine alone at batch {args.engine_batch}\n')
+    print('| log level | concurrency | server infer/s | p50 (ms) | p99 (ms) | engine images/s (before, after) | '
+          'server ÷ engine | perf_analyzer CPU (cores) |')
+    print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+    for level in args.log_level:
+        for c in args.concurrency:
+            before = engine_rate(model_dir, args.engine_batch)
+            server = Server(models={name: {'path': os.path.abspath(model_dir), 'max_batch_size': 32}},
+                            args=('--log-level', level))
+            try:
+                start = time.monotonic()
+                code, output, row, cmd = measure(server.url, name, c, interval_ms=args.interval_ms)
+                wall = time.monotonic() - start
+                if code != 0 or row is None:
+                    print(' '.join(cmd), file=sys.stderr)
+                    print(output, file=sys.stderr)
+                    sys.exit(f'perf_analyzer exited with {code} at concurrency {c}')
+                load = LAST_CPU_SECONDS / wall
+            finally:
+                server.close()
+            after = engine_rate(model_dir, args.engine_batch)
+            engine = (before + after) / 2
+            print(f'| {level} | {c} | {row["throughput"]:.0f} | {row["p50_us"] / 1000:.2f} | {row["p99_us"] / 1000:.2f} | '
+                  f'{before:.0f}, {after:.0f} | {row["throughput"] / engine:.2f} | {load:.2f} |', flush=True)
+
+
 def table(rows):
     lines = ['| concurrency | throughput (infer/s) | p50 latency (ms) | p99 latency (ms) |',
              '| ---: | ---: | ---: | ---: |']
@@ -108,7 +162,13 @@ def main(argv=None):
     ap.add_argument('--queue-delay-us', type=int, help='the batcher\'s max_queue_delay_microseconds (default: the '
                     'config\'s, 2000); only for the server started here')
     ap.add_argument('--interval-ms', type=int, default=3000, help='measurement window')
+    ap.add_argument('--serve', metavar='NAME=DIR', help='start the server here on this model directory and compare it '
+                    'with the engine alone (see above)')
+    ap.add_argument('--engine-batch', type=int, default=32, help='with --serve: the engine\'s batch size')
+    ap.add_argument('--log-level', nargs='+', default=['info'], help='with --serve: the server\'s log levels to time')
     args = ap.parse_args(argv)
+    if args.serve:
+        return serve_and_compare(args)
 
     server = None
     if args.url is None:
