@@ -129,6 +129,11 @@ public func addInPlaceSerial(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointe
     acm_add(x, y, count)
 }
 
+/// out[i] = e^{x[i]} for doubles in [-700, 0] (a softmax's shifted logits), to about 1 ulp, vectorised.
+public func expInPlace(_ x: UnsafePointer<Double>, out: UnsafeMutablePointer<Double>, count: Int) {
+    acm_exp_f64(x, out, count)
+}
+
 /// LayerNorm over each row: (x − mean)/√(var + eps)·gamma + beta, variance biased as in PyTorch.
 /// `out` may equal `x`.
 public func layerNorm(

@@ -83,11 +83,11 @@ func chooseLearners(
     // from the bottom while the budget lasts; `boundary` is the level where it runs out.
     var left = cap - floorUnits
     var boundary = minChoice + 1
-    withUnsafeTemporaryAllocation(of: Int.self, capacity: numLearners + 1) { levels in
+    withUnsafeTemporaryAllocation(of: Int.self, capacity: numLearners + 2) { levels in
+        // levels[j] = #{t : k_t ≥ j}: a histogram of k, summed from the top
         levels.initialize(repeating: 0)
-        for t in 0..<tokens where Int(ks[t]) > minChoice {
-            for j in (minChoice + 1)...Int(ks[t]) { levels[j] += 1 }
-        }
+        for t in 0..<tokens { levels[Int(ks[t])] += 1 }
+        for j in Swift.stride(from: numLearners - 1, through: 0, by: -1) { levels[j] += levels[j + 1] }
         while boundary <= numLearners && levels[boundary] <= left {
             left -= levels[boundary]
             boundary += 1
@@ -104,28 +104,33 @@ func chooseLearners(
     // The sums run from the top choice down in double precision, as the reference does.
     let top = boundary - minChoice  // the choice index of k = boundary
     if units.count < tokens { units = [LearnerUnit](repeating: LearnerUnit(survival: 0, token: 0), count: tokens) }
-    var reaching = 0
     units.withUnsafeMutableBufferPointer { u in
-        withUnsafeTemporaryAllocation(of: Double.self, capacity: choices) { e in
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * tokens * choices) { buffer in
+            // the reaching tokens' shifted logits z − max z, then their exponentials, in one pass each
+            let shifted = buffer.baseAddress!, e = shifted + tokens * choices
+            var reaching = 0
             for t in 0..<tokens where Int(ks[t]) >= boundary {
                 let row = logits + t * rowStride
                 var m = -Double.infinity
                 for c in 0..<choices { m = max(m, Double(row[c])) }
-                var sum = 0.0
-                for c in 0..<choices {
-                    e[c] = Foundation.exp(Double(row[c]) - m)
-                    sum += e[c]
-                }
-                var survival = 0.0
-                for c in Swift.stride(from: choices - 1, through: top, by: -1) { survival += e[c] / sum }
-                u[reaching] = LearnerUnit(survival: survival, token: Int32(t))
+                for c in 0..<choices { shifted[reaching * choices + c] = Double(row[c]) - m }
+                u[reaching].token = Int32(t)
                 reaching += 1
             }
+            expInPlace(shifted, out: e, count: reaching * choices)
+            for r in 0..<reaching {
+                let er = e + r * choices
+                var sum = 0.0
+                for c in 0..<choices { sum += er[c] }
+                var survival = 0.0
+                for c in Swift.stride(from: choices - 1, through: top, by: -1) { survival += er[c] / sum }
+                u[r].survival = survival
+            }
+            // every token keeps its learners below the boundary level, the first `left` ranked one more
+            for t in 0..<tokens { ks[t] = min(ks[t], Int32(boundary - 1)) }
+            if left < reaching { selectBest(UnsafeMutableBufferPointer(rebasing: u[0..<reaching]), left) }
+            for unit in u[0..<min(left, reaching)] { ks[Int(unit.token)] += 1 }
         }
-        // every token keeps its learners below the boundary level, the first `left` ranked one more
-        for t in 0..<tokens { ks[t] = min(ks[t], Int32(boundary - 1)) }
-        if left < reaching { selectBest(UnsafeMutableBufferPointer(rebasing: u[0..<reaching]), left) }
-        for unit in u[0..<min(left, reaching)] { ks[Int(unit.token)] += 1 }
     }
 }
 

@@ -112,3 +112,26 @@ KERNEL void acm_add_bias_rows(float *x, long rows, long columns, long ld, const 
 KERNEL void acm_add(float *restrict x, const float *restrict y, long n) {
     for (long i = 0; i < n; i++) x[i] += y[i];
 }
+
+KERNEL void acm_exp_f64(const double *x, double *out, long n) {
+    for (long i = 0; i < n; i++) {
+        double v = x[i] < -700.0 ? -700.0 : x[i];
+        v = v > 0.0 ? 0.0 : v;
+        // n = round(v·log2 e), by the 1.5·2^52 trick; r = v − n·ln 2 in two parts
+        const double magic = 6755399441055744.0;
+        double shifted = v * 1.4426950408889634073599 + magic;
+        double k = shifted - magic;
+        double r = v - k * 6.93145751953125E-1;
+        r = r - k * 1.42860682030941723212E-6;
+        double rr = r * r;
+        double p = ((1.26177193074810590878E-4 * rr + 3.02994407707441961300E-2) * rr + 9.99999999999999999910E-1) * r;
+        double q = ((3.00198505138664455042E-6 * rr + 2.52448340349684104192E-3) * rr + 2.27265548208155028766E-1) * rr +
+                   2.00000000000000000009E0;
+        double e = 1.0 + 2.0 * (p / (q - p));
+        // 2^k by its bit pattern: k ≥ -1010 here, a normal double
+        int64_t bits = ((int64_t)k + 1023) << 52;
+        double two_to_k;
+        memcpy(&two_to_k, &bits, 8);
+        out[i] = e * two_to_k;
+    }
+}
