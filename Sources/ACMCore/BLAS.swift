@@ -110,6 +110,21 @@ func xsmmGEMM(
     return true
 }
 
+/// out[c, r] = a[r, c] for a [rows × columns] block with row stride `lda`, into `out` with row stride
+/// `ldOut`: LIBXSMM's transpose where `gemm` uses LIBXSMM, else a plain loop.
+public func transpose(
+    _ a: UnsafePointer<Float>, rows: Int, columns: Int, lda: Int, out: UnsafeMutablePointer<Float>, ldOut: Int
+) {
+    if useXSMM {
+        // column-major, a is [columns × rows] with leading dimension lda; out [rows × columns], ldOut
+        libxsmm_otrans(out, a, 4, Int32(columns), Int32(rows), Int32(lda), Int32(ldOut))
+        return
+    }
+    for r in 0..<rows {
+        for c in 0..<columns { out[c * ldOut + r] = a[r * lda + c] }
+    }
+}
+
 /// The number of threads OpenBLAS uses for one GEMM.
 public var blasThreads: Int {
     get { Int(openblas_get_num_threads()) }

@@ -197,10 +197,7 @@ public func multiHeadAttention(
             let col = h * headDim
             let base = seq.lowerBound * ld + col
             // kᵀ [dh, t], so that both GEMMs run untransposed
-            for j in 0..<t {
-                let row = k + base + j * ld
-                for c in 0..<headDim { kT[c * t + j] = row[c] }
-            }
+            transpose(k + base, rows: t, columns: headDim, lda: ld, out: kT, ldOut: t)
             // scores = q·kᵀ: [t, dh] × [dh, t]; the 1/√dh goes into the softmax
             gemm(m: t, n: t, k: headDim, a: q + base, lda: ld, b: kT, ldb: t, c: s, ldc: t)
             softmaxRows(s, rows: t, n: t, ld: t, scale: scale)

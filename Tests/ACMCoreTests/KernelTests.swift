@@ -68,6 +68,18 @@ import Testing
         #expect(worst < 1e-3)
     }
 
+    /// Should transpose a strided block into a strided block and leave the padding alone.
+    @Test func transposeMatchesNaive() {
+        var rng = SplitMix64(seed: 6)
+        let rows = 13, columns = 7, lda = 9, ldOut = 15
+        let a = randomTensor([rows, lda], rng: &rng)
+        let out = Tensor(shape: [columns, ldOut])
+        transpose(a.data, rows: rows, columns: columns, lda: lda, out: out.data, ldOut: ldOut)
+        for c in 0..<columns {
+            for r in 0..<ldOut { #expect(out.data[c * ldOut + r] == (r < rows ? a.data[r * lda + c] : 0)) }
+        }
+    }
+
     /// Should force AVX-512 kernels where OpenBLAS picked weaker ones, AVX2 only over its slowest, and
     /// nothing where its own pick is already the best the flags allow.
     @Test func blasCoreChoice() {
