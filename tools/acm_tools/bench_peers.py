@@ -38,7 +38,6 @@ stays. The raw results always go to build/bench-peers-MODEL.json.
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -47,6 +46,8 @@ import time
 
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
+
+from .machine import cpu_name
 
 # -----------------------------------------------------------------------------
 # config
@@ -99,14 +100,6 @@ def rows(m):
 
 # -----------------------------------------------------------------------------
 # the machine
-
-def cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        return platform.processor()
-
 
 def bf16_flags():
     """{flag: present} for the CPU flags that bf16 kernels use."""

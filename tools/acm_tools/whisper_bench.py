@@ -29,7 +29,6 @@ The encoder-only runs of CTranslate2 and PyTorch take the reference's NumPy log-
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from . import whisper_model
+from .machine import cpu_name
 from .whisper_fixtures import to_int16, write_wav
 from .whisper_ref import Whisper, load_audio, log_mel, log_mel_torch, n_samples, sample_rate
 
@@ -196,14 +196,6 @@ def table(res):
                          f'{r["encoder_median"] / base["encoder_median"]:.2f} | {r["whole_median"]:.3f} | '
                          f'{r["whole_median"] / base["whole_median"]:.2f} | {sum(map(len, r["tokens"]))} |')
     return '\n'.join(lines)
-
-
-def cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def main(argv=None):
