@@ -6,7 +6,7 @@ throughput and p50/p99 latency by concurrency as a markdown table (for BENCHMARK
     .venv/bin/python Tests/server/perf.py --serve fashion-vit-acm=models/fashion-vit-acm --concurrency 32 \
         --engine-batch 32 --log-level info debug                # the server against the engine alone (BENCHMARKS.md)
 
-With --serve the server is started here on that model directory (max_batch_size 32); with --engine-batch the
+With --serve the server is started here on that model directory (max_batch_size --max-batch, 32 by default); with --engine-batch the
 engine's own throughput at that batch (`acm-bench model`, auto) is measured right before and after each
 perf_analyzer run, and the CPU time perf_analyzer itself used is reported beside it (it shares the cores).
 
@@ -115,7 +115,7 @@ def engine_rate(model_dir, batch, seconds=3):
 def serve_and_compare(args):
     """--serve: per log level, the engine alone, perf_analyzer against the server, the engine again."""
     name, model_dir = args.serve.split('=', 1)
-    print(f'{name}: perf_analyzer, batch 1 per request, binary tensors, auto; server max_batch_size 32, '
+    print(f'{name}: perf_analyzer, batch 1 per request, binary tensors, auto; server max_batch_size {args.max_batch}, '
           f'max_queue_delay 2000 µs; engine alone at batch {args.engine_batch}\n')
     print('| log level | concurrency | server infer/s | p50 (ms) | p99 (ms) | engine images/s (before, after) | '
           'server ÷ engine | perf_analyzer CPU (cores) |')
@@ -123,7 +123,7 @@ def serve_and_compare(args):
     for level in args.log_level:
         for c in args.concurrency:
             before = engine_rate(model_dir, args.engine_batch)
-            server = Server(models={name: {'path': os.path.abspath(model_dir), 'max_batch_size': 32}},
+            server = Server(models={name: {'path': os.path.abspath(model_dir), 'max_batch_size': args.max_batch}},
                             args=('--log-level', level))
             try:
                 start = time.monotonic()
@@ -165,6 +165,7 @@ def main(argv=None):
     ap.add_argument('--serve', metavar='NAME=DIR', help='start the server here on this model directory and compare it '
                     'with the engine alone (see above)')
     ap.add_argument('--engine-batch', type=int, default=32, help='with --serve: the engine\'s batch size')
+    ap.add_argument('--max-batch', type=int, default=32, help='with --serve: the server\'s max_batch_size')
     ap.add_argument('--log-level', nargs='+', default=['info'], help='with --serve: the server\'s log levels to time')
     args = ap.parse_args(argv)
     if args.serve:
