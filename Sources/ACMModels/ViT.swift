@@ -207,7 +207,7 @@ public final class ViT: @unchecked Sendable {
     /// network on one core; a part has about `imagesPerPart` images, and there are at least as many parts
     /// as workers.
     public static let minimumImagesPerWorker = 2
-    public static let imagesPerPart = 4
+    public static let imagesPerPart = 8
 
     /// Classifies a batch of images, each under its own learner policy.
     ///
