@@ -69,7 +69,7 @@ public enum Parallel {
         }
         withoutActuallyEscaping(body) { body in
             let job = UncheckedSendable(body)
-            if let pool = acquirePool(size: count) {
+            if let pool = acquirePool() {
                 pool.run(count, job)
                 pool.release()
             } else {
@@ -78,10 +78,14 @@ public enum Parallel {
         }
     }
 
-    private static func acquirePool(size: Int) -> WorkerPool? {
+    /// The pool, with one thread per worker but the caller's: the chunks of a call are claimed as the
+    /// threads get to them, so a call may have more chunks than threads, and more threads than cores
+    /// would only take turns.
+    private static func acquirePool() -> WorkerPool? {
         poolLock.lock()
         defer { poolLock.unlock() }
-        if pool == nil || pool!.threads < size - 1 { pool = WorkerPool(threads: max(size, workers) - 1) }
+        let threads = max(1, configuredWorkers - 1)
+        if pool == nil || pool!.threads < threads { pool = WorkerPool(threads: threads) }
         return pool!.tryAcquire() ? pool : nil
     }
 }
