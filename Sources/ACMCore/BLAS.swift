@@ -50,11 +50,13 @@ public func gemm(
 /// Rows per LIBXSMM kernel call: the kernel keeps a block of A's rows and C's in registers and cache while
 /// it streams B.
 let xsmmRowBlock = 64
-/// Columns per LIBXSMM kernel call when B is large (more than `xsmmLargeB` floats): a panel of B that
-/// stays in the L2 cache across the row blocks. Measured on ViT-B's learner shapes, [788×768]×[768×768]
-/// with C accumulated went from 175 to 227 GFLOP/s on one core.
+/// Columns per LIBXSMM kernel call when B is large (more than `xsmmLargeB` floats) but not deep (k up to
+/// `xsmmPanelDepth`): a panel of B that stays in the L2 cache across the row blocks. Measured on one
+/// core: ViT-B's learner shape [788×768]×[768×768] goes from 180 to 240 GFLOP/s (175 to 227 with C
+/// accumulated); its fc2, [788×3072]×[3072×768], from 246 to 156 if cut into panels, so deep B is not.
 let xsmmColumnBlock = 256
 let xsmmLargeB = 128 * 1024
+let xsmmPanelDepth = 1024
 
 /// Whether `gemm` uses LIBXSMM: where it targets AVX2 or AVX-512, unless ACM_GEMM=openblas (for comparisons).
 nonisolated(unsafe) public var useXSMM: Bool = {
@@ -77,7 +79,7 @@ func xsmmGEMM(
     m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
 ) -> Bool {
-    if k * n > xsmmLargeB && n > xsmmColumnBlock {
+    if k * n > xsmmLargeB && n > xsmmColumnBlock && k <= xsmmPanelDepth {
         var column = 0
         while column < n {
             let width = min(xsmmColumnBlock, n - column)
