@@ -363,6 +363,20 @@ def plural(n, noun):
     return f'{n} {noun}' + ('' if n == 1 else 'es' if noun.endswith('s') else 's')
 
 
+def vitb_stale(d, acm):
+    """Whether build/models' ViT-B is missing or was built to another description than
+    acm_tools.vitb_model's current one (the weights are random, so only the shapes matter)."""
+    from .modelio import config_to_json
+    from . import vitb_model
+    path = os.path.join(d, 'config.json')
+    if not os.path.exists(path):
+        return True
+    with open(path) as f:
+        have = json.load(f)
+    want = json.loads(json.dumps(config_to_json(vitb_model.config(acm=acm))))
+    return have.get('vit') != want['vit'] or have.get('acm', {}) != want['acm']
+
+
 def git_commit():
     """HEAD, marked when the working tree differs from it; BENCHMARKS.md itself (which the other model's
     run may just have rewritten) does not count."""
@@ -426,7 +440,7 @@ def main(argv=None):
     dirs = dict(dense=m['dense'], acm=m['acm'])
     if args.model == 'vit-b':
         for kind, d in dirs.items():
-            if not os.path.exists(os.path.join(d, 'config.json')):
+            if vitb_stale(d, acm=kind == 'acm'):
                 print(f'building {d} (acm_tools.vitb_model)', flush=True)
                 vitb_model.build(d, acm=kind == 'acm')
     lines = probe_lines(probe)

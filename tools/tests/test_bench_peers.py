@@ -1,5 +1,6 @@
 """make bench-peers: the ONNX export the peers run, their worker, the goals, the BENCHMARKS.md writer, and the
 ViT-B model writer."""
+import json
 import os
 
 import numpy as np
@@ -123,3 +124,19 @@ def test_vitb_model_small_writes_loadable_models(tmp_path):
     assert torch.isfinite(logits).all()
     assert compute_fraction(acm.cfg, auto, 2).min() > 0.5  # the gates favour all learners ...
     assert np.allclose(compute_fraction(acm.cfg, capped, 2).numpy(), 0.5, atol=0.05)  # ... so the cap decides
+
+
+def test_vitb_models_are_rebuilt_when_their_description_changes(tmp_path):
+    """Should call a ViT-B directory stale when missing or built to other shapes, and fresh when it matches."""
+    from acm_tools.bench_peers import vitb_stale
+    from acm_tools.modelio import config_to_json
+    d = tmp_path / 'vit-b-acm'
+    assert vitb_stale(str(d), acm=True)
+    d.mkdir()
+    obj = config_to_json(vitb_model.config(acm=True))
+    (d / 'config.json').write_text(json.dumps(obj))
+    assert not vitb_stale(str(d), acm=True)
+    assert vitb_stale(str(d), acm=False)
+    obj['acm']['encoder.layers.encoder_layer_0.self_attention.q_proj']['learner_dim'] = 192
+    (d / 'config.json').write_text(json.dumps(obj))
+    assert vitb_stale(str(d), acm=True)
