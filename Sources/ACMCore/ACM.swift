@@ -153,11 +153,10 @@ public final class ACMLayer: @unchecked Sendable {
     /// `gating_network.net.{j}`; a gate with no activation between its layers is one linear map, and is
     /// kept as that one layer (`foldLinear`): one GEMM of [tokens, d_in] × [d_in, choices] instead of three.
     public let gate: [Linear]
-    /// [d_in, choices + k_min·h]: the one-layer gate's weightᵀ beside the w1 columns of the k_min learners
-    /// every token runs, so that one GEMM over the tokens gives both (`forward`); nil when the gate is not
-    /// one layer or k_min = 0. `gateAndFirstBias` is the gate's bias then those learners' b1 (or zeros).
-    let gateAndFirst: Tensor?
-    let gateAndFirstBias: Tensor?
+    /// The one-layer gate stacked on the k_min learners every token runs (their w1 columns and b1), as one
+    /// layer of choices + k_min·h outputs, so that one GEMM over the tokens gives both (`forward`); nil
+    /// when the gate is not one layer or k_min = 0.
+    let gateAndFirst: Linear?
 
     public init(config: ACMConfig, inputDim: Int, outputDim: Int, weights: Weights) throws {
         try config.validate(path: weights.prefix)
@@ -189,19 +188,16 @@ public final class ACMLayer: @unchecked Sendable {
         }
         gate = config.gate.activation == .identity && layers.count > 1 ? [foldLinear(layers)] : layers
         if gate.count == 1 && config.minChoice > 0 {
-            let choices = config.numChoices, first = config.minChoice * h, width = choices + first
-            let w = Tensor(shape: [inputDim, width]), b = Tensor(shape: [width])
-            for i in 0..<inputDim {
-                (w.data + i * width).update(from: gate[0].weightT.data + i * choices, count: choices)
-                (w.data + i * width + choices).update(from: w1.data + i * n * h, count: first)
-            }
-            if let bias = gate[0].bias { b.data.update(from: bias.data, count: choices) }
-            if let b1 { (b.data + choices).update(from: b1.data, count: first) }
-            gateAndFirst = w
-            gateAndFirstBias = b
+            // rows [0, choices) the gate's, then row choices + j the learners' column j of w1: [out, in]
+            let choices = config.numChoices, first = config.minChoice * h
+            let weight = Tensor(shape: [choices + first, inputDim]), bias = Tensor(shape: [choices + first])
+            weight.data.update(from: gate[0].weight.data, count: choices * inputDim)
+            transpose(w1.data, rows: inputDim, columns: first, lda: n * h, out: weight.data + choices * inputDim, ldOut: inputDim)
+            if let b = gate[0].bias { bias.data.update(from: b.data, count: choices) }
+            if let b1 { (bias.data + choices).update(from: b1.data, count: first) }
+            gateAndFirst = Linear(weight: weight, bias: bias)
         } else {
             gateAndFirst = nil
-            gateAndFirstBias = nil
         }
     }
 
@@ -243,17 +239,13 @@ public final class ACMLayer: @unchecked Sendable {
         var logits: UnsafePointer<Float>? = nil
         var stride = config.numChoices
         var firstHidden: (UnsafeMutablePointer<Float>, Int)? = nil
-        if usesGate, let fused = gateAndFirst, let fusedBias = gateAndFirstBias {
+        if usesGate, let fused = gateAndFirst {
             // the gate's logits and the k_min learners' hidden layer in one GEMM:
             // [tokens, d_in] × [d_in, choices + k_min·h]
-            let width = fused.columns, choices = config.numChoices, dIn = inputDim
+            let width = fused.outputs, choices = config.numChoices
             let f = ws.gateA.reserve(tokens * width)
-            Parallel.forEachChunk(tokens) { _, r in
-                let rows = f + r.lowerBound * width
-                gemm(m: r.count, n: width, k: dIn, a: x + r.lowerBound * dIn, lda: dIn, b: fused.data, ldb: width, c: rows, ldc: width)
-                addBias(rows, rows: r.count, columns: width, ld: width, bias: fusedBias.data)
-                config.activation.apply(rows + choices, rows: r.count, columns: width - choices, ld: width)
-            }
+            fused.forward(x, rows: tokens, out: f)
+            config.activation.apply(f + choices, rows: tokens, columns: width - choices, bias: nil, ld: width)
             logits = UnsafePointer(f)
             stride = width
             firstHidden = (f + choices, width)
@@ -329,25 +321,25 @@ public final class ACMLayer: @unchecked Sendable {
         let n = config.numLearners, h = config.learnerDim, kMin = config.minChoice
         let dIn = inputDim, dOut = outputDim
 
+        /// ys[0..<rows] (+)= hidden·W2_n: [rows, h] × [h, d_out], the hidden rows `ld` apart
+        func project(_ index: Int, _ hidden: UnsafePointer<Float>, ld: Int, _ ys: UnsafeMutablePointer<Float>, rows: Int, accumulate: Bool) {
+            gemm(
+                m: rows, n: dOut, k: h, a: hidden, lda: ld, b: w2.data + index * h * dOut, ldb: dOut,
+                beta: accumulate ? 1 : 0, c: ys, ldc: dOut)
+        }
         /// ys[0..<rows] (+)= act(xs[0..<rows]·W1_n + b1_n)·W2_n
         func learner(_ index: Int, _ xs: UnsafePointer<Float>, _ ys: UnsafeMutablePointer<Float>, rows: Int, accumulate: Bool) {
             let hid = ws.hidden.reserve(rows * h)
             // [rows, d_in] × [d_in, h]
             gemm(m: rows, n: h, k: dIn, a: xs, lda: dIn, b: w1.data + index * h, ldb: n * h, c: hid, ldc: h)
             config.activation.apply(hid, rows: rows, columns: h, bias: b1.map { $0.data + index * h })
-            // [rows, h] × [h, d_out]
-            gemm(
-                m: rows, n: dOut, k: h, a: hid, lda: h, b: w2.data + index * h * dOut, ldb: dOut,
-                beta: accumulate ? 1 : 0, c: ys, ldc: dOut)
+            project(index, hid, ld: h, ys, rows: rows, accumulate: accumulate)
         }
 
         // the learners every token runs, in place
         for index in 0..<kMin {
             if let (hidden, ld) = firstHidden {
-                // out (+)= hidden_n · W2_n: [tokens, h] × [h, d_out]
-                gemm(
-                    m: tokens, n: dOut, k: h, a: hidden + index * h, lda: ld, b: w2.data + index * h * dOut, ldb: dOut,
-                    beta: index > 0 ? 1 : 0, c: out, ldc: dOut)
+                project(index, hidden + index * h, ld: ld, out, rows: tokens, accumulate: index > 0)
             } else {
                 learner(index, x, out, rows: tokens, accumulate: index > 0)
             }

@@ -70,7 +70,8 @@ public var gemmKernelName: String {
     useXSMM ? "LIBXSMM (\(String(cString: libxsmm_get_target_arch()))), OpenBLAS \(blasCoreName)" : "OpenBLAS \(blasCoreName)"
 }
 
-/// Row-major C = A·B (+ C) through LIBXSMM; false when LIBXSMM has no kernel for the shape.
+/// Row-major C = A·B (+ C) through LIBXSMM; false, having done nothing, when LIBXSMM has no kernel for
+/// the shape.
 ///
 /// LIBXSMM is column-major: a row-major C[m×n] = A[m×k]·B[k×n] is the column-major Cᵀ[n×m] = Bᵀ·Aᵀ,
 /// i.e. its kernel for (n, rows, k) with B as its first operand.
@@ -84,9 +85,7 @@ func xsmmGEMM(
         while column < n {
             let width = min(xsmmColumnBlock, n - column)
             if !xsmmGEMM(m: m, n: width, k: k, a: a, lda: lda, b: b + column, ldb: ldb, beta: beta, c: c + column, ldc: ldc) {
-                cblas_sgemm(
-                    CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(width), Int32(k),
-                    1, a, Int32(lda), b + column, Int32(ldb), beta, c + column, Int32(ldc))
+                openblasGEMM(m: m, n: width, k: k, a: a, lda: lda, b: b + column, ldb: ldb, beta: beta, c: c + column, ldc: ldc)
             }
             column += width
         }
@@ -101,15 +100,25 @@ func xsmmGEMM(
         row += block
     }
     if row < m {
+        // the last rows, fewer than a block: their own kernel, or OpenBLAS where LIBXSMM has none
         if let tail = CXSMM_smmdispatch(Int32(n), Int32(m - row), Int32(k), Int32(ldb), Int32(lda), Int32(ldc), beta) {
             CXSMM_smmcall(tail, b, a + row * lda, c + row * ldc)
         } else {
-            cblas_sgemm(
-                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m - row), Int32(n), Int32(k),
-                1, a + row * lda, Int32(lda), b, Int32(ldb), beta, c + row * ldc, Int32(ldc))
+            openblasGEMM(m: m - row, n: n, k: k, a: a + row * lda, lda: lda, b: b, ldb: ldb, beta: beta, c: c + row * ldc, ldc: ldc)
         }
     }
     return true
+}
+
+/// Row-major C = A·B + beta·C through OpenBLAS: where LIBXSMM has no kernel for part of a product it began.
+@inline(never)
+func openblasGEMM(
+    m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+    beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+) {
+    cblas_sgemm(
+        CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k),
+        1, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
 }
 
 /// out[c, r] = a[r, c] for a [rows × columns] block with row stride `lda`, into `out` with row stride

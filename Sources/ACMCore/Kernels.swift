@@ -6,31 +6,9 @@ import Foundation
 // (softmax, LayerNorm, GELU, bias and residual adds) run in CACMKernels, compiled for AVX-512 and AVX2 and
 // chosen at run time.
 
-// The elementwise functions are plain scalar code with no branches, library calls or trapping
+// The elementwise functions left in Swift (exp for tanh, ReLU) are plain scalar code with no branches, library calls or trapping
 // conversions, so that LLVM vectorises the loops that call them. (Swift's SIMD types were measured 10×
 // slower here: their generic operations are not all specialised.)
-
-/// erf(x) as a rational approximation accurate to a few float ulps (the form used by Eigen and XLA):
-/// x·P(x²)/Q(x²) on x clamped to [-4, 4], outside which erf is ±1 in single precision.
-@inline(__always) func erfApprox(_ a: Float) -> Float {
-    var x = a > 4 ? 4 : a
-    x = x < -4 ? -4 : x
-    let x2 = x * x
-    var p: Float = -2.72614225801306e-10
-    p = p * x2 + 2.77068142495902e-08
-    p = p * x2 - 2.10102402082508e-06
-    p = p * x2 - 5.69250639462346e-05
-    p = p * x2 - 7.34990630326855e-04
-    p = p * x2 - 2.95459980854025e-03
-    p = p * x2 - 1.60960333262415e-02
-    p = p * x
-    var q: Float = -1.45660718464996e-05
-    q = q * x2 - 2.13374055278905e-04
-    q = q * x2 - 1.68282697438203e-03
-    q = q * x2 - 7.37332916720468e-03
-    q = q * x2 - 1.42647390514189e-02
-    return p / q
-}
 
 /// exp(x) by range reduction to 2ⁿ·eʳ, |r| ≤ ln2/2, and Cephes' expf polynomial: about 2 float ulps.
 /// Rounding and 2ⁿ use the 1.5·2²³ trick: adding it leaves round(y) in the low mantissa bits.
@@ -55,8 +33,6 @@ import Foundation
     return y * twoToN
 }
 
-@inline(__always) func gelu(_ v: Float) -> Float { v * 0.5 * (1 + erfApprox(v * 0.70710678118654752)) }
-
 /// Exact (erf) GELU in place: x·½·(1 + erf(x/√2)).
 public func geluInPlace(_ x: UnsafeMutablePointer<Float>, count: Int) {
     Activation.gelu.apply(x, count: count)
@@ -70,12 +46,15 @@ public enum Activation: String, Codable, Sendable {
         apply(x, rows: 1, columns: count, bias: nil)
     }
 
-    /// x = act(x + bias) in place for `rows` rows of `columns` (contiguous): one pass over the
-    /// hidden layer of an MLP instead of two.
-    public func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: UnsafePointer<Float>?) {
+    /// x = act(x + bias) in place for `rows` rows of `columns`, `ld` apart (default: contiguous, or a
+    /// block of columns of a wider matrix): one pass over the hidden layer of an MLP instead of two.
+    public func apply(
+        _ x: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: UnsafePointer<Float>?, ld: Int? = nil
+    ) {
+        let ld = ld ?? columns
         @inline(__always) func map(_ f: (Float) -> Float) {
             for r in 0..<rows {
-                let row = x + r * columns
+                let row = x + r * ld
                 if let bias {
                     for c in 0..<columns { row[c] = f(row[c] + bias[c]) }
                 } else {
@@ -85,24 +64,11 @@ public enum Activation: String, Codable, Sendable {
         }
         switch self {
         case .identity:
-            if let bias { acm_add_bias_rows(x, rows, columns, columns, bias) }
-        case .gelu: acm_gelu_rows(x, rows, columns, columns, bias)
+            if let bias { acm_add_bias_rows(x, rows, columns, ld, bias) }
+        case .gelu: acm_gelu_rows(x, rows, columns, ld, bias)
         case .relu: map { $0 < 0 ? 0 : $0 }
         // tanh(x) = 1 − 2/(e^{2x} + 1), exact in the limits.
         case .tanh: map { 1 - 2 / (expApprox(2 * $0) + 1) }
-        }
-    }
-}
-
-extension Activation {
-    /// x = act(x) in place for `rows` rows of `columns`, rows `ld` apart: a block of columns of a wider
-    /// matrix. The learner activations only (identity, GELU).
-    func apply(_ x: UnsafeMutablePointer<Float>, rows: Int, columns: Int, ld: Int) {
-        switch self {
-        case .identity: break
-        case .gelu: acm_gelu_rows(x, rows, columns, ld, nil)
-        case .relu, .tanh:
-            for r in 0..<rows { apply(x + r * ld, count: columns) }
         }
     }
 }

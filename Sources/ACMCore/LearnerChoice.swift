@@ -41,7 +41,8 @@ struct LearnerUnit {
 /// The cap keeps units level by level (every token's j-th learner before any token's (j+1)-th), so
 /// only the one level where the budget runs out needs ranking: levels below it are kept whole, levels
 /// above it dropped, and at that level the tokens are ranked by survival probability. That is the
-/// same result as ranking every unit, in O(T·choices + T_j·log T_j) instead of a sort of all units.
+/// same result as ranking every unit, in O(T·choices) on average (quickselect) instead of a sort of all
+/// units.
 ///
 /// - Parameters:
 ///   - logits: [tokens, numLearners + 1 − minChoice] gate logits, rows `stride` apart (at least that

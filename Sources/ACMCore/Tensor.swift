@@ -43,11 +43,8 @@ public final class Tensor: @unchecked Sendable {
 
     /// The transpose of the 2-D view, [columns, rows].
     public func transposed() -> Tensor {
-        let r = rows, c = columns
-        let t = Tensor(shape: [c, r])
-        for i in 0..<r {
-            for j in 0..<c { t.data[j * r + i] = data[i * c + j] }
-        }
+        let t = Tensor(shape: [columns, rows])
+        transpose(data, rows: rows, columns: columns, lda: columns, out: t.data, ldOut: rows)
         return t
     }
 

@@ -33,7 +33,7 @@ public final class ViTWorkspace: @unchecked Sendable {
     let mlpHidden = WorkerScratch(), scores = WorkerScratch()
     let acm = ACMWorkspace()
     var choices: [Int32] = []
-    /// One workspace per worker, for batches split into parts (`ViT.forward`).
+    /// One workspace per part, for batches split into parts (`ViT.forward`).
     var parts: [ViTWorkspace] = []
 
     public init() {}

@@ -8,7 +8,7 @@
 
 // exp(x) by range reduction to 2^n·e^r, |r| ≤ ln2/2, and Cephes' expf polynomial: about 2 float ulps.
 // Rounding and 2^n use the 1.5·2^23 trick: adding it leaves round(y) in the low mantissa bits.
-// The same arithmetic as expApprox in Kernels.swift.
+// The same arithmetic as expApprox in Kernels.swift (tanh's).
 static inline float exp_approx(float a) {
     float x = a > 88.3f ? 88.3f : a;
     x = x < -87.3f ? -87.3f : x;
@@ -34,7 +34,7 @@ static inline float exp_approx(float a) {
     return y * two_to_n;
 }
 
-// erf(x) as x·P(x²)/Q(x²) on x clamped to [-4, 4] (Eigen's and XLA's form), as erfApprox in Kernels.swift.
+// erf(x) as x·P(x²)/Q(x²) on x clamped to [-4, 4] (Eigen's and XLA's form), accurate to a few float ulps.
 static inline float erf_approx(float a) {
     float x = a > 4 ? 4 : a;
     x = x < -4 ? -4 : x;
