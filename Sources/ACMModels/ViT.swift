@@ -204,8 +204,9 @@ public final class ViT: @unchecked Sendable {
     public var inputCount: Int { config.numChannels * config.imageSize * config.imageSize }
 
     /// A batch of at least this many images per worker is split into parts that each run the whole
-    /// network on one core; a part has about `imagesPerPart` images, and there are at least as many parts
-    /// as workers.
+    /// network on one core; a part has about `imagesPerPart` images, and the parts are a multiple of the
+    /// workers, so that no core is left with a last part to run alone (24 images on 2 workers: 2 parts of
+    /// 12, not 3 of 8).
     public static let minimumImagesPerWorker = 2
     public static let imagesPerPart = 8
 
@@ -230,7 +231,8 @@ public final class ViT: @unchecked Sendable {
         guard workers > 1, count >= workers * Self.minimumImagesPerWorker else {
             return forwardPart(images: images, count: count, policies: policies, workspace: ws, recordChoices: recordChoices)
         }
-        let parts = min(max(workers, count / Self.imagesPerPart), 128)
+        let rounds = min(max(1, count / (workers * Self.imagesPerPart)), max(1, 128 / workers))
+        let parts = workers * rounds
         while ws.parts.count < parts { ws.parts.append(ViTWorkspace()) }
         let bounds = (0...parts).map { $0 * count / parts }
         let results = (0..<parts).map { _ in PartResult() }

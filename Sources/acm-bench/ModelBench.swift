@@ -44,6 +44,7 @@ struct ModelBench: ParsableCommand {
                 var fraction = 0.0
                 let start = DispatchTime.now().uptimeNanoseconds
                 var elapsed = 0.0
+                let cpuStart = processCPUSeconds()
                 while elapsed < seconds {
                     let out = m.vit.forward(images: images.data, count: b, policies: batchPolicies, workspace: workspace)
                     fraction += out.computeFraction.reduce(0, +) / Double(b)
@@ -51,15 +52,24 @@ struct ModelBench: ParsableCommand {
                     elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 }
                 let rate = Double(runs * b) / elapsed, ms = elapsed / Double(runs) * 1000
+                let cpuPerImage = (processCPUSeconds() - cpuStart) / Double(runs * b) * 1e6
                 fraction /= Double(runs)
                 if json {
                     print(String(
-                        format: #"{"batch": %d, "policy": "%@", "images_per_s": %.2f, "ms_per_batch": %.4f, "compute_fraction": %.5f}"#,
-                        b, name, rate, ms, fraction))
+                        format: #"{"batch": %d, "policy": "%@", "images_per_s": %.2f, "ms_per_batch": %.4f, "compute_fraction": %.5f, "cpu_us_per_image": %.1f}"#,
+                        b, name, rate, ms, fraction, cpuPerImage))
                 } else {
                     print(String(format: "| %d | %@ | %.0f | %.2f | %.3f |", b, name, rate, ms, fraction))
                 }
             }
         }
     }
+}
+
+/// User + system CPU seconds of this process, all its threads.
+private func processCPUSeconds() -> Double {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    func seconds(_ t: timeval) -> Double { Double(t.tv_sec) + Double(t.tv_usec) / 1e6 }
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }

@@ -13,6 +13,7 @@ perf_analyzer run, and the CPU time perf_analyzer itself used is reported beside
 perf_analyzer comes from scripts/setup (.tools/perf_analyzer, with libcudart in .tools/cuda)."""
 import argparse
 import csv
+import itertools
 import json
 import os
 import resource
@@ -104,42 +105,85 @@ def measure(url, model, concurrency, input_data='normal', **kw):
 
 
 def engine_rate(model_dir, batch, seconds=3):
-    """Images/s of `acm-bench model` (the engine alone, auto) at one batch size."""
+    """The engine alone (`acm-bench model`, auto) at one batch size -> (images/s, CPU µs per image)."""
     bench = os.path.join(os.path.dirname(os.environ.get('ACM_SERVE_BIN', '')) or os.path.join(REPO, '.build', 'release'),
                          'acm-bench')
     out = subprocess.run([bench, 'model', '--model', model_dir, '--batch', str(batch), '--budget', '0',
                           '--seconds', str(seconds), '--json'], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])['images_per_s']
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    return report['images_per_s'], report['cpu_us_per_image']
+
+
+def thread_cpu(pid):
+    """CPU seconds (user + system) of a process's threads, summed by thread name: {'MHD-worker': s, ...}."""
+    tick = os.sysconf('SC_CLK_TCK')
+    totals = {}
+    for tid in os.listdir(f'/proc/{pid}/task'):
+        try:
+            with open(f'/proc/{pid}/task/{tid}/stat') as f:
+                stat = f.read()
+        except FileNotFoundError:  # the thread ended
+            continue
+        name = stat[stat.index('(') + 1:stat.rindex(')')]
+        fields = stat[stat.rindex(')') + 2:].split()
+        totals[name] = totals.get(name, 0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
 
 
 def serve_and_compare(args):
-    """--serve: per log level, the engine alone, perf_analyzer against the server, the engine again."""
+    """--serve: per log level and HTTP thread count, the engine alone, perf_analyzer against the server, the engine again; and where
+    the machine's CPU went: perf_analyzer's, the server's HTTP threads' and its model threads' per request,
+    against the engine's CPU per image alone."""
     name, model_dir = args.serve.split('=', 1)
+    cores = len(os.sched_getaffinity(0))
     print(f'{name}: perf_analyzer, batch 1 per request, binary tensors, auto; server max_batch_size {args.max_batch}, '
-          f'max_queue_delay 2000 µs; engine alone at batch {args.engine_batch}\n')
-    print('| log level | concurrency | server infer/s | p50 (ms) | p99 (ms) | engine images/s (before, after) | '
-          'server ÷ engine | perf_analyzer CPU (cores) |')
-    print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
-    for level in args.log_level:
-        for c in args.concurrency:
-            before = engine_rate(model_dir, args.engine_batch)
-            server = Server(models={name: {'path': os.path.abspath(model_dir), 'max_batch_size': args.max_batch}},
-                            args=('--log-level', level))
-            try:
-                start = time.monotonic()
-                code, output, row, cmd = measure(server.url, name, c, interval_ms=args.interval_ms)
-                wall = time.monotonic() - start
-                if code != 0 or row is None:
-                    print(' '.join(cmd), file=sys.stderr)
-                    print(output, file=sys.stderr)
-                    sys.exit(f'perf_analyzer exited with {code} at concurrency {c}')
-                load = LAST_CPU_SECONDS / wall
-            finally:
-                server.close()
-            after = engine_rate(model_dir, args.engine_batch)
-            engine = (before + after) / 2
-            print(f'| {level} | {c} | {row["throughput"]:.0f} | {row["p50_us"] / 1000:.2f} | {row["p99_us"] / 1000:.2f} | '
-                  f'{before:.0f}, {after:.0f} | {row["throughput"] / engine:.2f} | {load:.2f} |', flush=True)
+          f'max_queue_delay 2000 µs; engine alone at batch {args.engine_batch}; {cores} cores\n')
+    print('| log level | HTTP threads | concurrency | server infer/s | p50 (ms) | p99 (ms) | engine images/s (before, after) | '
+          'server ÷ engine | perf_analyzer CPU (cores) | CPU µs per request: perf_analyzer, HTTP threads, '
+          'model threads (engine alone) | ceiling ÷ engine |')
+    print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+    for level, threads, c in itertools.product(args.log_level, args.http_threads, args.concurrency):
+        before, engine_cpu_before = engine_rate(model_dir, args.engine_batch)
+        server = Server(models={name: {'path': os.path.abspath(model_dir), 'max_batch_size': args.max_batch}},
+                        args=('--log-level', level), http_threads=threads)
+        try:
+            server_cpu_before = thread_cpu(server.proc.pid)
+            start = time.monotonic()
+            code, output, row, cmd = measure(server.url, name, c, interval_ms=args.interval_ms)
+            wall = time.monotonic() - start
+            server_cpu = {k: v - server_cpu_before.get(k, 0) for k, v in thread_cpu(server.proc.pid).items()}
+            if code != 0 or row is None:
+                print(' '.join(cmd), file=sys.stderr)
+                print(output, file=sys.stderr)
+                sys.exit(f'perf_analyzer exited with {code} at concurrency {c}')
+            served = server_requests(server.url, name)
+        finally:
+            server.close()
+        after, engine_cpu_after = engine_rate(model_dir, args.engine_batch)
+        engine = (before + after) / 2
+        engine_cpu = (engine_cpu_before + engine_cpu_after) / 2
+        # per request over the whole perf_analyzer run, its warm-up included (hence `served`, not
+        # perf_analyzer's windowed throughput)
+        client = LAST_CPU_SECONDS / served * 1e6
+        # libmicrohttpd names its threads MHD-worker (a pool) or MHD-single (one thread)
+        http = sum(v for k, v in server_cpu.items() if k.startswith('MHD-')) / served * 1e6
+        model = sum(v for k, v in server_cpu.items() if not k.startswith('MHD-')) / served * 1e6
+        # the most a server could serve if its model threads ran at the engine's own CPU per image and the
+        # rest cost what it did here: the cores over all that one request costs
+        ceiling = cores / (client + http + engine_cpu) * 1e6
+        print(f'| {level} | {threads} | {c} | {row["throughput"]:.0f} | {row["p50_us"] / 1000:.2f} | '
+              f'{row["p99_us"] / 1000:.2f} | {before:.0f}, {after:.0f} | {row["throughput"] / engine:.2f} | '
+              f'{LAST_CPU_SECONDS / wall:.2f} | {client:.0f}, {http:.0f}, {model:.0f} ({engine_cpu:.0f}) | '
+              f'{ceiling / engine:.2f} |', flush=True)
+
+
+def server_requests(url, model):
+    """Images the server has run for `model`, from its /metrics (acm_batch_size_images_sum)."""
+    with urllib.request.urlopen(f'http://{url}/metrics', timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith('acm_batch_size_images_sum{') and f'model="{model}"' in line:
+                return float(line.rsplit(' ', 1)[1])
+    raise AssertionError(f'/metrics has no acm_batch_size_images_sum for {model}')
 
 
 def table(rows):
@@ -167,6 +211,8 @@ def main(argv=None):
     ap.add_argument('--engine-batch', type=int, default=32, help='with --serve: the engine\'s batch size')
     ap.add_argument('--max-batch', type=int, default=32, help='with --serve: the server\'s max_batch_size')
     ap.add_argument('--log-level', nargs='+', default=['info'], help='with --serve: the server\'s log levels to time')
+    ap.add_argument('--http-threads', type=int, nargs='+', default=[4], help='with --serve: the server\'s http_threads '
+                    'to time (4: config/acm-serve.json\'s)')
     args = ap.parse_args(argv)
     if args.serve:
         return serve_and_compare(args)
