@@ -133,7 +133,7 @@ final class LearnerScratch {
     var order: [Int32] = []
     var position: [Int32] = []
     /// The cap's ranking scratch (`chooseLearners`).
-    var units: [LearnerUnit] = []
+    let boundary = BoundaryScratch()
 }
 
 /// An ACM layer: learner n is `act(x·w1[:, n·h..<(n+1)·h] + b1[n·h..<(n+1)·h])·w2[n·h..<(n+1)·h, :]`,
@@ -262,7 +262,7 @@ public final class ACMLayer: @unchecked Sendable {
                 chooseLearners(
                     policy: policies[i], logits: gateOut + seq.lowerBound * stride, stride: stride,
                     tokens: seq.count, minChoice: config.minChoice, numLearners: config.numLearners,
-                    ks: choices + seq.lowerBound, units: &scratch.units)
+                    ks: choices + seq.lowerBound, scratch: scratch.boundary)
             }
         }
         runLearners(x, tokens: tokens, choices: choices, out: out, workspace: ws, firstHidden: firstHidden)

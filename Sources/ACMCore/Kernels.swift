@@ -100,6 +100,39 @@ public func expInPlace(_ x: UnsafePointer<Double>, out: UnsafeMutablePointer<Dou
     acm_exp_f64(x, out, count)
 }
 
+/// For each of `rows` rows of `columns` values (`ld` apart): best[t] = offset + the index of its largest
+/// value, the first of equal ones; histogram[c] (`columns` entries) += the rows whose index is c.
+/// Returns Σ best[t].
+@discardableResult
+public func argmaxRows(
+    _ x: UnsafePointer<Float>, rows: Int, columns: Int, ld: Int, offset: Int,
+    best: UnsafeMutablePointer<Int32>, histogram: UnsafeMutablePointer<Int>
+) -> Int {
+    precondition(columns >= 1 && ld >= columns)
+    return acm_argmax_rows(x, rows, columns, ld, Int32(offset), best, histogram)
+}
+
+/// The rows t with ks[t] ≥ `level` of `rows` rows of `columns` gate logits (`ld` apart), in order:
+/// token[r] = t, survival[r] = Σ_{c ≥ top} p_t(c), p_t the row's softmax in double precision.
+/// `scratch` holds 2·rows·columns doubles. Returns the number of such rows.
+func reachingSurvival(
+    _ x: UnsafePointer<Float>, rows: Int, columns: Int, ld: Int, ks: UnsafePointer<Int32>, level: Int, top: Int,
+    scratch: UnsafeMutablePointer<Double>, survival: UnsafeMutablePointer<Double>, token: UnsafeMutablePointer<Int32>
+) -> Int {
+    acm_reaching_survival(x, rows, columns, ld, ks, Int32(level), top, scratch, survival, token)
+}
+
+/// ks[token[r]] += 1 for the `k` best of `count` rows r: the highest survival[r], ties to the smaller r
+/// (the rows being in token order). The k-th best by a branch-free quickselect on a copy of the
+/// survivals, then one pass in order: O(count) on average, where a sort of the boundary level took a
+/// tenth of a capped forward pass. `scratch` holds `count` doubles.
+func giveBest(
+    survival: UnsafePointer<Double>, token: UnsafePointer<Int32>, count: Int, _ k: Int,
+    scratch: UnsafeMutablePointer<Double>, ks: UnsafeMutablePointer<Int32>
+) {
+    acm_give_best(survival, token, count, k, scratch, ks)
+}
+
 /// LayerNorm over each row: (x − mean)/√(var + eps)·gamma + beta, variance biased as in PyTorch.
 /// `out` may equal `x`.
 public func layerNorm(

@@ -30,10 +30,12 @@ public enum LearnerPolicy: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// A token's claim on one learner at the cap's boundary level: its survival probability there.
-struct LearnerUnit {
-    var survival: Double
-    var token: Int32
+/// The cap's ranking buffers of one worker, reused across calls: the tokens that reach the boundary
+/// level and their survival probabilities there.
+final class BoundaryScratch {
+    var survival: [Double] = []
+    var token: [Int32] = []
+    var buffer: [Double] = []
 }
 
 /// The learner count of each token of one sequence, per docs/compute-budget.md.
@@ -48,11 +50,11 @@ struct LearnerUnit {
 ///   - logits: [tokens, numLearners + 1 − minChoice] gate logits, rows `stride` apart (at least that
 ///     width); unused for `.uniform` and `.full`.
 ///   - ks: out, one count per token.
-///   - units: scratch, reused across calls.
+///   - scratch: the ranking's buffers, reused across calls.
 func chooseLearners(
     policy: LearnerPolicy, logits: UnsafePointer<Float>, stride: Int? = nil, tokens: Int,
     minChoice: Int, numLearners: Int,
-    ks: UnsafeMutablePointer<Int32>, units: inout [LearnerUnit]
+    ks: UnsafeMutablePointer<Int32>, scratch: BoundaryScratch
 ) {
     let choices = numLearners + 1 - minChoice
     let rowStride = stride ?? choices
@@ -64,36 +66,44 @@ func chooseLearners(
         ks.update(repeating: Int32(min(max(k, minChoice), numLearners)), count: tokens)
         return
     case .auto, .cap:
-        for t in 0..<tokens {
-            let row = logits + t * rowStride
-            var best = 0
-            // strict > keeps the first (smallest k) of tied logits
-            for c in 1..<choices where row[c] > row[best] { best = c }
-            ks[t] = Int32(minChoice + best)
-        }
+        break
     }
-    guard case let .cap(beta) = policy else { return }
+    // the gate's argmax (ties to the smaller k), with a histogram of the choices
+    withUnsafeTemporaryAllocation(of: Int.self, capacity: choices + 1) { histogram in
+        histogram.initialize(repeating: 0)
+        let total = argmaxRows(
+            logits, rows: tokens, columns: choices, ld: rowStride, offset: minChoice, best: ks,
+            histogram: histogram.baseAddress!)
+        guard case let .cap(beta) = policy else { return }
 
-    let floorUnits = minChoice * tokens
-    let cap = max(floorUnits, Int((beta * Double(numLearners * tokens) + 1e-9).rounded(.down)))
-    var total = 0
-    for t in 0..<tokens { total += Int(ks[t]) }
-    if total <= cap { return }
+        let floorUnits = minChoice * tokens
+        let cap = max(floorUnits, Int((beta * Double(numLearners * tokens) + 1e-9).rounded(.down)))
+        if total <= cap { return }
 
-    // Units above the k_min floor at each level j: the tokens whose auto k reaches j. Keep whole levels
-    // from the bottom while the budget lasts; `boundary` is the level where it runs out.
-    var left = cap - floorUnits
-    var boundary = minChoice + 1
-    withUnsafeTemporaryAllocation(of: Int.self, capacity: numLearners + 2) { levels in
-        // levels[j] = #{t : k_t ≥ j}: a histogram of k, summed from the top
-        levels.initialize(repeating: 0)
-        for t in 0..<tokens { levels[Int(ks[t])] += 1 }
-        for j in Swift.stride(from: numLearners - 1, through: 0, by: -1) { levels[j] += levels[j + 1] }
-        while boundary <= numLearners && levels[boundary] <= left {
-            left -= levels[boundary]
+        // Units above the k_min floor at each level j: the tokens whose auto k reaches j. Keep whole levels
+        // from the bottom while the budget lasts; `boundary` is the level where it runs out.
+        // reaching[c] = #{t : k_t ≥ k_min + c}: the histogram summed from the top
+        let reaching = histogram
+        for c in Swift.stride(from: choices - 2, through: 0, by: -1) { reaching[c] += reaching[c + 1] }
+        var left = cap - floorUnits
+        var boundary = minChoice + 1
+        while boundary <= numLearners && reaching[boundary - minChoice] <= left {
+            left -= reaching[boundary - minChoice]
             boundary += 1
         }
+        trimToBoundary(
+            boundary, left: left, logits: logits, stride: rowStride, tokens: tokens, minChoice: minChoice,
+            numLearners: numLearners, ks: ks, scratch: scratch)
     }
+}
+
+/// Keeps every token's learners below level `boundary`, and gives `left` of the tokens that reach it
+/// their learner at that level: those the gate gives the highest probability of reaching it.
+private func trimToBoundary(
+    _ boundary: Int, left: Int, logits: UnsafePointer<Float>, stride rowStride: Int, tokens: Int, minChoice: Int,
+    numLearners: Int, ks: UnsafeMutablePointer<Int32>, scratch: BoundaryScratch
+) {
+    let choices = numLearners + 1 - minChoice
     if left == 0 || boundary > numLearners {
         // every token keeps its learners below the boundary level, and none reaches it
         for t in 0..<tokens { ks[t] = min(ks[t], Int32(boundary - 1)) }
@@ -103,71 +113,26 @@ func chooseLearners(
     // At the boundary level, rank the tokens that reach it by S_t(j) = P(K_t ≥ j) = Σ_{k ≥ j} p_t(k),
     // high to low, ties to the earlier token, and give the first `left` of them their j-th learner.
     // The sums run from the top choice down in double precision, as the reference does.
-    let top = boundary - minChoice  // the choice index of k = boundary
-    if units.count < tokens { units = [LearnerUnit](repeating: LearnerUnit(survival: 0, token: 0), count: tokens) }
-    units.withUnsafeMutableBufferPointer { u in
-        withUnsafeTemporaryAllocation(of: Double.self, capacity: 2 * tokens * choices) { buffer in
-            // the reaching tokens' shifted logits z − max z, then their exponentials, in one pass each
-            let shifted = buffer.baseAddress!, e = shifted + tokens * choices
-            var reaching = 0
-            for t in 0..<tokens where Int(ks[t]) >= boundary {
-                let row = logits + t * rowStride
-                var m = -Double.infinity
-                for c in 0..<choices { m = max(m, Double(row[c])) }
-                for c in 0..<choices { shifted[reaching * choices + c] = Double(row[c]) - m }
-                u[reaching].token = Int32(t)
-                reaching += 1
-            }
-            expInPlace(shifted, out: e, count: reaching * choices)
-            for r in 0..<reaching {
-                let er = e + r * choices
-                var sum = 0.0
-                for c in 0..<choices { sum += er[c] }
-                var survival = 0.0
-                for c in Swift.stride(from: choices - 1, through: top, by: -1) { survival += er[c] / sum }
-                u[r].survival = survival
-            }
-            // every token keeps its learners below the boundary level, the first `left` ranked one more
-            for t in 0..<tokens { ks[t] = min(ks[t], Int32(boundary - 1)) }
-            if left < reaching { selectBest(UnsafeMutableBufferPointer(rebasing: u[0..<reaching]), left) }
-            for unit in u[0..<min(left, reaching)] { ks[Int(unit.token)] += 1 }
-        }
+    if scratch.token.count < tokens {
+        scratch.survival = [Double](repeating: 0, count: tokens)
+        scratch.token = [Int32](repeating: 0, count: tokens)
+        scratch.buffer = [Double](repeating: 0, count: 2 * tokens * choices)
+    } else if scratch.buffer.count < 2 * tokens * choices {
+        scratch.buffer = [Double](repeating: 0, count: 2 * tokens * choices)
     }
-}
-
-/// Moves the `k` best units to the front, in no particular order: the higher survival probability first,
-/// then the earlier token (a strict order, as tokens are distinct). Quickselect: O(n) on average, where a
-/// sort of the boundary level took a tenth of a capped forward pass.
-func selectBest(_ u: UnsafeMutableBufferPointer<LearnerUnit>, _ k: Int) {
-    @inline(__always) func better(_ a: LearnerUnit, _ b: LearnerUnit) -> Bool {
-        a.survival != b.survival ? a.survival > b.survival : a.token < b.token
-    }
-    var lo = 0, hi = u.count - 1
-    let target = k - 1
-    while lo < hi {
-        // the median of the first, middle and last as the pivot
-        let mid = lo + (hi - lo) / 2
-        if better(u[mid], u[lo]) { u.swapAt(mid, lo) }
-        if better(u[hi], u[lo]) { u.swapAt(hi, lo) }
-        if better(u[hi], u[mid]) { u.swapAt(hi, mid) }
-        let pivot = u[mid]
-        // Hoare partition: [lo, j] are no worse than the pivot, [i, hi] no better
-        var i = lo, j = hi
-        while i <= j {
-            while better(u[i], pivot) { i += 1 }
-            while better(pivot, u[j]) { j -= 1 }
-            if i <= j {
-                u.swapAt(i, j)
-                i += 1
-                j -= 1
+    scratch.survival.withUnsafeMutableBufferPointer { survival in
+        scratch.token.withUnsafeMutableBufferPointer { token in
+            scratch.buffer.withUnsafeMutableBufferPointer { buffer in
+                let reaching = reachingSurvival(
+                    logits, rows: tokens, columns: choices, ld: rowStride, ks: ks, level: boundary,
+                    top: boundary - minChoice, scratch: buffer.baseAddress!, survival: survival.baseAddress!,
+                    token: token.baseAddress!)
+                // every token keeps its learners below the boundary level, the first `left` ranked one more
+                for t in 0..<tokens { ks[t] = min(ks[t], Int32(boundary - 1)) }
+                giveBest(
+                    survival: survival.baseAddress!, token: token.baseAddress!, count: reaching, left,
+                    scratch: buffer.baseAddress!, ks: ks)
             }
-        }
-        if target <= j {
-            hi = j
-        } else if target >= i {
-            lo = i
-        } else {
-            return
         }
     }
 }

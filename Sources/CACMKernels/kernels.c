@@ -113,25 +113,131 @@ KERNEL void acm_add(float *restrict x, const float *restrict y, long n) {
     for (long i = 0; i < n; i++) x[i] += y[i];
 }
 
+// e^v for v in [-700, 0] (Cephes); inlined into each instruction set's clone of its callers.
+static inline double exp_f64(double v) {
+    v = v < -700.0 ? -700.0 : v;
+    v = v > 0.0 ? 0.0 : v;
+    // n = round(v·log2 e), by the 1.5·2^52 trick; r = v − n·ln 2 in two parts
+    const double magic = 6755399441055744.0;
+    double shifted = v * 1.4426950408889634073599 + magic;
+    double k = shifted - magic;
+    double r = v - k * 6.93145751953125E-1;
+    r = r - k * 1.42860682030941723212E-6;
+    double rr = r * r;
+    double p = ((1.26177193074810590878E-4 * rr + 3.02994407707441961300E-2) * rr + 9.99999999999999999910E-1) * r;
+    double q = ((3.00198505138664455042E-6 * rr + 2.52448340349684104192E-3) * rr + 2.27265548208155028766E-1) * rr +
+               2.00000000000000000009E0;
+    double e = 1.0 + 2.0 * (p / (q - p));
+    // 2^k by its bit pattern: k ≥ -1010 here, a normal double
+    int64_t bits = ((int64_t)k + 1023) << 52;
+    double two_to_k;
+    memcpy(&two_to_k, &bits, 8);
+    return e * two_to_k;
+}
+
 KERNEL void acm_exp_f64(const double *x, double *out, long n) {
-    for (long i = 0; i < n; i++) {
-        double v = x[i] < -700.0 ? -700.0 : x[i];
-        v = v > 0.0 ? 0.0 : v;
-        // n = round(v·log2 e), by the 1.5·2^52 trick; r = v − n·ln 2 in two parts
-        const double magic = 6755399441055744.0;
-        double shifted = v * 1.4426950408889634073599 + magic;
-        double k = shifted - magic;
-        double r = v - k * 6.93145751953125E-1;
-        r = r - k * 1.42860682030941723212E-6;
-        double rr = r * r;
-        double p = ((1.26177193074810590878E-4 * rr + 3.02994407707441961300E-2) * rr + 9.99999999999999999910E-1) * r;
-        double q = ((3.00198505138664455042E-6 * rr + 2.52448340349684104192E-3) * rr + 2.27265548208155028766E-1) * rr +
-                   2.00000000000000000009E0;
-        double e = 1.0 + 2.0 * (p / (q - p));
-        // 2^k by its bit pattern: k ≥ -1010 here, a normal double
-        int64_t bits = ((int64_t)k + 1023) << 52;
-        double two_to_k;
-        memcpy(&two_to_k, &bits, 8);
-        out[i] = e * two_to_k;
+    for (long i = 0; i < n; i++) out[i] = exp_f64(x[i]);
+}
+
+KERNEL long acm_reaching_survival(const float *x, long rows, long choices, long ld, const int *ks, int level,
+                                  long top, double *scratch, double *survival, int *token) {
+    // the reaching rows' shifted logits z − max z, then their exponentials, in one pass each
+    double *shifted = scratch, *e = scratch + rows * choices;
+    long reaching = 0;
+    for (long t = 0; t < rows; t++) {
+        if (ks[t] < level) continue;
+        const float *row = x + t * ld;
+        double m = -__builtin_inf();
+        for (long c = 0; c < choices; c++) m = (double)row[c] > m ? (double)row[c] : m;
+        for (long c = 0; c < choices; c++) shifted[reaching * choices + c] = (double)row[c] - m;
+        token[reaching] = (int)t;
+        reaching++;
+    }
+    for (long i = 0; i < reaching * choices; i++) e[i] = exp_f64(shifted[i]);
+    for (long r = 0; r < reaching; r++) {
+        const double *er = e + r * choices;
+        double sum = 0.0;
+        for (long c = 0; c < choices; c++) sum += er[c];
+        double s = 0.0;
+        for (long c = choices - 1; c >= top; c--) s += er[c] / sum;
+        survival[r] = s;
+    }
+    return reaching;
+}
+
+KERNEL long acm_argmax_rows(const float *x, long rows, long choices, long ld, int offset, int *best, long *histogram) {
+    // four histograms, so that consecutive rows with the same winner do not wait on each other's
+    // increment (a store-to-load chain); summed at the end
+    long counts[4][choices];
+    memset(counts, 0, sizeof(counts));
+    long total = 0;
+    for (long t = 0; t < rows; t++) {
+        const float *row = x + t * ld;
+        float m = row[0];
+        int b = 0;
+        for (long c = 1; c < choices; c++) {
+            int greater = row[c] > m;
+            m = greater ? row[c] : m;
+            b = greater ? (int)c : b;
+        }
+        best[t] = offset + b;
+        counts[t & 3][b] += 1;
+        total += offset + b;
+    }
+    for (long c = 0; c < choices; c++) histogram[c] += counts[0][c] + counts[1][c] + counts[2][c] + counts[3][c];
+    return total;
+}
+
+// The k-th largest of a[0..<n) (1 ≤ k ≤ n), reordering a: quickselect with a branch-free partition
+// (the order of survival probabilities is unpredictable, and a branch per element mispredicts half the
+// time). Stops at a NaN pivot rather than loop.
+static double kth_largest(double *a, long n, long k) {
+    long lo = 0, hi = n, target = k - 1;
+    while (hi - lo > 1) {
+        long mid = lo + (hi - lo) / 2;
+        double x = a[lo], y = a[mid], z = a[hi - 1];
+        double lo2 = x < y ? x : y, hi2 = x < y ? y : x;
+        double p = z < lo2 ? lo2 : (z > hi2 ? hi2 : z);  // the median of the three
+        // [lo, i): > p; then [i, e): == p; [e, hi): < p
+        long i = lo;
+        for (long j = lo; j < hi; j++) {
+            double v = a[j];
+            a[j] = a[i];
+            a[i] = v;
+            i += v > p;
+        }
+        if (target < i) {
+            hi = i;
+            continue;
+        }
+        long e = i;
+        for (long j = i; j < hi; j++) {
+            double v = a[j];
+            a[j] = a[e];
+            a[e] = v;
+            e += v == p;
+        }
+        if (target < e || e == i) return p;
+        lo = e;
+    }
+    return a[lo];
+}
+
+void acm_give_best(const double *survival, const int *token, long n, long k, double *scratch, int *ks) {
+    if (k <= 0) return;
+    if (k >= n) {
+        for (long r = 0; r < n; r++) ks[token[r]] += 1;
+        return;
+    }
+    memcpy(scratch, survival, (size_t)n * sizeof(double));
+    double v = kth_largest(scratch, n, k);
+    long greater = 0;
+    for (long r = 0; r < n; r++) greater += survival[r] > v;
+    long ties = k - greater;  // the earliest of those equal to v
+    for (long r = 0; r < n; r++) {
+        int equal = survival[r] == v;
+        int take = (survival[r] > v) | (equal & (ties > 0));
+        ties -= equal & take;
+        ks[token[r]] += take;
     }
 }

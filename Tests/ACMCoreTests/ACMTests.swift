@@ -87,10 +87,10 @@ func naiveChoices(
     func choose(_ policy: LearnerPolicy, _ logits: [[Float]], minChoice: Int, numLearners: Int) -> [Int] {
         var flat = logits.flatMap { $0 }
         var ks = [Int32](repeating: -1, count: logits.count)
-        var units: [LearnerUnit] = []
+        let scratch = BoundaryScratch()
         chooseLearners(
             policy: policy, logits: &flat, tokens: logits.count, minChoice: minChoice, numLearners: numLearners,
-            ks: &ks, units: &units)
+            ks: &ks, scratch: scratch)
         return ks.map(Int.init)
     }
 
@@ -117,20 +117,25 @@ func naiveChoices(
         #expect(choose(.cap(6 / 8), logits, minChoice: 0, numLearners: 2) == [2, 2, 1, 1])
     }
 
-    /// Should move exactly the k best units to the front (survival high to low, earlier token on ties),
-    /// as a sort would, for every k, with many ties.
-    @Test func selectBestMatchesSort() {
+    /// Should give exactly the k best rows a learner (survival high to low, earlier row on ties), as a
+    /// sort would, for every k, with many ties, and leave the others alone.
+    @Test func giveBestMatchesSort() {
         var rng = SplitMix64(seed: 17)
         for n in [1, 2, 3, 7, 50, 200] {
             for _ in 0..<20 {
-                let units = (0..<n).map { t in
-                    LearnerUnit(survival: Double(Int.random(in: 0...5, using: &rng)) / 5, token: Int32(t))
-                }.shuffled(using: &rng)
-                let sorted = units.sorted { $0.survival != $1.survival ? $0.survival > $1.survival : $0.token < $1.token }
+                let survival = (0..<n).map { _ in Double(Int.random(in: 0...5, using: &rng)) / 5 }
+                // the rows' tokens: increasing, with gaps (the tokens that do not reach the level)
+                var tokens: [Int32] = []
+                for _ in 0..<n { tokens.append((tokens.last ?? -1) + Int32.random(in: 1...3, using: &rng)) }
+                let ranked = (0..<n).sorted { survival[$0] != survival[$1] ? survival[$0] > survival[$1] : $0 < $1 }
                 for k in 1...n {
-                    var selected = units
-                    selected.withUnsafeMutableBufferPointer { selectBest($0, k) }
-                    #expect(Set(selected.prefix(k).map(\.token)) == Set(sorted.prefix(k).map(\.token)), "n \(n) k \(k)")
+                    let before = (0..<Int(tokens.last!) + 1).map { _ in Int32.random(in: 0...4, using: &rng) }
+                    var ks = before
+                    var scratch = [Double](repeating: .nan, count: n)
+                    giveBest(survival: survival, token: tokens, count: n, k, scratch: &scratch, ks: &ks)
+                    var expected = before
+                    for r in ranked.prefix(k) { expected[Int(tokens[r])] += 1 }
+                    #expect(ks == expected, "n \(n) k \(k)")
                 }
             }
         }

@@ -190,6 +190,53 @@ import Testing
         }
     }
 
+    /// Should pick each row's first largest value, as a naive loop does, with ties, a row stride and
+    /// an offset, count the winners into the histogram it is given, and return the sum of the picks.
+    @Test func argmaxMatchesNaive() {
+        var rng = SplitMix64(seed: 11)
+        for columns in [1, 2, 5, 17] {
+            let rows = 203, ld = columns + 3, offset = 1
+            // values from a small set, so that ties are common
+            let x = (0..<rows * ld).map { _ in Float(Int.random(in: -2...2, using: &rng)) }
+            var best = [Int32](repeating: -1, count: rows)
+            var histogram = [Int](repeating: 7, count: columns)
+            let total = argmaxRows(x, rows: rows, columns: columns, ld: ld, offset: offset, best: &best, histogram: &histogram)
+            var want = [Int32](), wantHistogram = [Int](repeating: 7, count: columns)
+            for r in 0..<rows {
+                let row = x[r * ld..<r * ld + columns]
+                let i = row.firstIndex(of: row.max()!)! - r * ld
+                want.append(Int32(offset + i))
+                wantHistogram[i] += 1
+            }
+            #expect(best == want)
+            #expect(histogram == wantHistogram)
+            #expect(total == want.reduce(0) { $0 + Int($1) })
+        }
+    }
+
+    /// Should list the rows whose k reaches the level, in order, with the softmax probability mass of
+    /// their choices from `top` up, as a naive double-precision softmax gives.
+    @Test func reachingSurvivalMatchesNaive() {
+        var rng = SplitMix64(seed: 12)
+        let rows = 61, choices = 5, ld = 9, level = 3, top = 2
+        let x = randomTensor([rows, ld], scale: 6, rng: &rng)
+        let ks = (0..<rows).map { _ in Int32.random(in: 1...5, using: &rng) }
+        var scratch = [Double](repeating: .nan, count: 2 * rows * choices)
+        var survival = [Double](repeating: .nan, count: rows), token = [Int32](repeating: -1, count: rows)
+        let n = reachingSurvival(
+            x.data, rows: rows, columns: choices, ld: ld, ks: ks, level: level, top: top, scratch: &scratch,
+            survival: &survival, token: &token)
+        let reaching = (0..<rows).filter { ks[$0] >= level }
+        #expect(n == reaching.count)
+        #expect(token.prefix(n).map(Int.init) == reaching)
+        for (r, t) in reaching.enumerated() {
+            let row = (0..<choices).map { Double(x.data[t * ld + $0]) }
+            let e = row.map { Foundation.exp($0 - row.max()!) }
+            let want = e[top...].reduce(0, +) / e.reduce(0, +)
+            #expect(abs(survival[r] - want) < 1e-14, "row \(t)")
+        }
+    }
+
     /// Should make the patch embedding one GEMM equal to a naive strided convolution.
     @Test func patchEmbeddingMatchesConvolution() {
         var rng = SplitMix64(seed: 6)

@@ -25,3 +25,19 @@ void acm_add(float *x, const float *y, long n);
 /// out[i] = e^{x[i]} for n doubles in [-700, 0] (a softmax's shifted logits), to about 1 ulp: Cephes'
 /// exp (range reduction to 2^n·e^r and a Padé approximant of e^r), vectorised over the array.
 void acm_exp_f64(const double *x, double *out, long n);
+
+/// For each of `rows` rows of `choices` floats (row stride `ld`): best[t] = offset + the index of its
+/// largest value, the first of equal ones (a NaN never wins over an earlier value); histogram[c] (of
+/// `choices` entries, added to) counts the rows whose index is c. Returns Σ best[t]. Branch-free, as
+/// the winner of a gate's row is unpredictable.
+long acm_argmax_rows(const float *x, long rows, long choices, long ld, int offset, int *best, long *histogram);
+
+/// The rows t (of `rows` rows of `choices` gate logits, `ld` apart) with ks[t] ≥ `level`, in order:
+/// token[r] = t and survival[r] = Σ_{c ≥ top} p_t(c), p_t the softmax of row t in double precision,
+/// summed from the last choice down. `scratch` holds 2·rows·choices doubles. Returns the number of rows.
+long acm_reaching_survival(const float *x, long rows, long choices, long ld, const int *ks, int level,
+                           long top, double *scratch, double *survival, int *token);
+
+/// ks[token[r]] += 1 for the `k` best of `n` rows r: the highest survival[r], ties to the smaller r
+/// (the rows are in token order). `scratch` holds n doubles.
+void acm_give_best(const double *survival, const int *token, long n, long k, double *scratch, int *ks);
