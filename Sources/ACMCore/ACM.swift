@@ -201,6 +201,29 @@ public final class ACMLayer: @unchecked Sendable {
         }
     }
 
+    /// One layer of the `gateAndFirst` layers of ACMs that read the same input (an attention block's q, k
+    /// and v), stacked in order: one GEMM, wide enough to fill the vector units, instead of one narrow
+    /// GEMM each. Each ACM's part of its output is then `forward`'s `gateAndFirstOutput`, at the offsets
+    /// of `gateAndFirstWidth`. Nil unless every ACM has a `gateAndFirst` and they share an input width.
+    public static func stackedGateAndFirst(_ layers: [ACMLayer]) -> Linear? {
+        let parts = layers.compactMap(\.gateAndFirst)
+        guard parts.count == layers.count, parts.count > 1, let dIn = parts.first?.inputs,
+            parts.allSatisfy({ $0.inputs == dIn })
+        else { return nil }
+        let rows = parts.reduce(0) { $0 + $1.outputs }
+        let weight = Tensor(shape: [rows, dIn]), bias = Tensor(shape: [rows])
+        var row = 0
+        for part in parts {
+            (weight.data + row * dIn).update(from: part.weight.data, count: part.outputs * dIn)
+            if let b = part.bias { (bias.data + row).update(from: b.data, count: part.outputs) }
+            row += part.outputs
+        }
+        return Linear(weight: weight, bias: bias)
+    }
+
+    /// The width of this ACM's part of a stacked gate's output (`stackedGateAndFirst`), if it has one.
+    public var gateAndFirstWidth: Int? { gateAndFirst?.outputs }
+
     /// Multiply-adds ×2 of one learner for one token: the unit of the compute fraction.
     public var learnerFLOPs: Double { Double(2 * config.learnerDim * (inputDim + outputDim)) }
 
@@ -229,9 +252,13 @@ public final class ACMLayer: @unchecked Sendable {
     ///   - sequences: disjoint, covering token ranges; `policies[i]` applies to `sequences[i]`.
     ///   - out: [tokens, d_out], overwritten.
     ///   - choices: out, each token's k.
+    ///   - gateAndFirstOutput: x·`gateAndFirst` (before the learners' activation) and its row stride,
+    ///     when the caller computed it in a GEMM stacked with other ACMs' (`stackedGateAndFirst`); used
+    ///     when a policy needs the gate. Its learner columns are overwritten.
     public func forward(
         _ x: UnsafePointer<Float>, sequences: [Range<Int>], policies: [LearnerPolicy],
-        out: UnsafeMutablePointer<Float>, choices: UnsafeMutablePointer<Int32>, workspace ws: ACMWorkspace
+        out: UnsafeMutablePointer<Float>, choices: UnsafeMutablePointer<Int32>, workspace ws: ACMWorkspace,
+        gateAndFirstOutput: (UnsafeMutablePointer<Float>, ld: Int)? = nil
     ) {
         precondition(sequences.count == policies.count)
         let tokens = sequences.last?.upperBound ?? 0
@@ -243,12 +270,17 @@ public final class ACMLayer: @unchecked Sendable {
             // the gate's logits and the k_min learners' hidden layer in one GEMM:
             // [tokens, d_in] × [d_in, choices + k_min·h]
             let width = fused.outputs, choices = config.numChoices
-            let f = ws.gateA.reserve(tokens * width)
-            fused.forward(x, rows: tokens, out: f)
-            config.activation.apply(f + choices, rows: tokens, columns: width - choices, bias: nil, ld: width)
+            let f: UnsafeMutablePointer<Float>, ld: Int
+            if let (given, givenLD) = gateAndFirstOutput {
+                (f, ld) = (given, givenLD)
+            } else {
+                (f, ld) = (ws.gateA.reserve(tokens * width), width)
+                fused.forward(x, rows: tokens, out: f)
+            }
+            config.activation.apply(f + choices, rows: tokens, columns: width - choices, bias: nil, ld: ld)
             logits = UnsafePointer(f)
-            stride = width
-            firstHidden = (f + choices, width)
+            stride = ld
+            firstHidden = (f + choices, ld)
         } else if usesGate {
             logits = UnsafePointer(gateLogits(x, tokens: tokens, workspace: ws))
         }

@@ -24,11 +24,14 @@ struct EncoderLayer {
     let o: Block  // self_attention.o_proj (torchvision: out_proj)
     let ln2: LayerNorm  // ln_2
     let mlp: Block  // mlp
+    /// q, k and v's gates (with their always-run learners) as one layer, when all three are ACMs that
+    /// have one (`ACMLayer.stackedGateAndFirst`): they read the same ln_1 output.
+    let qkvGate: Linear?
 }
 
 /// The scratch buffers of one forward pass, kept by the caller (the model's loop thread) and reused.
 public final class ViTWorkspace: @unchecked Sendable {
-    let x = Scratch(), normed = Scratch(), q = Scratch(), k = Scratch(), v = Scratch()
+    let x = Scratch(), normed = Scratch(), q = Scratch(), k = Scratch(), v = Scratch(), qkvGate = Scratch()
     let attended = Scratch(), blockOut = Scratch(), patches = Scratch()
     let mlpHidden = WorkerScratch(), scores = WorkerScratch()
     let acm = ACMWorkspace()
@@ -129,7 +132,7 @@ public final class ViT: @unchecked Sendable {
                     ln1: try LayerNorm(dim: d, eps: eps, weights: w.scoped("ln_1")),
                     q: proj[0]!, k: proj[1]!, v: proj[2]!, o: proj[3]!,
                     ln2: try LayerNorm(dim: d, eps: eps, weights: w.scoped("ln_2")),
-                    mlp: mlp))
+                    mlp: mlp, qkvGate: Self.stackedGate(proj[0]!, proj[1]!, proj[2]!)))
         }
         let ln = try LayerNorm(dim: d, eps: eps, weights: weights.scoped("encoder.ln"))
         let head = try Linear(inputs: d, outputs: config.numClasses, weights: weights.scoped("heads.head"))
@@ -145,6 +148,13 @@ public final class ViT: @unchecked Sendable {
         self.head = head
         self.acmPaths = paths
         self.acms = acms
+    }
+
+    /// The stacked gate of three ACM projections (`EncoderLayer.qkvGate`), or nil.
+    private static func stackedGate(_ blocks: Block...) -> Linear? {
+        var layers: [ACMLayer] = []
+        for case let .acm(_, layer) in blocks { layers.append(layer) }
+        return layers.count == blocks.count ? ACMLayer.stackedGateAndFirst(layers) : nil
     }
 
     /// FLOPs (2 per multiply-add) per image of everything but the ACMs' learners: patch embedding,
@@ -309,8 +319,12 @@ public final class ViT: @unchecked Sendable {
             }
         }
 
-        /// Runs `block` on `input` [tokens, in] into `output` [tokens, out].
-        func run(_ block: Block, _ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>) {
+        /// Runs `block` on `input` [tokens, in] into `output` [tokens, out]; an ACM with its part of a
+        /// stacked gate's output, if given.
+        func run(
+            _ block: Block, _ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>,
+            gateAndFirst: (UnsafeMutablePointer<Float>, ld: Int)? = nil
+        ) {
             switch block {
             case let .linear(linear):
                 linear.forward(input, rows: tokens, out: output)
@@ -320,7 +334,7 @@ public final class ViT: @unchecked Sendable {
                 ws.choices.withUnsafeMutableBufferPointer { ks in
                     layer.forward(
                         input, sequences: sequences, policies: acmPolicies[index], out: output,
-                        choices: ks.baseAddress!, workspace: ws.acm)
+                        choices: ks.baseAddress!, workspace: ws.acm, gateAndFirstOutput: gateAndFirst)
                     let cost = layer.learnerFLOPs
                     for b in 0..<count {
                         var sum = 0
@@ -342,9 +356,21 @@ public final class ViT: @unchecked Sendable {
         for layer in layers {
             // self-attention: x = x + o(attention(q, k, v)), on ln_1(x)
             layer.ln1.forward(x, rows: tokens, out: normed)
-            run(layer.q, normed, q)
-            run(layer.k, normed, k)
-            run(layer.v, normed, v)
+            if let stacked = layer.qkvGate, case let .acm(qIndex, qLayer) = layer.q, case let .acm(_, kLayer) = layer.k,
+                acmPolicies[qIndex].contains(where: \.usesGate)
+            {
+                // the three gates (and learner 0 of each) in one GEMM over ln_1's output
+                let width = stacked.outputs, f = ws.qkvGate.reserve(tokens * width)
+                stacked.forward(normed, rows: tokens, out: f)
+                let kOffset = qLayer.gateAndFirstWidth!, vOffset = kOffset + kLayer.gateAndFirstWidth!
+                run(layer.q, normed, q, gateAndFirst: (f, width))
+                run(layer.k, normed, k, gateAndFirst: (f + kOffset, width))
+                run(layer.v, normed, v, gateAndFirst: (f + vOffset, width))
+            } else {
+                run(layer.q, normed, q)
+                run(layer.k, normed, k)
+                run(layer.v, normed, v)
+            }
             multiHeadAttention(
                 q: q, k: k, v: v, ld: d, out: attended, ldOut: d,
                 sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores)
