@@ -416,7 +416,7 @@ public final class ACMLayer: @unchecked Sendable {
             } else {
                 let g = ws.gathered.reserve(active * dIn)
                 ws.order.withUnsafeBufferPointer { order in
-                    for p in 0..<active { (g + p * dIn).update(from: x + Int(order[p]) * dIn, count: dIn) }
+                    gatherRows(g, from: x, order: order.baseAddress!, count: active, columns: dIn)
                 }
                 xs = UnsafePointer(g)
                 ys = ws.output.reserve(active * dOut)
@@ -429,24 +429,17 @@ public final class ACMLayer: @unchecked Sendable {
             }
             if !identity {
                 ws.position.withUnsafeBufferPointer { position in
-                    for t in 0..<tokens where Int(choices[t]) > kMin {
-                        let row = out + t * dOut, y = ys + Int(position[t]) * dOut
-                        if kMin > 0 {
-                            addInPlaceSerial(row, y, count: dOut)
-                        } else {
-                            row.update(from: y, count: dOut)
-                        }
-                    }
+                    scatterRows(
+                        out, from: ys, position: position.baseAddress!, ks: choices, above: kMin, rows: tokens,
+                        columns: dOut, accumulate: kMin > 0)
                 }
             }
         }
 
         // k = 0 tokens (k_min = 0) get zeros; then every token the output bias of its k
-        for t in 0..<tokens {
-            let k = Int(choices[t])
-            let row = out + t * dOut
-            if k == 0 { row.update(repeating: 0, count: dOut) }
-            if let cumulativeB2 { addInPlaceSerial(row, cumulativeB2.data + k * dOut, count: dOut) }
+        if kMin == 0 {
+            for t in 0..<tokens where choices[t] == 0 { (out + t * dOut).update(repeating: 0, count: dOut) }
         }
+        if let cumulativeB2 { addIndexedRows(out, table: cumulativeB2.data, ks: choices, rows: tokens, columns: dOut) }
     }
 }

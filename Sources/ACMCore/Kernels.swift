@@ -89,10 +89,23 @@ public func addInPlace(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Floa
     }
 }
 
-/// x += y over `count` floats on this thread (a row, inside work already split among the workers).
-@inline(__always)
-public func addInPlaceSerial(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, count: Int) {
-    acm_add(x, y, count)
+/// out[p] = x[order[p]] for p < count: rows of `columns` floats gathered into a contiguous block.
+func gatherRows(_ out: UnsafeMutablePointer<Float>, from x: UnsafePointer<Float>, order: UnsafePointer<Int32>, count: Int, columns: Int) {
+    acm_gather_rows(out, x, order, count, columns)
+}
+
+/// For each of `rows` tokens t with ks[t] > kMin: out[t] = ys[position[t]], or += when `accumulate`;
+/// rows of `columns` floats.
+func scatterRows(
+    _ out: UnsafeMutablePointer<Float>, from ys: UnsafePointer<Float>, position: UnsafePointer<Int32>,
+    ks: UnsafePointer<Int32>, above kMin: Int, rows: Int, columns: Int, accumulate: Bool
+) {
+    acm_scatter_rows(out, ys, position, ks, Int32(kMin), rows, columns, accumulate ? 1 : 0)
+}
+
+/// out[t] += table[ks[t]] for t < rows: rows of `columns` floats, each token's row of `table` by its k.
+func addIndexedRows(_ out: UnsafeMutablePointer<Float>, table: UnsafePointer<Float>, ks: UnsafePointer<Int32>, rows: Int, columns: Int) {
+    acm_add_indexed_rows(out, table, ks, rows, columns)
 }
 
 /// out[i] = e^{x[i]} for doubles in [-700, 0] (a softmax's shifted logits), to about 1 ulp, vectorised.

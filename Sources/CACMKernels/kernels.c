@@ -241,3 +241,29 @@ void acm_give_best(const double *survival, const int *token, long n, long k, dou
         ks[token[r]] += take;
     }
 }
+
+KERNEL void acm_gather_rows(float *restrict out, const float *restrict x, const int *order, long n, long d) {
+    for (long p = 0; p < n; p++) memcpy(out + p * d, x + (long)order[p] * d, (size_t)d * sizeof(float));
+}
+
+KERNEL void acm_scatter_rows(float *restrict out, const float *restrict ys, const int *position, const int *ks,
+                             int kmin, long rows, long d, int accumulate) {
+    for (long t = 0; t < rows; t++) {
+        if (ks[t] <= kmin) continue;
+        float *row = out + t * d;
+        const float *y = ys + (long)position[t] * d;
+        if (accumulate) {
+            for (long i = 0; i < d; i++) row[i] += y[i];
+        } else {
+            memcpy(row, y, (size_t)d * sizeof(float));
+        }
+    }
+}
+
+KERNEL void acm_add_indexed_rows(float *restrict out, const float *restrict table, const int *ks, long rows, long d) {
+    for (long t = 0; t < rows; t++) {
+        float *row = out + t * d;
+        const float *b = table + (long)ks[t] * d;
+        for (long i = 0; i < d; i++) row[i] += b[i];
+    }
+}

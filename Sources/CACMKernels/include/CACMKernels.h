@@ -41,3 +41,14 @@ long acm_reaching_survival(const float *x, long rows, long choices, long ld, con
 /// ks[token[r]] += 1 for the `k` best of `n` rows r: the highest survival[r], ties to the smaller r
 /// (the rows are in token order). `scratch` holds n doubles.
 void acm_give_best(const double *survival, const int *token, long n, long k, double *scratch, int *ks);
+
+/// out[p] = x[order[p]] for p < n, rows of d floats (a gather of tokens into a contiguous block).
+void acm_gather_rows(float *out, const float *x, const int *order, long n, long d);
+
+/// For each token t < rows with ks[t] > kmin: out[t] (+)= ys[position[t]], rows of d floats; added when
+/// `accumulate`, else copied (the scatter of a gathered block's results).
+void acm_scatter_rows(float *out, const float *ys, const int *position, const int *ks, int kmin, long rows, long d,
+                      int accumulate);
+
+/// out[t] += table[ks[t]] for t < rows, rows of d floats (each token's bias by its learner count).
+void acm_add_indexed_rows(float *out, const float *table, const int *ks, long rows, long d);
