@@ -101,7 +101,10 @@ let package = Package(
         .testTarget(
             name: "ACMServingTests", dependencies: ["ACMServing"], exclude: ["Fixtures"],
             swiftSettings: swiftSettings),
-        .testTarget(name: "ACMHTTPTests", dependencies: ["ACMHTTP"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ACMHTTPTests",
+            dependencies: ["ACMHTTP", "ACMServing", "ACMCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings),
         .testTarget(
             name: "ACMWhisperTests", dependencies: ["ACMWhisper"],
             exclude: ["Fixtures"], swiftSettings: swiftSettings),

@@ -4,9 +4,9 @@ import Foundation
 public enum LearnerPolicy: Sendable, Equatable, CustomStringConvertible {
     /// The gate's argmax, ties to the smaller k.
     case auto
-    /// The gate's choice, trimmed so that the sequence's Σk ≤ max(k_min·T, ⌊β·N·T⌋); β ∈ (0, 1].
+    /// The gate's choice, trimmed so that the sequence's Σk ≤ max(k_min·T, ⌊β·N·T⌋).
     /// A model applies this per ACM with that ACM's share of the request's budget (`splitBudget`).
-    case cap(Double)
+    case cap(ComputeBudget)
     /// Every token runs k learners, clamped to [k_min, N]: the static baseline.
     case uniform(Int)
     /// Every token runs all N learners.
@@ -77,7 +77,7 @@ func chooseLearners(
         guard case let .cap(beta) = policy else { return }
 
         let floorUnits = minChoice * tokens
-        let cap = max(floorUnits, Int((beta * Double(numLearners * tokens) + 1e-9).rounded(.down)))
+        let cap = max(floorUnits, Int((beta.value * Double(numLearners * tokens) + 1e-9).rounded(.down)))
         if total <= cap { return }
 
         // Units above the k_min floor at each level j: the tokens whose auto k reaches j. Keep whole levels

@@ -40,23 +40,10 @@ struct JSONView {
 
     var isObject: Bool { type == JSON_OBJECT }
     var isArray: Bool { type == JSON_ARRAY }
-    var isNull: Bool { type == JSON_NULL }
 
     subscript(key: String) -> JSONView? {
         guard isObject, let child = json_object_get(node, key) else { return nil }
         return JSONView(node: child, document: document)
-    }
-
-    /// The object's keys, in document order.
-    var keys: [String] {
-        guard isObject else { return [] }
-        var out: [String] = []
-        var iter = json_object_iter(node)
-        while let it = iter {
-            out.append(String(cString: json_object_iter_key(it)))
-            iter = json_object_iter_next(node, it)
-        }
-        return out
     }
 
     var count: Int { isArray ? json_array_size(node) : 0 }
@@ -127,7 +114,6 @@ enum JSON {
     case number(Double)
     case integer(Int)
     case bool(Bool)
-    case null
     /// A flat array of floats, printed with 9 significant digits (enough for any Float).
     case floats([Float])
 
@@ -135,9 +121,7 @@ enum JSON {
     var bytes: [UInt8] {
         let root = makeNode()
         defer { json_decref(root) }
-        // JSON_COMPACT | JSON_REAL_PRECISION(9): jansson's flag macros cannot be imported.
-        let flags = 0x20 | ((9 & 0x1F) << 11)
-        guard let text = json_dumps(root, flags) else { return Array("null".utf8) }
+        guard let text = json_dumps(root, acm_json_dump_flags()) else { return Array("null".utf8) }
         defer { free(text) }
         return [UInt8](UnsafeRawBufferPointer(start: text, count: strlen(text)))
     }
@@ -159,7 +143,6 @@ enum JSON {
         case let .number(v): return v.isFinite ? json_real(v) : json_null()
         case let .integer(v): return json_integer(json_int_t(v))
         case let .bool(v): return v ? json_true() : json_false()
-        case .null: return json_null()
         case let .floats(values):
             let node = json_array()!
             for v in values { json_array_append_new(node, v.isFinite ? json_real(Double(v)) : json_null()) }
@@ -167,3 +150,6 @@ enum JSON {
         }
     }
 }
+
+/// jansson's version string, e.g. "2.14", as the linked library reports it.
+public let janssonVersion = String(cString: jansson_version_str())

@@ -18,16 +18,32 @@ public struct HTTPResponse: Sendable {
     }
 }
 
+/// A request as a handler reads and answers it: `HTTPExchange` on the wire, a plain object in tests.
+public protocol HTTPRequest: AnyObject, Sendable {
+    var method: String { get }
+    /// The path, without the query string.
+    var path: String { get }
+    var body: [UInt8] { get }
+    /// When it arrived, in `DispatchTime` nanoseconds.
+    var arrived: UInt64 { get }
+    /// A request header (case-insensitive name).
+    func header(_ name: String) -> String?
+    /// A query-string argument.
+    func query(_ name: String) -> String?
+    /// Answers a request the handler kept (returned nil for). Call exactly once, from any thread.
+    func complete(_ response: HTTPResponse)
+}
+
 /// One request, from its first header line to the end of its answer. The handler reads it and either
 /// answers at once or keeps it and calls `complete` later, from any thread.
-public final class HTTPExchange: @unchecked Sendable {
+public final class HTTPExchange: HTTPRequest, @unchecked Sendable {
     public let method: String
     /// The path, without the query string.
     public let path: String
     public private(set) var body: [UInt8] = []
     /// Set when the body went over the size limit; the rest of it was discarded.
     public private(set) var bodyTooLarge = false
-    let arrived = DispatchTime.now().uptimeNanoseconds
+    public let arrived = DispatchTime.now().uptimeNanoseconds
 
     fileprivate let connection: OpaquePointer
     fileprivate unowned let server: HTTPServer
@@ -314,3 +330,6 @@ func acmRequestCompleted(
     Unmanaged<HTTPExchange>.fromOpaque(state).release()
     Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue().finished()
 }
+
+/// libmicrohttpd's version string, e.g. "0.9.75", as the linked library reports it.
+public let microhttpdVersion = String(cString: MHD_get_version())

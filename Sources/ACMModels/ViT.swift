@@ -197,11 +197,15 @@ public final class ViT: @unchecked Sendable {
 
     /// The policy of each image at each ACM: a cap becomes that ACM's share of it; `[acm][image]`.
     func layerPolicies(_ policies: [LearnerPolicy]) -> [[LearnerPolicy]] {
-        var splits: [Double: [Double]] = [:]
-        for case let .cap(beta) in policies where splits[beta] == nil { splits[beta] = layerBudgets(beta) }
+        var splits: [ComputeBudget: [LearnerPolicy]] = [:]
+        for case let .cap(beta) in policies where splits[beta] == nil {
+            // An ACM's share is 0 only when the k_min floors alone exceed the budget; a cap of 0 keeps
+            // every token at k_min, which is what `.uniform(0)` does (it is clamped to k_min).
+            splits[beta] = layerBudgets(beta.value).map { share in (try? ComputeBudget(share)).map { .cap($0) } ?? .uniform(0) }
+        }
         return acms.indices.map { l in
             policies.map { policy in
-                if case let .cap(beta) = policy { return .cap(splits[beta]![l]) }
+                if case let .cap(beta) = policy { return splits[beta]![l] }
                 return policy
             }
         }

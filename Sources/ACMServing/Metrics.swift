@@ -183,3 +183,29 @@ public final class ServingMetrics: Sendable {
     /// The exposition text, format 0.0.4.
     public func render() -> [UInt8] { registry.emitToBuffer() }
 }
+
+/// Feeds a runner's batch and queue events into the Prometheus metrics.
+public final class MetricsObserver: RunnerObserver, Sendable {
+    let metrics: ServingMetrics
+    let kind: ModelKind
+
+    public init(metrics: ServingMetrics, kind: ModelKind) {
+        self.metrics = metrics
+        self.kind = kind
+    }
+
+    public func batchExecuted(
+        model: String, images: Int, requests: Int, computeSeconds: Double, learnerHistogram: [[Int]], acmPaths: [String]
+    ) {
+        switch kind {
+        case .image:
+            metrics.batch(model: model, images: images, seconds: computeSeconds, acmPaths: acmPaths, histogram: learnerHistogram)
+        case .speech:
+            metrics.speechBatch(model: model, utterances: images, seconds: computeSeconds)
+        }
+    }
+
+    public func requestFinished(model: String, queueSeconds: Double, timedOut: Bool) {
+        metrics.queued(model: model, seconds: queueSeconds)
+    }
+}

@@ -51,9 +51,15 @@ public struct ServerConfig: Codable, Sendable, Equatable {
         public var maxQueueDelayMicroseconds = 2000
         public var maxQueueSize = 256
         /// Applied to requests that set no `compute_budget`; nil: the gates choose.
-        public var defaultBudget: Double?
+        public var defaultBudget: ComputeBudget?
 
         public init(path: String) { self.path = path }
+
+        /// Its batcher's settings.
+        public var batcher: BatcherConfig {
+            BatcherConfig(
+                maxBatchSize: maxBatchSize, maxQueueDelayMicroseconds: maxQueueDelayMicroseconds, maxQueueSize: maxQueueSize)
+        }
 
         enum CodingKeys: String, CodingKey {
             case path
@@ -69,7 +75,7 @@ public struct ServerConfig: Codable, Sendable, Equatable {
             maxBatchSize = try c.decodeIfPresent(Int.self, forKey: .maxBatchSize) ?? 32
             maxQueueDelayMicroseconds = try c.decodeIfPresent(Int.self, forKey: .maxQueueDelayMicroseconds) ?? 2000
             maxQueueSize = try c.decodeIfPresent(Int.self, forKey: .maxQueueSize) ?? 256
-            defaultBudget = try c.decodeIfPresent(Double.self, forKey: .defaultBudget)
+            defaultBudget = try c.decodeIfPresent(ComputeBudget.self, forKey: .defaultBudget)
         }
     }
 
@@ -128,7 +134,6 @@ public struct ServerConfig: Codable, Sendable, Equatable {
             try check(m.maxBatchSize >= 1, "\(name): max_batch_size must be ≥ 1")
             try check(m.maxQueueDelayMicroseconds >= 0, "\(name): max_queue_delay_microseconds must be ≥ 0")
             try check(m.maxQueueSize >= 1, "\(name): max_queue_size must be ≥ 1")
-            if let b = m.defaultBudget { try check(b > 0 && b <= 1, "\(name): default_budget must be in (0, 1]") }
         }
     }
 }

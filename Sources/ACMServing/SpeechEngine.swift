@@ -38,21 +38,6 @@ public final class SpeechEngine: BatchEngine, @unchecked Sendable {
     }
 }
 
-/// A speech model's runner, job and result.
-public typealias SpeechRunner = BatchRunner<SpeechEngine>
-public typealias SpeechJob = BatchJob<[Tensor], [Transcription]>
-public typealias SpeechResult = RunResult<[Transcription]>
-
-extension BatchRunner where Engine == SpeechEngine {
-    /// A runner of `model`, a Whisper speech recogniser.
-    public convenience init(
-        name: String, speechModel: WhisperModel, config: BatcherConfig, clock: any ServingClock = SystemClock(),
-        observer: (any RunnerObserver)? = nil
-    ) {
-        self.init(name: name, engine: SpeechEngine(model: speechModel), config: config, clock: clock, observer: observer)
-    }
-}
-
 /// The longest audio a request may carry, in seconds. Whisper hears one 30-s window; this server does
 /// not transcribe longer audio window by window, so it refuses it rather than answer for a part of it.
 public let maximumAudioSeconds = 30.0

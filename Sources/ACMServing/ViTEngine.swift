@@ -69,39 +69,3 @@ public final class ViTEngine: BatchEngine, @unchecked Sendable {
         return EngineBatch(outputs: outputs, learnerHistogram: output.learnerHistogram, acmPaths: vit.acmPaths)
     }
 }
-
-/// The image classifier's runner, job, result and outcome, under the names they had before the runner
-/// served other kinds of model.
-public typealias ModelRunner = BatchRunner<ViTEngine>
-public typealias InferenceJob = BatchJob<[Float], ClassifierOutput>
-public typealias InferenceResult = RunResult<ClassifierOutput>
-public typealias InferenceOutcome = BatchOutcome<ClassifierOutput>
-
-extension BatchRunner where Engine == ViTEngine {
-    /// A runner of `model`, an image classifier.
-    public convenience init(
-        name: String, model: Model, config: BatcherConfig, clock: any ServingClock = SystemClock(),
-        observer: (any RunnerObserver)? = nil
-    ) {
-        self.init(name: name, engine: ViTEngine(model: model), config: config, clock: clock, observer: observer)
-    }
-
-    public var model: Model { engine.model }
-}
-
-extension BatchJob where Input == [Float], Output == ClassifierOutput {
-    /// A request of `count` images, [count, C, H, W], preprocessed, in the model's layout.
-    public init(
-        images: [Float], count: Int, policy: LearnerPolicy, timeoutNanoseconds: UInt64? = nil,
-        completion: @escaping @Sendable (InferenceOutcome) -> Void
-    ) {
-        self.init(input: images, count: count, policy: policy, timeoutNanoseconds: timeoutNanoseconds, completion: completion)
-    }
-
-    public var images: [Float] { input }
-}
-
-extension RunResult where Output == ClassifierOutput {
-    /// Images in the batch it ran in.
-    public var batchImages: Int { batchItems }
-}

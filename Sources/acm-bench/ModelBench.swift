@@ -28,7 +28,8 @@ struct ModelBench: ParsableCommand {
         let workspace = ViTWorkspace()
         let budgets = budget.isEmpty && uniformK.isEmpty ? [0, 0.5] : budget
         let policies: [(name: String, policy: LearnerPolicy)] =
-            budgets.map { $0 > 0 ? ("cap \($0)", .cap($0)) : ("auto", .auto) } + uniformK.map { ("uniform \($0)", .uniform($0)) }
+            try budgets.map { $0 > 0 ? ("cap \($0)", .cap(try ComputeBudget($0))) : ("auto", .auto) }
+            + uniformK.map { ("uniform \($0)", .uniform($0)) }
         if !json {
             print("engine: \(model), workers=\(Parallel.workers), GEMM=\(gemmKernelName)")
             print("| batch | policy | images/s | ms/batch | compute fraction |")

@@ -17,10 +17,22 @@ struct ACMServe: ParsableCommand {
         subcommands: [Serve.self, Predict.self, Evaluate.self, Transcribe.self, Version.self])
 }
 
+/// A `--budget` or `--default-budget` argument: a number that `ComputeBudget` accepts.
+func parseBudget(_ text: String) throws -> ComputeBudget {
+    guard let value = Double(text) else { throw ValidationError("'\(text)' is not a number") }
+    do {
+        return try ComputeBudget(value)
+    } catch {
+        throw ValidationError(error.description)
+    }
+}
+
 /// How learner counts are chosen, from the command line (docs/compute-budget.md).
 struct PolicyOptions: ParsableArguments {
-    @Option(help: "Compute budget β in (0, 1]: cap each image's learners at β of the ACM layers' full cost.")
-    var budget: Double?
+    @Option(
+        help: "Compute budget β in (0, 1]: cap each image's learners at β of the ACM layers' full cost.",
+        transform: parseBudget)
+    var budget: ComputeBudget?
 
     @Option(name: .customLong("uniform-k"), help: "Run exactly k learners for every token (the static baseline).")
     var uniformK: Int?
@@ -31,9 +43,6 @@ struct PolicyOptions: ParsableArguments {
     func validate() throws {
         if [budget != nil, uniformK != nil, full].filter({ $0 }).count > 1 {
             throw ValidationError("choose at most one of --budget, --uniform-k and --full")
-        }
-        if let budget, !(budget > 0 && budget <= 1) {
-            throw ValidationError("--budget must be in (0, 1], got \(budget)")
         }
         if let uniformK, uniformK < 0 { throw ValidationError("--uniform-k must be ≥ 0") }
     }
@@ -102,8 +111,8 @@ struct Version: ParsableCommand {
 
     func run() {
         print("acm-serve 0.1.0")
-        print("libmicrohttpd \(HTTPLibraries.microhttpdVersion)")
-        print("jansson \(HTTPLibraries.janssonVersion)")
+        print("libmicrohttpd \(microhttpdVersion)")
+        print("jansson \(janssonVersion)")
         print("GEMM kernels: \(gemmKernelName)")
     }
 }

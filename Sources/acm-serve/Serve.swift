@@ -24,8 +24,10 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("max-queue-delay-us"), help: "Longest wait for a batch to fill, in µs.") var maxQueueDelayUs: Int?
     @Option(name: .customLong("max-queue-size"), help: "Requests waiting per model before 503.") var maxQueueSize: Int?
     @Option(name: .customLong("max-body-bytes"), help: "Largest request body; larger ones get 413.") var maxBodyBytes: Int?
-    @Option(name: .customLong("default-budget"), help: "compute_budget for requests that set none, for every model.")
-    var defaultBudget: Double?
+    @Option(
+        name: .customLong("default-budget"), help: "compute_budget for requests that set none, for every model.",
+        transform: parseBudget)
+    var defaultBudget: ComputeBudget?
 
     func run() throws {
         var config: ServerConfig

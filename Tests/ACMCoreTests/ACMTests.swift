@@ -65,7 +65,7 @@ func naiveChoices(
     }
     var ks = logits.map { row in minChoice + row.indices.first { row[$0] == row.max()! }! }
     guard case let .cap(beta) = policy else { return ks }
-    let cap = max(minChoice * tokens, Int((beta * Double(numLearners * tokens) + 1e-9).rounded(.down)))
+    let cap = max(minChoice * tokens, Int((beta.value * Double(numLearners * tokens) + 1e-9).rounded(.down)))
     let probabilities = logits.map { row -> [Double] in
         let m = Double(row.max()!)
         let e = row.map { Foundation.exp(Double($0) - m) }
@@ -110,11 +110,11 @@ func naiveChoices(
         let logits: [[Float]] = [[0, 1, 2], [-5, -5, 6], [0, 1, 2], [0, -9, 0.001]]
         #expect(choose(.auto, logits, minChoice: 0, numLearners: 2) == [2, 2, 2, 2])
         // C = 3 of the four level-1 units: token 3's is the least sure.
-        #expect(choose(.cap(3 / 8), logits, minChoice: 0, numLearners: 2) == [1, 1, 1, 0])
+        #expect(choose(.cap(0.375), logits, minChoice: 0, numLearners: 2) == [1, 1, 1, 0])
         // C = 5: all of level 1, then token 1's second learner (S ≈ 1).
-        #expect(choose(.cap(5 / 8), logits, minChoice: 0, numLearners: 2) == [1, 2, 1, 1])
+        #expect(choose(.cap(0.625), logits, minChoice: 0, numLearners: 2) == [1, 2, 1, 1])
         // C = 6: tokens 0 and 2 tie on S(2); the earlier one wins.
-        #expect(choose(.cap(6 / 8), logits, minChoice: 0, numLearners: 2) == [2, 2, 1, 1])
+        #expect(choose(.cap(0.75), logits, minChoice: 0, numLearners: 2) == [2, 2, 1, 1])
     }
 
     /// Should give exactly the k best rows a learner (survival high to low, earlier row on ties), as a
@@ -194,11 +194,11 @@ func naiveChoices(
             let tokens = trial % 3 == 0 ? Int.random(in: 65...200, using: &rng) : Int.random(in: 1...40, using: &rng)
             let choices = numLearners + 1 - minChoice
             let logits = (0..<tokens).map { _ in (0..<choices).map { _ in Float.random(in: -3...3, using: &rng) } }
-            let beta = [0.1, 0.25, 0.3, 0.5, 0.75, 1.0][trial % 6]
+            let beta: ComputeBudget = [0.1, 0.25, 0.3, 0.5, 0.75, 1.0][trial % 6]
             let got = choose(.cap(beta), logits, minChoice: minChoice, numLearners: numLearners)
             let auto = choose(.auto, logits, minChoice: minChoice, numLearners: numLearners)
             #expect(got == naiveChoices(policy: .cap(beta), logits: logits, minChoice: minChoice, numLearners: numLearners))
-            let cap = max(minChoice * tokens, Int((beta * Double(numLearners * tokens) + 1e-9).rounded(.down)))
+            let cap = max(minChoice * tokens, Int((beta.value * Double(numLearners * tokens) + 1e-9).rounded(.down)))
             #expect(got.reduce(0, +) == min(cap, auto.reduce(0, +)))
             #expect(zip(got, auto).allSatisfy { $0 <= $1 && $0 >= minChoice })
         }
@@ -339,8 +339,37 @@ func naiveChoices(
         let dir = TemporaryDirectory()
         var config = Self.configs[0]
         config.minChoice = 5
-        #expect(throws: ModelError.self) {
+        let error = #expect(throws: ModelError.self) {
             _ = try makeACM(config, inputDim: 4, outputDim: 4, seed: 1, dir: dir)
+        }
+        // the weights' prefix ("acm") is the module path the message names
+        #expect(error.map { "\($0)" }?.contains("acm: min_choice 5 is outside 0...") == true, "\(String(describing: error))")
+    }
+}
+
+@Suite struct ComputeBudgetTests {
+    /// Should take exactly (0, 1], refuse 0, negatives, over 1, NaN and infinity, and say why.
+    @Test func acceptsOnlyTheUnitInterval() throws {
+        for ok in [1e-9, 0.25, 0.5, 1.0] { #expect(try ComputeBudget(ok).value == ok) }
+        for bad in [0.0, -0.5, 1.0000001, 2, .nan, .infinity, -.infinity] {
+            #expect(throws: InvalidComputeBudget.self) { try ComputeBudget(bad) }
+        }
+        let over = 1.5  // a variable: `ComputeBudget(1.5)` would be the literal's initializer, which traps
+        let refused = #expect(throws: InvalidComputeBudget.self) { try ComputeBudget(over) }
+        #expect(refused?.description == "a compute budget must be in (0, 1], got 1.5")
+    }
+
+    /// Should decode from a JSON number through the same check, naming the value when it refuses it.
+    @Test func decodesThroughTheSameCheck() throws {
+        struct Holder: Codable { var budget: ComputeBudget? }
+        let decoded = try JSONDecoder().decode(Holder.self, from: Data(#"{"budget": 0.5}"#.utf8))
+        #expect(decoded.budget?.value == 0.5)
+        #expect(try JSONDecoder().decode(Holder.self, from: Data("{}".utf8)).budget == nil)
+        do {
+            _ = try JSONDecoder().decode(Holder.self, from: Data(#"{"budget": 0}"#.utf8))
+            Issue.record("a budget of 0 decoded")
+        } catch {
+            #expect("\(error)".contains("must be in (0, 1], got 0.0"))
         }
     }
 }

@@ -85,6 +85,7 @@ let sharedRealModel = Result { try loadRealModel() }
             try decodeAudio(bytes: [UInt8](Data(contentsOf: URL(fileURLWithPath: try fixturePath(clip.file)))))
         }
         let results = try model.transcribe(samples16k: audio)
+        try #require(results.count == clips.count, "\(results.count) transcriptions of \(clips.count) clips")
         var matched = 0
         for (clip, result) in zip(clips, results) {
             #expect(result.tokens == clip.ct2.ids, "\(clip.name): tokens")

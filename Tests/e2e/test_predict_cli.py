@@ -74,8 +74,8 @@ def test_predict_batch_file(tmp_path):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--budget', '1.5'], '--budget must be in (0, 1]'),
-    (['--budget', '0'], '--budget must be in (0, 1]'),
+    (['--budget', '1.5'], "invalid for '--budget <budget>': a compute budget must be in (0, 1], got 1.5"),
+    (['--budget', '0'], 'a compute budget must be in (0, 1], got 0.0'),
     (['--budget', '0.5', '--full'], 'choose at most one'),
 ])
 def test_predict_rejects_bad_options(args, message):

@@ -1,17 +1,9 @@
 // The model's loop thread, as the llama.cpp server keeps its model: HTTP threads only post jobs, and
-// one thread owns the model's workspace, asks `BatchPolicy` what to do and does it. The runner is the
+// one thread owns the model's workspace, asks its `BatchQueue` what to do and does it. The runner is the
 // same for every kind of model; a `BatchEngine` (ViTEngine.swift, SpeechEngine.swift) is what it runs.
 
 import ACMCore
 import Foundation
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// A model as its runner drives it: it checks one request's input, and runs the inputs of several
 /// requests as one batch. Only the runner's loop thread calls `run`, so an engine keeps its scratch
@@ -98,10 +90,7 @@ public enum BatchOutcome<Output: Sendable>: Sendable {
     case success(RunResult<Output>)
     /// It waited longer than its timeout; HTTP answers 503.
     case timedOut
-    /// The model is going away. The runner itself never answers this (`shutdown()` runs every accepted
-    /// job, and `submit` refuses later ones); it is here for front ends that answer for the runner.
-    case shuttingDown
-    /// The job was malformed (a caller's bug): wrong input size, count, or policy; or the engine failed.
+    /// The job was malformed (a caller's bug): wrong input size or count; or the engine failed.
     case failed(String)
 }
 
@@ -135,7 +124,6 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
     public let name: String
     public let engine: Engine
     public let config: BatcherConfig
-    private let policy: BatchPolicy
     private let clock: any ServingClock
     private let observer: (any RunnerObserver)?
 
@@ -145,12 +133,7 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
     private let workArrived = PThreadCondition()
     /// Broadcast when the loop thread has finished.
     private let loopEnded = PThreadCondition()
-    /// The queue, oldest first: what the policy sees, and the jobs themselves, in lockstep.
-    private var waiting: [QueuedRequest] = []
-    private var jobs: [Job] = []
-    /// Malformed jobs, answered `.failed` by the loop so that every completion runs on its thread.
-    private var malformed: [(Job, String)] = []
-    private var accepting = true
+    private var queue: BatchQueue<Job>
     private var ended = false
 
     private var thread: Thread?
@@ -164,7 +147,7 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
         self.name = name
         self.engine = engine
         self.config = config
-        self.policy = BatchPolicy(config)
+        self.queue = BatchQueue(config)
         self.clock = clock
         self.observer = observer
         let thread = Thread { [self] in loop() }
@@ -175,7 +158,7 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
 
     /// Requests waiting in the queue, not counting the batch running.
     public var pendingRequests: Int {
-        lock.withLock { waiting.count }
+        lock.withLock { queue.count }
     }
 
     /// Queues `job`. Its completion is called later on the runner's thread, once, unless the answer is
@@ -183,18 +166,10 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
     public func submit(_ job: Job) -> SubmitResult {
         let problem = validate(job)
         return lock.withLock {
-            guard accepting else { return .shuttingDown }
-            if let problem {
-                malformed.append((job, problem))
-            } else {
-                if config.maxQueueSize > 0 && waiting.count >= config.maxQueueSize { return .queueFull }
-                let now = clock.now()
-                let deadline = job.timeoutNanoseconds.map { now.addingSaturating($0) }
-                waiting.append(QueuedRequest(images: job.count, enqueuedAt: now, deadline: deadline))
-                jobs.append(job)
-            }
-            workArrived.signal()
-            return .accepted
+            let result = queue.submit(
+                job, images: job.count, timeoutNanoseconds: job.timeoutNanoseconds, problem: problem, now: clock.now())
+            if result == .accepted { workArrived.signal() }
+            return result
         }
     }
 
@@ -203,7 +178,7 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
     public func shutdown() {
         precondition(Thread.current !== thread, "shutdown() called from a completion would wait for itself")
         lock.withLock {
-            accepting = false
+            queue.close()
             workArrived.signal()
             while !ended { loopEnded.wait(lock) }
         }
@@ -214,74 +189,50 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
         guard job.count >= 1, job.count <= config.maxBatchSize else {
             return "\(job.count) \(Engine.itemName); this model takes 1...\(config.maxBatchSize) per request"
         }
-        if let problem = engine.problem(with: job.input, count: job.count) { return problem }
-        if case let .cap(beta) = job.policy, !(beta > 0 && beta <= 1) {
-            return "compute budget \(beta) is outside (0, 1]"
-        }
-        return nil
+        return engine.problem(with: job.input, count: job.count)
     }
 
     // MARK: - The loop thread
 
-    /// What the loop does once it has released the lock.
-    private enum Work {
-        case run([Job], [QueuedRequest])
-        case expire([Job], [QueuedRequest], now: UInt64)
-        case reject([(Job, String)])
-    }
-
-    /// The loop thread's body: ask the policy, take the jobs it names under the lock, and run them
+    /// The loop thread's body: take the next action off the queue under the lock, and carry it out
     /// outside it.
     private func loop() {
-        while let work = nextWork() {
-            switch work {
-            case let .run(batch, requests):
-                runBatch(batch, requests)
-            case let .expire(expired, requests, now):
-                for (job, request) in zip(expired, requests) {
-                    let queued = seconds(from: request.enqueuedAt, to: now)
+        while let action = nextAction() {
+            switch action {
+            case let .run(entries):
+                runBatch(entries.map(\.job), entries.map(\.request))
+            case let .expire(entries, now):
+                for entry in entries {
+                    let queued = seconds(from: entry.request.enqueuedAt, to: now)
                     observer?.requestFinished(model: name, queueSeconds: queued, timedOut: true)
-                    job.completion(.timedOut)
+                    entry.job.completion(.timedOut)
                 }
             case let .reject(rejected):
                 for (job, problem) in rejected { job.completion(.failed(problem)) }
+            case .wait, .idle, .finished:
+                preconditionFailure("nextAction waits these out")
             }
         }
     }
 
     /// Blocks until there is work, and takes it off the queue; nil when shut down and drained.
-    private func nextWork() -> Work? {
+    private func nextAction() -> BatchQueue<Job>.Action? {
         lock.withLock {
             while true {
-                if !malformed.isEmpty {
-                    defer { malformed.removeAll() }
-                    return .reject(malformed)
-                }
-                let now = clock.now()
-                switch policy.decide(queue: waiting, now: now, draining: !accepting) {
-                case let .run(n):
-                    let work = Work.run(Array(jobs.prefix(n)), Array(waiting.prefix(n)))
-                    jobs.removeFirst(n)
-                    waiting.removeFirst(n)
-                    return work
-                case let .expire(indices):
-                    let work = Work.expire(indices.map { jobs[$0] }, indices.map { waiting[$0] }, now: now)
-                    for i in indices.reversed() {
-                        jobs.remove(at: i)
-                        waiting.remove(at: i)
-                    }
-                    return work
+                let action = queue.next(now: clock.now())
+                switch action {
                 case let .wait(until):
                     // Relative to the injected clock, so a mock clock's time is respected too.
                     let current = clock.now()
                     if until > current { workArrived.wait(lock, timeoutNanoseconds: until - current) }
                 case .idle:
-                    if !accepting {
-                        ended = true
-                        loopEnded.broadcast()
-                        return nil
-                    }
                     workArrived.wait(lock)
+                case .finished:
+                    ended = true
+                    loopEnded.broadcast()
+                    return nil
+                case .run, .expire, .reject:
+                    return action
                 }
             }
         }
@@ -323,72 +274,4 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
 /// Seconds between two clock readings; 0 if the clock went backwards (only a mock clock can).
 private func seconds(from start: UInt64, to end: UInt64) -> Double {
     end > start ? Double(end - start) / 1e9 : 0
-}
-
-// MARK: - pthread wrappers
-
-/// A pthread mutex. Its storage is allocated once, since a pthread mutex must not move.
-private final class PThreadMutex: @unchecked Sendable {
-    let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-
-    init() { pthread_mutex_init(mutex, nil) }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
-    }
-}
-
-/// A pthread condition variable whose timed waits run on the monotonic clock (NSCondition's run on the
-/// wall clock, which an NTP step could stretch).
-private final class PThreadCondition: @unchecked Sendable {
-    let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-
-    init() {
-        #if os(Linux)
-        var attributes = pthread_condattr_t()
-        pthread_condattr_init(&attributes)
-        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
-        pthread_cond_init(condition, &attributes)
-        pthread_condattr_destroy(&attributes)
-        #else
-        pthread_cond_init(condition, nil)
-        #endif
-    }
-
-    deinit {
-        pthread_cond_destroy(condition)
-        condition.deallocate()
-    }
-
-    func signal() { pthread_cond_signal(condition) }
-
-    func broadcast() { pthread_cond_broadcast(condition) }
-
-    /// Waits for a signal; `lock` must be held. It may also return spuriously.
-    func wait(_ lock: PThreadMutex) { pthread_cond_wait(condition, lock.mutex) }
-
-    /// Waits for a signal or for `nanoseconds` to pass; `lock` must be held. It may also return early.
-    func wait(_ lock: PThreadMutex, timeoutNanoseconds nanoseconds: UInt64) {
-        // A day at most keeps tv_sec from overflowing; the caller asks again when it wakes.
-        let wait = min(nanoseconds, 86_400 * 1_000_000_000)
-        #if os(Linux)
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        let total = UInt64(now.tv_nsec) + wait % 1_000_000_000
-        var deadline = timespec(
-            tv_sec: now.tv_sec + Int(wait / 1_000_000_000) + Int(total / 1_000_000_000),
-            tv_nsec: Int(total % 1_000_000_000))
-        pthread_cond_timedwait(condition, lock.mutex, &deadline)
-        #else
-        var relative = timespec(tv_sec: Int(wait / 1_000_000_000), tv_nsec: Int(wait % 1_000_000_000))
-        pthread_cond_timedwait_relative_np(condition, lock.mutex, &relative)
-        #endif
-    }
 }

@@ -1,0 +1,183 @@
+import ACMCore
+import ACMModels
+import ACMServing
+import Foundation
+
+/// An image classifier over HTTP (docs/http-api.md): one input, `input` (FP32 [n, C, H, W], preprocessed,
+/// or BYTES [n], encoded images); outputs `logits` (FP32 [n, classes], or Triton's classification strings)
+/// and `labels` (BYTES [n, 5], when the model has labels); the curl route `classify`.
+final class ImageEndpoint: Endpoint, @unchecked Sendable {
+    static let curlRoute = "classify"
+    static let curlBody = "an image"
+    static let kindName = "an image model"
+    static let input = "input", logits = "logits", labels = "labels"
+    /// The top labels returned per image by the `labels` output and the classify route.
+    static let labelCount = 5
+
+    let name: String
+    let entry: ServerConfig.ModelEntry
+    let model: Model
+    let runner: BatchRunner<ViTEngine>
+    /// Built at load from the model's `preprocessing`, so that a bad one fails start-up; nil: the model
+    /// takes no encoded images.
+    let preprocessor: ImagePreprocessor?
+    let metrics: ServingMetrics
+
+    init(name: String, entry: ServerConfig.ModelEntry, model: Model, metrics: ServingMetrics) throws {
+        self.name = name
+        self.entry = entry
+        self.model = model
+        self.metrics = metrics
+        preprocessor = try model.config.preprocessing.map {
+            try ImagePreprocessor(config: $0, channels: model.vit.config.numChannels, imageSize: model.vit.config.imageSize)
+        }
+        runner = BatchRunner(
+            name: name, engine: ViTEngine(model: model), config: entry.batcher,
+            observer: MetricsObserver(metrics: metrics, kind: .image))
+        metrics.register(
+            model: name, acmPaths: model.vit.acmPaths,
+            choices: model.vit.acmPaths.map { model.config.acm[$0]!.minChoice...model.config.acm[$0]!.numLearners })
+    }
+
+    private var imageShape: [Int] {
+        let c = model.vit.config
+        return [c.numChannels, c.imageSize, c.imageSize]
+    }
+    private var classes: Int { model.vit.config.numClasses }
+    private var hasLabels: Bool { model.config.labels != nil }
+
+    var inputs: [TensorSpec] { [TensorSpec(name: Self.input, datatype: "FP32", dims: imageShape)] }
+
+    var outputs: [TensorSpec] {
+        [TensorSpec(name: Self.logits, datatype: "FP32", dims: [classes])]
+            + (hasLabels ? [TensorSpec(name: Self.labels, datatype: "BYTES", dims: [min(Self.labelCount, classes)])] : [])
+    }
+
+    enum Output { case logits, labels }
+
+    func parseInfer(_ envelope: inout RequestEnvelope) throws -> Submission<ViTEngine> {
+        let dims = imageShape.map(String.init).joined(separator: ", ")
+        let tensor = try envelope.singleInput(
+            named: [Self.input], help: "'\(Self.input)' (FP32 [n, \(dims)], or BYTES [n] encoded images)")
+        let name = tensor.name, shape = tensor.shape
+        let images: [Float]
+        let count: Int
+        switch tensor.datatype {
+        case "FP32":
+            guard shape.count == 4, Array(shape.dropFirst()) == imageShape else {
+                throw ProtocolError.bad("input '\(name)' has shape \(shape); the model takes [n, \(dims)]")
+            }
+            count = shape[0]
+            try checkBatch(count, entry.maxBatchSize, items: "images")  // before any arithmetic or allocation that uses it
+            images = try tensor.floats(elements: count * imageShape.reduce(1, *), binary: &envelope.binary)
+        case "BYTES":
+            let encoded = try tensor.byteElements(
+                what: "encoded images", items: "images", maxBatchSize: entry.maxBatchSize, binary: &envelope.binary)
+            count = encoded.count
+            images = try encoded.enumerated().flatMap { i, bytes in try decode(bytes, index: i) }
+        default:
+            throw ProtocolError.bad("input '\(name)' has datatype \(tensor.datatype); the model takes FP32 (or BYTES images)")
+        }
+        let outputs = try envelope.requestedOutputs(
+            kind: { (name: String) -> Output? in
+                name == Self.logits ? .logits : (name == Self.labels && self.hasLabels ? .labels : nil)
+            },
+            defaults: hasLabels ? [.logits, .labels] : [.logits],
+            unknown: "this model has \(hasLabels ? "'logits' and 'labels'" : "'logits'")",
+            classification: { $0 == .logits })
+        let (modelName, labels, id, budget) = (self.name, model.config.labels, envelope.id, envelope.budget)
+        return Submission(
+            input: images, count: count, budget: budget, timeoutNanoseconds: envelope.timeoutNanoseconds, id: id
+        ) { result in
+            Self.response(model: modelName, id: id, budget: budget, outputs: outputs, result: result, labels: labels)
+        }
+    }
+
+    func parseCurl(_ request: any HTTPRequest) throws -> Submission<ViTEngine> {
+        let budget = try queryBudget(request, default: entry.defaultBudget)
+        guard !request.body.isEmpty else { throw ProtocolError.bad("the body must be a PNG or JPEG image") }
+        let image = try decode(request.body, index: 0)
+        let (modelName, model) = (self.name, self.model)
+        return Submission(input: image, count: 1, budget: budget) { result in
+            let p = result.output.probabilities(image: 0)
+            let top = result.output.top(min(Self.labelCount, result.classes), image: 0).map { c -> JSON in
+                .object([("label", .string(model.label(c))), ("index", .integer(c)), ("probability", .number(p[c]))])
+            }
+            var fields: [(String, JSON)] = [
+                ("model_name", .string(modelName)), ("labels", .array(top)),
+                ("compute_fraction", .number(result.computeFraction[0])),
+            ]
+            if let budget { fields.append(("compute_budget", .number(budget.value))) }
+            return jsonResponse(200, JSON.object(fields).bytes)
+        }
+    }
+
+    func recordSuccess(_ result: RunResult<ClassifierOutput>, seconds: Double, budget: ComputeBudget?) -> Double? {
+        let fraction = result.computeFraction.reduce(0, +) / Double(max(result.computeFraction.count, 1))
+        metrics.success(model: name, seconds: seconds, fraction: fraction, budget: budget?.value)
+        return fraction
+    }
+
+    /// One encoded image to the model's input, as its config's preprocessing says.
+    private func decode(_ bytes: [UInt8], index: Int) throws -> [Float] {
+        guard let preprocessor else {
+            throw ProtocolError.bad("this model takes no encoded images: its config has no preprocessing")
+        }
+        do {
+            return try preprocessor.preprocess(bytes)
+        } catch {
+            throw ProtocolError.bad("image \(index): \(error)")
+        }
+    }
+
+    /// The infer response: the compute fraction (and budget), then the outputs asked for.
+    static func response(
+        model: String, id: String?, budget: ComputeBudget?, outputs: [RequestedOutput<Output>],
+        result: RunResult<ClassifierOutput>, labels: [String]?
+    ) -> HTTPResponse {
+        let fraction = result.computeFraction.reduce(0, +) / Double(max(result.computeFraction.count, 1))
+        var parameters: [(String, JSON)] = [("compute_fraction", .number(fraction))]
+        if let budget { parameters.append(("compute_budget", .number(budget.value))) }
+        let n = result.computeFraction.count, classes = result.classes
+        let encoded = outputs.map { output -> EncodedOutput in
+            switch (output.kind, output.classification) {
+            case (.logits, nil):
+                return EncodedOutput(
+                    name: Self.logits, datatype: "FP32", shape: [n, classes], values: .floats(result.logits),
+                    bytes: result.logits.withUnsafeBytes { [UInt8]($0) },  // little-endian hosts only (x86-64, arm64)
+                    binary: output.binary)
+            case let (.logits, k?):
+                let k = min(k, classes)
+                let strings = (0..<n).flatMap { b in
+                    result.output.top(k, image: b).map { c -> String in
+                        let score = String(format: "%f", result.logits[b * classes + c])
+                        return labels.map { "\(score):\(c):\($0[c])" } ?? "\(score):\(c)"
+                    }
+                }
+                return EncodedOutput(name: Self.logits, shape: [n, k], strings: strings, binary: output.binary)
+            case (.labels, _):
+                let k = min(Self.labelCount, classes)
+                let strings = (0..<n).flatMap { b in result.output.top(k, image: b).map { labels?[$0] ?? "\($0)" } }
+                return EncodedOutput(name: Self.labels, shape: [n, k], strings: strings, binary: output.binary)
+            }
+        }
+        return inferResponse(model: model, id: id, parameters: parameters, outputs: encoded)
+    }
+}
+
+extension ClassifierOutput {
+    /// Indices of the top `k` classes of image `b`, best first.
+    func top(_ k: Int, image b: Int) -> [Int] {
+        let row = logits[(b * classes)..<((b + 1) * classes)]
+        return Array(row.indices.sorted { row[$0] > row[$1] || (row[$0] == row[$1] && $0 < $1) }.prefix(k)).map { $0 - b * classes }
+    }
+
+    /// Softmax probabilities of image `b`.
+    func probabilities(image b: Int) -> [Double] {
+        let row = logits[(b * classes)..<((b + 1) * classes)].map(Double.init)
+        let m = row.max() ?? 0
+        let e = row.map { Foundation.exp($0 - m) }
+        let s = e.reduce(0, +)
+        return e.map { $0 / s }
+    }
+}

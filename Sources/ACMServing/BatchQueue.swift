@@ -1,0 +1,84 @@
+/// The dynamic batcher's state: the jobs waiting, oldest first, the malformed ones still to answer, and
+/// whether new jobs are taken. A value changed only by `submit`, `close` and `next`, which the runner
+/// calls under its lock; it has no threads and no clock of its own, so its tests pass times as numbers.
+public struct BatchQueue<Job> {
+    /// A queued job and what the policy knows of it.
+    public struct Entry {
+        public var job: Job
+        public var request: QueuedRequest
+    }
+
+    /// What the loop does next.
+    public enum Action {
+        /// Run these jobs as one batch, in order.
+        case run([Entry])
+        /// Answer these jobs as timed out; `now` is when they were found expired.
+        case expire([Entry], now: UInt64)
+        /// Answer these jobs as failed, each with why.
+        case reject([(job: Job, problem: String)])
+        /// Nothing to do before this time (the clock's nanoseconds), unless a job arrives.
+        case wait(until: UInt64)
+        /// Nothing queued: wait for a job.
+        case idle
+        /// Closed and every accepted job answered: the loop ends.
+        case finished
+    }
+
+    public let policy: BatchPolicy
+    private var entries: [Entry] = []
+    private var malformed: [(job: Job, problem: String)] = []
+    /// False once `close` was called: `submit` refuses, and `next` runs what is left without waiting.
+    public private(set) var isAccepting = true
+
+    public init(_ config: BatcherConfig) {
+        policy = BatchPolicy(config)
+    }
+
+    /// Jobs waiting to run (not counting malformed ones).
+    public var count: Int { entries.count }
+
+    /// Takes a job of `images` items at time `now`. A malformed job (`problem` says why) is taken too,
+    /// to be answered `.reject` by `next`, so that every answer comes from the loop; only well-formed
+    /// jobs count against `maxQueueSize`.
+    public mutating func submit(
+        _ job: Job, images: Int, timeoutNanoseconds: UInt64?, problem: String?, now: UInt64
+    ) -> SubmitResult {
+        guard isAccepting else { return .shuttingDown }
+        if let problem {
+            malformed.append((job, problem))
+            return .accepted
+        }
+        let limit = policy.config.maxQueueSize
+        if limit > 0 && entries.count >= limit { return .queueFull }
+        let deadline = timeoutNanoseconds.map { now.addingSaturating($0) }
+        entries.append(Entry(job: job, request: QueuedRequest(images: images, enqueuedAt: now, deadline: deadline)))
+        return .accepted
+    }
+
+    /// Stops taking jobs; those already taken still run.
+    public mutating func close() {
+        isAccepting = false
+    }
+
+    /// The next action at time `now`, with its jobs taken off the queue: malformed jobs first, then what
+    /// the policy decides.
+    public mutating func next(now: UInt64) -> Action {
+        if !malformed.isEmpty {
+            defer { malformed.removeAll() }
+            return .reject(malformed)
+        }
+        switch policy.decide(queue: entries.map(\.request), now: now, draining: !isAccepting) {
+        case let .run(n):
+            defer { entries.removeFirst(n) }
+            return .run(Array(entries.prefix(n)))
+        case let .expire(indices):
+            let expired = indices.map { entries[$0] }
+            for i in indices.reversed() { entries.remove(at: i) }
+            return .expire(expired, now: now)
+        case let .wait(until):
+            return .wait(until: until)
+        case .idle:
+            return isAccepting ? .idle : .finished
+        }
+    }
+}

@@ -1,0 +1,132 @@
+import ACMCore
+import ACMServing
+import Foundation
+import Logging
+import Testing
+
+@testable import ACMHTTP
+
+/// The ViT fixture with ACMs, shared with ACMModelsTests.
+private let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .appendingPathComponent("../ACMModelsTests/Fixtures/vit_mixed").standardized.path
+
+/// A request without a socket: what the handler reads, and the answer it gives later, if it keeps it.
+private final class FakeRequest: HTTPRequest, @unchecked Sendable {
+    let method: String, path: String, body: [UInt8]
+    let arrived = DispatchTime.now().uptimeNanoseconds
+    private let headers: [String: String], queries: [String: String]
+    private let answered = DispatchSemaphore(value: 0)
+    private(set) var answer: HTTPResponse?
+
+    init(_ method: String, _ path: String, body: [UInt8] = [], headers: [String: String] = [:], query: [String: String] = [:]) {
+        self.method = method
+        self.path = path
+        self.body = body
+        self.headers = headers
+        self.queries = query
+    }
+
+    func header(_ name: String) -> String? { headers.first { $0.key.lowercased() == name.lowercased() }?.value }
+    func query(_ name: String) -> String? { queries[name] }
+
+    func complete(_ response: HTTPResponse) {
+        answer = response
+        answered.signal()
+    }
+
+    /// The later answer, waiting at most 30 s.
+    func awaitAnswer() -> HTTPResponse? { answered.wait(timeout: .now() + 30) == .success ? answer : nil }
+}
+
+/// A server on the fixture, named "vit", without HTTP.
+private func server() throws -> InferenceServer {
+    var config = ServerConfig()
+    var entry = ServerConfig.ModelEntry(path: fixture)
+    entry.maxBatchSize = 4
+    config.models = ["vit": entry]
+    return try InferenceServer(config: config, logger: Logger(label: "test"))
+}
+
+/// The JSON object of a response body.
+private func json(_ r: HTTPResponse?) -> [String: Any] {
+    (r.flatMap { try? JSONSerialization.jsonObject(with: Data($0.body)) } as? [String: Any]) ?? [:]
+}
+
+/// The value of a metrics series, from the text exposition.
+private func sample(_ s: InferenceServer, _ series: String) -> Double? {
+    String(decoding: s.metrics.render(), as: UTF8.self).split(separator: "\n")
+        .first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last!) }
+}
+
+@Suite struct RoutingTests {
+    /// Should answer health, server and model metadata, and config at once, and refuse other methods
+    /// with 405 and Allow.
+    @Test func answersMetadataRoutes() throws {
+        let s = try server()
+        defer { s.drain() }
+        #expect(s.respond(to: FakeRequest("GET", "/v2/health/live"))?.status == 200)
+        #expect(s.respond(to: FakeRequest("GET", "/v2/health/ready"))?.status == 200)
+        #expect(json(s.respond(to: FakeRequest("GET", "/v2")))["name"] as? String == "acm-serve")
+        let metadata = json(s.respond(to: FakeRequest("GET", "/v2/models/vit/versions/1")))
+        #expect(metadata["name"] as? String == "vit")
+        #expect(((metadata["inputs"] as? [[String: Any]])?.first?["shape"] as? [Int]) == [-1, 1, 16, 16])
+        let config = json(s.respond(to: FakeRequest("GET", "/v2/models/vit/config")))
+        #expect(config["max_batch_size"] as? Int == 4)
+        let refused = s.respond(to: FakeRequest("POST", "/v2/models/vit"))
+        #expect(refused?.status == 405 && refused?.headers.contains { $0 == ("Allow", "GET") } == true)
+    }
+
+    /// Should answer 404 for unknown paths, models and versions and the other kind's curl route, and
+    /// count those of a known model as not_found.
+    @Test func refusesWhatIsNotThere() throws {
+        let s = try server()
+        defer { s.drain() }
+        #expect(s.respond(to: FakeRequest("GET", "/v2/nothing"))?.status == 404)
+        #expect(s.respond(to: FakeRequest("GET", "/v2/models/other"))?.status == 404)
+        #expect(s.respond(to: FakeRequest("GET", "/v2/models/vit/versions/2"))?.status == 404)
+        let wrongKind = s.respond(to: FakeRequest("POST", "/v2/models/vit/transcribe"))
+        #expect(wrongKind?.status == 404)
+        #expect((json(wrongKind)["error"] as? String)?.contains("is an image model: it has no /transcribe") == true)
+        #expect(sample(s, #"acm_request_failure_total{model="vit",reason="not_found"}"#) == 2)
+    }
+
+    /// Should queue a well-formed infer request (no answer yet), then answer it from the runner with the
+    /// logits, the compute fraction and the budget; and refuse a malformed one at once, counted.
+    @Test func infersThroughTheRunner() throws {
+        let s = try server()
+        defer { s.drain() }
+        let values = (0..<256).map { Float($0 % 17) / 17 }
+        let header = Array(#"{"id": "a", "inputs": [{"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "parameters": {"binary_data_size": 1024}}], "outputs": [{"name": "logits"}], "parameters": {"compute_budget": 0.5}}"#.utf8)
+        let bytes = values.flatMap { v in withUnsafeBytes(of: v.bitPattern.littleEndian) { Array($0) } }
+        let request = FakeRequest(
+            "POST", "/v2/models/vit/infer", body: header + bytes,
+            headers: ["Inference-Header-Content-Length": "\(header.count)"])
+        #expect(s.respond(to: request) == nil)
+        let answer = request.awaitAnswer()
+        #expect(answer?.status == 200)
+        let body = json(answer)
+        #expect(body["id"] as? String == "a")
+        let parameters = body["parameters"] as? [String: Any]
+        #expect(parameters?["compute_budget"] as? Double == 0.5)
+        #expect((parameters?["compute_fraction"] as? Double).map { $0 > 0 && $0 <= 0.5 + 1e-9 } == true)
+        let logits = (body["outputs"] as? [[String: Any]])?.first
+        #expect(logits?["shape"] as? [Int] == [1, 10] && (logits?["data"] as? [Double])?.count == 10)
+
+        let bad = FakeRequest("POST", "/v2/models/vit/infer", body: Array(#"{"inputs": []}"#.utf8))
+        #expect(s.respond(to: bad)?.status == 400)
+        #expect(sample(s, #"acm_request_failure_total{model="vit",reason="bad_request"}"#) == 1)
+        #expect(sample(s, #"acm_request_success_total{model="vit"}"#) == 1)
+    }
+
+    /// Should refuse inference with 503 once draining, and say it is not ready.
+    @Test func drainingRefuses() throws {
+        let s = try server()
+        s.drain()
+        #expect(s.respond(to: FakeRequest("GET", "/v2/health/ready"))?.status == 400)
+        let header = Array(#"{"inputs": [{"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": [0]}]}"#.utf8)
+        // parsed first (a 400 wins over a 503), so a well-formed body
+        let data = "[" + Array(repeating: "0", count: 256).joined(separator: ",") + "]"
+        let ok = Array(String(decoding: header, as: UTF8.self).replacingOccurrences(of: "[0]", with: data).utf8)
+        #expect(s.respond(to: FakeRequest("POST", "/v2/models/vit/infer", body: ok))?.status == 503)
+    }
+}
