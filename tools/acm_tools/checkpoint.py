@@ -1,7 +1,7 @@
 """
-Other libraries' checkpoints, as the converters (convert.py) read them: the file, a declarative key table that
-renames its keys into ours, and the strict check of what it renamed. Every error names the checkpoint's own
-key.
+Other libraries' checkpoints, as the converters (convert.py for the ViT, whisper_convert.py for Whisper) read
+them: the file, a declarative key table that renames its keys into ours, and the strict check of what it
+renamed. Every error names the checkpoint's own key.
 """
 import pickle
 import re
@@ -19,12 +19,14 @@ class ConvertError(ValueError):
 # The first entry that gives an our-key is the one named when that key is missing.
 
 FIELDS = {
-    'i': r'\d+',                                   # encoder layer
+    'i': r'\d+',                                   # encoder (ViT) or encoder/decoder (Whisper) layer
     'j': r'\d+',                                   # ViT: gate layer
     's': r'weight|bias',                           # nn.Linear / nn.LayerNorm / nn.Conv parameter
     'acm': r'mlp|self_attention\.[qkvo]_proj',     # ViT: a module that may be an ACM
     't': r'w1|b1|w2|b2',                           # ViT: ACM learner tensors
     'p': r'[qkvo]_proj',                           # ViT: an attention projection
+    'side': r'encoder|decoder',                    # Whisper: the stack
+    'c': r'[12]',                                  # Whisper: the encoder's convolution
 }
 
 

@@ -3,6 +3,8 @@ The acm-serve model format (docs/model-format.md): a directory with config.json 
 
 save_model writes it; load_model reads it back strictly: a missing tensor, a tensor no layer uses, a wrong
 shape or an unsupported dtype is an error that names the tensor, and so is an unknown config.json field.
+Whisper's directory (whisper_format.py) is the same format with another architecture: it uses the header,
+field, tensor and storage checks here.
 """
 import json
 import os
