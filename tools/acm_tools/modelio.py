@@ -3,6 +3,8 @@ The acm-serve model format (docs/model-format.md): a directory with config.json 
 
 save_model writes it; load_model reads it back strictly: a missing tensor, a tensor no layer uses, a wrong
 shape or an unsupported dtype is an error that names the tensor, and so is an unknown config.json field.
+Whisper's directory (whisper_format.py) is the same format with another architecture: it uses the header,
+field, tensor and storage checks here.
 """
 import json
 import os
@@ -93,15 +95,20 @@ def check_labels(labels, cfg: ViTConfig):
         raise ModelFormatError(f'config.json: labels must be {cfg.num_classes} strings')
 
 
+def check_header(obj, architecture):
+    """config.json's format, format_version and architecture (their presence: check_fields)."""
+    if obj['format'] != FORMAT or obj['format_version'] != FORMAT_VERSION:
+        raise ModelFormatError(f'config.json: format {obj["format"]!r} version {obj["format_version"]!r} '
+                               f'is not {FORMAT!r} version {FORMAT_VERSION}')
+    if obj['architecture'] != architecture:
+        raise ModelFormatError(f'config.json: architecture {obj["architecture"]!r} is not {architecture!r}')
+
+
 def config_from_json(obj):
     """config.json object -> (ViTConfig, preprocessing or None, labels or None), strictly."""
     check_fields(obj, 'config', ['format', 'format_version', 'architecture', 'vit', 'acm'],
                  ['preprocessing', 'labels'])
-    if obj['format'] != FORMAT or obj['format_version'] != FORMAT_VERSION:
-        raise ModelFormatError(f'config.json: format {obj["format"]!r} version {obj["format_version"]!r} '
-                               f'is not {FORMAT!r} version {FORMAT_VERSION}')
-    if obj['architecture'] != ARCHITECTURE:
-        raise ModelFormatError(f'config.json: architecture {obj["architecture"]!r} is not {ARCHITECTURE!r}')
+    check_header(obj, ARCHITECTURE)
     check_fields(obj['vit'], 'vit', [n for n in VIT_FIELDS if n != 'layer_norm_eps'], ['layer_norm_eps'])
     if not isinstance(obj['acm'], dict):
         raise ModelFormatError('config.json: acm must be an object')
@@ -138,16 +145,32 @@ def save_model(model: VisionTransformer, dir, dtype='F32', packed_attention=Fals
     preprocessing = preprocessing if preprocessing is not None else model.preprocessing
     labels = labels if labels is not None else model.labels
     obj = config_to_json(cfg, preprocessing, labels)
-    sd = {k: v.detach().to('cpu', DTYPES[dtype]).contiguous() for k, v in model.state_dict().items()}
-    for k, v in sd.items():
-        if not torch.isfinite(v).all():
-            raise ModelFormatError(f'tensor {k} is not finite as {dtype}')
+    sd = to_stored(model.state_dict(), dtype)
     if packed_attention:
         sd = pack_attention(sd, cfg)
     os.makedirs(dir, exist_ok=True)
     with open(os.path.join(dir, 'config.json'), 'w') as f:
         f.write(json.dumps(obj, indent=2) + '\n')
     save_file(sd, os.path.join(dir, 'model.safetensors'), metadata={'format': 'pt'})
+
+
+def to_stored(tensors, dtype):
+    """{name: tensor} -> the same, contiguous on the CPU as dtype ('F32', 'F16' or 'BF16'); a tensor that does
+    not fit (inf or NaN) is an error that names it."""
+    sd = {k: v.detach().to('cpu', DTYPES[dtype]).contiguous() for k, v in tensors.items()}
+    for k, v in sd.items():
+        if not torch.isfinite(v).all():
+            raise ModelFormatError(f'tensor {k} is not finite as {dtype}')
+    return sd
+
+
+def read_config(dir):
+    """dir's config.json as a JSON object (its fields unchecked)."""
+    with open(os.path.join(dir, 'config.json')) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ModelFormatError(f'config.json is not JSON: {e}') from None
 
 
 def read_tensors(path):
@@ -162,6 +185,21 @@ def read_tensors(path):
     return tensors
 
 
+def check_tensors(tensors, shapes, where=None):
+    """Strict loading: every tensor of shapes ({name: shape as a list}) present, no other, each with its
+    shape. where prefixes the message (default: none)."""
+    at = f'{where}: ' if where else ''
+    for name in shapes:
+        if name not in tensors:
+            raise ModelFormatError(f'{at}missing tensor {name}')
+    for name in tensors:
+        if name not in shapes:
+            raise ModelFormatError(f'{at}tensor {name} is not used by any layer')
+    for name, shape in shapes.items():
+        if list(tensors[name].shape) != shape:
+            raise ModelFormatError(f'{at}tensor {name} has shape {list(tensors[name].shape)}, expected {shape}')
+
+
 def load_state_dict_strict(model: VisionTransformer, tensors):
     """Load stored tensors (either attention layout) into model as its dtype, checking every key and shape."""
     try:
@@ -169,27 +207,14 @@ def load_state_dict_strict(model: VisionTransformer, tensors):
     except ValueError as e:
         raise ModelFormatError(str(e)) from None
     expected = model.state_dict()
-    for name in expected:
-        if name not in sd:
-            raise ModelFormatError(f'missing tensor {name}')
-    for name in sd:
-        if name not in expected:
-            raise ModelFormatError(f'tensor {name} is not used by any layer')
-    for name, t in expected.items():
-        if sd[name].shape != t.shape:
-            raise ModelFormatError(f'tensor {name} has shape {list(sd[name].shape)}, expected {list(t.shape)}')
+    check_tensors(sd, {k: list(v.shape) for k, v in expected.items()})
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()}, strict=True)
 
 
 def load_model(dir):
     """Read a model directory back as a float32 VisionTransformer in eval mode (weights exactly as stored,
     widened to f32). Its preprocessing and labels are on model.preprocessing and model.labels."""
-    with open(os.path.join(dir, 'config.json')) as f:
-        try:
-            obj = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ModelFormatError(f'config.json is not JSON: {e}') from None
-    cfg, pre, labels = config_from_json(obj)
+    cfg, pre, labels = config_from_json(read_config(dir))
     model = VisionTransformer(cfg)
     load_state_dict_strict(model, read_tensors(os.path.join(dir, 'model.safetensors')))
     model.preprocessing, model.labels = pre, labels

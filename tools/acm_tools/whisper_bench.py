@@ -38,15 +38,15 @@ import ctranslate2
 import numpy as np
 import torch
 
-from . import whisper_model
+from . import whisper_tiny_en
 from .machine import cpu_name
 from .whisper_fixtures import to_int16, write_wav
 from .whisper_ref import Whisper, load_audio, log_mel, log_mel_torch, n_samples, sample_rate
 
 # -----------------------------------------------------------------------------
 # config
-model_dir = 'build/models/whisper-tiny.en'
-ct2_dir = whisper_model.ct2_dir  # CTranslate2's original of the same model (fp16 weights)
+model_dir = whisper_tiny_en.out
+ct2_dir = whisper_tiny_en.ct2_dir  # CTranslate2's original of the same model (fp16 weights)
 fixtures = 'Tests/ACMWhisperTests/Fixtures'
 binary = '.build/release/acm-serve'
 out = 'build/whisper/bench.json'

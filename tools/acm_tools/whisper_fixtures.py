@@ -35,14 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import whisper_model
+from . import whisper_tiny_en
 from .whisper_ref import Whisper, bytes_to_unicode, log_mel, read_wav, to_mono_16k
 
 # -----------------------------------------------------------------------------
 # config
 out = 'Tests/ACMWhisperTests/Fixtures'  # relative to the repository root
-model_dir = 'build/models/whisper-tiny.en'
-ct2_dir = whisper_model.ct2_dir  # the CTranslate2 model that build/models/whisper-tiny.en was converted from
+model_dir = whisper_tiny_en.out
+ct2_dir = whisper_tiny_en.ct2_dir  # the CTranslate2 model that model_dir was converted from
 stereo_right_gain = 0.6  # the right channel of a stereo clip: this times the left
 encoder_rows = 300
 min_margin = 0.1  # each greedy step's top logit leads the runner-up by this much, so float32 engines agree

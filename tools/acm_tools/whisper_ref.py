@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .whisper_model import load_whisper
+from .whisper_format import load_whisper
 
 # -----------------------------------------------------------------------------
 # config: Whisper's audio hyperparameters (whisper/audio.py)

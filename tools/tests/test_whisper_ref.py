@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from acm_tools import whisper_fixtures as wf
-from acm_tools import whisper_model as wm
 from acm_tools import whisper_ref as wr
+from acm_tools import whisper_tiny_en
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(REPO, wf.out)
@@ -18,7 +18,7 @@ CLIPS = ['flite_slt_stella', 'espeak_us_stereo', 'espeak_us_m3_fast']  # 16 kHz 
 @pytest.fixture(scope='module')
 def model():
     torch.set_num_threads(1)
-    return wr.Whisper(os.path.join(REPO, wm.out))
+    return wr.Whisper(os.path.join(REPO, whisper_tiny_en.out))
 
 
 def audio(name):
@@ -67,7 +67,7 @@ def test_encoder_matches_ctranslate2(model, name):
     """Should match CTranslate2's encoder output within 1e-3 of its largest magnitude."""
     mel = wr.log_mel(audio(name))
     ours = model.encode(mel).numpy()
-    theirs = wf.CT2(os.path.join(REPO, wm.ct2_dir)).encode(mel)
+    theirs = wf.CT2(os.path.join(REPO, whisper_tiny_en.ct2_dir)).encode(mel)
     assert ours.shape == theirs.shape == (1500, 384)
     rel = np.abs(ours - theirs).max() / np.abs(theirs).max()
     print(f'{name}: encoder max|d| / max|ct2| = {rel:.2e}')
