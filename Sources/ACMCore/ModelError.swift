@@ -72,3 +72,12 @@ public func loadModelConfig<T: ModelConfigHeader>(_ type: T.Type, path: String, 
     }
     return config
 }
+
+extension KeyedDecodingContainer {
+    /// Sets `value` from `key` when the key is present, and leaves it alone otherwise: a Codable type
+    /// whose fields have defaults decodes with `self.init()` and one `update` per field, so that each
+    /// default is written once, where the field is declared.
+    public func update<T: Decodable>(_ value: inout T, _ key: Key) throws {
+        if let decoded = try decodeIfPresent(T.self, forKey: key) { value = decoded }
+    }
+}

@@ -8,7 +8,7 @@ public struct ModelConfig: Codable, Sendable, ModelConfigHeader {
     public var architecture: String
     public var vit: ViTConfig?
     /// Module path → ACM settings; modules not listed are dense.
-    public var acm: [String: ACMConfig]
+    public var acm: [String: ACMConfig] = [:]
     public var preprocessing: Preprocessing?
     public var labels: [String]?
 
@@ -24,7 +24,7 @@ public struct ModelConfig: Codable, Sendable, ModelConfigHeader {
         formatVersion = try c.decode(Int.self, forKey: .formatVersion)
         architecture = try c.decode(String.self, forKey: .architecture)
         vit = try c.decodeIfPresent(ViTConfig.self, forKey: .vit)
-        acm = try c.decodeIfPresent([String: ACMConfig].self, forKey: .acm) ?? [:]
+        try c.update(&acm, .acm)
         preprocessing = try c.decodeIfPresent(Preprocessing.self, forKey: .preprocessing)
         labels = try c.decodeIfPresent([String].self, forKey: .labels)
     }
@@ -47,8 +47,9 @@ public struct ViTConfig: Codable, Sendable, Equatable {
     public var numClasses: Int
     public var layerNormEps: Float
 
+    /// `numChannels` and `layerNormEps` as torchvision's defaults: RGB, and its ViT's LayerNorm epsilon.
     public init(
-        imageSize: Int, patchSize: Int, numChannels: Int, hiddenDim: Int, numLayers: Int,
+        imageSize: Int, patchSize: Int, numChannels: Int = 3, hiddenDim: Int, numLayers: Int,
         numHeads: Int, mlpDim: Int, numClasses: Int, layerNormEps: Float = 1e-6
     ) {
         self.imageSize = imageSize
@@ -76,15 +77,13 @@ public struct ViTConfig: Codable, Sendable, Equatable {
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        imageSize = try c.decode(Int.self, forKey: .imageSize)
-        patchSize = try c.decode(Int.self, forKey: .patchSize)
-        numChannels = try c.decodeIfPresent(Int.self, forKey: .numChannels) ?? 3
-        hiddenDim = try c.decode(Int.self, forKey: .hiddenDim)
-        numLayers = try c.decode(Int.self, forKey: .numLayers)
-        numHeads = try c.decode(Int.self, forKey: .numHeads)
-        mlpDim = try c.decode(Int.self, forKey: .mlpDim)
-        numClasses = try c.decode(Int.self, forKey: .numClasses)
-        layerNormEps = try c.decodeIfPresent(Float.self, forKey: .layerNormEps) ?? 1e-6
+        self.init(
+            imageSize: try c.decode(Int.self, forKey: .imageSize), patchSize: try c.decode(Int.self, forKey: .patchSize),
+            hiddenDim: try c.decode(Int.self, forKey: .hiddenDim), numLayers: try c.decode(Int.self, forKey: .numLayers),
+            numHeads: try c.decode(Int.self, forKey: .numHeads), mlpDim: try c.decode(Int.self, forKey: .mlpDim),
+            numClasses: try c.decode(Int.self, forKey: .numClasses))
+        try c.update(&numChannels, .numChannels)
+        try c.update(&layerNormEps, .layerNormEps)
     }
 
     /// Patches per side.

@@ -33,14 +33,13 @@ public struct ServerConfig: Codable, Sendable, Equatable {
         }
 
         public init(from decoder: any Decoder) throws {
+            self.init()
             let c = try decoder.container(keyedBy: CodingKeys.self)
-            let d = Limits()
-            maxBodyBytes = try c.decodeIfPresent(Int.self, forKey: .maxBodyBytes) ?? d.maxBodyBytes
-            maxHeaderBytes = try c.decodeIfPresent(Int.self, forKey: .maxHeaderBytes) ?? d.maxHeaderBytes
-            connectionLimit = try c.decodeIfPresent(Int.self, forKey: .connectionLimit) ?? d.connectionLimit
-            perIPConnectionLimit = try c.decodeIfPresent(Int.self, forKey: .perIPConnectionLimit) ?? d.perIPConnectionLimit
-            connectionTimeoutSeconds =
-                try c.decodeIfPresent(Int.self, forKey: .connectionTimeoutSeconds) ?? d.connectionTimeoutSeconds
+            try c.update(&maxBodyBytes, .maxBodyBytes)
+            try c.update(&maxHeaderBytes, .maxHeaderBytes)
+            try c.update(&connectionLimit, .connectionLimit)
+            try c.update(&perIPConnectionLimit, .perIPConnectionLimit)
+            try c.update(&connectionTimeoutSeconds, .connectionTimeoutSeconds)
         }
     }
 
@@ -71,11 +70,11 @@ public struct ServerConfig: Codable, Sendable, Equatable {
 
         public init(from decoder: any Decoder) throws {
             let c = try decoder.container(keyedBy: CodingKeys.self)
-            path = try c.decode(String.self, forKey: .path)
-            maxBatchSize = try c.decodeIfPresent(Int.self, forKey: .maxBatchSize) ?? 32
-            maxQueueDelayMicroseconds = try c.decodeIfPresent(Int.self, forKey: .maxQueueDelayMicroseconds) ?? 2000
-            maxQueueSize = try c.decodeIfPresent(Int.self, forKey: .maxQueueSize) ?? 256
-            defaultBudget = try c.decodeIfPresent(ComputeBudget.self, forKey: .defaultBudget)
+            self.init(path: try c.decode(String.self, forKey: .path))
+            try c.update(&maxBatchSize, .maxBatchSize)
+            try c.update(&maxQueueDelayMicroseconds, .maxQueueDelayMicroseconds)
+            try c.update(&maxQueueSize, .maxQueueSize)
+            try c.update(&defaultBudget, .defaultBudget)
         }
     }
 
@@ -90,15 +89,15 @@ public struct ServerConfig: Codable, Sendable, Equatable {
     }
 
     public init(from decoder: any Decoder) throws {
+        self.init()
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        let d = ServerConfig()
-        host = try c.decodeIfPresent(String.self, forKey: .host) ?? d.host
-        port = try c.decodeIfPresent(Int.self, forKey: .port) ?? d.port
-        httpThreads = try c.decodeIfPresent(Int.self, forKey: .httpThreads) ?? d.httpThreads
-        computeThreads = try c.decodeIfPresent(Int.self, forKey: .computeThreads)
-        logLevel = try c.decodeIfPresent(String.self, forKey: .logLevel) ?? d.logLevel
-        limits = try c.decodeIfPresent(Limits.self, forKey: .limits) ?? d.limits
-        models = try c.decodeIfPresent([String: ModelEntry].self, forKey: .models) ?? [:]
+        try c.update(&host, .host)
+        try c.update(&port, .port)
+        try c.update(&httpThreads, .httpThreads)
+        try c.update(&computeThreads, .computeThreads)
+        try c.update(&logLevel, .logLevel)
+        try c.update(&limits, .limits)
+        try c.update(&models, .models)
     }
 
     /// Reads a config file. Relative model paths are taken relative to the file's directory.

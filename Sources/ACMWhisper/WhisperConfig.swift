@@ -9,7 +9,7 @@ public struct WhisperModelConfig: Decodable, Sendable, ModelConfigHeader {
     public var whisper: WhisperConfig
     /// Module path (`model.encoder.layers.{i}`, `model.decoder.layers.{i}`) → ACM settings of that
     /// layer's MLP; layers not listed are dense.
-    public var acm: [String: ACMConfig]
+    public var acm: [String: ACMConfig] = [:]
     public var generation: GenerationConfig
 
     enum CodingKeys: String, CodingKey {
@@ -24,7 +24,7 @@ public struct WhisperModelConfig: Decodable, Sendable, ModelConfigHeader {
         formatVersion = try c.decode(Int.self, forKey: .formatVersion)
         architecture = try c.decode(String.self, forKey: .architecture)
         whisper = try c.decode(WhisperConfig.self, forKey: .whisper)
-        acm = try c.decodeIfPresent([String: ACMConfig].self, forKey: .acm) ?? [:]
+        try c.update(&acm, .acm)
         generation = try c.decode(GenerationConfig.self, forKey: .generation)
     }
 
@@ -56,7 +56,7 @@ public struct WhisperConfig: Codable, Sendable, Equatable {
     public init(
         numMelBins: Int, dModel: Int, encoderLayers: Int, encoderAttentionHeads: Int, decoderLayers: Int,
         decoderAttentionHeads: Int, encoderFfnDim: Int, decoderFfnDim: Int, maxSourcePositions: Int,
-        maxTargetPositions: Int, vocabSize: Int, layerNormEps: Float = 1e-5
+        maxTargetPositions: Int, vocabSize: Int, layerNormEps: Float = defaultLayerNormEps
     ) {
         self.numMelBins = numMelBins
         self.dModel = dModel
@@ -100,8 +100,12 @@ public struct WhisperConfig: Codable, Sendable, Equatable {
         maxSourcePositions = try c.decode(Int.self, forKey: .maxSourcePositions)
         maxTargetPositions = try c.decode(Int.self, forKey: .maxTargetPositions)
         vocabSize = try c.decode(Int.self, forKey: .vocabSize)
-        layerNormEps = try c.decodeIfPresent(Float.self, forKey: .layerNormEps) ?? 1e-5
+        layerNormEps = Self.defaultLayerNormEps
+        try c.update(&layerNormEps, .layerNormEps)
     }
+
+    /// Hugging Face's `layer_norm_eps` default for Whisper.
+    public static let defaultLayerNormEps: Float = 1e-5
 
     /// Log-mel frames the encoder takes: two per encoder position (conv2 has stride 2).
     public var inputFrames: Int { 2 * maxSourcePositions }
