@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from acm_tools.golden import fixtures, init_weights
 from acm_tools.modelio import DTYPES, ModelFormatError, load_model, save_model
 from acm_tools.vit import VisionTransformer
+from edits import edit_config
 
 FIXTURES = {fx.name: fx for fx in fixtures()}
 
@@ -142,11 +143,6 @@ def test_strict_loading_names_the_tensor(tmp_path, name, key, change, what):
 def test_strict_config(tmp_path, edit, field):
     """Should refuse an unknown, missing or invalid config.json field, naming it."""
     _, d = saved(tmp_path, 'vit_mixed')
-    path = os.path.join(d, 'config.json')
-    with open(path) as f:
-        obj = json.load(f)
-    edit(obj)
-    with open(path, 'w') as f:
-        json.dump(obj, f)
+    edit_config(d, edit)
     with pytest.raises(ModelFormatError, match=field):
         load_model(d)

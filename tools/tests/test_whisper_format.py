@@ -12,6 +12,7 @@ from acm_tools import whisper_tiny_en
 from acm_tools.modelio import ModelFormatError
 from acm_tools.whisper_format import (Generation, WhisperConfig, expected_shapes, is_complete, load_whisper,
                                       save_whisper)
+from edits import edit_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(REPO, whisper_tiny_en.out)
@@ -52,13 +53,6 @@ def edit_tensors(d, edit):
     save_file(tensors, path)
 
 
-def edit_config(d, edit):
-    path = os.path.join(d, 'config.json')
-    with open(path) as f:
-        obj = json.load(f)
-    edit(obj)
-    with open(path, 'w') as f:
-        json.dump(obj, f)
 
 
 CORRUPTIONS = {  # name: (what to change, the error it must raise)
