@@ -33,6 +33,29 @@ import Foundation
     return y * twoToN
 }
 
+/// Σ a[i]·b[i] over n floats; eight partial sums so the loop vectorises.
+@inline(__always) func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var s = (Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0))
+    var i = 0
+    while i + 8 <= n {
+        s.0 += a[i] * b[i]
+        s.1 += a[i + 1] * b[i + 1]
+        s.2 += a[i + 2] * b[i + 2]
+        s.3 += a[i + 3] * b[i + 3]
+        s.4 += a[i + 4] * b[i + 4]
+        s.5 += a[i + 5] * b[i + 5]
+        s.6 += a[i + 6] * b[i + 6]
+        s.7 += a[i + 7] * b[i + 7]
+        i += 8
+    }
+    var result = ((s.0 + s.1) + (s.2 + s.3)) + ((s.4 + s.5) + (s.6 + s.7))
+    while i < n {
+        result += a[i] * b[i]
+        i += 1
+    }
+    return result
+}
+
 /// Exact (erf) GELU in place: x·½·(1 + erf(x/√2)).
 public func geluInPlace(_ x: UnsafeMutablePointer<Float>, count: Int) {
     Activation.gelu.apply(x, count: count)

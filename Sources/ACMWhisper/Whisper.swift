@@ -257,13 +257,13 @@ public final class Whisper: @unchecked Sendable {
         for layer in encoderLayers {
             // self-attention: x = x + out(attention(q, k, v)) on self_attn_layer_norm(x)
             layer.selfAttnLayerNorm.forward(x, rows: tokens, out: normed)
-            project(layer.selfAttn.q, normed, rows: tokens, out: q)
-            project(layer.selfAttn.k, normed, rows: tokens, out: k)
-            project(layer.selfAttn.v, normed, rows: tokens, out: v)
+            layer.selfAttn.q.forward(normed, rows: tokens, out: q)
+            layer.selfAttn.k.forward(normed, rows: tokens, out: k)
+            layer.selfAttn.v.forward(normed, rows: tokens, out: v)
             multiHeadAttention(
                 q: q, k: k, v: v, ld: d, out: attended, ldOut: d,
                 sequences: sequences, heads: heads, headDim: d / heads, scores: ws.scores)
-            project(layer.selfAttn.out, attended, rows: tokens, out: blockOut)
+            layer.selfAttn.out.forward(attended, rows: tokens, out: blockOut)
             for i in 0..<(tokens * d) { x[i] += blockOut[i] }
 
             // mlp: x = x + fc2(gelu(fc1(final_layer_norm(x))))
@@ -287,8 +287,8 @@ public final class Whisper: @unchecked Sendable {
         for layer in decoderLayers {
             // [count·S, d] × [d, d], once per utterance rather than once per step
             let k = Tensor(shape: [count, s, d]), v = Tensor(shape: [count, s, d])
-            project(layer.encoderAttn.k, encoded.data, rows: count * s, out: k.data)
-            project(layer.encoderAttn.v, encoded.data, rows: count * s, out: v.data)
+            layer.encoderAttn.k.forward(encoded.data, rows: count * s, out: k.data)
+            layer.encoderAttn.v.forward(encoded.data, rows: count * s, out: v.data)
             crossK.append(k)
             crossV.append(v)
         }
@@ -340,9 +340,9 @@ public final class Whisper: @unchecked Sendable {
         for (l, layer) in decoderLayers.enumerated() {
             // self-attention over the cache and the new tokens, causal
             layer.selfAttnLayerNorm.forward(x, rows: rows, out: normed)
-            project(layer.selfAttn.q, normed, rows: rows, out: q)
-            project(layer.selfAttn.k, normed, rows: rows, out: k)
-            project(layer.selfAttn.v, normed, rows: rows, out: v)
+            layer.selfAttn.q.forward(normed, rows: rows, out: q, fewRows: .splitColumns)
+            layer.selfAttn.k.forward(normed, rows: rows, out: k, fewRows: .splitColumns)
+            layer.selfAttn.v.forward(normed, rows: rows, out: v, fewRows: .splitColumns)
             let cacheK = state.selfK[l], cacheV = state.selfV[l]
             for (i, slot) in slots.enumerated() {
                 let at = (slot * maxT + state.lengths[slot]) * d
@@ -361,12 +361,12 @@ public final class Whisper: @unchecked Sendable {
                         out: attended + seq.lowerBound * d + h * headDim, scratch: ws.scores[worker])
                 }
             }
-            project(layer.selfAttn.out, attended, rows: rows, out: blockOut)
+            layer.selfAttn.out.forward(attended, rows: rows, out: blockOut, fewRows: .splitColumns)
             for i in 0..<(rows * d) { x[i] += blockOut[i] }
 
             // cross-attention over the utterance's encoder output
             layer.encoderAttnLayerNorm.forward(x, rows: rows, out: normed)
-            project(layer.encoderAttn.q, normed, rows: rows, out: q)
+            layer.encoderAttn.q.forward(normed, rows: rows, out: q, fewRows: .splitColumns)
             let crossK = state.crossK[l], crossV = state.crossV[l]
             Parallel.forEachChunk(slots.count * heads, minimumPerChunk: 1) { worker, pairs in
                 for pair in pairs {
@@ -379,7 +379,7 @@ public final class Whisper: @unchecked Sendable {
                         out: attended + seq.lowerBound * d + h * headDim, scratch: ws.scores[worker])
                 }
             }
-            project(layer.encoderAttn.out, attended, rows: rows, out: blockOut)
+            layer.encoderAttn.out.forward(attended, rows: rows, out: blockOut, fewRows: .splitColumns)
             for i in 0..<(rows * d) { x[i] += blockOut[i] }
 
             // mlp
@@ -395,33 +395,14 @@ public final class Whisper: @unchecked Sendable {
         decoderLayerNorm.forward(last, rows: slots.count, out: last)
         let vocab = config.vocabSize
         let logits = Tensor(shape: [slots.count, vocab])
-        Parallel.forEachChunk(vocab, minimumPerChunk: 1024) { _, columns in
-            // [live, d] × [d, vocab columns]
-            timesTransposed(
-                last, rows: slots.count, w: embedTokens.data, columns: columns, k: d,
-                out: logits.data, ldOut: vocab)
-        }
+        // [live, d] × [d, vocab]
+        timesTransposed(
+            last, rows: slots.count, w: embedTokens.data, outputs: vocab, inputs: d, out: logits.data,
+            minimumColumnsPerWorker: 1024)
         return logits
     }
 
     // MARK: - Building blocks
-
-    /// out = x·Wᵀ + b. `Linear.forward` shares rows out among the workers; a decoder step has only a
-    /// few rows (one per live utterance), so then the output columns are shared out instead.
-    func project(_ linear: Linear, _ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>) {
-        if rows >= Parallel.workers * Parallel.minimumRowsPerWorker {
-            linear.forward(x, rows: rows, out: out)
-            return
-        }
-        let n = linear.inputs, m = linear.outputs
-        Parallel.forEachChunk(m, minimumPerChunk: 64) { _, columns in
-            // [rows, in] × [in, columns]
-            timesTransposed(x, rows: rows, w: linear.weight.data, columns: columns, k: n, out: out, ldOut: m)
-            if let bias = linear.bias {
-                addBias(out + columns.lowerBound, rows: rows, columns: columns.count, ld: m, bias: bias.data + columns.lowerBound)
-            }
-        }
-    }
 
     /// The layer's MLP on `rows` = the sequences' tokens, into `out` [rows, d].
     func feedForward(
@@ -430,13 +411,8 @@ public final class Whisper: @unchecked Sendable {
     ) {
         let rows = sequences.last?.upperBound ?? 0
         switch mlp {
-        case let .dense(dense) where rows >= Parallel.workers * Parallel.minimumRowsPerWorker:
-            dense.forward(x, rows: rows, out: out, scratch: ws.mlpHidden)
         case let .dense(dense):
-            let hidden = ws.hidden.reserve(rows * dense.fc1.outputs)
-            project(dense.fc1, x, rows: rows, out: hidden)
-            Activation.gelu.apply(hidden, count: rows * dense.fc1.outputs)
-            project(dense.fc2, hidden, rows: rows, out: out)
+            dense.forward(x, rows: rows, out: out, scratch: ws.mlpHidden, fewRows: .splitColumns)
         case let .acm(_, layer):
             if ws.choices.count < rows { ws.choices = [Int32](repeating: 0, count: rows) }
             ws.choices.withUnsafeMutableBufferPointer { ks in
@@ -446,53 +422,6 @@ public final class Whisper: @unchecked Sendable {
             }
         }
     }
-}
-
-/// out[r, j] = Σ_c x[r, c]·w[j, c] for `rows` rows and the output columns j in `columns`: x [rows, k]
-/// times wᵀ, w [n, k] in `nn.Linear`'s layout. Few rows go through `dot`, streaming w from memory once:
-/// OpenBLAS packs all of w on every call, which for a decoder step's one row per utterance costs more
-/// than the arithmetic (3× for the 51864 × 384 logits). Each output is then also the same dot product
-/// whatever the batch, so a step's logits do not depend on which other utterances are live.
-func timesTransposed(
-    _ x: UnsafePointer<Float>, rows: Int, w: UnsafePointer<Float>, columns: Range<Int>, k: Int,
-    out: UnsafeMutablePointer<Float>, ldOut: Int
-) {
-    if rows > fewRows {
-        gemm(
-            m: rows, n: columns.count, k: k, a: x, lda: k, b: w + columns.lowerBound * k, ldb: k, transB: true,
-            c: out + columns.lowerBound, ldc: ldOut)
-        return
-    }
-    for j in columns {
-        let wj = w + j * k
-        for r in 0..<rows { out[r * ldOut + j] = dot(x + r * k, wj, k) }
-    }
-}
-
-/// Rows up to which `timesTransposed` streams the weight instead of calling GEMM.
-let fewRows = 8
-
-/// Σ a[i]·b[i] over n floats; eight partial sums so the loop vectorises.
-@inline(__always) func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-    var s = (Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0))
-    var i = 0
-    while i + 8 <= n {
-        s.0 += a[i] * b[i]
-        s.1 += a[i + 1] * b[i + 1]
-        s.2 += a[i + 2] * b[i + 2]
-        s.3 += a[i + 3] * b[i + 3]
-        s.4 += a[i + 4] * b[i + 4]
-        s.5 += a[i + 5] * b[i + 5]
-        s.6 += a[i + 6] * b[i + 6]
-        s.7 += a[i + 7] * b[i + 7]
-        i += 8
-    }
-    var result = ((s.0 + s.1) + (s.2 + s.3)) + ((s.4 + s.5) + (s.6 + s.7))
-    while i < n {
-        result += a[i] * b[i]
-        i += 1
-    }
-    return result
 }
 
 /// Attention of one head for `count` queries over `keyCount` keys, rows `ld` apart:
