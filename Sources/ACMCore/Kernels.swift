@@ -210,37 +210,3 @@ public func extractPatches(
         }
     }
 }
-
-/// Multi-head scaled dot-product attention, run per sequence.
-///
-/// `q`, `k`, `v` and `out` are [tokens, heads·headDim] with the given row strides; `sequences` are
-/// disjoint token ranges, and tokens attend only within their own sequence. The (sequence, head) pairs
-/// are shared out among the workers; `scores` holds each worker's [t, t] score matrix.
-public func multiHeadAttention(
-    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ld: Int,
-    out: UnsafeMutablePointer<Float>, ldOut: Int,
-    sequences: [Range<Int>], heads: Int, headDim: Int, scores: WorkerScratch
-) {
-    let scale = 1 / Float(headDim).squareRoot()
-    scores.prepare()
-    Parallel.forEachChunk(sequences.count * heads, minimumPerChunk: 1) { worker, pairs in
-        for pair in pairs {
-            let seq = sequences[pair / heads], h = pair % heads
-            let t = seq.count
-            let s = scores[worker].reserve(t * t + headDim * t)
-            let kT = s + t * t
-            let col = h * headDim
-            let base = seq.lowerBound * ld + col
-            // kᵀ [dh, t], so that both GEMMs run untransposed
-            transpose(k + base, rows: t, columns: headDim, lda: ld, out: kT, ldOut: t)
-            // scores = q·kᵀ: [t, dh] × [dh, t]; the 1/√dh goes into the softmax
-            gemm(m: t, n: t, k: headDim, a: q + base, lda: ld, b: kT, ldb: t, c: s, ldc: t)
-            softmaxRows(s, rows: t, n: t, ld: t, scale: scale)
-            // out = softmax(scores)·v: [t, t] × [t, dh]
-            gemm(
-                m: t, n: headDim, k: t,
-                a: s, lda: t, b: v + base, ldb: ld,
-                c: out + seq.lowerBound * ldOut + col, ldc: ldOut)
-        }
-    }
-}

@@ -336,7 +336,11 @@ public final class Whisper: @unchecked Sendable {
         let normed = ws.normed.reserve(rows * d)
         let q = ws.q.reserve(rows * d), k = ws.k.reserve(rows * d), v = ws.v.reserve(rows * d)
         let attended = ws.attended.reserve(rows * d), blockOut = ws.blockOut.reserve(rows * d)
-        ws.scores.prepare()
+        // each slot's keys: its cache, up to and including the new tokens; its encoder output
+        let cachedKeys = slots.indices.map { i in
+            slots[i] * maxT..<slots[i] * maxT + state.lengths[slots[i]] + sequences[i].count
+        }
+        let encoderKeys = slots.map { $0 * s..<($0 + 1) * s }
         for (l, layer) in decoderLayers.enumerated() {
             // self-attention over the cache and the new tokens, causal
             layer.selfAttnLayerNorm.forward(x, rows: rows, out: normed)
@@ -349,36 +353,19 @@ public final class Whisper: @unchecked Sendable {
                 (cacheK.data + at).update(from: k + sequences[i].lowerBound * d, count: sequences[i].count * d)
                 (cacheV.data + at).update(from: v + sequences[i].lowerBound * d, count: sequences[i].count * d)
             }
-            Parallel.forEachChunk(slots.count * heads, minimumPerChunk: 1) { worker, pairs in
-                for pair in pairs {
-                    let i = pair / heads, h = pair % heads, slot = slots[i], seq = sequences[i]
-                    let cached = state.lengths[slot]
-                    attend(
-                        queries: q + seq.lowerBound * d + h * headDim, count: seq.count,
-                        keys: cacheK.data + slot * maxT * d + h * headDim,
-                        values: cacheV.data + slot * maxT * d + h * headDim, keyCount: cached + seq.count,
-                        causalFrom: cached, ld: d, headDim: headDim,
-                        out: attended + seq.lowerBound * d + h * headDim, scratch: ws.scores[worker])
-                }
-            }
+            multiHeadAttention(
+                q: q, k: cacheK.data, v: cacheV.data, ld: d, out: attended, ldOut: d,
+                sequences: sequences, keys: cachedKeys, causal: true, heads: heads, headDim: headDim,
+                scores: ws.scores)
             layer.selfAttn.out.forward(attended, rows: rows, out: blockOut, fewRows: .splitColumns)
             for i in 0..<(rows * d) { x[i] += blockOut[i] }
 
             // cross-attention over the utterance's encoder output
             layer.encoderAttnLayerNorm.forward(x, rows: rows, out: normed)
             layer.encoderAttn.q.forward(normed, rows: rows, out: q, fewRows: .splitColumns)
-            let crossK = state.crossK[l], crossV = state.crossV[l]
-            Parallel.forEachChunk(slots.count * heads, minimumPerChunk: 1) { worker, pairs in
-                for pair in pairs {
-                    let i = pair / heads, h = pair % heads, slot = slots[i], seq = sequences[i]
-                    attend(
-                        queries: q + seq.lowerBound * d + h * headDim, count: seq.count,
-                        keys: crossK.data + slot * s * d + h * headDim,
-                        values: crossV.data + slot * s * d + h * headDim, keyCount: s,
-                        causalFrom: nil, ld: d, headDim: headDim,
-                        out: attended + seq.lowerBound * d + h * headDim, scratch: ws.scores[worker])
-                }
-            }
+            multiHeadAttention(
+                q: q, k: state.crossK[l].data, v: state.crossV[l].data, ld: d, out: attended, ldOut: d,
+                sequences: sequences, keys: encoderKeys, heads: heads, headDim: headDim, scores: ws.scores)
             layer.encoderAttn.out.forward(attended, rows: rows, out: blockOut, fewRows: .splitColumns)
             for i in 0..<(rows * d) { x[i] += blockOut[i] }
 
@@ -422,26 +409,4 @@ public final class Whisper: @unchecked Sendable {
             }
         }
     }
-}
-
-/// Attention of one head for `count` queries over `keyCount` keys, rows `ld` apart:
-/// out = softmax(q·kᵀ/√headDim)·v. With `causalFrom` = c, query i sees keys 0...c + i (the cache
-/// holds c earlier tokens); without it, every key.
-func attend(
-    queries q: UnsafePointer<Float>, count: Int, keys k: UnsafePointer<Float>, values v: UnsafePointer<Float>,
-    keyCount: Int, causalFrom: Int?, ld: Int, headDim: Int, out: UnsafeMutablePointer<Float>, scratch: Scratch
-) {
-    let scores = scratch.reserve(count * keyCount)
-    // [count, dh] × [dh, keys]
-    gemm(
-        m: count, n: keyCount, k: headDim, alpha: 1 / Float(headDim).squareRoot(),
-        a: q, lda: ld, b: k, ldb: ld, transB: true, c: scores, ldc: keyCount)
-    for i in 0..<count {
-        let row = scores + i * keyCount
-        let visible = causalFrom.map { min($0 + i + 1, keyCount) } ?? keyCount
-        softmaxRows(row, rows: 1, n: visible, ld: keyCount)
-        for j in visible..<keyCount { row[j] = 0 }
-    }
-    // [count, keys] × [keys, dh]
-    gemm(m: count, n: headDim, k: keyCount, a: scores, lda: keyCount, b: v, ldb: ld, c: out, ldc: ld)
 }
