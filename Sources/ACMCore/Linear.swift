@@ -107,6 +107,13 @@ public struct DenseMLP: Sendable {
         self.fc2 = fc2
     }
 
+    /// d → `hidden` → d, its layers under `weights` at the checkpoint's keys `fc1` and `fc2`.
+    public init(dim d: Int, hidden: Int, weights: Weights, fc1: String, fc2: String) throws {
+        self.init(
+            fc1: try Linear(inputs: d, outputs: hidden, weights: weights.scoped(fc1)),
+            fc2: try Linear(inputs: hidden, outputs: d, weights: weights.scoped(fc2)))
+    }
+
     /// out = fc2(gelu(fc1(x))) for `rows` rows; each worker runs all three steps on its own rows, or,
     /// for few rows split by columns, each step is shared out by columns in turn.
     public func forward(
