@@ -51,7 +51,8 @@ let package = Package(
 
         // Row kernels (softmax, LayerNorm, GELU) compiled per instruction set and picked at run time.
         .target(name: "CACMKernels"),
-        // Numeric core: tensors, GEMM (LIBXSMM, OpenBLAS), kernels, the ACM layer, safetensors and .npy readers.
+        // Numeric core: tensors, GEMM (LIBXSMM, OpenBLAS), kernels, attention, the ACM layer and the dense-or-ACM
+        // layer both models build on, safetensors and .npy readers.
         .target(name: "ACMCore", dependencies: ["CBLAS", "CXSMM", "CACMKernels"], swiftSettings: swiftSettings),
         // Models built from the core: the ViT and its config.
         .target(name: "ACMModels", dependencies: ["ACMCore"], swiftSettings: swiftSettings),

@@ -114,9 +114,13 @@ func foldLinear(_ layers: [Linear]) -> Linear {
         bias: Tensor(shape: [rows], values: c.map { Float($0) }))
 }
 
-/// Scratch space shared by every ACM of a model; the layers run one at a time.
+/// Scratch space shared by every ACM (and every `DenseOrACM`) of a model; the layers run one at a time.
 public final class ACMWorkspace: @unchecked Sendable {
     let gateA = Scratch(), gateB = Scratch()
+    /// A dense MLP's hidden layer, per worker.
+    let mlpHidden = WorkerScratch()
+    /// Each token's k, written by `ACMLayer.forward` for `DenseOrACM.forward`.
+    var choices: [Int32] = []
     /// One per worker: each runs the learners for its own block of tokens.
     var chunks: [LearnerScratch] = []
 

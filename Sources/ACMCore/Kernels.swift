@@ -33,6 +33,29 @@ import Foundation
     return y * twoToN
 }
 
+/// Σ a[i]·b[i] over n floats; eight partial sums so the loop vectorises.
+@inline(__always) func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var s = (Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0))
+    var i = 0
+    while i + 8 <= n {
+        s.0 += a[i] * b[i]
+        s.1 += a[i + 1] * b[i + 1]
+        s.2 += a[i + 2] * b[i + 2]
+        s.3 += a[i + 3] * b[i + 3]
+        s.4 += a[i + 4] * b[i + 4]
+        s.5 += a[i + 5] * b[i + 5]
+        s.6 += a[i + 6] * b[i + 6]
+        s.7 += a[i + 7] * b[i + 7]
+        i += 8
+    }
+    var result = ((s.0 + s.1) + (s.2 + s.3)) + ((s.4 + s.5) + (s.6 + s.7))
+    while i < n {
+        result += a[i] * b[i]
+        i += 1
+    }
+    return result
+}
+
 /// Exact (erf) GELU in place: x·½·(1 + erf(x/√2)).
 public func geluInPlace(_ x: UnsafeMutablePointer<Float>, count: Int) {
     Activation.gelu.apply(x, count: count)
@@ -184,40 +207,6 @@ public func extractPatches(
                     }
                 }
             }
-        }
-    }
-}
-
-/// Multi-head scaled dot-product attention, run per sequence.
-///
-/// `q`, `k`, `v` and `out` are [tokens, heads·headDim] with the given row strides; `sequences` are
-/// disjoint token ranges, and tokens attend only within their own sequence. The (sequence, head) pairs
-/// are shared out among the workers; `scores` holds each worker's [t, t] score matrix.
-public func multiHeadAttention(
-    q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ld: Int,
-    out: UnsafeMutablePointer<Float>, ldOut: Int,
-    sequences: [Range<Int>], heads: Int, headDim: Int, scores: WorkerScratch
-) {
-    let scale = 1 / Float(headDim).squareRoot()
-    scores.prepare()
-    Parallel.forEachChunk(sequences.count * heads, minimumPerChunk: 1) { worker, pairs in
-        for pair in pairs {
-            let seq = sequences[pair / heads], h = pair % heads
-            let t = seq.count
-            let s = scores[worker].reserve(t * t + headDim * t)
-            let kT = s + t * t
-            let col = h * headDim
-            let base = seq.lowerBound * ld + col
-            // kᵀ [dh, t], so that both GEMMs run untransposed
-            transpose(k + base, rows: t, columns: headDim, lda: ld, out: kT, ldOut: t)
-            // scores = q·kᵀ: [t, dh] × [dh, t]; the 1/√dh goes into the softmax
-            gemm(m: t, n: t, k: headDim, a: q + base, lda: ld, b: kT, ldb: t, c: s, ldc: t)
-            softmaxRows(s, rows: t, n: t, ld: t, scale: scale)
-            // out = softmax(scores)·v: [t, t] × [t, dh]
-            gemm(
-                m: t, n: headDim, k: t,
-                a: s, lda: t, b: v + base, ldb: ld,
-                c: out + seq.lowerBound * ldOut + col, ldc: ldOut)
         }
     }
 }

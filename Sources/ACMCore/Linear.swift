@@ -29,9 +29,15 @@ public struct Linear: Sendable {
     /// out = x·Wᵀ + b for `rows` rows; `ldx` and `ldOut` are row strides.
     public func forward(
         _ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil,
-        out: UnsafeMutablePointer<Float>, ldOut: Int? = nil
+        out: UnsafeMutablePointer<Float>, ldOut: Int? = nil, fewRows: FewRows = .oneWorker
     ) {
         let ldo = ldOut ?? outputs, ldi = ldx ?? inputs
+        if fewRows == .splitColumns && rows < Parallel.workers * Parallel.minimumRowsPerWorker {
+            timesTransposed(
+                x, rows: rows, ldx: ldi, w: weight.data, outputs: outputs, inputs: inputs, bias: bias?.data,
+                out: out, ldOut: ldo)
+            return
+        }
         Parallel.forEachChunk(rows) { _, r in
             // [rows, in] × [in, out]
             gemm(
@@ -43,7 +49,54 @@ public struct Linear: Sendable {
     }
 }
 
-/// torchvision's `MLPBlock`, dense: `mlp.0` (d → D), exact GELU, `mlp.3` (D → d).
+/// How a dense layer runs rows too few to give every worker `Parallel.minimumRowsPerWorker` of them.
+public enum FewRows: Sendable {
+    /// On one worker, as the rows of a larger batch run.
+    case oneWorker
+    /// With the output columns shared out among the workers, and up to `streamedRows` rows as dot
+    /// products (`timesTransposed`): for a decoder step, one row per sequence, where one worker would leave the
+    /// others idle.
+    case splitColumns
+}
+
+/// out[r, j] = Σ_c x[r, c]·w[j, c] (+ bias[j]) for `rows` rows: x [rows, inputs] times wᵀ, w
+/// [outputs, inputs] in `nn.Linear`'s layout, with the output columns shared out among the workers
+/// (`minimumColumnsPerWorker` each at least). Up to `streamedRows` rows go through `dot`, streaming w from
+/// memory once: OpenBLAS packs all of w on every call, which for a decoder step's one row per utterance
+/// costs more than the arithmetic (3× for Whisper's 51864 × 384 logits). Each output is then also the
+/// same dot product whatever the number of rows, so a step's logits do not depend on which other
+/// utterances are live.
+public func timesTransposed(
+    _ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil, w: UnsafePointer<Float>, outputs: Int, inputs k: Int,
+    bias: UnsafePointer<Float>? = nil, out: UnsafeMutablePointer<Float>, ldOut: Int? = nil,
+    minimumColumnsPerWorker: Int = 64
+) {
+    let ldx = ldx ?? k, ldOut = ldOut ?? outputs
+    Parallel.forEachChunk(outputs, minimumPerChunk: minimumColumnsPerWorker) { _, columns in
+        if rows > streamedRows {
+            // [rows, in] × [in, columns]
+            gemm(
+                m: rows, n: columns.count, k: k, a: x, lda: ldx, b: w + columns.lowerBound * k, ldb: k,
+                transB: true, c: out + columns.lowerBound, ldc: ldOut)
+        } else {
+            for j in columns {
+                let wj = w + j * k
+                for r in 0..<rows { out[r * ldOut + j] = dot(x + r * ldx, wj, k) }
+            }
+        }
+        if let bias {
+            addBias(
+                out + columns.lowerBound, rows: rows, columns: columns.count, ld: ldOut,
+                bias: bias + columns.lowerBound)
+        }
+    }
+}
+
+/// Rows up to which `timesTransposed` streams the weight instead of calling GEMM.
+let streamedRows = 8
+
+/// A dense MLP: `fc1` (d → D), exact GELU, `fc2` (D → d); torchvision's `MLPBlock` (`mlp.0`, `mlp.3`) and
+/// Whisper's `fc1`, `fc2`.
 public struct DenseMLP: Sendable {
     public let fc1: Linear
     public let fc2: Linear
@@ -54,12 +107,28 @@ public struct DenseMLP: Sendable {
         self.fc2 = fc2
     }
 
-    /// out = fc2(gelu(fc1(x))) for `rows` rows; each worker runs all three steps on its own rows.
+    /// d → `hidden` → d, its layers under `weights` at the checkpoint's keys `fc1` and `fc2`.
+    public init(dim d: Int, hidden: Int, weights: Weights, fc1: String, fc2: String) throws {
+        self.init(
+            fc1: try Linear(inputs: d, outputs: hidden, weights: weights.scoped(fc1)),
+            fc2: try Linear(inputs: hidden, outputs: d, weights: weights.scoped(fc2)))
+    }
+
+    /// out = fc2(gelu(fc1(x))) for `rows` rows; each worker runs all three steps on its own rows, or,
+    /// for few rows split by columns, each step is shared out by columns in turn.
     public func forward(
-        _ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, scratch: WorkerScratch
+        _ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, scratch: WorkerScratch,
+        fewRows: FewRows = .oneWorker
     ) {
         let d = fc1.inputs, hiddenWidth = fc1.outputs, dOut = fc2.outputs
         scratch.prepare()
+        if fewRows == .splitColumns && rows < Parallel.workers * Parallel.minimumRowsPerWorker {
+            let hidden = scratch[0].reserve(rows * hiddenWidth)
+            fc1.forward(x, rows: rows, out: hidden, fewRows: .splitColumns)
+            Activation.gelu.apply(hidden, count: rows * hiddenWidth)
+            fc2.forward(hidden, rows: rows, out: out, fewRows: .splitColumns)
+            return
+        }
         Parallel.forEachChunk(rows) { worker, r in
             let hidden = scratch[worker].reserve(r.count * hiddenWidth)
             // [rows, d] × [d, D]

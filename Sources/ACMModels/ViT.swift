@@ -6,24 +6,16 @@
 
 import ACMCore
 
-/// A d → d map that is either dense or an ACM: an attention projection or an MLP.
-enum Block {
-    /// An `nn.Linear` projection (`q_proj`, …, or a slice of the packed `in_proj_weight`).
-    case linear(Linear)
-    /// torchvision's `MLPBlock`: `mlp.0` (d → D), exact GELU, `mlp.3` (D → d).
-    case mlp(DenseMLP)
-    case acm(index: Int, ACMLayer)
-}
-
 /// `encoder.layers.encoder_layer_{i}`
 struct EncoderLayer {
     let ln1: LayerNorm  // ln_1
-    let q: Block  // self_attention.q_proj
-    let k: Block  // self_attention.k_proj
-    let v: Block  // self_attention.v_proj
-    let o: Block  // self_attention.o_proj (torchvision: out_proj)
+    // Each projection an `nn.Linear` (or a slice of the packed `in_proj_weight`) or an ACM.
+    let q: DenseOrACM  // self_attention.q_proj
+    let k: DenseOrACM  // self_attention.k_proj
+    let v: DenseOrACM  // self_attention.v_proj
+    let o: DenseOrACM  // self_attention.o_proj (torchvision: out_proj)
     let ln2: LayerNorm  // ln_2
-    let mlp: Block  // mlp
+    let mlp: DenseOrACM  // mlp: torchvision's `MLPBlock` (`mlp.0`, `mlp.3`) or an ACM
     /// q, k and v's gates (with their always-run learners) as one layer, when all three are ACMs that
     /// have one (`ACMLayer.stackedGateAndFirst`): they read the same ln_1 output.
     let qkvGate: Linear?
@@ -33,9 +25,8 @@ struct EncoderLayer {
 public final class ViTWorkspace: @unchecked Sendable {
     let x = Scratch(), normed = Scratch(), q = Scratch(), k = Scratch(), v = Scratch(), qkvGate = Scratch()
     let attended = Scratch(), blockOut = Scratch(), patches = Scratch()
-    let mlpHidden = WorkerScratch(), scores = WorkerScratch()
-    let acm = ACMWorkspace()
-    var choices: [Int32] = []
+    let scores = WorkerScratch()
+    let layers = ACMWorkspace()
     /// One workspace per part, for batches split into parts (`ViT.forward`).
     var parts: [ViTWorkspace] = []
 
@@ -75,21 +66,8 @@ public final class ViT: @unchecked Sendable {
         let eps = config.layerNormEps
         let layerNames = (0..<config.numLayers).map { "encoder.layers.encoder_layer_\($0)" }
         let projNames = ["q_proj", "k_proj", "v_proj", "o_proj"]
-        let allowed = Set(layerNames.flatMap { name in projNames.map { "\(name).self_attention.\($0)" } + ["\(name).mlp"] })
-        if let unknown = acm.keys.filter({ !allowed.contains($0) }).sorted().first {
-            throw ModelError.config("acm entry '\(unknown)' is not a module of this ViT")
-        }
-
-        var paths: [String] = []
-        var acms: [ACMLayer] = []
-        /// The ACM at `path` if the config names one, else nil.
-        func acmBlock(_ path: String) throws -> Block? {
-            guard let settings = acm[path] else { return nil }
-            let layer = try ACMLayer(config: settings, inputDim: d, outputDim: d, weights: weights.scoped(path))
-            paths.append(path)
-            acms.append(layer)
-            return .acm(index: acms.count - 1, layer)
-        }
+        let modules = Set(layerNames.flatMap { name in projNames.map { "\(name).self_attention.\($0)" } + ["\(name).mlp"] })
+        var acms = try ModelACMs(configs: acm, modules: modules, noun: "a module of this ViT")
 
         let conv = weights.scoped("conv_proj")
         let patchWeight = try conv.tensor("weight", shape: [d, c, p, p])
@@ -101,8 +79,8 @@ public final class ViT: @unchecked Sendable {
         for name in layerNames {
             let w = weights.scoped(name)
             let attn = w.scoped("self_attention")
-            var proj: [Block?] = []
-            for n in projNames { proj.append(try acmBlock("\(name).self_attention.\(n)")) }
+            var proj: [DenseOrACM?] = []
+            for n in projNames { proj.append(try acms.layer(at: "\(name).self_attention.\(n)", dim: d, weights: weights)) }
             if attn.contains("in_proj_weight") {
                 // torchvision's packed layout: rows [0, d) are q, [d, 2d) k, [2d, 3d) v.
                 guard proj.allSatisfy({ $0 == nil }) else {
@@ -122,11 +100,8 @@ public final class ViT: @unchecked Sendable {
                     proj[j] = .linear(try Linear(inputs: d, outputs: d, weights: attn.scoped(projNames[j])))
                 }
             }
-            let mlp = try acmBlock("\(name).mlp")
-                ?? .mlp(
-                    DenseMLP(
-                        fc1: try Linear(inputs: d, outputs: config.mlpDim, weights: w.scoped("mlp.0")),
-                        fc2: try Linear(inputs: config.mlpDim, outputs: d, weights: w.scoped("mlp.3"))))
+            let mlp = try acms.layer(at: "\(name).mlp", dim: d, weights: weights)
+                ?? .mlp(try DenseMLP(dim: d, hidden: config.mlpDim, weights: w, fc1: "mlp.0", fc2: "mlp.3"))
             layers.append(
                 EncoderLayer(
                     ln1: try LayerNorm(dim: d, eps: eps, weights: w.scoped("ln_1")),
@@ -146,12 +121,12 @@ public final class ViT: @unchecked Sendable {
         self.layers = layers
         self.ln = ln
         self.head = head
-        self.acmPaths = paths
-        self.acms = acms
+        self.acmPaths = acms.paths
+        self.acms = acms.layers
     }
 
     /// The stacked gate of three ACM projections (`EncoderLayer.qkvGate`), or nil.
-    private static func stackedGate(_ blocks: Block...) -> Linear? {
+    private static func stackedGate(_ blocks: DenseOrACM...) -> Linear? {
         var layers: [ACMLayer] = []
         for case let .acm(_, layer) in blocks { layers.append(layer) }
         return layers.count == blocks.count ? ACMLayer.stackedGateAndFirst(layers) : nil
@@ -166,13 +141,7 @@ public final class ViT: @unchecked Sendable {
         total += 2 * d * Double(c.numClasses)  // head, on the class token
         for layer in layers {
             total += 2 * 2 * t * t * d  // q·kᵀ and softmax·v over all heads
-            for block in [layer.q, layer.k, layer.v, layer.o, layer.mlp] {
-                switch block {
-                case let .linear(l): total += 2 * t * Double(l.inputs * l.outputs)
-                case let .mlp(m): total += 2 * t * Double(m.fc1.inputs * m.fc1.outputs + m.fc2.inputs * m.fc2.outputs)
-                case let .acm(_, a): total += 2 * t * a.gate.reduce(0.0) { $0 + Double($1.inputs * $1.outputs) }
-                }
-            }
+            for block in [layer.q, layer.k, layer.v, layer.o, layer.mlp] { total += t * block.fixedFLOPsPerToken }
         }
         return total
     }
@@ -294,11 +263,7 @@ public final class ViT: @unchecked Sendable {
 
         let x = ws.x.reserve(tokens * d)
         let normed = ws.normed.reserve(tokens * d)
-        if ws.choices.count < tokens { ws.choices = [Int32](repeating: 0, count: tokens) }
-        var executed = [Double](repeating: 0, count: count)
-        var possible = [Double](repeating: 0, count: count)
-        var histogram = acms.map { [Int](repeating: 0, count: $0.config.numLearners + 1) }
-        var recorded: [[Int32]] = []
+        let learners = LearnerCounts(acms: acms, items: count, recordChoices: recordChoices)
         let acmPolicies = layerPolicies(policies)
 
         // patch embedding: im2col, then [images·g², C·p·p] × [C·p·p, d]
@@ -326,32 +291,12 @@ public final class ViT: @unchecked Sendable {
         /// Runs `block` on `input` [tokens, in] into `output` [tokens, out]; an ACM with its part of a
         /// stacked gate's output, if given.
         func run(
-            _ block: Block, _ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>,
+            _ block: DenseOrACM, _ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>,
             gateAndFirst: (UnsafeMutablePointer<Float>, ld: Int)? = nil
         ) {
-            switch block {
-            case let .linear(linear):
-                linear.forward(input, rows: tokens, out: output)
-            case let .mlp(mlp):
-                mlp.forward(input, rows: tokens, out: output, scratch: ws.mlpHidden)
-            case let .acm(index, layer):
-                ws.choices.withUnsafeMutableBufferPointer { ks in
-                    layer.forward(
-                        input, sequences: sequences, policies: acmPolicies[index], out: output,
-                        choices: ks.baseAddress!, workspace: ws.acm, gateAndFirstOutput: gateAndFirst)
-                    let cost = layer.learnerFLOPs
-                    for b in 0..<count {
-                        var sum = 0
-                        for t in sequences[b] {
-                            sum += Int(ks[t])
-                            histogram[index][Int(ks[t])] += 1
-                        }
-                        executed[b] += cost * Double(sum)
-                        possible[b] += cost * Double(s * layer.config.numLearners)
-                    }
-                    if recordChoices { recorded.append(Array(ks[0..<tokens])) }
-                }
-            }
+            block.forward(
+                input, sequences: sequences, policies: block.acmIndex.map { acmPolicies[$0] } ?? policies,
+                out: output, workspace: ws.layers, learners: learners, gateAndFirstOutput: gateAndFirst)
         }
 
         let q = ws.q.reserve(tokens * d), k = ws.k.reserve(tokens * d), v = ws.v.reserve(tokens * d)
@@ -393,9 +338,8 @@ public final class ViT: @unchecked Sendable {
         let logits = Tensor(shape: [count, config.numClasses])
         head.forward(normed, rows: count, out: logits.data)
 
-        let fractions = (0..<count).map { possible[$0] > 0 ? executed[$0] / possible[$0] : 1 }
         return ViTOutput(
-            logits: logits, computeFraction: fractions, learnerHistogram: histogram,
-            choices: recordChoices ? recorded : nil)
+            logits: logits, computeFraction: learners.computeFraction, learnerHistogram: learners.histogram,
+            choices: learners.choices)
     }
 }

@@ -5,8 +5,8 @@ import ACMWhisper
 /// [num_mel_bins, 3000]; a batch is ONE call of `WhisperModel.transcribe`, whose encoder runs over all
 /// the batch's utterances and whose decoder steps all unfinished ones together.
 ///
-/// Whisper has no ACM layers yet, so every utterance runs the dense model (`.auto`): a request's
-/// `compute_budget` is validated but not applied.
+/// Every utterance runs under `.auto`: a request's `compute_budget` is validated but not applied. The
+/// batch's learner counts, when the model has ACM MLPs, go into its `EngineBatch`.
 public final class SpeechEngine: BatchEngine, @unchecked Sendable {
     public static let itemName = "utterances"
     public let model: WhisperModel
@@ -27,14 +27,16 @@ public final class SpeechEngine: BatchEngine, @unchecked Sendable {
     }
 
     public func run(_ inputs: [[Tensor]], counts: [Int], policies: [LearnerPolicy]) throws -> EngineBatch<[Transcription]> {
-        let all = try model.transcribe(logMels: inputs.flatMap { $0 }, policy: .auto, workspace: workspace)
+        let mels = inputs.flatMap { $0 }
+        let learners = LearnerCounts(acms: model.whisper.acms, items: mels.count)
+        let all = try model.transcribe(logMels: mels, policy: .auto, workspace: workspace, learners: learners)
         var outputs: [[Transcription]] = []
         var first = 0
         for count in counts {
             outputs.append(Array(all[first..<first + count]))
             first += count
         }
-        return EngineBatch(outputs: outputs)
+        return EngineBatch(outputs: outputs, learnerHistogram: learners.histogram, acmPaths: model.whisper.acmPaths)
     }
 }
 

@@ -21,29 +21,34 @@ struct Attention {
     }
 }
 
-/// A layer's MLP: `fc1` (d → ffn), exact GELU, `fc2` (ffn → d); or an ACM in their place.
-enum FeedForward {
-    case dense(DenseMLP)
-    /// The ACM at the layer's own path (`model.encoder.layers.{i}`), weights `w1`, `w2`, … there.
-    case acm(index: Int, ACMLayer)
-}
-
-/// `model.encoder.layers.{i}`
-struct EncoderLayer {
+/// `model.encoder.layers.{i}` or `model.decoder.layers.{i}`: the two differ only in the decoder's
+/// cross-attention (as in candle's `ResidualAttentionBlock`).
+struct Layer {
     let selfAttnLayerNorm: LayerNorm  // self_attn_layer_norm
     let selfAttn: Attention  // self_attn
+    /// A decoder layer's; nil in the encoder.
+    let cross: CrossAttention?
     let finalLayerNorm: LayerNorm  // final_layer_norm
-    let mlp: FeedForward  // fc1, fc2
-}
+    /// `fc1` (d → ffn), exact GELU, `fc2` (ffn → d); or the ACM at the layer's own path, its weights
+    /// `w1`, `w2`, … there.
+    let mlp: DenseOrACM
 
-/// `model.decoder.layers.{i}`
-struct DecoderLayer {
-    let selfAttnLayerNorm: LayerNorm  // self_attn_layer_norm
-    let selfAttn: Attention  // self_attn
-    let encoderAttnLayerNorm: LayerNorm  // encoder_attn_layer_norm
-    let encoderAttn: Attention  // encoder_attn
-    let finalLayerNorm: LayerNorm  // final_layer_norm
-    let mlp: FeedForward  // fc1, fc2
+    struct CrossAttention {
+        let layerNorm: LayerNorm  // encoder_attn_layer_norm
+        let attention: Attention  // encoder_attn
+    }
+
+    init(dim d: Int, eps: Float, crossAttention: Bool, weights w: Weights, mlp: DenseOrACM) throws {
+        selfAttnLayerNorm = try LayerNorm(dim: d, eps: eps, weights: w.scoped("self_attn_layer_norm"))
+        selfAttn = try Attention(dim: d, weights: w.scoped("self_attn"))
+        cross = crossAttention
+            ? CrossAttention(
+                layerNorm: try LayerNorm(dim: d, eps: eps, weights: w.scoped("encoder_attn_layer_norm")),
+                attention: try Attention(dim: d, weights: w.scoped("encoder_attn")))
+            : nil
+        finalLayerNorm = try LayerNorm(dim: d, eps: eps, weights: w.scoped("final_layer_norm"))
+        self.mlp = mlp
+    }
 }
 
 /// The scratch buffers of the encoder and the decoder steps, kept by the caller (the model's loop
@@ -52,9 +57,8 @@ public final class WhisperWorkspace: @unchecked Sendable {
     let columns = Scratch(), conv = Scratch()
     let x = Scratch(), normed = Scratch(), q = Scratch(), k = Scratch(), v = Scratch()
     let attended = Scratch(), blockOut = Scratch(), hidden = Scratch()
-    let mlpHidden = WorkerScratch(), scores = WorkerScratch()
-    let acm = ACMWorkspace()
-    var choices: [Int32] = []
+    let scores = WorkerScratch()
+    let layers = ACMWorkspace()
 
     public init() {}
 }
@@ -85,17 +89,18 @@ public final class Whisper: @unchecked Sendable {
     public let config: WhisperConfig
     /// Module path of each ACM, in execution order (encoder layers, then decoder layers).
     public let acmPaths: [String]
-    let acms: [ACMLayer]
+    /// Each ACM, in `acmPaths` order.
+    public let acms: [ACMLayer]
     let conv1Weight: Tensor  // model.encoder.conv1.weight [d, mel, 3], read as [d, mel·3]
     let conv1Bias: Tensor  // model.encoder.conv1.bias [d]
     let conv2Weight: Tensor  // model.encoder.conv2.weight [d, d, 3], read as [d, d·3]
     let conv2Bias: Tensor  // model.encoder.conv2.bias [d]
     let encoderPositions: Tensor  // model.encoder.embed_positions.weight [S, d]
-    let encoderLayers: [EncoderLayer]  // model.encoder.layers.{i}
+    let encoderLayers: [Layer]  // model.encoder.layers.{i}
     let encoderLayerNorm: LayerNorm  // model.encoder.layer_norm
     let embedTokens: Tensor  // model.decoder.embed_tokens.weight [vocab, d], also the output projection
     let decoderPositions: Tensor  // model.decoder.embed_positions.weight [max_target_positions, d]
-    let decoderLayers: [DecoderLayer]  // model.decoder.layers.{i}
+    let decoderLayers: [Layer]  // model.decoder.layers.{i}
     let decoderLayerNorm: LayerNorm  // model.decoder.layer_norm
 
     /// Builds the model from its config and weights; every tensor in `weights.file` must be used.
@@ -104,26 +109,15 @@ public final class Whisper: @unchecked Sendable {
         let d = config.dModel, eps = config.layerNormEps
         let encoderNames = (0..<config.encoderLayers).map { "model.encoder.layers.\($0)" }
         let decoderNames = (0..<config.decoderLayers).map { "model.decoder.layers.\($0)" }
-        let allowed = Set(encoderNames + decoderNames)
-        if let unknown = acm.keys.filter({ !allowed.contains($0) }).sorted().first {
-            throw ModelError.config("acm entry '\(unknown)' is not a layer of this Whisper (model.{encoder,decoder}.layers.{i})")
-        }
-
-        var paths: [String] = []
-        var acms: [ACMLayer] = []
-        /// The layer's MLP: the ACM the config names at `path`, else dense `fc1`/`fc2`.
-        func feedForward(_ path: String, ffn: Int) throws -> FeedForward {
+        var acms = try ModelACMs(
+            configs: acm, modules: Set(encoderNames + decoderNames),
+            noun: "a layer of this Whisper (model.{encoder,decoder}.layers.{i})")
+        /// The layer at `path`, its MLP the ACM the config names there, else dense `fc1`/`fc2`.
+        func layer(_ path: String, ffn: Int, crossAttention: Bool) throws -> Layer {
             let w = weights.scoped(path)
-            guard let settings = acm[path] else {
-                return .dense(
-                    DenseMLP(
-                        fc1: try Linear(inputs: d, outputs: ffn, weights: w.scoped("fc1")),
-                        fc2: try Linear(inputs: ffn, outputs: d, weights: w.scoped("fc2"))))
-            }
-            let layer = try ACMLayer(config: settings, inputDim: d, outputDim: d, weights: w)
-            paths.append(path)
-            acms.append(layer)
-            return .acm(index: acms.count - 1, layer)
+            let mlp = try acms.layer(at: path, dim: d, weights: weights)
+                ?? .mlp(try DenseMLP(dim: d, hidden: ffn, weights: w, fc1: "fc1", fc2: "fc2"))
+            return try Layer(dim: d, eps: eps, crossAttention: crossAttention, weights: w, mlp: mlp)
         }
 
         let encoder = weights.scoped("model.encoder")
@@ -132,39 +126,19 @@ public final class Whisper: @unchecked Sendable {
         let conv2Weight = try encoder.tensor("conv2.weight", shape: [d, d, 3])
         let conv2Bias = try encoder.tensor("conv2.bias", shape: [d])
         let encoderPositions = try encoder.tensor("embed_positions.weight", shape: [config.maxSourcePositions, d])
-        var encoderLayers: [EncoderLayer] = []
-        for name in encoderNames {
-            let w = weights.scoped(name)
-            encoderLayers.append(
-                EncoderLayer(
-                    selfAttnLayerNorm: try LayerNorm(dim: d, eps: eps, weights: w.scoped("self_attn_layer_norm")),
-                    selfAttn: try Attention(dim: d, weights: w.scoped("self_attn")),
-                    finalLayerNorm: try LayerNorm(dim: d, eps: eps, weights: w.scoped("final_layer_norm")),
-                    mlp: try feedForward(name, ffn: config.encoderFfnDim)))
-        }
+        let encoderLayers = try encoderNames.map { try layer($0, ffn: config.encoderFfnDim, crossAttention: false) }
         let encoderLayerNorm = try LayerNorm(dim: d, eps: eps, weights: encoder.scoped("layer_norm"))
 
         let decoder = weights.scoped("model.decoder")
         let embedTokens = try decoder.tensor("embed_tokens.weight", shape: [config.vocabSize, d])
         let decoderPositions = try decoder.tensor("embed_positions.weight", shape: [config.maxTargetPositions, d])
-        var decoderLayers: [DecoderLayer] = []
-        for name in decoderNames {
-            let w = weights.scoped(name)
-            decoderLayers.append(
-                DecoderLayer(
-                    selfAttnLayerNorm: try LayerNorm(dim: d, eps: eps, weights: w.scoped("self_attn_layer_norm")),
-                    selfAttn: try Attention(dim: d, weights: w.scoped("self_attn")),
-                    encoderAttnLayerNorm: try LayerNorm(dim: d, eps: eps, weights: w.scoped("encoder_attn_layer_norm")),
-                    encoderAttn: try Attention(dim: d, weights: w.scoped("encoder_attn")),
-                    finalLayerNorm: try LayerNorm(dim: d, eps: eps, weights: w.scoped("final_layer_norm")),
-                    mlp: try feedForward(name, ffn: config.decoderFfnDim)))
-        }
+        let decoderLayers = try decoderNames.map { try layer($0, ffn: config.decoderFfnDim, crossAttention: true) }
         let decoderLayerNorm = try LayerNorm(dim: d, eps: eps, weights: decoder.scoped("layer_norm"))
         try weights.file.checkAllUsed()
 
         self.config = config
-        self.acmPaths = paths
-        self.acms = acms
+        self.acmPaths = acms.paths
+        self.acms = acms.layers
         self.conv1Weight = conv1Weight
         self.conv1Bias = conv1Bias
         self.conv2Weight = conv2Weight
@@ -188,9 +162,11 @@ public final class Whisper: @unchecked Sendable {
     /// - Parameters:
     ///   - logMels: [count, num_mel_bins, 2·S], S = max_source_positions (3000 frames for Whisper).
     ///   - policies: each utterance's learner policy at the ACM MLPs (ignored by dense ones).
+    ///   - learners: where the ACMs count their learners, utterance b as item b.
     /// - Returns: [count·S, d], utterance b in rows b·S..<(b+1)·S.
     public func encode(
-        logMels: UnsafePointer<Float>, count: Int, policies: [LearnerPolicy], workspace ws: WhisperWorkspace
+        logMels: UnsafePointer<Float>, count: Int, policies: [LearnerPolicy], workspace ws: WhisperWorkspace,
+        learners: LearnerCounts? = nil
     ) -> Tensor {
         precondition(policies.count == count)
         let d = config.dModel, mels = config.numMelBins, s = config.maxSourcePositions, frames = config.inputFrames
@@ -257,19 +233,21 @@ public final class Whisper: @unchecked Sendable {
         for layer in encoderLayers {
             // self-attention: x = x + out(attention(q, k, v)) on self_attn_layer_norm(x)
             layer.selfAttnLayerNorm.forward(x, rows: tokens, out: normed)
-            project(layer.selfAttn.q, normed, rows: tokens, out: q)
-            project(layer.selfAttn.k, normed, rows: tokens, out: k)
-            project(layer.selfAttn.v, normed, rows: tokens, out: v)
+            layer.selfAttn.q.forward(normed, rows: tokens, out: q)
+            layer.selfAttn.k.forward(normed, rows: tokens, out: k)
+            layer.selfAttn.v.forward(normed, rows: tokens, out: v)
             multiHeadAttention(
                 q: q, k: k, v: v, ld: d, out: attended, ldOut: d,
                 sequences: sequences, heads: heads, headDim: d / heads, scores: ws.scores)
-            project(layer.selfAttn.out, attended, rows: tokens, out: blockOut)
-            for i in 0..<(tokens * d) { x[i] += blockOut[i] }
+            layer.selfAttn.out.forward(attended, rows: tokens, out: blockOut)
+            addInPlace(x, blockOut, count: tokens * d)
 
             // mlp: x = x + fc2(gelu(fc1(final_layer_norm(x))))
             layer.finalLayerNorm.forward(x, rows: tokens, out: normed)
-            feedForward(layer.mlp, normed, sequences: sequences, policies: policies, out: blockOut, workspace: ws)
-            for i in 0..<(tokens * d) { x[i] += blockOut[i] }
+            layer.mlp.forward(
+                normed, sequences: sequences, policies: policies, out: blockOut, workspace: ws.layers,
+                learners: learners)
+            addInPlace(x, blockOut, count: tokens * d)
         }
         let encoded = Tensor(shape: [tokens, d])
         encoderLayerNorm.forward(x, rows: tokens, out: encoded.data)
@@ -287,8 +265,8 @@ public final class Whisper: @unchecked Sendable {
         for layer in decoderLayers {
             // [count·S, d] × [d, d], once per utterance rather than once per step
             let k = Tensor(shape: [count, s, d]), v = Tensor(shape: [count, s, d])
-            project(layer.encoderAttn.k, encoded.data, rows: count * s, out: k.data)
-            project(layer.encoderAttn.v, encoded.data, rows: count * s, out: v.data)
+            layer.cross!.attention.k.forward(encoded.data, rows: count * s, out: k.data)
+            layer.cross!.attention.v.forward(encoded.data, rows: count * s, out: v.data)
             crossK.append(k)
             crossV.append(v)
         }
@@ -305,10 +283,11 @@ public final class Whisper: @unchecked Sendable {
     ///   - tokens: `tokens[i]` (at least one) continue slot `slots[i]`, at positions
     ///     `state.lengths[slots[i]]...`. All rows of all slots run through each GEMM together.
     ///   - policies: each slot's learner policy at the ACM MLPs, indexed by slot.
+    ///   - learners: where the ACMs count their learners, the utterance in slot i as item i.
     /// - Returns: [slots.count, vocab_size].
     public func decode(
         tokens: [[Int]], slots: [Int], state: WhisperDecoderState, policies: [LearnerPolicy],
-        workspace ws: WhisperWorkspace
+        workspace ws: WhisperWorkspace, learners: LearnerCounts? = nil
     ) -> Tensor {
         precondition(tokens.count == slots.count && policies.count == state.slots)
         let d = config.dModel, maxT = config.maxTargetPositions, s = config.maxSourcePositions
@@ -336,56 +315,47 @@ public final class Whisper: @unchecked Sendable {
         let normed = ws.normed.reserve(rows * d)
         let q = ws.q.reserve(rows * d), k = ws.k.reserve(rows * d), v = ws.v.reserve(rows * d)
         let attended = ws.attended.reserve(rows * d), blockOut = ws.blockOut.reserve(rows * d)
-        ws.scores.prepare()
+        // each slot's keys: its cache, up to and including the new tokens; its encoder output
+        let cachedKeys = slots.indices.map { i in
+            slots[i] * maxT..<slots[i] * maxT + state.lengths[slots[i]] + sequences[i].count
+        }
+        let encoderKeys = slots.map { $0 * s..<($0 + 1) * s }
         for (l, layer) in decoderLayers.enumerated() {
             // self-attention over the cache and the new tokens, causal
+            let attention = layer.selfAttn
             layer.selfAttnLayerNorm.forward(x, rows: rows, out: normed)
-            project(layer.selfAttn.q, normed, rows: rows, out: q)
-            project(layer.selfAttn.k, normed, rows: rows, out: k)
-            project(layer.selfAttn.v, normed, rows: rows, out: v)
+            attention.q.forward(normed, rows: rows, out: q, fewRows: .splitColumns)
+            attention.k.forward(normed, rows: rows, out: k, fewRows: .splitColumns)
+            attention.v.forward(normed, rows: rows, out: v, fewRows: .splitColumns)
             let cacheK = state.selfK[l], cacheV = state.selfV[l]
             for (i, slot) in slots.enumerated() {
                 let at = (slot * maxT + state.lengths[slot]) * d
                 (cacheK.data + at).update(from: k + sequences[i].lowerBound * d, count: sequences[i].count * d)
                 (cacheV.data + at).update(from: v + sequences[i].lowerBound * d, count: sequences[i].count * d)
             }
-            Parallel.forEachChunk(slots.count * heads, minimumPerChunk: 1) { worker, pairs in
-                for pair in pairs {
-                    let i = pair / heads, h = pair % heads, slot = slots[i], seq = sequences[i]
-                    let cached = state.lengths[slot]
-                    attend(
-                        queries: q + seq.lowerBound * d + h * headDim, count: seq.count,
-                        keys: cacheK.data + slot * maxT * d + h * headDim,
-                        values: cacheV.data + slot * maxT * d + h * headDim, keyCount: cached + seq.count,
-                        causalFrom: cached, ld: d, headDim: headDim,
-                        out: attended + seq.lowerBound * d + h * headDim, scratch: ws.scores[worker])
-                }
-            }
-            project(layer.selfAttn.out, attended, rows: rows, out: blockOut)
-            for i in 0..<(rows * d) { x[i] += blockOut[i] }
+            multiHeadAttention(
+                q: q, k: cacheK.data, v: cacheV.data, ld: d, out: attended, ldOut: d,
+                sequences: sequences, keys: cachedKeys, causal: true, heads: heads, headDim: headDim,
+                scores: ws.scores)
+            attention.out.forward(attended, rows: rows, out: blockOut, fewRows: .splitColumns)
+            addInPlace(x, blockOut, count: rows * d)
 
             // cross-attention over the utterance's encoder output
-            layer.encoderAttnLayerNorm.forward(x, rows: rows, out: normed)
-            project(layer.encoderAttn.q, normed, rows: rows, out: q)
-            let crossK = state.crossK[l], crossV = state.crossV[l]
-            Parallel.forEachChunk(slots.count * heads, minimumPerChunk: 1) { worker, pairs in
-                for pair in pairs {
-                    let i = pair / heads, h = pair % heads, slot = slots[i], seq = sequences[i]
-                    attend(
-                        queries: q + seq.lowerBound * d + h * headDim, count: seq.count,
-                        keys: crossK.data + slot * s * d + h * headDim,
-                        values: crossV.data + slot * s * d + h * headDim, keyCount: s,
-                        causalFrom: nil, ld: d, headDim: headDim,
-                        out: attended + seq.lowerBound * d + h * headDim, scratch: ws.scores[worker])
-                }
-            }
-            project(layer.encoderAttn.out, attended, rows: rows, out: blockOut)
-            for i in 0..<(rows * d) { x[i] += blockOut[i] }
+            let cross = layer.cross!
+            cross.layerNorm.forward(x, rows: rows, out: normed)
+            cross.attention.q.forward(normed, rows: rows, out: q, fewRows: .splitColumns)
+            multiHeadAttention(
+                q: q, k: state.crossK[l].data, v: state.crossV[l].data, ld: d, out: attended, ldOut: d,
+                sequences: sequences, keys: encoderKeys, heads: heads, headDim: headDim, scores: ws.scores)
+            cross.attention.out.forward(attended, rows: rows, out: blockOut, fewRows: .splitColumns)
+            addInPlace(x, blockOut, count: rows * d)
 
             // mlp
             layer.finalLayerNorm.forward(x, rows: rows, out: normed)
-            feedForward(layer.mlp, normed, sequences: sequences, policies: rowPolicies, out: blockOut, workspace: ws)
-            for i in 0..<(rows * d) { x[i] += blockOut[i] }
+            layer.mlp.forward(
+                normed, sequences: sequences, policies: rowPolicies, out: blockOut, workspace: ws.layers,
+                learners: learners, items: slots, fewRows: .splitColumns)
+            addInPlace(x, blockOut, count: rows * d)
         }
         for (i, slot) in slots.enumerated() { state.lengths[slot] += tokens[i].count }
 
@@ -395,124 +365,10 @@ public final class Whisper: @unchecked Sendable {
         decoderLayerNorm.forward(last, rows: slots.count, out: last)
         let vocab = config.vocabSize
         let logits = Tensor(shape: [slots.count, vocab])
-        Parallel.forEachChunk(vocab, minimumPerChunk: 1024) { _, columns in
-            // [live, d] × [d, vocab columns]
-            timesTransposed(
-                last, rows: slots.count, w: embedTokens.data, columns: columns, k: d,
-                out: logits.data, ldOut: vocab)
-        }
+        // [live, d] × [d, vocab]
+        timesTransposed(
+            last, rows: slots.count, w: embedTokens.data, outputs: vocab, inputs: d, out: logits.data,
+            minimumColumnsPerWorker: 1024)
         return logits
     }
-
-    // MARK: - Building blocks
-
-    /// out = x·Wᵀ + b. `Linear.forward` shares rows out among the workers; a decoder step has only a
-    /// few rows (one per live utterance), so then the output columns are shared out instead.
-    func project(_ linear: Linear, _ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>) {
-        if rows >= Parallel.workers * Parallel.minimumRowsPerWorker {
-            linear.forward(x, rows: rows, out: out)
-            return
-        }
-        let n = linear.inputs, m = linear.outputs
-        Parallel.forEachChunk(m, minimumPerChunk: 64) { _, columns in
-            // [rows, in] × [in, columns]
-            timesTransposed(x, rows: rows, w: linear.weight.data, columns: columns, k: n, out: out, ldOut: m)
-            if let bias = linear.bias {
-                addBias(out + columns.lowerBound, rows: rows, columns: columns.count, ld: m, bias: bias.data + columns.lowerBound)
-            }
-        }
-    }
-
-    /// The layer's MLP on `rows` = the sequences' tokens, into `out` [rows, d].
-    func feedForward(
-        _ mlp: FeedForward, _ x: UnsafePointer<Float>, sequences: [Range<Int>], policies: [LearnerPolicy],
-        out: UnsafeMutablePointer<Float>, workspace ws: WhisperWorkspace
-    ) {
-        let rows = sequences.last?.upperBound ?? 0
-        switch mlp {
-        case let .dense(dense) where rows >= Parallel.workers * Parallel.minimumRowsPerWorker:
-            dense.forward(x, rows: rows, out: out, scratch: ws.mlpHidden)
-        case let .dense(dense):
-            let hidden = ws.hidden.reserve(rows * dense.fc1.outputs)
-            project(dense.fc1, x, rows: rows, out: hidden)
-            Activation.gelu.apply(hidden, count: rows * dense.fc1.outputs)
-            project(dense.fc2, hidden, rows: rows, out: out)
-        case let .acm(_, layer):
-            if ws.choices.count < rows { ws.choices = [Int32](repeating: 0, count: rows) }
-            ws.choices.withUnsafeMutableBufferPointer { ks in
-                layer.forward(
-                    x, sequences: sequences, policies: policies, out: out, choices: ks.baseAddress!,
-                    workspace: ws.acm)
-            }
-        }
-    }
-}
-
-/// out[r, j] = Σ_c x[r, c]·w[j, c] for `rows` rows and the output columns j in `columns`: x [rows, k]
-/// times wᵀ, w [n, k] in `nn.Linear`'s layout. Few rows go through `dot`, streaming w from memory once:
-/// OpenBLAS packs all of w on every call, which for a decoder step's one row per utterance costs more
-/// than the arithmetic (3× for the 51864 × 384 logits). Each output is then also the same dot product
-/// whatever the batch, so a step's logits do not depend on which other utterances are live.
-func timesTransposed(
-    _ x: UnsafePointer<Float>, rows: Int, w: UnsafePointer<Float>, columns: Range<Int>, k: Int,
-    out: UnsafeMutablePointer<Float>, ldOut: Int
-) {
-    if rows > fewRows {
-        gemm(
-            m: rows, n: columns.count, k: k, a: x, lda: k, b: w + columns.lowerBound * k, ldb: k, transB: true,
-            c: out + columns.lowerBound, ldc: ldOut)
-        return
-    }
-    for j in columns {
-        let wj = w + j * k
-        for r in 0..<rows { out[r * ldOut + j] = dot(x + r * k, wj, k) }
-    }
-}
-
-/// Rows up to which `timesTransposed` streams the weight instead of calling GEMM.
-let fewRows = 8
-
-/// Σ a[i]·b[i] over n floats; eight partial sums so the loop vectorises.
-@inline(__always) func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-    var s = (Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0), Float(0))
-    var i = 0
-    while i + 8 <= n {
-        s.0 += a[i] * b[i]
-        s.1 += a[i + 1] * b[i + 1]
-        s.2 += a[i + 2] * b[i + 2]
-        s.3 += a[i + 3] * b[i + 3]
-        s.4 += a[i + 4] * b[i + 4]
-        s.5 += a[i + 5] * b[i + 5]
-        s.6 += a[i + 6] * b[i + 6]
-        s.7 += a[i + 7] * b[i + 7]
-        i += 8
-    }
-    var result = ((s.0 + s.1) + (s.2 + s.3)) + ((s.4 + s.5) + (s.6 + s.7))
-    while i < n {
-        result += a[i] * b[i]
-        i += 1
-    }
-    return result
-}
-
-/// Attention of one head for `count` queries over `keyCount` keys, rows `ld` apart:
-/// out = softmax(q·kᵀ/√headDim)·v. With `causalFrom` = c, query i sees keys 0...c + i (the cache
-/// holds c earlier tokens); without it, every key.
-func attend(
-    queries q: UnsafePointer<Float>, count: Int, keys k: UnsafePointer<Float>, values v: UnsafePointer<Float>,
-    keyCount: Int, causalFrom: Int?, ld: Int, headDim: Int, out: UnsafeMutablePointer<Float>, scratch: Scratch
-) {
-    let scores = scratch.reserve(count * keyCount)
-    // [count, dh] × [dh, keys]
-    gemm(
-        m: count, n: keyCount, k: headDim, alpha: 1 / Float(headDim).squareRoot(),
-        a: q, lda: ld, b: k, ldb: ld, transB: true, c: scores, ldc: keyCount)
-    for i in 0..<count {
-        let row = scores + i * keyCount
-        let visible = causalFrom.map { min($0 + i + 1, keyCount) } ?? keyCount
-        softmaxRows(row, rows: 1, n: visible, ld: keyCount)
-        for j in visible..<keyCount { row[j] = 0 }
-    }
-    // [count, keys] × [keys, dh]
-    gemm(m: count, n: headDim, k: keyCount, a: scores, lda: keyCount, b: v, ldb: ld, c: out, ldc: ld)
 }

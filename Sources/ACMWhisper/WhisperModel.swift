@@ -25,9 +25,13 @@ public final class WhisperModel: @unchecked Sendable {
     /// Transcribes a batch of log-mel spectrograms, each [num_mel_bins, 2·max_source_positions], by
     /// greedy decoding; the encoder and every decoder step run over the whole batch.
     ///
-    /// - Parameter policy: the learner policy at the ACM MLPs (models without ACMs ignore it).
+    /// - Parameters:
+    ///   - policy: the learner policy at the ACM MLPs (models without ACMs ignore it).
+    ///   - learners: where the ACMs count their learners, over the encoder and every decoder step;
+    ///     utterance b is item b.
     public func transcribe(
-        logMels: [Tensor], policy: LearnerPolicy = .auto, workspace: WhisperWorkspace = WhisperWorkspace()
+        logMels: [Tensor], policy: LearnerPolicy = .auto, workspace: WhisperWorkspace = WhisperWorkspace(),
+        learners: LearnerCounts? = nil
     ) throws -> [Transcription] {
         if logMels.isEmpty { return [] }
         let shape = [config.whisper.numMelBins, config.whisper.inputFrames]
@@ -40,10 +44,11 @@ public final class WhisperModel: @unchecked Sendable {
             batch.row(b).update(from: mel.data, count: n)
         }
         let policies = Array(repeating: policy, count: logMels.count)
-        let encoded = whisper.encode(logMels: batch.data, count: logMels.count, policies: policies, workspace: workspace)
+        let encoded = whisper.encode(
+            logMels: batch.data, count: logMels.count, policies: policies, workspace: workspace, learners: learners)
         let tokens = whisper.greedyDecode(
             encoded: encoded, count: logMels.count, generation: config.generation, policies: policies,
-            workspace: workspace)
+            workspace: workspace, learners: learners)
         return tokens.map { Transcription(tokens: $0, text: tokenizer.decode($0)) }
     }
 

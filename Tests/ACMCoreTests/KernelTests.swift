@@ -302,12 +302,13 @@ import Testing
         }
     }
 
-    /// Should equal naive per-sequence, per-head attention, with no attention across sequences.
-    @Test func attentionMatchesNaive() {
+    /// Should equal naive per-sequence, per-head attention, with no attention across sequences: a
+    /// sequence of few queries (keys not transposed) and of many (transposed).
+    @Test func selfAttentionMatchesNaive() {
         var rng = SplitMix64(seed: 4)
         let heads = 3, dh = 4, d = heads * dh
-        let sequences = [0..<5, 5..<6, 6..<13]
-        let tokens = 13
+        let sequences = [0..<5, 5..<6, 6..<19]
+        let tokens = 19
         let q = randomTensor([tokens, d], rng: &rng), k = randomTensor([tokens, d], rng: &rng)
         let v = randomTensor([tokens, d], rng: &rng)
         let out = Tensor(shape: [tokens, d])
@@ -315,22 +316,62 @@ import Testing
             q: q.data, k: k.data, v: v.data, ld: d, out: out.data, ldOut: d,
             sequences: sequences, heads: heads, headDim: dh, scores: WorkerScratch())
         for seq in sequences {
-            for h in 0..<heads {
-                for i in seq {
-                    let logits = seq.map { j in
-                        (0..<dh).reduce(0.0) { $0 + Double(q.data[i * d + h * dh + $1]) * Double(k.data[j * d + h * dh + $1]) }
-                            / Double(dh).squareRoot()
-                    }
-                    let m = logits.max()!
-                    let e = logits.map { Foundation.exp($0 - m) }
-                    let s = e.reduce(0, +)
-                    for c in 0..<dh {
-                        let want = zip(seq, e).reduce(0.0) { $0 + $1.1 / s * Double(v.data[$1.0 * d + h * dh + c]) }
-                        #expect(abs(Double(out.data[i * d + h * dh + c]) - want) < 1e-5)
-                    }
+            let want = naiveAttention(q: q, k: k, v: v, queries: seq, keys: seq, causal: false, heads: heads)
+            for i in seq {
+                for c in 0..<d { #expect(abs(Double(out.data[i * d + c]) - want[i - seq.lowerBound][c]) < 1e-5) }
+            }
+        }
+    }
+
+    /// Should equal naive attention over each sequence's own rows of a separate key and value buffer (a
+    /// decoder's cross-attention, or its KV cache with `causal`), for few queries and for many.
+    @Test(arguments: [false, true])
+    func attentionOverKeysMatchesNaive(causal: Bool) {
+        var rng = SplitMix64(seed: 6)
+        let heads = 2, dh = 5, d = heads * dh, pad = 3
+        let sequences = [0..<1, 1..<3, 3..<15], keys = [0..<7, 10..<12, 20..<38]
+        let q = randomTensor([15, d + pad], rng: &rng)
+        let k = randomTensor([40, d + pad], rng: &rng), v = randomTensor([40, d + pad], rng: &rng)
+        let out = Tensor(shape: [15, d + pad])
+        multiHeadAttention(
+            q: q.data, k: k.data, v: v.data, ld: d + pad, out: out.data, ldOut: d + pad,
+            sequences: sequences, keys: keys, causal: causal, heads: heads, headDim: dh, scores: WorkerScratch())
+        for (seq, keyRows) in zip(sequences, keys) {
+            let want = naiveAttention(q: q, k: k, v: v, queries: seq, keys: keyRows, causal: causal, heads: heads, headDim: dh)
+            for i in seq {
+                for c in 0..<d {
+                    #expect(abs(Double(out.data[i * (d + pad) + c]) - want[i - seq.lowerBound][c]) < 1e-5, "row \(i)")
                 }
             }
         }
+    }
+}
+
+/// softmax(q·kᵀ/√dh)·v per head in Double, for the query rows `queries` over the key rows `keys`; with
+/// `causal`, query j sees the first keys.count − queries.count + j + 1 keys. Rows of [heads·dh] (default
+/// dh: the tensors' columns / heads), one per query.
+func naiveAttention(
+    q: Tensor, k: Tensor, v: Tensor, queries: Range<Int>, keys: Range<Int>, causal: Bool, heads: Int,
+    headDim: Int? = nil
+) -> [[Double]] {
+    let ld = q.columns, dh = headDim ?? ld / heads
+    return (0..<queries.count).map { j in
+        let i = queries.lowerBound + j
+        let visible = causal ? keys.count - queries.count + j + 1 : keys.count
+        var row = [Double](repeating: 0, count: heads * dh)
+        for h in 0..<heads {
+            let logits = keys.prefix(visible).map { key in
+                (0..<dh).reduce(0.0) { $0 + Double(q.data[i * ld + h * dh + $1]) * Double(k.data[key * ld + h * dh + $1]) }
+                    / Double(dh).squareRoot()
+            }
+            let m = logits.max()!
+            let e = logits.map { Foundation.exp($0 - m) }
+            let sum = e.reduce(0, +)
+            for c in 0..<dh {
+                row[h * dh + c] = zip(keys.prefix(visible), e).reduce(0.0) { $0 + $1.1 / sum * Double(v.data[$1.0 * ld + h * dh + c]) }
+            }
+        }
+        return row
     }
 }
 

@@ -157,6 +157,39 @@ struct TinyModel {
         #expect(decoderError < 1e-4, "decoder max |Δ| \(decoderError)")
     }
 
+    /// Should count, over a transcription, the learners of every token at each ACM: the encoder's rows
+    /// and every decoder step's (the prompt first, then one per generated token), per utterance.
+    @Test(arguments: [LearnerPolicy.full, .uniform(1), .auto])
+    func countsLearners(policy: LearnerPolicy) throws {
+        let settings = ACMConfig(numLearners: 3, learnerDim: 5, activation: .gelu, minChoice: 1)
+        let tiny = try TinyModel(acm: ["model.encoder.layers.1": settings, "model.decoder.layers.0": settings], seed: 6)
+        let mels = (0..<3).map { randomLogMels(tinyConfig, count: 1, seed: 30 + UInt64($0)).reshaped() }
+        let learners = LearnerCounts(acms: tiny.model.whisper.acms, items: 3)
+        let results = try tiny.model.transcribe(logMels: mels, policy: policy, learners: learners)
+        let decoderRows = results.map { result in
+            // a step for each generated token, and one for the end token unless the length limit came first
+            let steps = result.tokens.count + (result.tokens.count < tinyGeneration.maxNewTokens ? 1 : 0)
+            return tinyGeneration.prompt.count + steps - 1
+        }
+        #expect(learners.histogram[0].reduce(0, +) == 3 * tinyConfig.maxSourcePositions)
+        #expect(learners.histogram[1].reduce(0, +) == decoderRows.reduce(0, +))
+        let fraction = learners.computeFraction
+        switch policy {
+        case .full:
+            #expect(learners.histogram.allSatisfy { $0[0..<3].allSatisfy { $0 == 0 } })
+            #expect(fraction == [1, 1, 1])
+        case .uniform:
+            #expect(learners.histogram.allSatisfy { $0[0] == 0 && $0[2] == 0 && $0[3] == 0 })
+            #expect(fraction.allSatisfy { abs($0 - 1.0 / 3) < 1e-12 })
+        default:
+            #expect(fraction.allSatisfy { (1.0 / 3...1).contains($0) })
+        }
+        let possible = results.indices.map { b in
+            tiny.model.whisper.acms[0].learnerFLOPs * 3 * Double(tinyConfig.maxSourcePositions + decoderRows[b])
+        }
+        #expect(learners.possibleFLOPs == possible)
+    }
+
     /// Should refuse an `acm` entry that is not a layer, and name missing and unused tensors.
     @Test func strictLoading() throws {
         let dir = try TemporaryDirectory()

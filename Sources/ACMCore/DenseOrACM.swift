@@ -1,0 +1,135 @@
+/// A map of each token that a model may have dense or as an ACM: an attention projection or an MLP
+/// (the ViT's q/k/v/o projections and MLPs, Whisper's MLPs).
+public enum DenseOrACM: Sendable {
+    /// An `nn.Linear` projection.
+    case linear(Linear)
+    /// `fc1` (d → D), exact GELU, `fc2` (D → d).
+    case mlp(DenseMLP)
+    /// An ACM in either's place; `index` is its position among the model's ACMs (its `acmPaths`).
+    case acm(index: Int, ACMLayer)
+
+    /// The position of the ACM among the model's ACMs; nil when dense.
+    public var acmIndex: Int? {
+        if case let .acm(index, _) = self { return index }
+        return nil
+    }
+
+    /// FLOPs (2 per multiply-add) per token of everything but an ACM's learners: all of a dense layer,
+    /// an ACM's gate.
+    public var fixedFLOPsPerToken: Double {
+        switch self {
+        case let .linear(l): return 2 * Double(l.inputs * l.outputs)
+        case let .mlp(m): return 2 * Double(m.fc1.inputs * m.fc1.outputs + m.fc2.inputs * m.fc2.outputs)
+        case let .acm(_, a): return 2 * a.gate.reduce(0.0) { $0 + Double($1.inputs * $1.outputs) }
+        }
+    }
+
+    /// The layer over a batch of sequences, each token its own row: an ACM chooses each token's k by its
+    /// sequence's policy and runs the learners grouped across the batch (`ACMLayer.forward`).
+    ///
+    /// - Parameters:
+    ///   - x: [tokens, d_in], where tokens = the sum of the sequences' lengths.
+    ///   - sequences: disjoint, covering token ranges; `policies[i]` applies to `sequences[i]`
+    ///     (ignored by a dense layer).
+    ///   - out: [tokens, d_out], overwritten.
+    ///   - learners: where an ACM counts the learners its tokens ran, sequence i for item `items[i]`
+    ///     (default i).
+    ///   - fewRows: how a dense layer runs a few rows (`FewRows`).
+    ///   - gateAndFirstOutput: an ACM's part of a stacked gate's output (`ACMLayer.forward`).
+    public func forward(
+        _ x: UnsafePointer<Float>, sequences: [Range<Int>], policies: [LearnerPolicy],
+        out: UnsafeMutablePointer<Float>, workspace ws: ACMWorkspace,
+        learners: LearnerCounts? = nil, items: [Int]? = nil, fewRows: FewRows = .oneWorker,
+        gateAndFirstOutput: (UnsafeMutablePointer<Float>, ld: Int)? = nil
+    ) {
+        let tokens = sequences.last?.upperBound ?? 0
+        switch self {
+        case let .linear(linear):
+            linear.forward(x, rows: tokens, out: out, fewRows: fewRows)
+        case let .mlp(mlp):
+            mlp.forward(x, rows: tokens, out: out, scratch: ws.mlpHidden, fewRows: fewRows)
+        case let .acm(index, layer):
+            if ws.choices.count < tokens { ws.choices = [Int32](repeating: 0, count: tokens) }
+            ws.choices.withUnsafeMutableBufferPointer { ks in
+                layer.forward(
+                    x, sequences: sequences, policies: policies, out: out, choices: ks.baseAddress!,
+                    workspace: ws, gateAndFirstOutput: gateAndFirstOutput)
+                learners?.add(acm: index, layer: layer, choices: UnsafeBufferPointer(ks), sequences: sequences, items: items)
+            }
+        }
+    }
+}
+
+/// A model's ACMs, gathered as its init builds its layers: the config's `acm` entries, checked against
+/// the model's modules, and each ACM found, in execution order.
+public struct ModelACMs {
+    public let configs: [String: ACMConfig]
+    /// The module path of each ACM built so far (the model's `acmPaths`).
+    public private(set) var paths: [String] = []
+    public private(set) var layers: [ACMLayer] = []
+
+    /// Throws for an `acm` entry that is not in `modules`, the model's module paths: "acm entry 'P' is not
+    /// `noun`".
+    public init(configs: [String: ACMConfig], modules: Set<String>, noun: String) throws {
+        if let unknown = configs.keys.filter({ !modules.contains($0) }).sorted().first {
+            throw ModelError.config("acm entry '\(unknown)' is not \(noun)")
+        }
+        self.configs = configs
+    }
+
+    /// The ACM the config names at `path`, d → d, its weights under `weights`' `path`, as the model's
+    /// next ACM; nil when the module at `path` is dense.
+    public mutating func layer(at path: String, dim d: Int, weights: Weights) throws -> DenseOrACM? {
+        guard let settings = configs[path] else { return nil }
+        layers.append(try ACMLayer(config: settings, inputDim: d, outputDim: d, weights: weights.scoped(path)))
+        paths.append(path)
+        return .acm(index: layers.count - 1, layers.last!)
+    }
+}
+
+/// How many learners the tokens ran at each ACM of a model, over one forward pass or several (a
+/// transcription's encoder pass and decoder steps), and each item's learner FLOPs (an item is an
+/// image or an utterance). Filled in by `DenseOrACM.forward`.
+public final class LearnerCounts {
+    /// Per ACM (the model's `acmPaths` order): `histogram[i][k]` tokens ran k = 0...N learners.
+    public private(set) var histogram: [[Int]]
+    /// Per item: the learner FLOPs run, and those of every learner.
+    public private(set) var executedFLOPs: [Double], possibleFLOPs: [Double]
+    /// Per ACM, when recording: every token's k, in the order the tokens ran.
+    public private(set) var choices: [[Int32]]?
+
+    /// Counts for the model's ACMs (`acms`, in order) over `items` items.
+    public init(acms: [ACMLayer], items: Int, recordChoices: Bool = false) {
+        histogram = acms.map { [Int](repeating: 0, count: $0.config.numLearners + 1) }
+        executedFLOPs = Array(repeating: 0, count: items)
+        possibleFLOPs = Array(repeating: 0, count: items)
+        choices = recordChoices ? acms.map { _ in [] } : nil
+    }
+
+    /// Per item: executed / possible learner FLOPs, 1 for an item that ran no ACM.
+    public var computeFraction: [Double] {
+        zip(executedFLOPs, possibleFLOPs).map { $1 > 0 ? $0 / $1 : 1 }
+    }
+
+    /// Counts `choices`, each token's k at ACM `index` (`layer`); sequence i belongs to item `items[i]`
+    /// (default i).
+    func add(acm index: Int, layer: ACMLayer, choices ks: UnsafeBufferPointer<Int32>, sequences: [Range<Int>], items: [Int]?) {
+        let cost = layer.learnerFLOPs, n = layer.config.numLearners
+        // one access to the histogram row for all tokens, not an exclusivity check and a uniqueness
+        // check for each
+        histogram[index].withUnsafeMutableBufferPointer { counts in
+            for (i, seq) in sequences.enumerated() {
+                var sum = 0
+                for t in seq {
+                    let k = Int(ks[t])
+                    sum += k
+                    counts[k] += 1
+                }
+                let item = items?[i] ?? i
+                executedFLOPs[item] += cost * Double(sum)
+                possibleFLOPs[item] += cost * Double(seq.count * n)
+            }
+        }
+        choices?[index].append(contentsOf: ks[0..<(sequences.last?.upperBound ?? 0)])
+    }
+}
