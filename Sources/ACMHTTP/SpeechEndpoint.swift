@@ -28,7 +28,10 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
         runner = BatchRunner(
             name: name, engine: SpeechEngine(model: model), config: entry.batcher,
             observer: MetricsObserver(metrics: metrics, kind: .speech))
-        metrics.registerSpeech(model: name)
+        let whisper = model.whisper
+        metrics.registerSpeech(
+            model: name, acmPaths: whisper.acmPaths,
+            choices: whisper.acms.map { $0.config.minChoice...$0.config.numLearners })
     }
 
     private var melShape: [Int] { [model.config.whisper.numMelBins, model.config.whisper.inputFrames] }

@@ -30,14 +30,24 @@ public final class ServingMetrics: Sendable {
         MetricNameDescriptor(namespace: "acm", metricName: metric, unitName: unit, helpText: help)
     }
 
-    /// Registers every per-model series of a speech model at zero: the request, queue and batch series.
-    /// The learner-choice series (compute fraction and budget, budget mode, layer tokens) are an image
-    /// model's: Whisper has no ACM layers yet.
-    public func registerSpeech(model: String) {
+    /// Registers every per-model series of a speech model at zero: the request, queue and batch series,
+    /// and the layer tokens of its ACMs, if it has any. The compute fraction, budget and budget mode are
+    /// an image model's until speech applies budgets.
+    public func registerSpeech(model: String, acmPaths: [String], choices: [ClosedRange<Int>]) {
         registerRequestSeries(model: model)
         _ = registry.makeValueHistogram(
             descriptor: utteranceBatchDescriptor, labels: [("model", model)], buckets: Self.batchBuckets)
         pending(model: model, 0)
+        registerLayerTokens(model: model, acmPaths: acmPaths, choices: choices)
+    }
+
+    /// The tokens-per-k series of every ACM, at zero.
+    private func registerLayerTokens(model: String, acmPaths: [String], choices: [ClosedRange<Int>]) {
+        for (path, ks) in zip(acmPaths, choices) {
+            for k in ks {
+                _ = registry.makeCounter(descriptor: tokensDescriptor, labels: [("model", model), ("layer", path), ("k", "\(k)")])
+            }
+        }
     }
 
     /// The series every model has: successes, failures by reason, inferences, batches and durations.
@@ -63,11 +73,7 @@ public final class ServingMetrics: Sendable {
             _ = registry.makeCounter(descriptor: modeDescriptor, labels: m + [("mode", mode)])
         }
         pending(model: model, 0)
-        for (path, ks) in zip(acmPaths, choices) {
-            for k in ks {
-                _ = registry.makeCounter(descriptor: tokensDescriptor, labels: m + [("layer", path), ("k", "\(k)")])
-            }
-        }
+        registerLayerTokens(model: model, acmPaths: acmPaths, choices: choices)
     }
 
     private var successDescriptor: MetricNameDescriptor {
@@ -153,19 +159,25 @@ public final class ServingMetrics: Sendable {
 
     /// One executed batch: its size, its compute time, and how many tokens ran each k at each ACM.
     public func batch(model: String, images: Int, seconds: Double, acmPaths: [String], histogram: [[Int]]) {
-        let m = [("model", model)]
         countBatch(model: model, inputs: images, seconds: seconds, sizeDescriptor: batchSizeDescriptor)
+        countLayerTokens(model: model, acmPaths: acmPaths, histogram: histogram)
+    }
+
+    /// One executed batch of a speech model: its size, its compute time, and the learners its ACMs ran.
+    public func speechBatch(model: String, utterances: Int, seconds: Double, acmPaths: [String], histogram: [[Int]]) {
+        countBatch(model: model, inputs: utterances, seconds: seconds, sizeDescriptor: utteranceBatchDescriptor)
+        countLayerTokens(model: model, acmPaths: acmPaths, histogram: histogram)
+    }
+
+    /// `histogram[i][k]` tokens ran k learners at ACM `acmPaths[i]`.
+    private func countLayerTokens(model: String, acmPaths: [String], histogram: [[Int]]) {
+        let m = [("model", model)]
         for (path, counts) in zip(acmPaths, histogram) {
             for (k, count) in counts.enumerated() where count > 0 {
                 registry.makeCounter(descriptor: tokensDescriptor, labels: m + [("layer", path), ("k", "\(k)")])
                     .increment(by: Int64(count))
             }
         }
-    }
-
-    /// One executed batch of a speech model: its size and its compute time.
-    public func speechBatch(model: String, utterances: Int, seconds: Double) {
-        countBatch(model: model, inputs: utterances, seconds: seconds, sizeDescriptor: utteranceBatchDescriptor)
     }
 
     /// What every executed batch counts: one batch, its inputs, its size in `sizeDescriptor`'s histogram,
@@ -201,7 +213,8 @@ public final class MetricsObserver: RunnerObserver, Sendable {
         case .image:
             metrics.batch(model: model, images: images, seconds: computeSeconds, acmPaths: acmPaths, histogram: learnerHistogram)
         case .speech:
-            metrics.speechBatch(model: model, utterances: images, seconds: computeSeconds)
+            metrics.speechBatch(
+                model: model, utterances: images, seconds: computeSeconds, acmPaths: acmPaths, histogram: learnerHistogram)
         }
     }
 

@@ -1,1 +1,0 @@
-// Serving without HTTP: see the files of this target.
