@@ -131,6 +131,19 @@ func addIndexedRows(_ out: UnsafeMutablePointer<Float>, table: UnsafePointer<Flo
     acm_add_indexed_rows(out, table, ks, rows, columns)
 }
 
+/// out[i] = the half-precision `bits[i]` widened to Float, for i < count.
+func widenHalves(_ bits: UnsafePointer<UInt16>, into out: UnsafeMutablePointer<Float>, count: Int) {
+    acm_f16_to_f32(bits, out, count)
+}
+
+/// out[r·ldOut + j] = x[r] · w[j] for r < rows, j < outputs, with w's rows of k halves.
+func dotRowsHalf(
+    _ x: UnsafePointer<Float>, rows: Int, ldx: Int, w: UnsafePointer<UInt16>, outputs: Int, k: Int,
+    out: UnsafeMutablePointer<Float>, ldOut: Int
+) {
+    acm_dot_rows_f16(x, rows, ldx, w, outputs, k, out, ldOut)
+}
+
 /// out[i] = e^{x[i]} for doubles in [-700, 0] (a softmax's shifted logits), to about 1 ulp, vectorised.
 public func expInPlace(_ x: UnsafePointer<Double>, out: UnsafeMutablePointer<Double>, count: Int) {
     acm_exp_f64(x, out, count)

@@ -133,6 +133,21 @@ public final class SafeTensorsFile: @unchecked Sendable {
         return out
     }
 
+    /// The 2-D `F16` tensor `name` as it is stored, checked against `shape`, or nil when the file stores
+    /// it in another dtype (read it with `tensor` then). Marks the name used.
+    public func halfMatrix(_ name: String, shape: [Int]) throws -> HalfMatrix? {
+        guard let entry = entries[name] else { throw ModelError.missingTensor(name) }
+        guard entry.shape == shape else { throw ModelError.shape(tensor: name, expected: shape, found: entry.shape) }
+        guard entry.dtype == "F16", shape.count == 2 else { return nil }
+        used.insert(name)
+        let matrix = HalfMatrix(rows: shape[0], columns: shape[1])
+        let src = base + dataStart + entry.range.lowerBound
+        for i in 0..<shape[0] * shape[1] {
+            matrix.bits[i] = UInt16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))
+        }
+        return matrix
+    }
+
     /// An `I32` tensor's values (labels, token ids, recorded choices). Marks the name used.
     public func int32Values(_ name: String) throws -> [Int32] {
         guard let entry = entries[name] else { throw ModelError.missingTensor(name) }
@@ -189,6 +204,10 @@ public struct Weights: Sendable {
 
     public func tensor(_ name: String, shape: [Int]) throws -> Tensor {
         try file.tensor(key(name), shape: shape)
+    }
+
+    public func halfMatrix(_ name: String, shape: [Int]) throws -> HalfMatrix? {
+        try file.halfMatrix(key(name), shape: shape)
     }
 
     public func contains(_ name: String) -> Bool { file.contains(key(name)) }

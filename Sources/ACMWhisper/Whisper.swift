@@ -98,7 +98,7 @@ public final class Whisper: @unchecked Sendable {
     let encoderPositions: Tensor  // model.encoder.embed_positions.weight [S, d]
     let encoderLayers: [Layer]  // model.encoder.layers.{i}
     let encoderLayerNorm: LayerNorm  // model.encoder.layer_norm
-    let embedTokens: Tensor  // model.decoder.embed_tokens.weight [vocab, d], also the output projection
+    let embedTokens: TokenEmbedding  // model.decoder.embed_tokens.weight [vocab, d], also the output projection
     let decoderPositions: Tensor  // model.decoder.embed_positions.weight [max_target_positions, d]
     let decoderLayers: [Layer]  // model.decoder.layers.{i}
     let decoderLayerNorm: LayerNorm  // model.decoder.layer_norm
@@ -130,7 +130,7 @@ public final class Whisper: @unchecked Sendable {
         let encoderLayerNorm = try LayerNorm(dim: d, eps: eps, weights: encoder.scoped("layer_norm"))
 
         let decoder = weights.scoped("model.decoder")
-        let embedTokens = try decoder.tensor("embed_tokens.weight", shape: [config.vocabSize, d])
+        let embedTokens = try TokenEmbedding(decoder, "embed_tokens.weight", shape: [config.vocabSize, d])
         let decoderPositions = try decoder.tensor("embed_positions.weight", shape: [config.maxTargetPositions, d])
         let decoderLayers = try decoderNames.map { try layer($0, ffn: config.decoderFfnDim, crossAttention: true) }
         let decoderLayerNorm = try LayerNorm(dim: d, eps: eps, weights: decoder.scoped("layer_norm"))
@@ -307,8 +307,9 @@ public final class Whisper: @unchecked Sendable {
             for (j, token) in tokens[i].enumerated() {
                 precondition((0..<config.vocabSize).contains(token), "token id \(token) outside the vocabulary")
                 let row = x + (sequences[i].lowerBound + j) * d
-                let e = embedTokens.data + token * d, p = decoderPositions.data + (state.lengths[slot] + j) * d
-                for c in 0..<d { row[c] = e[c] + p[c] }
+                embedTokens.row(token, into: row)
+                let p = decoderPositions.data + (state.lengths[slot] + j) * d
+                for c in 0..<d { row[c] += p[c] }
             }
         }
 
@@ -366,9 +367,43 @@ public final class Whisper: @unchecked Sendable {
         let vocab = config.vocabSize
         let logits = Tensor(shape: [slots.count, vocab])
         // [live, d] × [d, vocab]
-        timesTransposed(
-            last, rows: slots.count, w: embedTokens.data, outputs: vocab, inputs: d, out: logits.data,
-            minimumColumnsPerWorker: 1024)
+        embedTokens.timesTransposed(last, rows: slots.count, out: logits.data)
         return logits
+    }
+}
+
+/// Whisper's `embed_tokens` [vocab, d]: each token's embedding in, and (tied) the projection of the last
+/// hidden state to the vocabulary's logits out. Kept in half precision when the file stores it so (the
+/// CTranslate2 and Hugging Face checkpoints do): a decoder step reads all of it for a handful of rows,
+/// so its bytes are the step's cost.
+enum TokenEmbedding {
+    case float(Tensor)
+    case half(HalfMatrix)
+
+    init(_ weights: Weights, _ name: String, shape: [Int]) throws {
+        if let half = try weights.halfMatrix(name, shape: shape) {
+            self = .half(half)
+        } else {
+            self = .float(try weights.tensor(name, shape: shape))
+        }
+    }
+
+    /// Token `token`'s embedding into `out` (d floats).
+    func row(_ token: Int, into out: UnsafeMutablePointer<Float>) {
+        switch self {
+        case let .float(t): out.update(from: t.data + token * t.columns, count: t.columns)
+        case let .half(h): h.row(token, into: out)
+        }
+    }
+
+    /// out[i, v] = x[i] · embedding v: the logits of `rows` hidden states.
+    func timesTransposed(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>) {
+        switch self {
+        case let .float(t):
+            ACMCore.timesTransposed(
+                x, rows: rows, w: t.data, outputs: t.rows, inputs: t.columns, out: out, minimumColumnsPerWorker: 1024)
+        case let .half(h):
+            h.timesTransposed(x, count: rows, out: out)
+        }
     }
 }

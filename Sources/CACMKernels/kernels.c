@@ -267,3 +267,25 @@ KERNEL void acm_add_indexed_rows(float *restrict out, const float *restrict tabl
         for (long i = 0; i < d; i++) row[i] += b[i];
     }
 }
+
+// _Float16 loads compile to vcvtph2ps where the clone's instruction set has it (AVX-512F implies F16C),
+// and to a call elsewhere.
+KERNEL void acm_f16_to_f32(const unsigned short *src, float *dst, long n) {
+    const _Float16 *h = (const _Float16 *)src;
+    for (long i = 0; i < n; i++) dst[i] = (float)h[i];
+}
+
+KERNEL void acm_dot_rows_f16(const float *x, long rows, long ldx, const unsigned short *w, long outputs, long k,
+                             float *out, long ld_out) {
+#pragma clang fp reassociate(on)
+    const _Float16 *h = (const _Float16 *)w;
+    for (long j = 0; j < outputs; j++) {
+        const _Float16 *wj = h + j * k;
+        for (long r = 0; r < rows; r++) {
+            const float *xr = x + r * ldx;
+            float sum = 0;
+            for (long i = 0; i < k; i++) sum += xr[i] * (float)wj[i];
+            out[r * ld_out + j] = sum;
+        }
+    }
+}

@@ -52,3 +52,12 @@ void acm_scatter_rows(float *out, const float *ys, const int *position, const in
 
 /// out[t] += table[ks[t]] for t < rows, rows of d floats (each token's bias by its learner count).
 void acm_add_indexed_rows(float *out, const float *table, const int *ks, long rows, long d);
+
+/// dst[i] = src[i] widened from IEEE half (its bits) to float, for i < n.
+void acm_f16_to_f32(const unsigned short *src, float *dst, long n);
+
+/// out[r·ld_out + j] = Σ_i x[r·ldx + i]·w[j·k + i] for r < rows and j < outputs, w in IEEE half (its bits),
+/// each weight read once for all the rows: a few rows against a large half-precision matrix (a decoder
+/// step's logits against the vocabulary), where the read of w is the cost.
+void acm_dot_rows_f16(const float *x, long rows, long ldx, const unsigned short *w, long outputs, long k, float *out,
+                      long ld_out);
