@@ -162,12 +162,18 @@ def phase1(student, teacher, x_train, g, epochs):
             inp, target = saved[path]
             outs = m.prefix_outputs(inp)  # (B, T, C, d)
             losses.append(((outs - target.unsqueeze(2)) ** 2).mean())
-        loss = torch.stack(losses).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = descend(opt, losses)
     logging.info(f'phase 1: final distillation MSE {loss.item():.5f}')
     return loss.item()
+
+
+def descend(opt, losses):
+    """One optimiser step on the mean of the per-ACM losses; returns that mean."""
+    loss = torch.stack(losses).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
 
 
 def gate_labels(outs, target, min_choice):
@@ -199,10 +205,7 @@ def phase2(student, teacher, x_train, g, epochs):
             losses.append(F.cross_entropy(logits.flatten(0, 1), labels.flatten()))
             if step == total - 1:
                 histogram[path] = torch.bincount(labels.flatten() + m.cfg.min_choice, minlength=m.cfg.num_learners + 1).tolist()
-        loss = torch.stack(losses).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = descend(opt, losses)
     logging.info(f'phase 2: final gate cross-entropy {loss.item():.4f}; last batch label counts (k = 0..N) {histogram}')
     return loss.item()
 

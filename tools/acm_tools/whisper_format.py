@@ -81,25 +81,23 @@ def expected_shapes(cfg: WhisperConfig):
     s['model.encoder.conv2.weight'] = [d, d, 3]
     s['model.encoder.conv2.bias'] = [d]
     s['model.encoder.embed_positions.weight'] = [cfg.max_source_positions, d]
-    for i in range(cfg.encoder_layers):
-        p = f'model.encoder.layers.{i}'
+    def layer(p, ffn, cross_attention):
         attention(f'{p}.self_attn')
         norm(f'{p}.self_attn_layer_norm')
-        linear(f'{p}.fc1', cfg.encoder_ffn_dim, d)
-        linear(f'{p}.fc2', d, cfg.encoder_ffn_dim)
+        if cross_attention:
+            attention(f'{p}.encoder_attn')
+            norm(f'{p}.encoder_attn_layer_norm')
+        linear(f'{p}.fc1', ffn, d)
+        linear(f'{p}.fc2', d, ffn)
         norm(f'{p}.final_layer_norm')
+
+    for i in range(cfg.encoder_layers):
+        layer(f'model.encoder.layers.{i}', cfg.encoder_ffn_dim, cross_attention=False)
     norm('model.encoder.layer_norm')
     s['model.decoder.embed_tokens.weight'] = [cfg.vocab_size, d]
     s['model.decoder.embed_positions.weight'] = [cfg.max_target_positions, d]
     for i in range(cfg.decoder_layers):
-        p = f'model.decoder.layers.{i}'
-        attention(f'{p}.self_attn')
-        norm(f'{p}.self_attn_layer_norm')
-        attention(f'{p}.encoder_attn')
-        norm(f'{p}.encoder_attn_layer_norm')
-        linear(f'{p}.fc1', cfg.decoder_ffn_dim, d)
-        linear(f'{p}.fc2', d, cfg.decoder_ffn_dim)
-        norm(f'{p}.final_layer_norm')
+        layer(f'model.decoder.layers.{i}', cfg.decoder_ffn_dim, cross_attention=True)
     norm('model.decoder.layer_norm')
     return s
 
