@@ -133,3 +133,47 @@ public final class LearnerCounts {
         choices?[index].append(contentsOf: ks[0..<(sequences.last?.upperBound ?? 0)])
     }
 }
+
+/// A cap spread over a model's ACMs (docs/compute-budget.md, "Spreading the budget"): each ACM gets
+/// its share of a request's β by its `budget_share`, its k_min floor and its cost. The same for every
+/// kind of model; an ACM's cost is its learners' FLOPs per token.
+public struct BudgetSplit: Sendable {
+    /// In the model's ACM order; `order` lists them by path, the order the reference sums in.
+    let acms: [ACMLayer]
+    let order: [Int]
+
+    public init(paths: [String], acms: [ACMLayer]) {
+        precondition(paths.count == acms.count)
+        self.acms = acms
+        order = paths.indices.sorted { paths[$0] < paths[$1] }
+    }
+
+    /// Each ACM's share of a cap β, in the model's ACM order.
+    public func shares(_ beta: Double) -> [Double] {
+        let split = splitBudget(
+            beta,
+            shares: order.map { acms[$0].config.budgetShare },
+            floors: order.map { Double(acms[$0].config.minChoice) / Double(acms[$0].config.numLearners) },
+            costs: order.map { acms[$0].learnerFLOPs * Double(acms[$0].config.numLearners) })
+        var budgets = [Double](repeating: 1, count: acms.count)
+        for (position, index) in order.enumerated() { budgets[index] = split[position] }
+        return budgets
+    }
+
+    /// The policy of each sequence at each ACM, `[acm][sequence]`: a cap becomes that ACM's share of it,
+    /// any other policy stays as it is.
+    public func layerPolicies(_ policies: [LearnerPolicy]) -> [[LearnerPolicy]] {
+        var splits: [ComputeBudget: [LearnerPolicy]] = [:]
+        for case let .cap(beta) in policies where splits[beta] == nil {
+            // An ACM's share is 0 only when the k_min floors alone exceed the budget; a cap of 0 keeps
+            // every token at k_min, which is what `.uniform(0)` does (it is clamped to k_min).
+            splits[beta] = shares(beta.value).map { share in (try? ComputeBudget(share)).map { .cap($0) } ?? .uniform(0) }
+        }
+        return acms.indices.map { l in
+            policies.map { policy in
+                if case let .cap(beta) = policy { return splits[beta]![l] }
+                return policy
+            }
+        }
+    }
+}

@@ -35,7 +35,7 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
             name: name, engine: ViTEngine(model: model), config: entry.batcher,
             observer: MetricsObserver(metrics: metrics, kind: .image))
         metrics.register(
-            model: name, acmPaths: model.vit.acmPaths,
+            model: name, kind: .image, acmPaths: model.vit.acmPaths,
             choices: model.vit.acmPaths.map { model.config.acm[$0]!.minChoice...model.config.acm[$0]!.numLearners })
     }
 

@@ -29,10 +29,13 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
             name: name, engine: SpeechEngine(model: model), config: entry.batcher,
             observer: MetricsObserver(metrics: metrics, kind: .speech))
         let whisper = model.whisper
-        metrics.registerSpeech(
-            model: name, acmPaths: whisper.acmPaths,
+        metrics.register(
+            model: name, kind: .speech, acmPaths: whisper.acmPaths,
             choices: whisper.acms.map { $0.config.minChoice...$0.config.numLearners })
     }
+
+    /// Whether the model has ACMs, so that a budget applies.
+    private var hasACMs: Bool { !model.whisper.acms.isEmpty }
 
     private var melShape: [Int] { [model.config.whisper.numMelBins, model.config.whisper.inputFrames] }
 
@@ -89,11 +92,13 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
         let outputs = try envelope.requestedOutputs(
             kind: { (name: String) -> Output? in name == Self.text ? .text : (name == Self.tokens ? .tokens : nil) },
             defaults: [.text, .tokens], unknown: "this model has 'text' and 'tokens'", classification: { _ in false })
-        let (modelName, id, budget) = (self.name, envelope.id, envelope.budget)
+        let (modelName, id, budget, applied) = (self.name, envelope.id, envelope.budget, hasACMs)
         return Submission(
             input: mels, count: mels.count, budget: budget, timeoutNanoseconds: envelope.timeoutNanoseconds, id: id
         ) { result in
-            Self.response(model: modelName, id: id, budget: budget, outputs: outputs, transcriptions: result.output)
+            Self.response(
+                model: modelName, id: id, parameters: Self.parameters(fraction: Self.fraction(result.output), applied: applied, budget: budget),
+                outputs: outputs, transcriptions: result.output)
         }
     }
 
@@ -101,21 +106,27 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
         let budget = try queryBudget(request, default: entry.defaultBudget)
         guard !request.body.isEmpty else { throw ProtocolError.bad("the body must be an audio file (WAV, FLAC, ...)") }
         let mel = try decode(request.body, index: 0)
-        let modelName = name
+        let (modelName, applied) = (name, hasACMs)
         return Submission(input: [mel], count: 1, budget: budget) { result in
             let transcription = result.output[0]
             let fields: [(String, JSON)] =
                 [
                     ("model_name", .string(modelName)), ("text", .string(transcription.text)),
                     ("tokens", .array(transcription.tokens.map { .integer($0) })),
-                ] + Self.parameters(budget: budget)
+                ] + Self.parameters(fraction: transcription.computeFraction, applied: applied, budget: budget)
             return jsonResponse(200, JSON.object(fields).bytes)
         }
     }
 
     func recordSuccess(_ result: RunResult<[Transcription]>, seconds: Double, budget: ComputeBudget?) -> Double? {
-        metrics.speechSuccess(model: name, seconds: seconds)
-        return nil
+        let fraction = Self.fraction(result.output)
+        metrics.success(model: name, seconds: seconds, fraction: fraction, budget: budget?.value)
+        return fraction
+    }
+
+    /// A request's compute fraction: its utterances' mean.
+    static func fraction(_ transcriptions: [Transcription]) -> Double {
+        transcriptions.reduce(0) { $0 + $1.computeFraction } / Double(max(transcriptions.count, 1))
     }
 
     /// One audio file to the model's log-mel input; a file that cannot be used is a 400 that says why.
@@ -127,17 +138,18 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
         }
     }
 
-    /// The parameters of every speech answer: Whisper has no ACM layers yet, so the whole model ran and
-    /// a `compute_budget` was not applied.
-    static func parameters(budget: ComputeBudget?) -> [(String, JSON)] {
-        var params: [(String, JSON)] = [("compute_fraction", .number(1.0)), ("compute_budget_applied", .bool(false))]
+    /// The parameters of every speech answer: the realized compute fraction, whether a budget can apply
+    /// (the model has ACMs; a dense model runs whole whatever the budget), and the budget asked for.
+    static func parameters(fraction: Double, applied: Bool, budget: ComputeBudget?) -> [(String, JSON)] {
+        var params: [(String, JSON)] = [("compute_fraction", .number(fraction)), ("compute_budget_applied", .bool(applied))]
         if let budget { params.append(("compute_budget", .number(budget.value))) }
         return params
     }
 
     /// The infer response: the outputs asked for.
     static func response(
-        model: String, id: String?, budget: ComputeBudget?, outputs: [RequestedOutput<Output>], transcriptions: [Transcription]
+        model: String, id: String?, parameters: [(String, JSON)], outputs: [RequestedOutput<Output>],
+        transcriptions: [Transcription]
     ) -> HTTPResponse {
         let n = transcriptions.count
         let encoded = outputs.map { output -> EncodedOutput in
@@ -159,6 +171,6 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
                     binary: output.binary)
             }
         }
-        return inferResponse(model: model, id: id, parameters: parameters(budget: budget), outputs: encoded)
+        return inferResponse(model: model, id: id, parameters: parameters, outputs: encoded)
     }
 }

@@ -151,34 +151,8 @@ public final class ViT: @unchecked Sendable {
         acms.reduce(0.0) { $0 + $1.learnerFLOPs * Double(config.sequenceLength * $1.config.numLearners) }
     }
 
-    /// Each ACM's share of a cap β (docs/compute-budget.md, "Spreading the budget"), in `acmPaths` order.
-    public func layerBudgets(_ beta: Double) -> [Double] {
-        let order = acmPaths.indices.sorted { acmPaths[$0] < acmPaths[$1] }
-        let split = splitBudget(
-            beta,
-            shares: order.map { acms[$0].config.budgetShare },
-            floors: order.map { Double(acms[$0].config.minChoice) / Double(acms[$0].config.numLearners) },
-            costs: order.map { acms[$0].learnerFLOPs * Double(acms[$0].config.numLearners) })
-        var budgets = [Double](repeating: 1, count: acms.count)
-        for (position, index) in order.enumerated() { budgets[index] = split[position] }
-        return budgets
-    }
-
-    /// The policy of each image at each ACM: a cap becomes that ACM's share of it; `[acm][image]`.
-    func layerPolicies(_ policies: [LearnerPolicy]) -> [[LearnerPolicy]] {
-        var splits: [ComputeBudget: [LearnerPolicy]] = [:]
-        for case let .cap(beta) in policies where splits[beta] == nil {
-            // An ACM's share is 0 only when the k_min floors alone exceed the budget; a cap of 0 keeps
-            // every token at k_min, which is what `.uniform(0)` does (it is clamped to k_min).
-            splits[beta] = layerBudgets(beta.value).map { share in (try? ComputeBudget(share)).map { .cap($0) } ?? .uniform(0) }
-        }
-        return acms.indices.map { l in
-            policies.map { policy in
-                if case let .cap(beta) = policy { return splits[beta]![l] }
-                return policy
-            }
-        }
-    }
+    /// How a cap is spread over the ACMs.
+    public var budgetSplit: BudgetSplit { BudgetSplit(paths: acmPaths, acms: acms) }
 
     /// FLOPs per image at a compute fraction.
     public func flops(computeFraction: Double) -> Double { fixedFLOPs + computeFraction * allLearnerFLOPs }
@@ -264,7 +238,7 @@ public final class ViT: @unchecked Sendable {
         let x = ws.x.reserve(tokens * d)
         let normed = ws.normed.reserve(tokens * d)
         let learners = LearnerCounts(acms: acms, items: count, recordChoices: recordChoices)
-        let acmPolicies = layerPolicies(policies)
+        let acmPolicies = budgetSplit.layerPolicies(policies)
 
         // patch embedding: im2col, then [images·g², C·p·p] × [C·p·p, d]
         let patches = ws.patches.reserve(count * g * g * patchLength)

@@ -30,17 +30,6 @@ public final class ServingMetrics: Sendable {
         MetricNameDescriptor(namespace: "acm", metricName: metric, unitName: unit, helpText: help)
     }
 
-    /// Registers every per-model series of a speech model at zero: the request, queue and batch series,
-    /// and the layer tokens of its ACMs, if it has any. The compute fraction, budget and budget mode are
-    /// an image model's until speech applies budgets.
-    public func registerSpeech(model: String, acmPaths: [String], choices: [ClosedRange<Int>]) {
-        registerRequestSeries(model: model)
-        _ = registry.makeValueHistogram(
-            descriptor: utteranceBatchDescriptor, labels: [("model", model)], buckets: Self.batchBuckets)
-        pending(model: model, 0)
-        registerLayerTokens(model: model, acmPaths: acmPaths, choices: choices)
-    }
-
     /// The tokens-per-k series of every ACM, at zero.
     private func registerLayerTokens(model: String, acmPaths: [String], choices: [ClosedRange<Int>]) {
         for (path, ks) in zip(acmPaths, choices) {
@@ -62,11 +51,14 @@ public final class ServingMetrics: Sendable {
         }
     }
 
-    /// Registers every per-model series at zero, so that dashboards see them before the first request.
-    public func register(model: String, acmPaths: [String], choices: [ClosedRange<Int>]) {
+    /// Registers every per-model series at zero, so that dashboards see them before the first request:
+    /// those of requests, queue and batches (batch sizes in images or utterances, by `kind`), the compute
+    /// fraction, budget and budget mode, and the tokens per k of each ACM (`acmPaths`, each with its
+    /// `choices` of k).
+    public func register(model: String, kind: ModelKind, acmPaths: [String], choices: [ClosedRange<Int>]) {
         registerRequestSeries(model: model)
         let m = [("model", model)]
-        _ = registry.makeValueHistogram(descriptor: batchSizeDescriptor, labels: m, buckets: Self.batchBuckets)
+        _ = registry.makeValueHistogram(descriptor: batchSizeDescriptor(kind), labels: m, buckets: Self.batchBuckets)
         _ = registry.makeValueHistogram(descriptor: fractionDescriptor, labels: m, buckets: Self.fractionBuckets)
         _ = registry.makeValueHistogram(descriptor: budgetDescriptor, labels: m, buckets: Self.fractionBuckets)
         for mode in ["auto", "budget"] {
@@ -97,11 +89,11 @@ public final class ServingMetrics: Sendable {
     private var computeDurationDescriptor: MetricNameDescriptor {
         name("compute_duration", "seconds", "Time the model took for the batch a request ran in.")
     }
-    private var batchSizeDescriptor: MetricNameDescriptor {
-        name("batch_size", "images", "Images per executed batch.")
-    }
-    private var utteranceBatchDescriptor: MetricNameDescriptor {
-        name("batch_size", "utterances", "Utterances per executed batch of a speech model.")
+    private func batchSizeDescriptor(_ kind: ModelKind) -> MetricNameDescriptor {
+        switch kind {
+        case .image: return name("batch_size", "images", "Images per executed batch.")
+        case .speech: return name("batch_size", "utterances", "Utterances per executed batch of a speech model.")
+        }
     }
     private var pendingDescriptor: MetricNameDescriptor {
         name("pending_requests", "", "Requests waiting in the model's queue.")
@@ -134,14 +126,6 @@ public final class ServingMetrics: Sendable {
         }
     }
 
-    /// A speech request answered with 200: no learner-choice series (see `registerSpeech`).
-    public func speechSuccess(model: String, seconds: Double) {
-        let m = [("model", model)]
-        registry.makeCounter(descriptor: successDescriptor, labels: m).increment()
-        registry.makeValueHistogram(descriptor: requestDurationDescriptor, labels: m, buckets: Self.durationBuckets)
-            .record(seconds)
-    }
-
     public func failure(model: String, reason: FailureReason, count: Int = 1) {
         registry.makeCounter(descriptor: failureDescriptor, labels: [("model", model), ("reason", reason.rawValue)])
             .increment(by: Int64(count))
@@ -157,15 +141,12 @@ public final class ServingMetrics: Sendable {
         registry.makeGauge(descriptor: pendingDescriptor, labels: [("model", model)]).set(Double(count))
     }
 
-    /// One executed batch: its size, its compute time, and how many tokens ran each k at each ACM.
-    public func batch(model: String, images: Int, seconds: Double, acmPaths: [String], histogram: [[Int]]) {
-        countBatch(model: model, inputs: images, seconds: seconds, sizeDescriptor: batchSizeDescriptor)
-        countLayerTokens(model: model, acmPaths: acmPaths, histogram: histogram)
-    }
-
-    /// One executed batch of a speech model: its size, its compute time, and the learners its ACMs ran.
-    public func speechBatch(model: String, utterances: Int, seconds: Double, acmPaths: [String], histogram: [[Int]]) {
-        countBatch(model: model, inputs: utterances, seconds: seconds, sizeDescriptor: utteranceBatchDescriptor)
+    /// One executed batch of `items` images or utterances: its size, its compute time, and how many
+    /// tokens ran each k at each ACM.
+    public func batch(
+        model: String, kind: ModelKind, items: Int, seconds: Double, acmPaths: [String], histogram: [[Int]]
+    ) {
+        countBatch(model: model, inputs: items, seconds: seconds, sizeDescriptor: batchSizeDescriptor(kind))
         countLayerTokens(model: model, acmPaths: acmPaths, histogram: histogram)
     }
 
@@ -209,13 +190,8 @@ public final class MetricsObserver: RunnerObserver, Sendable {
     public func batchExecuted(
         model: String, images: Int, requests: Int, computeSeconds: Double, learnerHistogram: [[Int]], acmPaths: [String]
     ) {
-        switch kind {
-        case .image:
-            metrics.batch(model: model, images: images, seconds: computeSeconds, acmPaths: acmPaths, histogram: learnerHistogram)
-        case .speech:
-            metrics.speechBatch(
-                model: model, utterances: images, seconds: computeSeconds, acmPaths: acmPaths, histogram: learnerHistogram)
-        }
+        metrics.batch(
+            model: model, kind: kind, items: images, seconds: computeSeconds, acmPaths: acmPaths, histogram: learnerHistogram)
     }
 
     public func requestFinished(model: String, queueSeconds: Double, timedOut: Bool) {

@@ -5,8 +5,9 @@ import ACMWhisper
 /// [num_mel_bins, 3000]; a batch is ONE call of `WhisperModel.transcribe`, whose encoder runs over all
 /// the batch's utterances and whose decoder steps all unfinished ones together.
 ///
-/// Every utterance runs under `.auto`: a request's `compute_budget` is validated but not applied. The
-/// batch's learner counts, when the model has ACM MLPs, go into its `EngineBatch`.
+/// Each utterance runs under its request's policy (a cap spread over the ACMs as for the ViT), so a
+/// request's result does not depend on the rest of its batch. The batch's learner counts, when the model
+/// has ACMs, go into its `EngineBatch`.
 public final class SpeechEngine: BatchEngine, @unchecked Sendable {
     public static let itemName = "utterances"
     public let model: WhisperModel
@@ -29,7 +30,8 @@ public final class SpeechEngine: BatchEngine, @unchecked Sendable {
     public func run(_ inputs: [[Tensor]], counts: [Int], policies: [LearnerPolicy]) throws -> EngineBatch<[Transcription]> {
         let mels = inputs.flatMap { $0 }
         let learners = LearnerCounts(acms: model.whisper.acms, items: mels.count)
-        let all = try model.transcribe(logMels: mels, policy: .auto, workspace: workspace, learners: learners)
+        let utterancePolicies = zip(counts, policies).flatMap { count, policy in repeatElement(policy, count: count) }
+        let all = try model.transcribe(logMels: mels, policies: utterancePolicies, workspace: workspace, learners: learners)
         var outputs: [[Transcription]] = []
         var first = 0
         for count in counts {

@@ -52,10 +52,14 @@ struct GreedySearch {
 public struct Transcription: Sendable, Equatable {
     public var tokens: [Int]
     public var text: String
+    /// Executed over all learner FLOPs of the model's ACMs, encoder and decoder steps together; 1 for a
+    /// model without ACMs.
+    public var computeFraction: Double
 
-    public init(tokens: [Int], text: String) {
+    public init(tokens: [Int], text: String, computeFraction: Double = 1) {
         self.tokens = tokens
         self.text = text
+        self.computeFraction = computeFraction
     }
 }
 

@@ -91,6 +91,9 @@ public final class Whisper: @unchecked Sendable {
     public let acmPaths: [String]
     /// Each ACM, in `acmPaths` order.
     public let acms: [ACMLayer]
+    /// How a request's cap is spread over `acms` (docs/compute-budget.md): by budget share and cost
+    /// per token, as for the ViT, whether an ACM runs in the encoder or at every decoder step.
+    let budgetSplit: BudgetSplit
     let conv1Weight: Tensor  // model.encoder.conv1.weight [d, mel, 3], read as [d, mel·3]
     let conv1Bias: Tensor  // model.encoder.conv1.bias [d]
     let conv2Weight: Tensor  // model.encoder.conv2.weight [d, d, 3], read as [d, d·3]
@@ -139,6 +142,7 @@ public final class Whisper: @unchecked Sendable {
         self.config = config
         self.acmPaths = acms.paths
         self.acms = acms.layers
+        self.budgetSplit = BudgetSplit(paths: acms.paths, acms: acms.layers)
         self.conv1Weight = conv1Weight
         self.conv1Bias = conv1Bias
         self.conv2Weight = conv2Weight
@@ -169,6 +173,7 @@ public final class Whisper: @unchecked Sendable {
         learners: LearnerCounts? = nil
     ) -> Tensor {
         precondition(policies.count == count)
+        let acmPolicies = budgetSplit.layerPolicies(policies)
         let d = config.dModel, mels = config.numMelBins, s = config.maxSourcePositions, frames = config.inputFrames
         let tokens = count * s
         let sequences = (0..<count).map { $0 * s..<($0 + 1) * s }
@@ -245,8 +250,8 @@ public final class Whisper: @unchecked Sendable {
             // mlp: x = x + fc2(gelu(fc1(final_layer_norm(x))))
             layer.finalLayerNorm.forward(x, rows: tokens, out: normed)
             layer.mlp.forward(
-                normed, sequences: sequences, policies: policies, out: blockOut, workspace: ws.layers,
-                learners: learners)
+                normed, sequences: sequences, policies: layer.mlp.acmIndex.map { acmPolicies[$0] } ?? policies,
+                out: blockOut, workspace: ws.layers, learners: learners)
             addInPlace(x, blockOut, count: tokens * d)
         }
         let encoded = Tensor(shape: [tokens, d])
@@ -300,6 +305,8 @@ public final class Whisper: @unchecked Sendable {
             rows += tokens[i].count
         }
         let rowPolicies = slots.map { policies[$0] }
+        // each slot's policy at each ACM: a cap spread over the ACMs as for the ViT
+        let acmPolicies = budgetSplit.layerPolicies(rowPolicies)
 
         // token embedding + learned position
         let x = ws.x.reserve(rows * d)
@@ -354,8 +361,8 @@ public final class Whisper: @unchecked Sendable {
             // mlp
             layer.finalLayerNorm.forward(x, rows: rows, out: normed)
             layer.mlp.forward(
-                normed, sequences: sequences, policies: rowPolicies, out: blockOut, workspace: ws.layers,
-                learners: learners, items: slots, fewRows: .splitColumns)
+                normed, sequences: sequences, policies: layer.mlp.acmIndex.map { acmPolicies[$0] } ?? rowPolicies,
+                out: blockOut, workspace: ws.layers, learners: learners, items: slots, fewRows: .splitColumns)
             addInPlace(x, blockOut, count: rows * d)
         }
         for (i, slot) in slots.enumerated() { state.lengths[slot] += tokens[i].count }

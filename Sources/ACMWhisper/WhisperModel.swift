@@ -26,14 +26,17 @@ public final class WhisperModel: @unchecked Sendable {
     /// greedy decoding; the encoder and every decoder step run over the whole batch.
     ///
     /// - Parameters:
-    ///   - policy: the learner policy at the ACM MLPs (models without ACMs ignore it).
+    ///   - policies: each utterance's learner policy at the ACMs, a cap spread over them as for the ViT
+    ///     (models without ACMs ignore it); nil: the gates choose (`.auto`) for every utterance.
     ///   - learners: where the ACMs count their learners, over the encoder and every decoder step;
-    ///     utterance b is item b.
+    ///     utterance b is item b. Each transcription's compute fraction comes from these counts.
     public func transcribe(
-        logMels: [Tensor], policy: LearnerPolicy = .auto, workspace: WhisperWorkspace = WhisperWorkspace(),
+        logMels: [Tensor], policies: [LearnerPolicy]? = nil, workspace: WhisperWorkspace = WhisperWorkspace(),
         learners: LearnerCounts? = nil
     ) throws -> [Transcription] {
         if logMels.isEmpty { return [] }
+        let policies = policies ?? Array(repeating: .auto, count: logMels.count)
+        precondition(policies.count == logMels.count, "\(policies.count) policies for \(logMels.count) utterances")
         let shape = [config.whisper.numMelBins, config.whisper.inputFrames]
         let n = whisper.inputCount
         let batch = Tensor(shape: [logMels.count, n])
@@ -43,19 +46,22 @@ public final class WhisperModel: @unchecked Sendable {
             }
             batch.row(b).update(from: mel.data, count: n)
         }
-        let policies = Array(repeating: policy, count: logMels.count)
+        let counts = learners ?? LearnerCounts(acms: whisper.acms, items: logMels.count)
         let encoded = whisper.encode(
-            logMels: batch.data, count: logMels.count, policies: policies, workspace: workspace, learners: learners)
+            logMels: batch.data, count: logMels.count, policies: policies, workspace: workspace, learners: counts)
         let tokens = whisper.greedyDecode(
             encoded: encoded, count: logMels.count, generation: config.generation, policies: policies,
-            workspace: workspace, learners: learners)
-        return tokens.map { Transcription(tokens: $0, text: tokenizer.decode($0)) }
+            workspace: workspace, learners: counts)
+        let fractions = counts.computeFraction
+        return tokens.enumerated().map { b, ids in
+            Transcription(tokens: ids, text: tokenizer.decode(ids), computeFraction: fractions[b])
+        }
     }
 
     /// Transcribes 16-kHz mono signals (e.g. from `decodeAudio(bytes:)`): the first 30 s of each.
     public func transcribe(
-        samples16k: [[Float]], policy: LearnerPolicy = .auto, workspace: WhisperWorkspace = WhisperWorkspace()
+        samples16k: [[Float]], policies: [LearnerPolicy]? = nil, workspace: WhisperWorkspace = WhisperWorkspace()
     ) throws -> [Transcription] {
-        try transcribe(logMels: samples16k.map { logMel(samples16k: $0) }, policy: policy, workspace: workspace)
+        try transcribe(logMels: samples16k.map { logMel(samples16k: $0) }, policies: policies, workspace: workspace)
     }
 }

@@ -63,19 +63,24 @@ struct Transcribe: ParsableCommand {
         let ws = WhisperWorkspace()
         var tokens: [[Int]] = []
         var encodeSeconds = 0.0, decodeSeconds = 0.0
+        var learners = LearnerCounts(acms: m.whisper.acms, items: count)
         for _ in 0..<repeats {
+            learners = LearnerCounts(acms: m.whisper.acms, items: count)
             t0 = DispatchTime.now().uptimeNanoseconds
-            let encoded = m.whisper.encode(logMels: batch.data, count: count, policies: policies, workspace: ws)
+            let encoded = m.whisper.encode(
+                logMels: batch.data, count: count, policies: policies, workspace: ws, learners: learners)
             encodeSeconds = seconds(since: t0)
             t0 = DispatchTime.now().uptimeNanoseconds
             tokens = m.whisper.greedyDecode(
-                encoded: encoded, count: count, generation: m.config.generation, policies: policies, workspace: ws)
+                encoded: encoded, count: count, generation: m.config.generation, policies: policies, workspace: ws,
+                learners: learners)
             decodeSeconds = seconds(since: t0)
         }
         let names = audio + logMel
         for (b, ids) in tokens.enumerated() {
             print("\(names[b]): \(m.tokenizer.decode(ids).trimmingCharacters(in: .whitespaces))")
             print("  tokens: \(ids)")
+            if !m.whisper.acms.isEmpty { print(String(format: "  compute fraction: %.4f", learners.computeFraction[b])) }
         }
         if timing {
             let generated = tokens.reduce(0) { $0 + $1.count }

@@ -13,14 +13,16 @@ import Testing
     /// image model; a dense speech model has no layer series.
     @Test func speechLayerTokens() {
         let metrics = ServingMetrics()
-        metrics.registerSpeech(model: "s", acmPaths: ["enc.0"], choices: [0...2])
-        metrics.registerSpeech(model: "dense", acmPaths: [], choices: [])
+        metrics.register(model: "s", kind: .speech, acmPaths: ["enc.0"], choices: [0...2])
+        metrics.register(model: "dense", kind: .speech, acmPaths: [], choices: [])
         let series = { (k: Int) in #"acm_layer_tokens_total{model="s",layer="enc.0",k="\#(k)"}"# }
         #expect((0...2).map { sample(metrics, series($0)) } == [0, 0, 0])
-        metrics.speechBatch(model: "s", utterances: 2, seconds: 0.1, acmPaths: ["enc.0"], histogram: [[5, 0, 7]])
-        metrics.speechBatch(model: "s", utterances: 1, seconds: 0.1, acmPaths: ["enc.0"], histogram: [[1, 2, 0]])
+        metrics.batch(model: "s", kind: .speech, items: 2, seconds: 0.1, acmPaths: ["enc.0"], histogram: [[5, 0, 7]])
+        metrics.batch(model: "s", kind: .speech, items: 1, seconds: 0.1, acmPaths: ["enc.0"], histogram: [[1, 2, 0]])
         #expect((0...2).map { sample(metrics, series($0)) } == [6, 2, 7])
         #expect(sample(metrics, #"acm_inference_total{model="s"}"#) == 3)
+        #expect(sample(metrics, #"acm_batch_size_utterances_count{model="s"}"#) == 2)
+        #expect(sample(metrics, #"acm_batch_size_images_count{model="s"}"#) == nil)
         #expect(!String(decoding: metrics.render(), as: UTF8.self).contains(#"acm_layer_tokens_total{model="dense""#))
     }
 }

@@ -165,7 +165,8 @@ struct TinyModel {
         let tiny = try TinyModel(acm: ["model.encoder.layers.1": settings, "model.decoder.layers.0": settings], seed: 6)
         let mels = (0..<3).map { randomLogMels(tinyConfig, count: 1, seed: 30 + UInt64($0)).reshaped() }
         let learners = LearnerCounts(acms: tiny.model.whisper.acms, items: 3)
-        let results = try tiny.model.transcribe(logMels: mels, policy: policy, learners: learners)
+        let results = try tiny.model.transcribe(
+            logMels: mels, policies: Array(repeating: policy, count: mels.count), learners: learners)
         let decoderRows = results.map { result in
             // a step for each generated token, and one for the end token unless the length limit came first
             let steps = result.tokens.count + (result.tokens.count < tinyGeneration.maxNewTokens ? 1 : 0)
@@ -188,6 +189,49 @@ struct TinyModel {
             tiny.model.whisper.acms[0].learnerFLOPs * 3 * Double(tinyConfig.maxSourcePositions + decoderRows[b])
         }
         #expect(learners.possibleFLOPs == possible)
+    }
+
+    /// Should give each utterance of a batch with mixed budgets what it gets alone: the same tokens, an
+    /// encoder output within 1e-5, and the same compute fraction, never over a cap; a cap spread over
+    /// the ACMs as the ViT spreads it.
+    @Test func mixedBudgetsMatchRunningAlone() throws {
+        let settings = ACMConfig(
+            numLearners: 4, learnerDim: 5, activation: .gelu, minChoice: 0,
+            gate: GateConfig(depth: 1, hiddenDim: 4, activation: .identity))
+        let tiny = try TinyModel(
+            acm: ["model.encoder.layers.0": settings, "model.encoder.layers.1": settings, "model.decoder.layers.0": settings],
+            seed: 8)
+        let model = tiny.model
+        let policies: [LearnerPolicy] = [.cap(0.25), .auto, .cap(0.5), .full, .cap(0.25), .uniform(1)]
+        let mels = policies.indices.map { randomLogMels(tinyConfig, count: 1, seed: 50 + UInt64($0)).reshaped() }
+        let together = try model.transcribe(logMels: mels, policies: policies)
+        let ws = WhisperWorkspace()
+        let batch = Tensor(shape: [mels.count, model.whisper.inputCount])
+        for (b, mel) in mels.enumerated() { batch.row(b).update(from: mel.data, count: model.whisper.inputCount) }
+        let encoded = model.whisper.encode(logMels: batch.data, count: mels.count, policies: policies, workspace: ws)
+        for (b, policy) in policies.enumerated() {
+            let alone = try model.transcribe(logMels: [mels[b]], policies: [policy])[0]
+            #expect(together[b].tokens == alone.tokens, "utterance \(b) (\(policy))")
+            #expect(abs(together[b].computeFraction - alone.computeFraction) < 1e-12, "utterance \(b) (\(policy))")
+            if case let .cap(beta) = policy { #expect(together[b].computeFraction <= beta.value + 1e-9) }
+            let one = model.whisper.encode(logMels: mels[b].data, count: 1, policies: [policy], workspace: WhisperWorkspace())
+            let rows = tinyConfig.maxSourcePositions * tinyConfig.dModel
+            let inBatch = tiny.encoded(encoded, utterance: b)
+            var error: Float = 0
+            for i in 0..<rows { error = max(error, abs(one.data[i] - inBatch[i])) }
+            #expect(error <= 1e-5, "utterance \(b) encoder max |Δ| \(error)")
+        }
+        #expect(together[3].computeFraction == 1)
+        #expect(abs(together[5].computeFraction - 0.25) < 1e-12)
+        // the cap is spread by the same rule as the ViT's
+        let shares: [Double] = model.whisper.budgetSplit.shares(0.5)
+        let costs: [Double] = model.whisper.acms.map { $0.learnerFLOPs * Double($0.config.numLearners) }
+        var spent = 0.0, total = 0.0
+        for (share, cost) in zip(shares, costs) {
+            spent += share * cost
+            total += cost
+        }
+        #expect(abs(spent / total - 0.5) < 1e-9)
     }
 
     /// Should refuse an `acm` entry that is not a layer, and name missing and unused tensors.

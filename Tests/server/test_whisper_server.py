@@ -346,7 +346,8 @@ def test_image_model_unaffected(server):
 
 
 def test_metrics(server):
-    """Should export the speech model's request and batch series (promtool-clean), no learner-choice series."""
+    """Should export the speech model's request, batch and compute-fraction series (promtool-clean); a dense
+    model has no layer series, and its every request ran whole (fraction 1)."""
     text = metrics(server.port)
     lint = subprocess.run(['promtool', 'check', 'metrics'], input=text, capture_output=True, text=True, timeout=30)
     assert lint.returncode == 0, lint.stdout + lint.stderr
@@ -356,11 +357,13 @@ def test_metrics(server):
     speech = {s.name for f in families for s in f.samples if s.labels.get('model') == MODEL}
     for name in ['acm_inference_total', 'acm_batch_execution_total', 'acm_pending_requests',
                  'acm_request_duration_seconds_count', 'acm_queue_duration_seconds_count',
-                 'acm_compute_duration_seconds_count', 'acm_batch_size_utterances_count']:
+                 'acm_compute_duration_seconds_count', 'acm_batch_size_utterances_count',
+                 'acm_compute_fraction_ratio_count', 'acm_compute_budget_ratio_count', 'acm_budget_mode_requests_total']:
         assert name in speech, name
-    for name in ['acm_compute_fraction_ratio_count', 'acm_compute_budget_ratio_count', 'acm_budget_mode_requests_total',
-                 'acm_layer_tokens_total', 'acm_batch_size_images_count']:
+    for name in ['acm_layer_tokens_total', 'acm_batch_size_images_count']:
         assert name not in speech, name
+    count = sample_value(families, 'acm_compute_fraction_ratio_count', model=MODEL)
+    assert count >= 1 and sample_value(families, 'acm_compute_fraction_ratio_sum', model=MODEL) == count
 
 
 # -----------------------------------------------------------------------------
