@@ -58,7 +58,7 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
             named: [Self.logMel, Self.audio],
             help: "'\(Self.logMel)' (FP32 [n, \(dims)]) or '\(Self.audio)' (BYTES [n], audio files)")
         let name = tensor.name, shape = tensor.shape
-        var mels: [Tensor] = []
+        var utterances: [[Tensor]] = []
         if name == Self.logMel {
             guard tensor.datatype == "FP32" else {
                 throw ProtocolError.bad("input '\(name)' has datatype \(tensor.datatype); it must be FP32")
@@ -78,7 +78,7 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
                 for b in 0..<count {
                     let mel = Tensor(shape: melShape)
                     mel.data.update(from: v.baseAddress! + b * per, count: per)
-                    mels.append(mel)
+                    utterances.append([mel])
                 }
             }
         } else {
@@ -87,14 +87,15 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
             }
             let files = try tensor.byteElements(
                 what: "audio files", items: "utterances", maxBatchSize: entry.maxBatchSize, binary: &envelope.binary)
-            mels = try files.enumerated().map { i, bytes in try decode(bytes, index: i) }
+            utterances = try files.enumerated().map { i, bytes in try decode(bytes, index: i) }
         }
         let outputs = try envelope.requestedOutputs(
             kind: { (name: String) -> Output? in name == Self.text ? .text : (name == Self.tokens ? .tokens : nil) },
             defaults: [.text, .tokens], unknown: "this model has 'text' and 'tokens'", classification: { _ in false })
         let (modelName, id, budget, applied) = (self.name, envelope.id, envelope.budget, hasACMs)
         return Submission(
-            input: mels, count: mels.count, budget: budget, timeoutNanoseconds: envelope.timeoutNanoseconds, id: id
+            input: utterances, count: utterances.count, budget: budget, timeoutNanoseconds: envelope.timeoutNanoseconds,
+            id: id
         ) { result in
             Self.response(
                 model: modelName, id: id, parameters: Self.parameters(fraction: Self.fraction(result.output), applied: applied, budget: budget),
@@ -105,9 +106,9 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
     func parseCurl(_ request: any HTTPRequest) throws -> Submission<SpeechEngine> {
         let budget = try queryBudget(request, default: entry.defaultBudget)
         guard !request.body.isEmpty else { throw ProtocolError.bad("the body must be an audio file (WAV, FLAC, ...)") }
-        let mel = try decode(request.body, index: 0)
+        let windows = try decode(request.body, index: 0)
         let (modelName, applied) = (name, hasACMs)
-        return Submission(input: [mel], count: 1, budget: budget) { result in
+        return Submission(input: [windows], count: 1, budget: budget) { result in
             let transcription = result.output[0]
             let fields: [(String, JSON)] =
                 [
@@ -129,10 +130,10 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
         transcriptions.reduce(0) { $0 + $1.computeFraction } / Double(max(transcriptions.count, 1))
     }
 
-    /// One audio file to the model's log-mel input; a file that cannot be used is a 400 that says why.
-    private func decode(_ bytes: [UInt8], index: Int) throws -> Tensor {
+    /// One audio file to its windows' log-mels; a file that cannot be used is a 400 that says why.
+    private func decode(_ bytes: [UInt8], index: Int) throws -> [Tensor] {
         do {
-            return try model.logMel(audio: bytes)
+            return try model.logMelWindows(audio: bytes, maximumSeconds: entry.maxAudioSeconds)
         } catch let error as WhisperInputError {
             throw ProtocolError.bad("audio \(index): \(error)")
         }

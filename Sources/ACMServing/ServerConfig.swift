@@ -51,6 +51,8 @@ public struct ServerConfig: Codable, Sendable, Equatable {
         public var maxQueueSize = 256
         /// Applied to requests that set no `compute_budget`; nil: the gates choose.
         public var defaultBudget: ComputeBudget?
+        /// A speech model's longest audio file, in seconds, transcribed in consecutive 30-s windows.
+        public var maxAudioSeconds = 600.0
 
         public init(path: String) { self.path = path }
 
@@ -66,6 +68,7 @@ public struct ServerConfig: Codable, Sendable, Equatable {
             case maxQueueDelayMicroseconds = "max_queue_delay_microseconds"
             case maxQueueSize = "max_queue_size"
             case defaultBudget = "default_budget"
+            case maxAudioSeconds = "max_audio_seconds"
         }
 
         public init(from decoder: any Decoder) throws {
@@ -75,6 +78,7 @@ public struct ServerConfig: Codable, Sendable, Equatable {
             try c.update(&maxQueueDelayMicroseconds, .maxQueueDelayMicroseconds)
             try c.update(&maxQueueSize, .maxQueueSize)
             try c.update(&defaultBudget, .defaultBudget)
+            try c.update(&maxAudioSeconds, .maxAudioSeconds)
         }
     }
 
@@ -133,6 +137,7 @@ public struct ServerConfig: Codable, Sendable, Equatable {
             try check(m.maxBatchSize >= 1, "\(name): max_batch_size must be ≥ 1")
             try check(m.maxQueueDelayMicroseconds >= 0, "\(name): max_queue_delay_microseconds must be ≥ 0")
             try check(m.maxQueueSize >= 1, "\(name): max_queue_size must be ≥ 1")
+            try check(m.maxAudioSeconds > 0, "\(name): max_audio_seconds must be > 0")
         }
     }
 }

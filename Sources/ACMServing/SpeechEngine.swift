@@ -1,9 +1,10 @@
 import ACMCore
 import ACMWhisper
 
-/// A Whisper model as its runner drives it: a request's input is `count` log-mel spectrograms, each
-/// [num_mel_bins, 3000]; a batch is ONE call of `WhisperModel.transcribe`, whose encoder runs over all
-/// the batch's utterances and whose decoder steps all unfinished ones together.
+/// A Whisper model as its runner drives it: a request's input is `count` utterances, each the log-mels
+/// of its consecutive 30-s windows ([num_mel_bins, 3000] each; one for a log-mel input or audio up to
+/// 30 s); a batch is ONE call of `WhisperModel.transcribe`, whose encoder runs over every window of the
+/// batch and whose decoder steps all unfinished ones together.
 ///
 /// Each utterance runs under its request's policy (a cap spread over the ACMs as for the ViT), so a
 /// request's result does not depend on the rest of its batch. The batch's learner counts, when the model
@@ -16,22 +17,23 @@ public final class SpeechEngine: BatchEngine, @unchecked Sendable {
 
     public init(model: WhisperModel) { self.model = model }
 
-    /// [num_mel_bins, 3000]: one utterance's log-mel.
+    /// [num_mel_bins, 3000]: one 30-s window's log-mel.
     public var logMelShape: [Int] { [model.config.whisper.numMelBins, model.config.whisper.inputFrames] }
 
-    public func problem(with mels: [Tensor], count: Int) -> String? {
-        guard mels.count == count else { return "\(mels.count) log-mel inputs for \(count) utterances" }
-        if let bad = mels.first(where: { $0.shape != logMelShape }) {
+    public func problem(with utterances: [[Tensor]], count: Int) -> String? {
+        guard utterances.count == count else { return "\(utterances.count) utterances' log-mels for \(count) utterances" }
+        if utterances.contains(where: \.isEmpty) { return "an utterance has no log-mel window" }
+        if let bad = utterances.joined().first(where: { $0.shape != logMelShape }) {
             return "a log-mel input has shape \(bad.shape); expected \(logMelShape)"
         }
         return nil
     }
 
-    public func run(_ inputs: [[Tensor]], counts: [Int], policies: [LearnerPolicy]) throws -> EngineBatch<[Transcription]> {
-        let mels = inputs.flatMap { $0 }
-        let learners = LearnerCounts(acms: model.whisper.acms, items: mels.count)
+    public func run(_ inputs: [[[Tensor]]], counts: [Int], policies: [LearnerPolicy]) throws -> EngineBatch<[Transcription]> {
+        let utterances = inputs.flatMap { $0 }
+        let learners = LearnerCounts(acms: model.whisper.acms, items: utterances.count)
         let utterancePolicies = zip(counts, policies).flatMap { count, policy in repeatElement(policy, count: count) }
-        let all = try model.transcribe(logMels: mels, policies: utterancePolicies, workspace: workspace, learners: learners)
+        let all = try model.transcribe(windows: utterances, policies: utterancePolicies, workspace: workspace, learners: learners)
         var outputs: [[Transcription]] = []
         var first = 0
         for count in counts {
@@ -42,18 +44,14 @@ public final class SpeechEngine: BatchEngine, @unchecked Sendable {
     }
 }
 
-/// The longest audio a request may carry, in seconds. Whisper hears one 30-s window; this server does
-/// not transcribe longer audio window by window, so it refuses it rather than answer for a part of it.
-public let maximumAudioSeconds = 30.0
-
 extension WhisperModel {
-    /// The log-mel input of one encoded audio file (WAV, FLAC, … as libsndfile reads): decoded,
-    /// downmixed, resampled to 16 kHz, padded to 30 s. Throws `WhisperInputError` for audio that is
-    /// undecodable, empty, longer than `maximumAudioSeconds`, or holds NaN or infinite samples (a float
-    /// WAV can).
-    public func logMel(audio bytes: [UInt8]) throws -> Tensor {
-        let samples = try decodeAudio(bytes: bytes, maximumSeconds: maximumAudioSeconds)
+    /// The log-mels of one encoded audio file (WAV, FLAC, … as libsndfile reads), window by window:
+    /// decoded, downmixed, resampled to 16 kHz, cut into consecutive 30-s windows, the last padded.
+    /// Throws `WhisperInputError` for audio that is undecodable, empty, longer than `maximumSeconds`, or
+    /// holds NaN or infinite samples (a float WAV can).
+    public func logMelWindows(audio bytes: [UInt8], maximumSeconds: Double) throws -> [Tensor] {
+        let samples = try decodeAudio(bytes: bytes, maximumSeconds: maximumSeconds)
         guard samples.allSatisfy({ $0.isFinite }) else { throw WhisperInputError.unsupported("NaN or infinite samples") }
-        return logMel(samples16k: samples)
+        return logMelWindows(samples16k: samples)
     }
 }

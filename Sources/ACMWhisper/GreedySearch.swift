@@ -70,18 +70,18 @@ extension Whisper {
     /// - Parameters:
     ///   - encoded: [count·S, d] from `encode`.
     ///   - policies: each utterance's learner policy at the decoder's ACM MLPs.
-    ///   - learners: where the ACMs count their learners, utterance b as item b.
+    ///   - learners: where the ACMs count their learners, utterance b as item `items[b]` (default b).
     /// - Returns: each utterance's generated tokens, the end token excluded.
     public func greedyDecode(
         encoded: Tensor, count: Int, generation: GenerationConfig, policies: [LearnerPolicy],
-        workspace ws: WhisperWorkspace, learners: LearnerCounts? = nil
+        workspace ws: WhisperWorkspace, learners: LearnerCounts? = nil, items: [Int]? = nil
     ) -> [[Int]] {
         let state = makeDecoderState(encoded: encoded, count: count)
         var search = GreedySearch(count: count, generation: generation)
         while !search.finished {
             let logits = decode(
                 tokens: search.nextTokens, slots: search.live, state: state, policies: policies, workspace: ws,
-                learners: learners)
+                learners: learners, items: items)
             search.advance(logits: logits)
         }
         return search.generated

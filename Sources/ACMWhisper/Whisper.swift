@@ -166,11 +166,11 @@ public final class Whisper: @unchecked Sendable {
     /// - Parameters:
     ///   - logMels: [count, num_mel_bins, 2·S], S = max_source_positions (3000 frames for Whisper).
     ///   - policies: each utterance's learner policy at the ACM MLPs (ignored by dense ones).
-    ///   - learners: where the ACMs count their learners, utterance b as item b.
+    ///   - learners: where the ACMs count their learners, utterance b as item `items[b]` (default b).
     /// - Returns: [count·S, d], utterance b in rows b·S..<(b+1)·S.
     public func encode(
         logMels: UnsafePointer<Float>, count: Int, policies: [LearnerPolicy], workspace ws: WhisperWorkspace,
-        learners: LearnerCounts? = nil
+        learners: LearnerCounts? = nil, items: [Int]? = nil
     ) -> Tensor {
         precondition(policies.count == count)
         let acmPolicies = budgetSplit.layerPolicies(policies)
@@ -251,7 +251,7 @@ public final class Whisper: @unchecked Sendable {
             layer.finalLayerNorm.forward(x, rows: tokens, out: normed)
             layer.mlp.forward(
                 normed, sequences: sequences, policies: layer.mlp.acmIndex.map { acmPolicies[$0] } ?? policies,
-                out: blockOut, workspace: ws.layers, learners: learners)
+                out: blockOut, workspace: ws.layers, learners: learners, items: items)
             addInPlace(x, blockOut, count: tokens * d)
         }
         let encoded = Tensor(shape: [tokens, d])
@@ -288,11 +288,12 @@ public final class Whisper: @unchecked Sendable {
     ///   - tokens: `tokens[i]` (at least one) continue slot `slots[i]`, at positions
     ///     `state.lengths[slots[i]]...`. All rows of all slots run through each GEMM together.
     ///   - policies: each slot's learner policy at the ACM MLPs, indexed by slot.
-    ///   - learners: where the ACMs count their learners, the utterance in slot i as item i.
+    ///   - learners: where the ACMs count their learners, the utterance in slot i as item `items[i]`
+    ///     (default i).
     /// - Returns: [slots.count, vocab_size].
     public func decode(
         tokens: [[Int]], slots: [Int], state: WhisperDecoderState, policies: [LearnerPolicy],
-        workspace ws: WhisperWorkspace, learners: LearnerCounts? = nil
+        workspace ws: WhisperWorkspace, learners: LearnerCounts? = nil, items: [Int]? = nil
     ) -> Tensor {
         precondition(tokens.count == slots.count && policies.count == state.slots)
         let d = config.dModel, maxT = config.maxTargetPositions, s = config.maxSourcePositions
@@ -362,7 +363,8 @@ public final class Whisper: @unchecked Sendable {
             layer.finalLayerNorm.forward(x, rows: rows, out: normed)
             layer.mlp.forward(
                 normed, sequences: sequences, policies: layer.mlp.acmIndex.map { acmPolicies[$0] } ?? rowPolicies,
-                out: blockOut, workspace: ws.layers, learners: learners, items: slots, fewRows: .splitColumns)
+                out: blockOut, workspace: ws.layers, learners: learners, items: slots.map { items?[$0] ?? $0 },
+                fewRows: .splitColumns)
             addInPlace(x, blockOut, count: rows * d)
         }
         for (i, slot) in slots.enumerated() { state.lengths[slot] += tokens[i].count }

@@ -22,8 +22,18 @@ public final class WhisperModel: @unchecked Sendable {
     /// The log-mel spectrogram of 16-kHz mono samples, [num_mel_bins, 3000]: the first 30 s, zero-padded.
     public func logMel(samples16k: [Float]) -> Tensor { frontEnd.compute(samples16k: samples16k) }
 
-    /// Transcribes a batch of log-mel spectrograms, each [num_mel_bins, 2·max_source_positions], by
-    /// greedy decoding; the encoder and every decoder step run over the whole batch.
+    /// The log-mels of consecutive 30-s windows of 16-kHz mono samples, the last zero-padded; one window
+    /// for 30 s or less (none shorter than that is dropped, so silence still gets its window).
+    public func logMelWindows(samples16k: [Float]) -> [Tensor] {
+        let window = LogMelSpectrogram.windowSamples
+        let count = max(1, (samples16k.count + window - 1) / window)
+        return (0..<count).map { w in
+            logMel(samples16k: Array(samples16k[(w * window)..<min((w + 1) * window, samples16k.count)]))
+        }
+    }
+
+    /// Transcribes a batch of log-mel spectrograms, each [num_mel_bins, 2·max_source_positions] (one 30-s
+    /// window), by greedy decoding; the encoder and every decoder step run over the whole batch.
     ///
     /// - Parameters:
     ///   - policies: each utterance's learner policy at the ACMs, a cap spread over them as for the ViT
@@ -34,34 +44,57 @@ public final class WhisperModel: @unchecked Sendable {
         logMels: [Tensor], policies: [LearnerPolicy]? = nil, workspace: WhisperWorkspace = WhisperWorkspace(),
         learners: LearnerCounts? = nil
     ) throws -> [Transcription] {
-        if logMels.isEmpty { return [] }
-        let policies = policies ?? Array(repeating: .auto, count: logMels.count)
-        precondition(policies.count == logMels.count, "\(policies.count) policies for \(logMels.count) utterances")
+        try transcribe(windows: logMels.map { [$0] }, policies: policies, workspace: workspace, learners: learners)
+    }
+
+    /// Transcribes utterances of any length, each given as its consecutive 30-s windows' log-mels
+    /// (`logMelWindows`): every window of every utterance runs in one batch, each under its utterance's
+    /// policy, and an utterance's transcription is its windows' tokens one after the other. Each window
+    /// is decoded on its own, from the prompt, as Whisper decodes a 30-s input; words cut by a window's
+    /// edge are heard in halves.
+    ///
+    /// - Parameters:
+    ///   - policies: each utterance's learner policy; nil: `.auto` for every utterance.
+    ///   - learners: where the ACMs count their learners; utterance u (all its windows) is item u.
+    public func transcribe(
+        windows: [[Tensor]], policies: [LearnerPolicy]? = nil, workspace: WhisperWorkspace = WhisperWorkspace(),
+        learners: LearnerCounts? = nil
+    ) throws -> [Transcription] {
+        let policies = policies ?? Array(repeating: .auto, count: windows.count)
+        precondition(policies.count == windows.count, "\(policies.count) policies for \(windows.count) utterances")
+        if windows.isEmpty { return [] }
+        // window b of the batch belongs to utterance owner[b]
+        let owner = windows.indices.flatMap { u in repeatElement(u, count: windows[u].count) }
+        let mels = windows.flatMap { $0 }
         let shape = [config.whisper.numMelBins, config.whisper.inputFrames]
         let n = whisper.inputCount
-        let batch = Tensor(shape: [logMels.count, n])
-        for (b, mel) in logMels.enumerated() {
+        let batch = Tensor(shape: [mels.count, n])
+        for (b, mel) in mels.enumerated() {
             guard mel.shape == shape || (mel.shape == [1] + shape) else {
                 throw WhisperInputError.shape(expected: shape, found: mel.shape)
             }
             batch.row(b).update(from: mel.data, count: n)
         }
-        let counts = learners ?? LearnerCounts(acms: whisper.acms, items: logMels.count)
+        let counts = learners ?? LearnerCounts(acms: whisper.acms, items: windows.count)
+        let windowPolicies = owner.map { policies[$0] }
         let encoded = whisper.encode(
-            logMels: batch.data, count: logMels.count, policies: policies, workspace: workspace, learners: counts)
-        let tokens = whisper.greedyDecode(
-            encoded: encoded, count: logMels.count, generation: config.generation, policies: policies,
-            workspace: workspace, learners: counts)
+            logMels: batch.data, count: mels.count, policies: windowPolicies, workspace: workspace, learners: counts,
+            items: owner)
+        let perWindow = whisper.greedyDecode(
+            encoded: encoded, count: mels.count, generation: config.generation, policies: windowPolicies,
+            workspace: workspace, learners: counts, items: owner)
+        var tokens = [[Int]](repeating: [], count: windows.count)
+        for (b, u) in owner.enumerated() { tokens[u] += perWindow[b] }
         let fractions = counts.computeFraction
-        return tokens.enumerated().map { b, ids in
-            Transcription(tokens: ids, text: tokenizer.decode(ids), computeFraction: fractions[b])
+        return tokens.enumerated().map { u, ids in
+            Transcription(tokens: ids, text: tokenizer.decode(ids), computeFraction: fractions[u])
         }
     }
 
-    /// Transcribes 16-kHz mono signals (e.g. from `decodeAudio(bytes:)`): the first 30 s of each.
+    /// Transcribes 16-kHz mono signals (e.g. from `decodeAudio(bytes:)`) of any length, window by window.
     public func transcribe(
         samples16k: [[Float]], policies: [LearnerPolicy]? = nil, workspace: WhisperWorkspace = WhisperWorkspace()
     ) throws -> [Transcription] {
-        try transcribe(logMels: samples16k.map { logMel(samples16k: $0) }, policies: policies, workspace: workspace)
+        try transcribe(windows: samples16k.map { logMelWindows(samples16k: $0) }, policies: policies, workspace: workspace)
     }
 }

@@ -94,4 +94,25 @@ let sharedRealModel = Result { try loadRealModel() }
         }
         print("transcripts: \(matched)/\(clips.count) clips equal CTranslate2's")
     }
+
+    /// Should transcribe a 2-minute recording window by window: four clips, one at the start of each
+    /// 30-s window, give CTranslate2's tokens for each clip alone, in order (each window is that clip
+    /// padded with silence, as its 30-s input alone is); in one batch with a short clip beside it.
+    @Test func longRecordingMatchesCTranslate2ByWindow() throws {
+        let model = try sharedRealModel.get()
+        let clips = try fixtureClips().filter { !$0.name.contains("stereo") }
+        let chosen = Array(clips.prefix(4))
+        var recording = [Float](repeating: 0, count: 16_000 * 120)
+        for (w, clip) in chosen.enumerated() {
+            let samples = try decodeAudio(bytes: [UInt8](Data(contentsOf: URL(fileURLWithPath: try fixturePath(clip.file)))))
+            for (i, v) in samples.enumerated() { recording[w * 480_000 + i] = v }
+        }
+        let short = try decodeAudio(bytes: [UInt8](Data(contentsOf: URL(fileURLWithPath: try fixturePath(clips[5].file)))))
+        #expect(model.logMelWindows(samples16k: recording).count == 4)
+        let results = try model.transcribe(samples16k: [recording, short])
+        try #require(results.count == 2)
+        #expect(results[0].tokens == chosen.flatMap(\.ct2.ids))
+        #expect(results[0].text == chosen.map(\.ct2.text).joined())
+        #expect(results[1].tokens == clips[5].ct2.ids)
+    }
 }
