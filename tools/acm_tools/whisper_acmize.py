@@ -86,6 +86,7 @@ quick = dict(clips=24, val_clips=4, phase1_steps=6, phase2_steps=4, phase3_steps
 # -----------------------------------------------------------------------------
 
 TARGETS = ('encoder-mlp', 'decoder-mlp')
+CACHE_VERSION = 2  # what capture_clip keeps
 
 
 def acm_config(cfg: WhisperConfig, targets, N):
@@ -140,8 +141,9 @@ def forced_steps(gen, ids):
 
 @torch.no_grad()
 def capture_clip(teacher, audio, paths, g):
-    """One clip through the teacher -> its log-mel, transcript, last decoder hidden states on prompt +
-    transcript, and {path: (MLP input, MLP output)} at sampled encoder frames or every decoder token."""
+    """One clip through the teacher -> its audio, transcript, last decoder hidden states on prompt + transcript,
+    and {path: (MLP input, MLP output)} at sampled encoder frames or every decoder token. The activations are
+    kept as F16 and the audio rather than its log-mel, which is 30 s long: a 3-s clip takes about 1 MB."""
     mel = torch.from_numpy(log_mel(audio, teacher.cfg.num_mel_bins))
     teacher.saved = {}
     encoded = teacher.encode(mel)
@@ -161,15 +163,19 @@ def capture_clip(teacher, audio, paths, g):
     acts = {}
     for p in paths:
         x, y = encoder_saved[p] if p in encoder_saved else decoder_saved[p]
-        acts[p] = (x[frames], y[frames]) if p in encoder_saved else (x, y)
-    return dict(mel=mel, ids=ids, hidden=hidden, acts=acts)
+        acts[p] = tuple(a[frames].half() if p in encoder_saved else a.half() for a in (x, y))
+    return dict(audio=torch.from_numpy(audio), ids=ids, hidden=hidden, acts=acts)
+
+
+def clip_mel(clip):
+    return torch.from_numpy(log_mel(clip['audio'].numpy()))
 
 
 def cache_key(teacher_dir, clips, paths):
     h = hashlib.sha256()
     with open(os.path.join(teacher_dir, 'model.safetensors'), 'rb') as f:
         h.update(f.read(1 << 20))
-    h.update(json.dumps([clips, paths, speech_frames, padding_frames, seed]).encode())
+    h.update(json.dumps([CACHE_VERSION, clips, paths, speech_frames, padding_frames, seed]).encode())
     return h.hexdigest()[:16]
 
 
@@ -192,17 +198,18 @@ def capture_all(teacher, teacher_dir, clips, paths, cache_dir, name):
 
 
 def pooled(data, paths):
-    """{path: (inputs, outputs)}, every clip's captured rows together."""
+    """{path: (inputs, outputs)}, every clip's captured rows together (F16)."""
     return {p: (torch.cat([c['acts'][p][0] for c in data]), torch.cat([c['acts'][p][1] for c in data])) for p in paths}
 
 
 def row_batches(pool, steps, g):
-    """steps batches of phase1_rows random captured rows per ACM: {path: (input (1, R, d), output (1, R, d))}."""
+    """steps batches of phase1_rows random captured rows per ACM: {path: (input (1, R, d), output (1, R, d))},
+    float32."""
     for _ in range(steps):
         batch = {}
         for p, (x, y) in pool.items():
             idx = torch.randint(len(x), (min(phase1_rows, len(x)),), generator=g)
-            batch[p] = (x[idx][None], y[idx][None])
+            batch[p] = (x[idx][None].float(), y[idx][None].float())
         yield batch
 
 
@@ -227,7 +234,7 @@ def forced_logits(model, clip, policy):
     """model on the clip's log-mel, decoding the teacher's transcript in greedy's steps -> the logits that
     predict each transcript token and the final eot [n + 1, vocab]."""
     gen = model.gen
-    cross = model.cross_kv(model.encode(clip['mel'], policy))
+    cross = model.cross_kv(model.encode(clip_mel(clip), policy))
     hidden = model.decode_hidden(torch.tensor(gen.prompt + clip['ids']), cross, [], policy,
                                  steps=forced_steps(gen, clip['ids']))
     return model.logits(hidden[len(gen.prompt) - 1:])
@@ -451,7 +458,7 @@ def main(argv=None):
     pool = pooled(data, paths)
     for p in paths:  # phase 0
         fc = {k: teacher.w[f'{p}.{k}'] for k in ('fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias')}
-        init_mlp(student.acms[p], fc['fc1.weight'], fc['fc1.bias'], fc['fc2.weight'], fc['fc2.bias'], pool[p][0])
+        init_mlp(student.acms[p], fc['fc1.weight'], fc['fc1.bias'], fc['fc2.weight'], fc['fc2.bias'], pool[p][0].float())
     for acm in student.acms.values():
         acm.train()
     t = time.time()
