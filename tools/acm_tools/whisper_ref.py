@@ -183,7 +183,6 @@ class Whisper:
             own = acm.state_dict()
             acm.load_state_dict({k: self.w.pop(f'{path}.{k}') for k in own}, strict=True)
             self.acms[path] = acm.eval()
-        self.budget_layers = budget_layers(cfg.acm, d)
 
     def acm_tensors(self):
         """{name: tensor} of every ACM, as model.safetensors names them."""
@@ -204,7 +203,8 @@ class Whisper:
             return self.linear(F.gelu(self.linear(x, f'{p}.fc1')), f'{p}.fc2')
         budget = None
         if policy.beta is not None and policy.mode in ('cap', 'gumbel'):
-            budget = split_budget(policy.beta, self.budget_layers)[p]
+            # from the budget shares as they are now: training moves them
+            budget = split_budget(policy.beta, budget_layers(self.cfg.acm, self.cfg.d_model))[p]
         outs, start = [], 0
         for length, count in runs(lengths):
             xs = x[start:start + length * count].view(count, length, -1)  # (sequences, T, d)

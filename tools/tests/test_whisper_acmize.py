@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from acm_tools import whisper_acmize, whisper_tiny_en
-from acm_tools.acm import ACM
+from acm_tools.acm import ACM, budget_layers, split_budget
 from acm_tools.acm_training import init_mlp
 from acm_tools.modelio import ModelFormatError
 from acm_tools.whisper_format import expected_shapes, load_whisper
@@ -112,7 +112,7 @@ def test_quick_run(tmp_path):
     assert sorted(cfg.acm) == [f'model.encoder.layers.{i}' for i in range(4)]
     assert all(0 < c.budget_share <= 1 for c in cfg.acm.values())
     metrics = json.load(open(out / 'metrics.json'))
-    assert metrics['export_max_logit_diff'] == {'full': 0.0, 'auto': 0.0}
+    assert metrics['export_max_logit_diff'] == {'full': 0.0, 'auto': 0.0, 'cap 0.5': 0.0}
     # At full budget every ACM runs all 1536 hidden units, as the MLP it started from exactly (phase 0); a handful
     # of steps moves them a little. Measured here: KL(teacher ‖ ACM model) 0.10 nats per token of the teacher's
     # transcripts and 91% of its tokens still the argmax (43 tokens). A broken init, export or assembly gives a
@@ -120,3 +120,22 @@ def test_quick_run(tmp_path):
     fidelity = metrics['full_budget_fidelity']
     assert fidelity['kl'] <= 0.5 and fidelity['top1_agreement'] >= 0.8, fidelity
     assert set(metrics['report']) == {'dense', 'full', 'auto', 'cap 0.5'}
+
+
+def test_caps_follow_the_budget_shares(tmp_path):
+    """Should spread a cap over the ACMs by their budget shares as they are when it runs (training moves them),
+    as split_budget does for the engine."""
+    _, student = small_pair(tmp_path)
+    for acm in student.acms.values():
+        acm.gating_network.net[2].bias.data = torch.tensor([0.0, 0, 0, 0, 10])  # auto: all 4 learners
+    mel = torch.randn(CFG.num_mel_bins, 2 * CFG.max_source_positions, generator=torch.Generator().manual_seed(4))
+    for shares in ([1.0, 1.0], [1.0, 0.25]):
+        for p, share in zip(['model.encoder.layers.0', 'model.encoder.layers.1'], shares):
+            student.cfg.acm[p].budget_share = share
+        policy = Policy('cap', beta=0.5)
+        student.encode(mel, policy)
+        learners = [int(torch.cat(policy.choices[f'model.encoder.layers.{i}']).sum()) for i in range(2)]
+        budgets = split_budget(0.5, budget_layers(student.cfg.acm, CFG.d_model))
+        T, N = CFG.max_source_positions, 4
+        assert learners == [int(budgets[f'model.encoder.layers.{i}'] * N * T + 1e-9) for i in range(2)]
+    assert learners[1] < learners[0]
