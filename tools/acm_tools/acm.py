@@ -199,6 +199,13 @@ def split_budget(beta, layers):
     return {p: min(1.0, max(ll, s * wl)) for p, wl, ll in zip(paths, w, lo)}
 
 
+def budget_layers(acm, d):
+    """split_budget's layers for ACMs of width d in and out: {path: (budget_share, k_min/N, N*F_l)}, from a
+    model's {path: ACMConfig}."""
+    return {p: (c.budget_share, c.min_choice / c.num_learners, c.num_learners * c.learner_flops(d, d))
+            for p, c in acm.items()}
+
+
 def sequence_betas(beta, batch_size):
     """A float or a [B] tensor of per-sequence budgets -> list of B floats in (0, 1]."""
     if isinstance(beta, torch.Tensor):

@@ -19,7 +19,8 @@ Phases (reference: github.com/bartwojcik/adaptive_computation_modules, methods/a
                straight-through Gumbel-softmax so that the task loss reaches the gates. With --robust
                (default) half the batches also run under per-image caps beta ~ U[0.2, 1], applied with
                the engine's own allocation rule (docs/compute-budget.md).
-Writes <out>/config.json + model.safetensors, <out>/metrics.json and <out>/train.log.
+Writes <out>/config.json + model.safetensors, <out>/metrics.json and <out>/train.log. What the phases do
+with any model's ACMs is in acm_training.py, which whisper_acmize.py shares; this file feeds them the ViT.
 """
 import argparse
 import json
@@ -34,6 +35,8 @@ from tqdm import tqdm
 
 from . import fashion
 from .acm import ACMConfig, GateConfig
+from .acm_training import (cosine_lr, distill, distill_logits, diversity, gate_terms, init_mlp, init_projection,
+                           track_budget_shares, train_gates)
 from .modelio import load_model, save_model
 from .train_teacher import accuracy, augment, start_run
 from .vit import PROJECTIONS, ViTConfig, VisionTransformer, compute_fraction, layer_path
@@ -109,30 +112,13 @@ def init_from_teacher(student, teacher, x_sample):
     for k, v in teacher.state_dict().items():
         if k in own and own[k].shape == v.shape:
             own[k].copy_(v)
-    acm_paths = list(student.cfg.acm)
-    inputs = capture(teacher, x_sample, acm_paths)
+    inputs = capture(teacher, x_sample, list(student.cfg.acm))
     for path, cfg in student.cfg.acm.items():
-        acm = student.get_submodule(path)
-        src = teacher.get_submodule(path)
-        N, h = cfg.num_learners, cfg.learner_dim
+        acm, src = student.get_submodule(path), teacher.get_submodule(path)
         if cfg.activation == 'gelu':  # an MLP: fc1 = src[0], fc2 = src[3]
-            fc1, fc2 = src[0], src[3]
-            hidden = F.gelu(inputs[path][0] @ fc1.weight.T + fc1.bias)  # (B, T, D)
-            importance = hidden.abs().mean(dim=(0, 1)) * fc2.weight.norm(dim=0)  # (D,)
-            order = importance.argsort(descending=True)[:N * h]
-            acm.w1.copy_(fc1.weight[order].T)  # (d, N*h)
-            acm.b1.copy_(fc1.bias[order])
-            acm.w2.copy_(fc2.weight[:, order].T)  # (N*h, d)
-            acm.b2.zero_()
-            acm.b2.view(N + 1, -1)[1].copy_(fc2.bias)  # the output bias from k = 1 on (k_min = 0)
-        else:  # a projection: y = x W^T + b with W ~ U S V^T; learner n takes singular directions n*h..
-            U, S, Vh = torch.linalg.svd(src.weight, full_matrices=False)  # W (out, in)
-            r = N * h
-            root = S[:r].sqrt()
-            acm.w1.copy_((Vh[:r].T * root))  # (in, r)
-            acm.w2.copy_((U[:, :r] * root).T)  # (r, out)
-            acm.b2.zero_()
-            acm.b2.view(N + 1, -1)[cfg.min_choice].copy_(src.bias)  # every token runs >= k_min learners
+            init_mlp(acm, src[0].weight, src[0].bias, src[3].weight, src[3].bias, inputs[path][0])
+        else:
+            init_projection(acm, src.weight, src.bias)
 
 
 def batches(n, g, epochs=1):
@@ -147,67 +133,22 @@ def acms(student):
     return {p: student.get_submodule(p) for p in student.cfg.acm}
 
 
+def captured(student, teacher, x_train, g, epochs):
+    """Per batch of augmented training images, the teacher's input and output at each ACM's module."""
+    for idx in batches(len(x_train), g, epochs):
+        yield capture(teacher, augment(x_train[idx], g), list(student.cfg.acm))
+
+
 def phase1(student, teacher, x_train, g, epochs):
     """Module-wise distillation: MSE of every prefix output to the teacher module's output."""
-    params = [p for m in acms(student).values() for n, p in m.named_parameters() if not n.startswith('gating_network')]
-    opt = torch.optim.AdamW(params, lr=phase1_lr, weight_decay=0.0)
     total = epochs * math.ceil(len(x_train) / batch_size)
-    loss = torch.tensor(0.0)
-    for step, idx in enumerate(tqdm(batches(len(x_train), g, epochs), total=total, desc='phase 1: distill', leave=False)):
-        for group in opt.param_groups:
-            group['lr'] = phase1_lr * 0.5 * (1 + math.cos(math.pi * step / total))
-        saved = capture(teacher, augment(x_train[idx], g), list(student.cfg.acm))
-        losses = []
-        for path, m in acms(student).items():
-            inp, target = saved[path]
-            outs = m.prefix_outputs(inp)  # (B, T, C, d)
-            losses.append(((outs - target.unsqueeze(2)) ** 2).mean())
-        loss = descend(opt, losses)
-    logging.info(f'phase 1: final distillation MSE {loss.item():.5f}')
-    return loss.item()
-
-
-def descend(opt, losses):
-    """One optimiser step on the mean of the per-ACM losses; returns that mean."""
-    loss = torch.stack(losses).mean()
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss
-
-
-def gate_labels(outs, target, min_choice):
-    """The smallest k (>= k_min) whose error ratio e_k / e_{k+1} is below tau_error; N if there is none.
-    outs (B, T, C, d), target (B, T, d) -> choice index c = k - k_min, (B, T)."""
-    errors = (outs - target.unsqueeze(2)).norm(dim=-1)  # (B, T, C)
-    ratio = errors[..., :-1] / errors[..., 1:].clamp_min(1e-12)  # (B, T, C-1): e_k / e_{k+1}
-    small = ratio < tau_error
-    C = outs.shape[2]
-    first = torch.where(small.any(-1), small.float().argmax(-1), torch.full_like(small[..., 0], C - 1, dtype=torch.long))
-    return first  # (B, T)
+    return distill(acms(student), captured(student, teacher, x_train, g, epochs), total, phase1_lr)
 
 
 def phase2(student, teacher, x_train, g, epochs):
     """Gate pre-training on error-ratio labels (cross-entropy), learners frozen."""
-    params = [p for m in acms(student).values() for p in m.gating_network.parameters()]
-    opt = torch.optim.AdamW(params, lr=phase2_lr, weight_decay=0.0)
     total = epochs * math.ceil(len(x_train) / batch_size)
-    loss = torch.tensor(0.0)
-    histogram = {}
-    for step, idx in enumerate(tqdm(batches(len(x_train), g, epochs), total=total, desc='phase 2: gates', leave=False)):
-        saved = capture(teacher, augment(x_train[idx], g), list(student.cfg.acm))
-        losses = []
-        for path, m in acms(student).items():
-            inp, target = saved[path]
-            with torch.no_grad():
-                labels = gate_labels(m.prefix_outputs(inp), target, m.cfg.min_choice)  # (B, T)
-            logits = m.gating_network(inp)  # (B, T, C)
-            losses.append(F.cross_entropy(logits.flatten(0, 1), labels.flatten()))
-            if step == total - 1:
-                histogram[path] = torch.bincount(labels.flatten() + m.cfg.min_choice, minlength=m.cfg.num_learners + 1).tolist()
-        loss = descend(opt, losses)
-    logging.info(f'phase 2: final gate cross-entropy {loss.item():.4f}; last batch label counts (k = 0..N) {histogram}')
-    return loss.item()
+    return train_gates(acms(student), captured(student, teacher, x_train, g, epochs), total, phase2_lr, tau_error)
 
 
 @torch.no_grad()
@@ -232,12 +173,10 @@ def phase3(student, teacher, x_train, y_train, g, epochs, robust):
     total = epochs * math.ceil(len(x_train) / batch_size)
     d = student.cfg.hidden_dim
     flops = {p: c.learner_flops(d, d) for p, c in student.cfg.acm.items()}
-    full_cost = sum(c.num_learners * flops[p] for p, c in student.cfg.acm.items())
     parts = {}
     bar = tqdm(batches(len(x_train), g, epochs), total=total, desc=f'phase 3: end to end{" (robust)" if robust else ""}', leave=False)
     for step, idx in enumerate(bar):
-        for group in opt.param_groups:
-            group['lr'] = phase3_lr * 0.5 * (1 + math.cos(math.pi * step / total))
+        cosine_lr(opt, phase3_lr, step, total)
         x, y = augment(x_train[idx], g), y_train[idx]
         B = x.shape[0]
         capped = robust and torch.rand(1, generator=g).item() < robust_fraction
@@ -247,32 +186,14 @@ def phase3(student, teacher, x_train, y_train, g, epochs, robust):
         with torch.no_grad():
             teacher_logits, _ = teacher(x, mode='full')
         task = F.cross_entropy(logits, y)
-        T_kd = distill_temperature
-        kd = F.kl_div(F.log_softmax(logits / T_kd, -1), F.log_softmax(teacher_logits / T_kd, -1),
-                      reduction='batchmean', log_target=True) * T_kd ** 2
+        kd = distill_logits(logits, teacher_logits, distill_temperature)
         # per-image compute fraction from the straight-through one-hots (gradients reach the gates)
-        cost_b = 0
-        entropies, per_image_k = [], []
-        for path, gt in gates.items():  # gt (B, T, C)
-            c = student.cfg.acm[path]
-            k = torch.arange(c.min_choice, c.num_learners + 1, dtype=gt.dtype)  # (C,)
-            cost_b = cost_b + (gt * k).sum(-1).sum(-1) * flops[path]  # (B,)
-            dist = gt.double().mean(dim=1)  # (B, C): the sequence's distribution over choices
-            ent = -(dist * (dist + 1e-20).log()).sum(-1) / math.log(gt.shape[-1]) if gt.shape[-1] > 1 else dist.sum(-1) * 0
-            entropies.append(ent)
-        tokens = next(iter(gates.values())).shape[1]
-        fraction_b = cost_b / (full_cost * tokens)  # (B,)
+        fraction_b, entropy_b = gate_terms(gates, student.cfg.acm, flops)
         cost = (fraction_b.mean() - beta_target).abs() if beta is None else fraction_b.mean() * 0
         if beta is None:  # follow the gates' own allocation, which the caps spread their budgets by
-            for path, gt in gates.items():
-                c = student.cfg.acm[path]
-                k = torch.arange(c.min_choice, c.num_learners + 1, dtype=gt.dtype)
-                share = (gt.detach() * k).sum(-1).mean().item() / c.num_learners
-                c.budget_share = min(1.0, share_momentum * c.budget_share + (1 - share_momentum) * share)
-        entropy = -torch.stack(entropies).mean()
-        diversity = -(fraction_b.unsqueeze(0) - fraction_b.unsqueeze(1)).abs().mean() * 2
-        loss = (task + distill_weight * kd + cost_weight * cost + entropy_weight * entropy.float()
-                + diversity_weight * diversity)
+            track_budget_shares(gates, student.cfg.acm, share_momentum)
+        loss = (task + distill_weight * kd + cost_weight * cost - entropy_weight * entropy_b.mean()
+                + diversity_weight * diversity(fraction_b))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

@@ -44,12 +44,7 @@ def config_to_json(cfg: ViTConfig, preprocessing=None, labels=None):
     }
     for path in cfg.acm_paths():  # model order
         if path in cfg.acm:
-            a = cfg.acm[path]
-            entry = {name: getattr(a, name) for name in ACM_FIELDS if name != 'gate'}
-            entry['gate'] = {name: getattr(a.gate, name) for name in GATE_FIELDS}
-            if a.budget_share is not None:
-                entry['budget_share'] = a.budget_share
-            obj['acm'][path] = entry
+            obj['acm'][path] = acm_to_json(cfg.acm[path])
     if preprocessing is not None:
         check_preprocessing(preprocessing, cfg)
         obj['preprocessing'] = {name: preprocessing[name] for name in PREPROCESSING_FIELDS}
@@ -57,6 +52,47 @@ def config_to_json(cfg: ViTConfig, preprocessing=None, labels=None):
         check_labels(labels, cfg)
         obj['labels'] = list(labels)
     return obj
+
+
+def acm_to_json(a: ACMConfig):
+    """One `acm` entry of config.json."""
+    entry = {name: getattr(a, name) for name in ACM_FIELDS if name != 'gate'}
+    entry['gate'] = {name: getattr(a.gate, name) for name in GATE_FIELDS}
+    if a.budget_share is not None:
+        entry['budget_share'] = a.budget_share
+    return entry
+
+
+def acm_from_json(entries):
+    """config.json's `acm` object -> {path: ACMConfig}, each entry's fields checked strictly (which paths a
+    model allows is the model's to check)."""
+    if not isinstance(entries, dict):
+        raise ModelFormatError('config.json: acm must be an object')
+    acm = {}
+    for path, entry in entries.items():
+        check_fields(entry, f'acm[{path!r}]', ACM_FIELDS, ['budget_share'])
+        check_fields(entry['gate'], f'acm[{path!r}].gate', GATE_FIELDS)
+        try:
+            acm[path] = ACMConfig(**{**entry, 'gate': GateConfig(**entry['gate'])})
+        except ValueError as e:
+            raise ModelFormatError(f'config.json: acm[{path!r}]: {e}') from None
+    return acm
+
+
+def acm_shapes(prefix, a: ACMConfig, d_in, d_out):
+    """{tensor name: shape} of the ACM at prefix (docs/model-format.md), the names of acm.ACM's state dict."""
+    N, h = a.num_learners, a.learner_dim
+    s = {f'{prefix}.w1': [d_in, N * h]}
+    if a.hidden_bias:
+        s[f'{prefix}.b1'] = [N * h]
+    s[f'{prefix}.w2'] = [N * h, d_out]
+    if a.output_bias:
+        s[f'{prefix}.b2'] = [(N + 1) * d_out]
+    dims = [d_in] + [a.gate.hidden_dim] * (a.gate.depth - 1) + [a.num_choices]
+    for j, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
+        s[f'{prefix}.gating_network.net.{j}.weight'] = [n_out, n_in]
+        s[f'{prefix}.gating_network.net.{j}.bias'] = [n_out]
+    return s
 
 
 def check_fields(obj, where, required, optional=()):
@@ -110,16 +146,7 @@ def config_from_json(obj):
                  ['preprocessing', 'labels'])
     check_header(obj, ARCHITECTURE)
     check_fields(obj['vit'], 'vit', [n for n in VIT_FIELDS if n != 'layer_norm_eps'], ['layer_norm_eps'])
-    if not isinstance(obj['acm'], dict):
-        raise ModelFormatError('config.json: acm must be an object')
-    acm = {}
-    for path, entry in obj['acm'].items():
-        check_fields(entry, f'acm[{path!r}]', ACM_FIELDS, ['budget_share'])
-        check_fields(entry['gate'], f'acm[{path!r}].gate', GATE_FIELDS)
-        try:
-            acm[path] = ACMConfig(**{**entry, 'gate': GateConfig(**entry['gate'])})
-        except ValueError as e:
-            raise ModelFormatError(f'config.json: acm[{path!r}]: {e}') from None
+    acm = acm_from_json(obj['acm'])
     try:
         cfg = ViTConfig(**obj['vit'], acm=acm)
     except ValueError as e:

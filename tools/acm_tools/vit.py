@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .acm import ACM, ACMConfig, sequence_betas, split_budget
+from .acm import ACM, ACMConfig, budget_layers, sequence_betas, split_budget
 
 PROJECTIONS = ('q_proj', 'k_proj', 'v_proj', 'o_proj')
 PACKED = ('in_proj_weight', 'in_proj_bias', 'out_proj.weight', 'out_proj.bias')
@@ -188,9 +188,7 @@ class VisionTransformer(nn.Module):
 def layer_budgets(cfg: ViTConfig, beta, batch_size):
     """Per-sequence caps beta (a float or a [B] tensor) -> {acm path: [B] float64 tensor of that ACM's
     budget}, spread over the ACMs by split_budget in proportion to their budget_share."""
-    d = cfg.hidden_dim
-    layers = {p: (c.budget_share, c.min_choice / c.num_learners, c.num_learners * c.learner_flops(d, d))
-              for p, c in cfg.acm.items()}
+    layers = budget_layers(cfg.acm, cfg.hidden_dim)
     betas = sequence_betas(beta, batch_size)
     splits = {b: split_budget(b, layers) for b in set(betas)}
     return {p: torch.tensor([splits[b][p] for b in betas], dtype=torch.float64) for p in cfg.acm}

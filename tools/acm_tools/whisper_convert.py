@@ -25,13 +25,12 @@ import json
 import os
 import re
 import struct
-from dataclasses import fields
 
 import numpy as np
 import torch
 
 from .checkpoint import ConvertError, KeyTable, check_keys, read_checkpoint, rename
-from .whisper_format import Generation, WhisperConfig, expected_shapes, save_whisper
+from .whisper_format import WHISPER_FIELDS, Generation, WhisperConfig, expected_shapes, save_whisper
 
 MULTILINGUAL_VOCAB = 51865  # openai-whisper and CTranslate2: a vocabulary this large is multilingual
 
@@ -291,7 +290,7 @@ def hf_config(obj):
     for name, value in HF_CONFIG_CHECKS.items():
         if obj.get(name, value) != value:
             raise ConvertError(f'config.json: {name} is {obj[name]!r}, expected {value!r}')
-    names = [f.name for f in fields(WhisperConfig) if f.name != 'layer_norm_eps']
+    names = [n for n in WHISPER_FIELDS if n != 'layer_norm_eps']
     missing = [n for n in names if n not in obj]
     if missing:
         raise ConvertError(f'config.json: missing {missing}')

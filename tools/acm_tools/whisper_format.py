@@ -4,7 +4,9 @@ The acm-serve model format for Whisper (docs/whisper.md): a directory with confi
 
 save_whisper writes it; load_whisper reads it back strictly, with modelio.py's checks of the ViT's directory:
 a missing tensor, a tensor no layer uses, a wrong shape or a dtype other than F16 is an error that names the
-tensor, and so is an unknown or missing config.json field. The converters into it: whisper_convert.py.
+tensor, and so is an unknown or missing config.json field. A layer whose MLP is an ACM (config.json's `acm`)
+stores the ACM's tensors under the layer's path in place of fc1 and fc2. The converters into it:
+whisper_convert.py.
 
 Tensor names and hyperparameters:
 https://github.com/huggingface/transformers/blob/v4.46.0/src/transformers/models/whisper/modeling_whisper.py
@@ -12,14 +14,14 @@ https://github.com/huggingface/transformers/blob/v4.46.0/src/transformers/models
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .modelio import (FORMAT, FORMAT_VERSION, ModelFormatError, check_fields, check_header, check_tensors,
-                      read_config, to_stored)
+from .modelio import (FORMAT, FORMAT_VERSION, ModelFormatError, acm_from_json, acm_shapes, acm_to_json,
+                      check_fields, check_header, check_tensors, read_config, to_stored)
 
 ARCHITECTURE = 'whisper'
 
@@ -39,6 +41,26 @@ class WhisperConfig:
     max_target_positions: int = 448
     vocab_size: int = 51864
     layer_norm_eps: float = 1e-5
+    # layer path (model.{encoder,decoder}.layers.{i}) -> the ACMConfig of the ACM that is its MLP; config.json's
+    # `acm`, not a Hugging Face field
+    acm: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        allowed = set(self.layer_paths())
+        for path, c in self.acm.items():
+            if path not in allowed:
+                raise ValueError(f'acm entry {path!r} is not a layer of this Whisper (model.{{encoder,decoder}}.layers.{{i}})')
+            if c.activation != 'gelu':
+                raise ValueError(f'acm entry {path!r}: an MLP\'s learners use gelu, not {c.activation!r}')
+
+    def layer_paths(self):
+        """Every layer, whose MLP may be an ACM, in model order."""
+        return ([f'model.encoder.layers.{i}' for i in range(self.encoder_layers)]
+                + [f'model.decoder.layers.{i}' for i in range(self.decoder_layers)])
+
+
+# config.json's `whisper` fields: Hugging Face's names
+WHISPER_FIELDS = [f.name for f in fields(WhisperConfig) if f.name != 'acm']
 
 
 @dataclass
@@ -57,7 +79,8 @@ class Generation:
 # tensors
 
 def expected_shapes(cfg: WhisperConfig):
-    """{tensor name: shape} of a Whisper model directory, in model order."""
+    """{tensor name: shape} of a Whisper model directory, in model order; an ACM layer's MLP is its ACM's
+    tensors, under the layer's own path."""
     d = cfg.d_model
     s = {}
 
@@ -87,8 +110,11 @@ def expected_shapes(cfg: WhisperConfig):
         if cross_attention:
             attention(f'{p}.encoder_attn')
             norm(f'{p}.encoder_attn_layer_norm')
-        linear(f'{p}.fc1', ffn, d)
-        linear(f'{p}.fc2', d, ffn)
+        if p in cfg.acm:
+            s.update(acm_shapes(p, cfg.acm[p], d, d))
+        else:
+            linear(f'{p}.fc1', ffn, d)
+            linear(f'{p}.fc2', d, ffn)
         norm(f'{p}.final_layer_norm')
 
     for i in range(cfg.encoder_layers):
@@ -110,8 +136,8 @@ def config_to_json(cfg: WhisperConfig, gen: Generation):
         'format': FORMAT,
         'format_version': FORMAT_VERSION,
         'architecture': ARCHITECTURE,
-        'whisper': asdict(cfg),
-        'acm': {},
+        'whisper': {name: getattr(cfg, name) for name in WHISPER_FIELDS},
+        'acm': {p: acm_to_json(cfg.acm[p]) for p in cfg.layer_paths() if p in cfg.acm},
         'generation': asdict(gen),
     }
 
@@ -120,11 +146,13 @@ def config_from_json(obj):
     """config.json object -> (WhisperConfig, Generation), strictly."""
     check_fields(obj, 'config', ['format', 'format_version', 'architecture', 'whisper', 'acm', 'generation'])
     check_header(obj, ARCHITECTURE)
-    if obj['acm'] != {}:
-        raise ModelFormatError('config.json: ACM layers in Whisper are not supported yet')
-    check_fields(obj['whisper'], 'whisper', [f.name for f in fields(WhisperConfig)])
+    check_fields(obj['whisper'], 'whisper', WHISPER_FIELDS)
     check_fields(obj['generation'], 'generation', [f.name for f in fields(Generation)])
-    return WhisperConfig(**obj['whisper']), Generation(**obj['generation'])
+    try:
+        cfg = WhisperConfig(**obj['whisper'], acm=acm_from_json(obj['acm']))
+    except ValueError as e:
+        raise ModelFormatError(f'config.json: {e}') from None
+    return cfg, Generation(**obj['generation'])
 
 
 # -----------------------------------------------------------------------------

