@@ -101,6 +101,17 @@ private final class RecordingObserver: RunnerObserver, @unchecked Sendable {
     var tokensPerACM: [Int] { lock.withLock { histogramTokens } }
 }
 
+/// A runner of the fixture model with this batcher.
+private func vitRunner(
+    _ model: Model, maxBatchSize: Int, delayMicroseconds: Int, queueSize: Int = 0, clock: any ServingClock = SystemClock(),
+    observer: (any RunnerObserver)? = nil
+) -> BatchRunner<ViTEngine> {
+    BatchRunner(
+        name: "vit", engine: ViTEngine(model: model),
+        config: BatcherConfig(maxBatchSize: maxBatchSize, maxQueueDelayMicroseconds: delayMicroseconds, maxQueueSize: queueSize),
+        clock: clock, observer: observer)
+}
+
 @Suite struct ViTRunnerTests {
     /// Should answer jobs submitted concurrently with mixed policies with the logits and compute
     /// fractions each gets alone, while grouping several requests into one batch.
@@ -122,9 +133,7 @@ private final class RecordingObserver: RunnerObserver, @unchecked Sendable {
             }
         }
 
-        let runner = BatchRunner(
-            name: "vit", engine: ViTEngine(model: model),
-            config: BatcherConfig(maxBatchSize: 8, maxQueueDelayMicroseconds: 20_000, maxQueueSize: 0))
+        let runner = vitRunner(model, maxBatchSize: 8, delayMicroseconds: 20_000)
         let outcomes = Outcomes()
         DispatchQueue.concurrentPerform(iterations: threads) { t in
             for id in t * perThread..<(t + 1) * perThread {
@@ -159,10 +168,7 @@ private final class RecordingObserver: RunnerObserver, @unchecked Sendable {
     @Test func queueFullRefusesAndAnswersTheAccepted() throws {
         let model = try Model(directory: fixture)
         // A frozen clock and a long delay: 1-image jobs never fill the batch of 8, so they stay queued.
-        let runner = BatchRunner(
-            name: "vit", engine: ViTEngine(model: model),
-            config: BatcherConfig(maxBatchSize: 8, maxQueueDelayMicroseconds: 60_000_000, maxQueueSize: 3),
-            clock: ManualClock())
+        let runner = vitRunner(model, maxBatchSize: 8, delayMicroseconds: 60_000_000, queueSize: 3, clock: ManualClock())
         let outcomes = Outcomes()
         for id in 0..<3 {
             let submitted = outcomes.submit(runner, id: id, images: noise(count: 1, model: model, seed: 7), count: 1)
@@ -181,10 +187,7 @@ private final class RecordingObserver: RunnerObserver, @unchecked Sendable {
     @Test func shutdownFinishesQueuedJobs() throws {
         let model = try Model(directory: fixture)
         let observer = RecordingObserver()
-        let runner = BatchRunner(
-            name: "vit", engine: ViTEngine(model: model),
-            config: BatcherConfig(maxBatchSize: 4, maxQueueDelayMicroseconds: 60_000_000, maxQueueSize: 0),
-            clock: ManualClock(), observer: observer)
+        let runner = vitRunner(model, maxBatchSize: 4, delayMicroseconds: 60_000_000, clock: ManualClock(), observer: observer)
         let outcomes = Outcomes()
         let counts = [1, 2, 1, 3, 1, 1, 2]
         for (id, count) in counts.enumerated() {
@@ -215,10 +218,7 @@ private final class RecordingObserver: RunnerObserver, @unchecked Sendable {
         let observer = RecordingObserver()
         // Every clock reading is 1 ms after the last, so a 100 µs timeout has always passed by the time
         // the loop looks at the job, whatever the real timing.
-        let runner = BatchRunner(
-            name: "vit", engine: ViTEngine(model: model),
-            config: BatcherConfig(maxBatchSize: 1, maxQueueDelayMicroseconds: 0, maxQueueSize: 0),
-            clock: ManualClock(step: 1_000_000), observer: observer)
+        let runner = vitRunner(model, maxBatchSize: 1, delayMicroseconds: 0, clock: ManualClock(step: 1_000_000), observer: observer)
         let outcomes = Outcomes()
         for id in 0..<3 {
             let submitted = outcomes.submit(runner, id: id, images: noise(count: 1, model: model, seed: 3), count: 1)
@@ -238,9 +238,7 @@ private final class RecordingObserver: RunnerObserver, @unchecked Sendable {
     /// ones. (A bad budget cannot reach the runner: `ComputeBudget` refuses it.)
     @Test func malformedJobsFailWithoutStoppingTheLoop() throws {
         let model = try Model(directory: fixture)
-        let runner = BatchRunner(
-            name: "vit", engine: ViTEngine(model: model),
-            config: BatcherConfig(maxBatchSize: 2, maxQueueDelayMicroseconds: 0, maxQueueSize: 0))
+        let runner = vitRunner(model, maxBatchSize: 2, delayMicroseconds: 0)
         let outcomes = Outcomes()
         let one = noise(count: 1, model: model, seed: 5)
         #expect(outcomes.submit(runner, id: 0, images: Array(one.dropLast()), count: 1) == .accepted)
