@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from acm_tools import whisper_acmize, whisper_tiny_en
-from acm_tools.acm import ACM, budget_layers, split_budget
+from acm_tools.acm import ACM, budget_layers, cap_total, split_budget
 from acm_tools.acm_training import init_mlp
 from acm_tools.modelio import ModelFormatError
 from acm_tools.whisper_format import expected_shapes, load_whisper
@@ -53,8 +53,9 @@ def test_decoder_caps_are_per_step(tmp_path):
     """Should apply a cap to each decoding step's new tokens as one sequence (the engine's rule): teacher-forced
     decoding with greedy's steps makes the same choices and logits as decoding step by step."""
     _, student = small_pair(tmp_path)
-    for acm in student.acms.values():
-        torch.nn.init.normal_(acm.gating_network.net[2].bias)  # gates that differ between tokens and layers
+    g = torch.Generator().manual_seed(6)  # seeded: a random draw can put a gate at a near-tie, where the batched
+    for acm in student.acms.values():    # and the stepped pass may round to different choices
+        torch.nn.init.normal_(acm.gating_network.net[2].bias, generator=g)  # gates that differ between tokens, layers
     mel = torch.randn(CFG.num_mel_bins, 2 * CFG.max_source_positions, generator=torch.Generator().manual_seed(3))
     cross = student.cross_kv(student.encode(mel))
     tokens = [37, 39, 5, 6, 7]
@@ -127,7 +128,7 @@ def test_caps_follow_the_budget_shares(tmp_path):
     as split_budget does for the engine."""
     _, student = small_pair(tmp_path)
     for acm in student.acms.values():
-        acm.gating_network.net[2].bias.data = torch.tensor([0.0, 0, 0, 0, 10])  # auto: all 4 learners
+        acm.gating_network.net[2].bias.data = torch.tensor([0.0, 0, 0, 10])  # auto: all 4 learners (k_min 1)
     mel = torch.randn(CFG.num_mel_bins, 2 * CFG.max_source_positions, generator=torch.Generator().manual_seed(4))
     for shares in ([1.0, 1.0], [1.0, 0.25]):
         for p, share in zip(['model.encoder.layers.0', 'model.encoder.layers.1'], shares):
@@ -137,5 +138,5 @@ def test_caps_follow_the_budget_shares(tmp_path):
         learners = [int(torch.cat(policy.choices[f'model.encoder.layers.{i}']).sum()) for i in range(2)]
         budgets = split_budget(0.5, budget_layers(student.cfg.acm, CFG.d_model))
         T, N = CFG.max_source_positions, 4
-        assert learners == [int(budgets[f'model.encoder.layers.{i}'] * N * T + 1e-9) for i in range(2)]
+        assert learners == [cap_total(budgets[f'model.encoder.layers.{i}'], N, T, 1) for i in range(2)]
     assert learners[1] < learners[0]
