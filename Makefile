@@ -11,7 +11,7 @@ BUDGET ?= 0.5
 PEERS_MODEL := $(if $(filter file,$(origin MODEL)),fashion,$(MODEL))
 
 .PHONY: setup build test test-server serve predict bench bench-server bench-peers fixtures demo-model fashion-models \
-	fashion-report whisper-model whisper-fixtures bench-whisper clean
+	fashion-report whisper-model whisper-fixtures bench-whisper speech-data clean
 
 setup:
 	@scripts/setup
@@ -78,6 +78,10 @@ whisper-fixtures: whisper-model
 ## Whisper tiny.en: seconds per 30-s clip for acm-serve, CTranslate2 fp32 and PyTorch (BENCHMARKS.md, build/whisper/bench.json).
 bench-whisper: build whisper-model
 	PYTHONPATH=tools $(PY) -m acm_tools.whisper_bench
+
+## The synthetic speech corpus for ACMizing Whisper tiny.en (docs/speech-data.md): WAVs and manifests in build/speech.
+speech-data: setup
+	PYTHONPATH=tools $(PY) -m acm_tools.speech_corpus --out build/speech
 
 clean:
 	rm -rf .build
