@@ -11,7 +11,7 @@ BUDGET ?= 0.5
 PEERS_MODEL := $(if $(filter file,$(origin MODEL)),fashion,$(MODEL))
 
 .PHONY: setup build test test-server serve predict bench bench-server bench-peers fixtures demo-model fashion-models \
-	fashion-report whisper-model whisper-acm whisper-fixtures bench-whisper clean
+	fashion-report whisper-model whisper-acm whisper-fixtures bench-whisper speech-data clean
 
 setup:
 	@scripts/setup
@@ -73,11 +73,12 @@ whisper-model: setup
 	PYTHONPATH=tools $(PY) -m acm_tools.whisper_tiny_en
 
 ## Retrain tiny.en's ACM layers (models/whisper-tiny.en-acm) from scratch on the speech corpus's manifests
-## (SPEECH_TRAIN, SPEECH_VAL), report WER and compute fraction per budget, and print the time it took.
+## (SPEECH_TRAIN, SPEECH_VAL; made by speech-data when absent), report WER and compute fraction per budget, and print the time it took.
 SPEECH_TRAIN ?= build/speech/train.jsonl
 SPEECH_VAL ?= build/speech/val.jsonl
 whisper-acm: whisper-model
-	@test -f $(SPEECH_TRAIN) || { echo "$(SPEECH_TRAIN): no speech corpus (see docs/whisper-acm.md)"; exit 1; }
+	@test -f $(SPEECH_TRAIN) || [ "$(SPEECH_TRAIN)" != build/speech/train.jsonl ] || $(MAKE) speech-data
+	@test -f $(SPEECH_TRAIN) || { echo "$(SPEECH_TRAIN): no speech corpus (see docs/speech-data.md)"; exit 1; }
 	PYTHONPATH=tools $(PY) -m acm_tools.whisper_acmize --teacher build/models/whisper-tiny.en \
 		--audio-manifest $(SPEECH_TRAIN) --val-manifest $(SPEECH_VAL) --out models/whisper-tiny.en-acm
 	PYTHONPATH=tools $(PY) -m acm_tools.whisper_tiny_en
@@ -89,6 +90,10 @@ whisper-fixtures: whisper-model
 ## Whisper tiny.en: seconds per 30-s clip for acm-serve, CTranslate2 fp32 and PyTorch (BENCHMARKS.md, build/whisper/bench.json).
 bench-whisper: build whisper-model
 	PYTHONPATH=tools $(PY) -m acm_tools.whisper_bench
+
+## The synthetic speech corpus for ACMizing Whisper tiny.en (docs/speech-data.md): WAVs and manifests in build/speech.
+speech-data: setup
+	PYTHONPATH=tools $(PY) -m acm_tools.speech_corpus --out build/speech
 
 clean:
 	rm -rf .build
