@@ -25,36 +25,52 @@ public func multiHeadAttention(
             let qh = q + queries.lowerBound * ld + col
             let kh = k + keyRows.lowerBound * ld + col, vh = v + keyRows.lowerBound * ld + col
             let transposeKeys = count > fewQueries
-            let s = scores[worker].reserve(count * keyCount + (transposeKeys ? headDim * keyCount : 0))
-            // scores = q·kᵀ: [count, dh] × [dh, keys]; the 1/√dh goes into the softmax
+            // Long sequences run in blocks of queries, so that a block's scores stay in the core's cache from
+            // the product through the softmax to the product with v (Whisper's encoder: 1,500 keys, 9 MB of
+            // scores a head at once, but 375 KB a block of 64).
+            let block = min(count, max(fewQueries, scoreBlockFloats / max(keyCount, 1)))
+            let s = scores[worker].reserve(block * keyCount + (transposeKeys ? headDim * keyCount : 0))
+            let kT = s + block * keyCount
             if transposeKeys {
                 // kᵀ [dh, keys] once, so that both GEMMs run untransposed (LIBXSMM's kernels)
-                let kT = s + count * keyCount
                 transpose(kh, rows: keyCount, columns: headDim, lda: ld, out: kT, ldOut: keyCount)
-                gemm(m: count, n: keyCount, k: headDim, a: qh, lda: ld, b: kT, ldb: keyCount, c: s, ldc: keyCount)
-            } else {
-                // a decoder step's few queries: copying the keys would cost about as much as the product
-                gemm(
-                    m: count, n: keyCount, k: headDim, a: qh, lda: ld, b: kh, ldb: ld, transB: true,
-                    c: s, ldc: keyCount)
             }
-            if causal {
-                for j in 0..<count {
-                    let row = s + j * keyCount, visible = keyCount - count + j + 1
-                    softmaxRows(row, rows: 1, n: visible, ld: keyCount, scale: scale)
-                    (row + visible).update(repeating: 0, count: keyCount - visible)
+            for first in stride(from: 0, to: count, by: block) {
+                let rows = min(block, count - first), qb = qh + first * ld
+                // scores = q·kᵀ: [rows, dh] × [dh, keys]; the 1/√dh goes into the softmax
+                if transposeKeys {
+                    gemm(m: rows, n: keyCount, k: headDim, a: qb, lda: ld, b: kT, ldb: keyCount, c: s, ldc: keyCount)
+                } else {
+                    // a decoder step's few queries: dot products against the keys where they lie (a GEMM would
+                    // copy them all, which costs more than the arithmetic)
+                    dotRows(qb, rows: rows, ldx: ld, w: kh, ldw: ld, outputs: keyCount, k: headDim, out: s, ldOut: keyCount)
                 }
-            } else {
-                softmaxRows(s, rows: count, n: keyCount, ld: keyCount, scale: scale)
+                if causal {
+                    for j in 0..<rows {
+                        let row = s + j * keyCount, visible = keyCount - count + first + j + 1
+                        softmaxRows(row, rows: 1, n: visible, ld: keyCount, scale: scale)
+                        (row + visible).update(repeating: 0, count: keyCount - visible)
+                    }
+                } else {
+                    softmaxRows(s, rows: rows, n: keyCount, ld: keyCount, scale: scale)
+                }
+                // out = softmax(scores)·v: [rows, keys] × [keys, dh]
+                let o = out + (queries.lowerBound + first) * ldOut + col
+                if transposeKeys {
+                    gemm(m: rows, n: headDim, k: keyCount, a: s, lda: keyCount, b: vh, ldb: ld, c: o, ldc: ldOut)
+                } else {
+                    weightedRows(s, rows: rows, ldp: keyCount, v: vh, ldv: ld, n: keyCount, k: headDim, out: o, ldOut: ldOut)
+                }
             }
-            // out = softmax(scores)·v: [count, keys] × [keys, dh]
-            gemm(
-                m: count, n: headDim, k: keyCount, a: s, lda: keyCount, b: vh, ldb: ld,
-                c: out + queries.lowerBound * ldOut + col, ldc: ldOut)
         }
     }
 }
 
-/// Queries up to which `multiHeadAttention` reads a head's keys transposed in place (OpenBLAS) instead of
-/// copying them out transposed for LIBXSMM: the copy pays for itself only over more queries.
+/// Queries up to which `multiHeadAttention` computes a head's scores and sums as dot products over its keys and
+/// values where they lie, instead of copying the keys out transposed for two GEMMs: the copy (and a GEMM's
+/// packing) pays for itself only over more queries.
 let fewQueries = 8
+
+/// Floats of scores a block of queries may hold (96,000: 375 KB, within a core's L2 cache with the keys,
+/// values and outputs it reads beside them).
+let scoreBlockFloats = 96_000

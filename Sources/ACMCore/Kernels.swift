@@ -136,6 +136,24 @@ func widenHalves(_ bits: UnsafePointer<UInt16>, into out: UnsafeMutablePointer<F
     acm_f16_to_f32(bits, out, count)
 }
 
+/// out[r·ldOut + j] = x[r] · w[j] for r < rows, j < outputs: rows of x (`ldx` apart) against rows of w (`ldw`
+/// apart), k floats each, read where they lie (a few attention queries against their keys).
+func dotRows(
+    _ x: UnsafePointer<Float>, rows: Int, ldx: Int, w: UnsafePointer<Float>, ldw: Int, outputs: Int, k: Int,
+    out: UnsafeMutablePointer<Float>, ldOut: Int
+) {
+    acm_dot_rows(x, rows, ldx, w, ldw, outputs, k, out, ldOut)
+}
+
+/// out[r] = Σ_j p[r, j]·v[j] for r < rows: rows of p (`ldp` apart) weighting n rows of v (`ldv` apart), k
+/// floats each (a few attention queries' sums of their values).
+func weightedRows(
+    _ p: UnsafePointer<Float>, rows: Int, ldp: Int, v: UnsafePointer<Float>, ldv: Int, n: Int, k: Int,
+    out: UnsafeMutablePointer<Float>, ldOut: Int
+) {
+    acm_weighted_rows(p, rows, ldp, v, ldv, n, k, out, ldOut)
+}
+
 /// out[r·ldOut + j] = x[r] · w[j] for r < rows, j < outputs, with w's rows of k halves.
 func dotRowsHalf(
     _ x: UnsafePointer<Float>, rows: Int, ldx: Int, w: UnsafePointer<UInt16>, outputs: Int, k: Int,

@@ -7,11 +7,16 @@ public struct Linear: Sendable {
     /// `weight`ᵀ [in, out], made once at load so that the forward GEMM needs no transpose (the fast
     /// kernels of `gemm` take none).
     public let weightT: Tensor
+    /// `weight` as the file stores it when that is F16 (Whisper's checkpoints), for the few-rows path: a
+    /// decoder step reads every weight for one row per utterance, so its bytes are the cost, and widening
+    /// halves is exact.
+    public let half: HalfMatrix?
 
     public init(inputs: Int, outputs: Int, weights: Weights, bias: Bool = true) throws {
         self.inputs = inputs
         self.outputs = outputs
         weight = try weights.tensor("weight", shape: [outputs, inputs])
+        half = try weights.halfMatrix("weight", shape: [outputs, inputs])
         self.bias = bias ? try weights.tensor("bias", shape: [outputs]) : nil
         weightT = weight.transposed()
     }
@@ -24,6 +29,7 @@ public struct Linear: Sendable {
         self.weight = weight
         self.bias = bias
         weightT = weight.transposed()
+        half = nil
     }
 
     /// out = x·Wᵀ + b for `rows` rows; `ldx` and `ldOut` are row strides.
@@ -32,6 +38,11 @@ public struct Linear: Sendable {
         out: UnsafeMutablePointer<Float>, ldOut: Int? = nil, fewRows: FewRows = .oneWorker
     ) {
         let ldo = ldOut ?? outputs, ldi = ldx ?? inputs
+        if fewRows == .splitColumns && rows < Parallel.workers * Parallel.minimumRowsPerWorker, let half {
+            half.timesTransposed(x, count: rows, ldx: ldi, out: out, ldOut: ldo, minimumRowsPerWorker: 64)
+            if let bias { addBias(out, rows: rows, columns: outputs, ld: ldo, bias: bias.data) }
+            return
+        }
         if fewRows == .splitColumns && rows < Parallel.workers * Parallel.minimumRowsPerWorker {
             timesTransposed(
                 x, rows: rows, ldx: ldi, w: weight.data, outputs: outputs, inputs: inputs, bias: bias?.data,

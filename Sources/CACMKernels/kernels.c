@@ -275,6 +275,34 @@ KERNEL void acm_f16_to_f32(const unsigned short *src, float *dst, long n) {
     for (long i = 0; i < n; i++) dst[i] = (float)h[i];
 }
 
+KERNEL void acm_dot_rows(const float *x, long rows, long ldx, const float *w, long ldw, long outputs, long k,
+                         float *out, long ld_out) {
+#pragma clang fp reassociate(on)
+    for (long j = 0; j < outputs; j++) {
+        const float *wj = w + j * ldw;
+        for (long r = 0; r < rows; r++) {
+            const float *xr = x + r * ldx;
+            float sum = 0;
+            for (long i = 0; i < k; i++) sum += xr[i] * wj[i];
+            out[r * ld_out + j] = sum;
+        }
+    }
+}
+
+KERNEL void acm_weighted_rows(const float *p, long rows, long ldp, const float *v, long ldv, long n, long k,
+                              float *out, long ld_out) {
+    for (long r = 0; r < rows; r++) {
+        float *restrict o = out + r * ld_out;
+        const float *pr = p + r * ldp;
+        for (long i = 0; i < k; i++) o[i] = 0;
+        for (long j = 0; j < n; j++) {
+            const float pj = pr[j];
+            const float *restrict vj = v + j * ldv;
+            for (long i = 0; i < k; i++) o[i] += pj * vj[i];
+        }
+    }
+}
+
 KERNEL void acm_dot_rows_f16(const float *x, long rows, long ldx, const unsigned short *w, long outputs, long k,
                              float *out, long ld_out) {
 #pragma clang fp reassociate(on)

@@ -16,6 +16,8 @@ struct Transcribe: ParsableCommand {
     var logMel: [String] = []
     @OptionGroup var policy: PolicyOptions
     @Flag(help: "Print the seconds spent in each stage to standard error.") var timing = false
+    @Flag(help: "Print one JSON object per input (input, text, tokens, compute_fraction) instead of text lines.")
+    var json = false
     @Option(help: "Run the batch this many times, reusing the buffers, and time the last run (steady state).")
     var repeats = 1
 
@@ -77,7 +79,15 @@ struct Transcribe: ParsableCommand {
             decodeSeconds = seconds(since: t0)
         }
         let names = audio + logMel
-        for (b, ids) in tokens.enumerated() {
+        for (b, ids) in tokens.enumerated() where json {
+            let line = TranscriptLine(
+                input: names[b], text: m.tokenizer.decode(ids).trimmingCharacters(in: .whitespaces), tokens: ids,
+                computeFraction: m.whisper.acms.isEmpty ? nil : learners.computeFraction[b])
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(line), as: UTF8.self))
+        }
+        for (b, ids) in tokens.enumerated() where !json {
             print("\(names[b]): \(m.tokenizer.decode(ids).trimmingCharacters(in: .whitespaces))")
             print("  tokens: \(ids)")
             if !m.whisper.acms.isEmpty { print(String(format: "  compute fraction: %.4f", learners.computeFraction[b])) }
@@ -90,5 +100,18 @@ struct Transcribe: ParsableCommand {
                     encodeSeconds, encodeSeconds / Double(count), decodeSeconds, generated, count
                 ).data(using: .utf8) ?? Data())
         }
+    }
+}
+
+/// One input's result under `transcribe --json`.
+private struct TranscriptLine: Encodable {
+    let input: String
+    let text: String
+    let tokens: [Int]
+    let computeFraction: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case input, text, tokens
+        case computeFraction = "compute_fraction"
     }
 }

@@ -345,6 +345,25 @@ import Testing
             }
         }
     }
+
+    /// Should equal naive attention when a long sequence runs in blocks of queries (1,000 keys: blocks of 96
+    /// queries, the last one short), with and without `causal`.
+    @Test(arguments: [false, true])
+    func longSequencesInBlocksMatchNaive(causal: Bool) {
+        var rng = SplitMix64(seed: 9)
+        let heads = 2, dh = 4, d = heads * dh, keyCount = 1000, count = 250
+        #expect(scoreBlockFloats / keyCount < count)
+        let q = randomTensor([count, d], rng: &rng)
+        let k = randomTensor([keyCount, d], rng: &rng), v = randomTensor([keyCount, d], rng: &rng)
+        let out = Tensor(shape: [count, d])
+        multiHeadAttention(
+            q: q.data, k: k.data, v: v.data, ld: d, out: out.data, ldOut: d, sequences: [0..<count],
+            keys: [0..<keyCount], causal: causal, heads: heads, headDim: dh, scores: WorkerScratch())
+        let want = naiveAttention(q: q, k: k, v: v, queries: 0..<count, keys: 0..<keyCount, causal: causal, heads: heads)
+        for i in 0..<count {
+            for c in 0..<d { #expect(abs(Double(out.data[i * d + c]) - want[i][c]) < 1e-5, "row \(i)") }
+        }
+    }
 }
 
 /// softmax(q·kᵀ/√dh)·v per head in Double, for the query rows `queries` over the key rows `keys`; with

@@ -61,3 +61,13 @@ void acm_f16_to_f32(const unsigned short *src, float *dst, long n);
 /// step's logits against the vocabulary), where the read of w is the cost.
 void acm_dot_rows_f16(const float *x, long rows, long ldx, const unsigned short *w, long outputs, long k, float *out,
                       long ld_out);
+
+/// out[r, j] = Σ_i x[r, i]·w[j, i] for `rows` rows of x (`ldx` apart) and `outputs` rows of w (`ldw` apart), k
+/// columns each: a few queries' attention scores against keys read where they lie.
+void acm_dot_rows(const float *x, long rows, long ldx, const float *w, long ldw, long outputs, long k, float *out,
+                  long ld_out);
+
+/// out[r, :] = Σ_j p[r, j]·v[j, :] for `rows` rows of p (`ldp` apart) over `n` rows of v (`ldv` apart), k columns:
+/// a few queries' attention-weighted sums of values read where they lie.
+void acm_weighted_rows(const float *p, long rows, long ldp, const float *v, long ldv, long n, long k, float *out,
+                       long ld_out);
