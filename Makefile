@@ -11,7 +11,7 @@ BUDGET ?= 0.5
 PEERS_MODEL := $(if $(filter file,$(origin MODEL)),fashion,$(MODEL))
 
 .PHONY: setup build test test-server serve predict bench bench-server bench-peers fixtures demo-model fashion-models \
-	fashion-report whisper-model whisper-acm whisper-fixtures bench-whisper speech-data clean
+	fashion-report whisper-model whisper-acm whisper-results whisper-fixtures bench-whisper speech-data clean
 
 setup:
 	@scripts/setup
@@ -32,7 +32,7 @@ test-server: build
 bench-server: build
 	$(PY) Tests/server/perf.py
 
-## Serve the bundled models (config/acm-serve.json: the Fashion-MNIST ViTs and Whisper tiny.en) on port 8000 until Ctrl-C.
+## Serve the bundled models (config/acm-serve.json: the Fashion-MNIST ViTs, Whisper tiny.en and its ACM version) on port 8000 until Ctrl-C.
 serve: build whisper-model
 	.build/release/acm-serve serve --config config/acm-serve.json
 
@@ -74,13 +74,15 @@ whisper-model: setup
 
 ## Retrain tiny.en's ACM layers (models/whisper-tiny.en-acm) from scratch on the speech corpus's manifests
 ## (SPEECH_TRAIN, SPEECH_VAL; made by speech-data when absent), report WER and compute fraction per budget, and print the time it took.
+## WHISPER_ACM_ARGS: more options for whisper_acmize, e.g. --threads 2 on an otherwise idle machine.
 SPEECH_TRAIN ?= build/speech/train.jsonl
 SPEECH_VAL ?= build/speech/val.jsonl
+WHISPER_ACM_ARGS ?=
 whisper-acm: whisper-model
 	@test -f $(SPEECH_TRAIN) || [ "$(SPEECH_TRAIN)" != build/speech/train.jsonl ] || $(MAKE) speech-data
 	@test -f $(SPEECH_TRAIN) || { echo "$(SPEECH_TRAIN): no speech corpus (see docs/speech-data.md)"; exit 1; }
 	PYTHONPATH=tools $(PY) -m acm_tools.whisper_acmize --teacher build/models/whisper-tiny.en \
-		--audio-manifest $(SPEECH_TRAIN) --val-manifest $(SPEECH_VAL) --out models/whisper-tiny.en-acm
+		--audio-manifest $(SPEECH_TRAIN) --val-manifest $(SPEECH_VAL) --out models/whisper-tiny.en-acm $(WHISPER_ACM_ARGS)
 	PYTHONPATH=tools $(PY) -m acm_tools.whisper_tiny_en
 
 ## Regenerate the Whisper speech fixtures (Tests/ACMWhisperTests/Fixtures), checked against CTranslate2.
@@ -90,6 +92,11 @@ whisper-fixtures: whisper-model
 ## Whisper tiny.en: seconds per 30-s clip for acm-serve, CTranslate2 fp32 and PyTorch (BENCHMARKS.md, build/whisper/bench.json).
 bench-whisper: build whisper-model
 	PYTHONPATH=tools $(PY) -m acm_tools.whisper_bench
+
+## Word error rate against compute of the ACM Whisper, through the engine, on the corpus's validation clips:
+## build/whisper/results.json, docs/whisper-results.md and .svg (with bench-whisper's times when present).
+whisper-results: build whisper-model
+	PYTHONPATH=tools $(PY) -m acm_tools.whisper_results --write
 
 ## The synthetic speech corpus for ACMizing Whisper tiny.en (docs/speech-data.md): WAVs and manifests in build/speech.
 speech-data: setup

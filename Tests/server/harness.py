@@ -55,20 +55,24 @@ def default_models(**batcher):
 
 
 class Server:
-    """One `acm-serve serve` process on 127.0.0.1 with a config file written for it; its log goes to a file
-    that is printed when something fails."""
+    """One `acm-serve serve` process on 127.0.0.1 with a config file written for it (or `config_file`, on a
+    free port given by flags); its log goes to a file that is printed when something fails."""
 
-    def __init__(self, models=None, limits=None, args=(), http_threads=4):
+    def __init__(self, models=None, limits=None, args=(), http_threads=4, config_file=None):
         assert os.path.exists(BIN), f'build acm-serve first (swift build -c release); looked for {BIN}'
         self.dir = tempfile.mkdtemp(prefix='acm-serve-test-')
         self.port = free_port()
-        config = {'host': HOST, 'port': self.port, 'http_threads': http_threads, 'log_level': 'info',
-                  'models': models or default_models()}
-        if limits:
-            config['limits'] = limits
-        self.config_path = os.path.join(self.dir, 'config.json')
-        with open(self.config_path, 'w') as f:
-            json.dump(config, f, indent=2)
+        if config_file:
+            self.config_path = config_file
+            args = ['--host', HOST, '--port', str(self.port), *args]
+        else:
+            config = {'host': HOST, 'port': self.port, 'http_threads': http_threads, 'log_level': 'info',
+                      'models': models or default_models()}
+            if limits:
+                config['limits'] = limits
+            self.config_path = os.path.join(self.dir, 'config.json')
+            with open(self.config_path, 'w') as f:
+                json.dump(config, f, indent=2)
         self.log_path = os.path.join(self.dir, 'server.log')
         self.log = open(self.log_path, 'wb')
         self.proc = subprocess.Popen([BIN, 'serve', '--config', self.config_path, *args],

@@ -1,0 +1,93 @@
+"""`acm-serve transcribe --json` and acm_tools.whisper_results (WER against compute through the Swift engine) on
+the Whisper fixture clips: the dense model's transcripts must be CTranslate2's (the fixtures), in the manifest's
+order across batches; the ACM model's fractions must follow the policy; the page must be written from them."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from acm_tools import whisper_results
+from acm_tools.wer import corpus_wer
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURES = os.path.join(REPO, 'Tests', 'ACMWhisperTests', 'Fixtures')
+BIN = os.environ.get('ACM_SERVE_BIN', os.path.join(REPO, '.build', 'release', 'acm-serve'))
+DENSE = os.path.join(REPO, 'build', 'models', 'whisper-tiny.en')
+ACM = os.path.join(REPO, 'build', 'models', 'whisper-tiny.en-acm')
+FAMILIES = ['espeak-ng', 'flite', 'piper']
+
+
+@pytest.fixture(scope='module')
+def fixture_manifest(tmp_path_factory):
+    """The first six fixture clips as a speech-corpus manifest (voice families assigned in turn) -> (path, clips)."""
+    for path, what in ((BIN, 'swift build -c release'), (DENSE, 'make whisper-model'), (ACM, 'make whisper-model')):
+        assert os.path.exists(path), f'{path} is missing: run {what}'
+    with open(os.path.join(FIXTURES, 'clips.json')) as f:
+        clips = json.load(f)[:6]
+    d = tmp_path_factory.mktemp('manifest')
+    path = d / 'val.jsonl'
+    with open(path, 'w') as f:
+        for i, c in enumerate(clips):
+            f.write(json.dumps(dict(id=c['name'], file=os.path.join(FIXTURES, c['file']), text=c['text_spoken'],
+                                    voice=f'v{i}', family=FAMILIES[i % 3],
+                                    augmentation=dict(noise=None, reverb=None))) + '\n')
+    return str(path), clips
+
+
+def test_json_lines_are_the_text_output():
+    """Should print, under --json, the transcript, ids and compute fraction that the text output prints."""
+    wav = os.path.join(FIXTURES, 'clips', 'flite_slt_stella.wav')
+    args = [BIN, 'transcribe', '--model', ACM, '--audio', wav, '--budget', '0.5']
+    text = subprocess.run(args, capture_output=True, text=True, check=True).stdout.splitlines()
+    line = json.loads(subprocess.run(args + ['--json'], capture_output=True, text=True, check=True).stdout)
+    assert line['input'] == wav
+    assert text[0] == f'{wav}: {line["text"]}'
+    assert text[1] == f'  tokens: {line["tokens"]}'
+    assert text[2] == f'  compute fraction: {line["compute_fraction"]:.4f}'
+    assert 0 < line['compute_fraction'] <= 0.5
+
+
+def test_measure_and_page(fixture_manifest, tmp_path, monkeypatch):
+    """Should transcribe every clip under every policy in the manifest's order (batches of 4: the clips cross a
+    batch edge), give the dense model CTranslate2's fixture transcripts, keep each clip's fraction under its
+    cap and at k/4 for uniform k, score the WER, and write the page and the plot."""
+    path, clips = fixture_manifest
+    policies = [p for p in whisper_results.policies if p[0] in ('dense', 'full', 'auto', 'cap 0.5', 'cap 0.25',
+                                                                 'k=1', 'k=2')]
+    monkeypatch.setattr(whisper_results, 'policies', policies)
+    args = type('Args', (), dict(manifest=path, dense=DENSE, model=ACM, bin=BIN, batch=4))
+    res = whisper_results.measure(args)
+    p = res['policies']
+    assert list(p) == [name for name, _, _ in policies]
+    assert [t.strip() for t in p['dense']['texts']] == [c['ct2']['text'].strip() for c in clips]
+    assert p['dense']['tokens'] == [c['ct2']['ids'] for c in clips]
+    want = corpus_wer([c['text_spoken'] for c in clips], p['dense']['texts']).wer
+    assert p['dense']['wer']['all']['wer'] == pytest.approx(want, abs=1e-4)
+    assert p['dense']['wer_vs_dense'] == 0
+    assert p['full']['fraction'] == pytest.approx(1.0)
+    assert p['k=1']['fraction'] == pytest.approx(0.25) and p['k=2']['fraction'] == pytest.approx(0.5)
+    assert p['cap 0.5']['max_fraction'] <= 0.5 + 1e-9 and p['cap 0.25']['max_fraction'] <= 0.25 + 1e-9
+    assert 0 < p['auto']['fraction'] <= 1
+
+    page, svg = tmp_path / 'results.md', tmp_path / 'results.svg'
+    whisper_results.write_page(res, None, str(page), str(svg))
+    text = page.read_text()
+    assert whisper_results.wer_table(res) in text and whisper_results.goal_table(res) in text
+    assert 'Run `make bench-whisper`' in text
+    assert svg.read_text().lstrip().startswith('<?xml')
+
+
+def test_speed_table():
+    """Should give each engine's encoder time against CTranslate2's and our dense one's, and its decoder time
+    per token against CTranslate2's, from whisper_bench's JSON; nothing without the ACM model's rows."""
+    def row(encoder, per_token, fraction=None):
+        return dict(encoder_median=encoder, decoder_per_token_median=per_token, compute_fraction=fraction)
+    results = {'acm-serve': row(0.2, 0.003), 'CTranslate2 fp32': row(0.25, 0.004), 'PyTorch': row(0.4, None)}
+    bench = dict(results={'30 s': results})
+    assert whisper_results.speed_table(bench) is None
+    results['acm-serve ACM, cap 0.5'] = row(0.15, 0.003, 0.5)
+    lines = whisper_results.speed_table(bench).splitlines()
+    assert len(lines) == 5 and not any('PyTorch' in line for line in lines)
+    assert lines[2] == '| acm-serve | – | 0.200 | 0.80 | 1.00 | 3.00 | 0.75 |'
+    assert lines[4] == '| acm-serve ACM, cap 0.5 | 0.500 | 0.150 | 0.60 | 0.75 | 3.00 | 0.75 |'

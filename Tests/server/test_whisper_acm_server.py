@@ -1,0 +1,209 @@
+"""The ACMized Whisper tiny.en (build/models/whisper-tiny.en-acm, assembled by `make whisper-model` from
+models/whisper-tiny.en-acm) served with per-request compute budgets: concurrent clients with mixed budgets in
+shared batches each get the transcript and compute fraction of their request sent alone; the fraction stays
+within the budget; the curl route and long audio apply budgets; a bad budget gets 400; the learner metrics."""
+import io
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from harness import REPO, Server, error_message, infer_path, metrics, parse_metrics, request, sample_value
+from test_whisper_server import (SPEECH_FIXTURES, audio, curl, speech_body, wav_bytes)
+
+MODEL = 'whisper-tiny.en-acm'
+MODEL_DIR = os.path.join(REPO, 'build', 'models', 'whisper-tiny.en-acm')
+CLIPS = ['espeak_us_fox', 'flite_slt_stella', 'espeak_us_stereo', 'flite_kal16_thanks']
+BUDGETS = [None, 0.5, 0.25, 1.0, 0.75]  # None: no compute_budget, the gates alone (auto)
+CLIENTS = 10
+MAX_BATCH = 8
+
+
+@pytest.fixture(scope='module')
+def server():
+    assert os.path.isdir(MODEL_DIR), f'build the ACM Whisper model first (make whisper-model); looked for {MODEL_DIR}'
+    s = Server(models={MODEL: {'path': MODEL_DIR, 'max_batch_size': MAX_BATCH,
+                               'max_queue_delay_microseconds': 50000, 'max_audio_seconds': 130}})
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope='module')
+def clips():
+    """name -> WAV bytes"""
+    with open(os.path.join(SPEECH_FIXTURES, 'clips.json')) as f:
+        table = {c['name']: c for c in json.load(f)}
+    out = {}
+    for name in CLIPS:
+        with open(os.path.join(SPEECH_FIXTURES, table[name]['file']), 'rb') as f:
+            out[name] = f.read()
+    return out
+
+
+@pytest.fixture(scope='module')
+def mels():
+    from acm_tools.whisper_ref import load_audio, log_mel
+    return {name: log_mel(load_audio(os.path.join(SPEECH_FIXTURES, 'clips', f'{name}.wav'))) for name in CLIPS}
+
+
+def transcribe(client, *, wav=None, mel=None, budget=None):
+    """One tritonclient request of one utterance -> (text, ids, response parameters)."""
+    if wav is not None:
+        inp = httpclient.InferInput('audio', [1], 'BYTES')
+        inp.set_data_from_numpy(np.array([wav], dtype=np.object_), binary_data=True)
+    else:
+        inp = httpclient.InferInput('log_mel', [1, *mel.shape], 'FP32')
+        inp.set_data_from_numpy(mel[None].astype(np.float32), binary_data=True)
+    outputs = [httpclient.InferRequestedOutput(o, binary_data=True) for o in ('text', 'tokens')]
+    result = client.infer(MODEL, [inp], outputs=outputs,
+                          parameters=None if budget is None else {'compute_budget': budget})
+    text = result.as_numpy('text').reshape(-1)[0]
+    ids = [int(t) for t in result.as_numpy('tokens')[0] if t != -1]
+    return text.decode() if isinstance(text, bytes) else text, ids, result.get_response()['parameters']
+
+
+def check_parameters(params, budget):
+    assert params['compute_budget_applied'] is True
+    assert params.get('compute_budget') == budget
+    assert 0 < params['compute_fraction'] <= (budget or 1.0) + 1e-9, params
+
+
+def jobs():
+    """Client i: clip i % 4, as a log-mel (even i) or a WAV (odd i), under budget i % 5."""
+    return [(CLIPS[i % len(CLIPS)], 'mel' if i % 2 == 0 else 'wav', BUDGETS[i % len(BUDGETS)]) for i in range(CLIENTS)]
+
+
+@pytest.fixture(scope='module')
+def alone(server, clips, mels):
+    """(clip, kind, budget) -> (text, ids, parameters) of that request sent alone."""
+    c = httpclient.InferenceServerClient(server.url, connection_timeout=120, network_timeout=120)
+    try:
+        out = {}
+        for name, kind, budget in set(jobs()):
+            out[name, kind, budget] = transcribe(c, budget=budget, **({'wav': clips[name]} if kind == 'wav'
+                                                                       else {'mel': mels[name]}))
+        return out
+    finally:
+        c.close()
+
+
+def test_alone_within_budget(alone):
+    """Should report compute_budget_applied, the budget echoed, a fraction within it, and a transcript."""
+    for (name, kind, budget), (text, ids, params) in alone.items():
+        check_parameters(params, budget)
+        assert text.strip() and ids, (name, kind, budget)
+    fractions = {b: max(p['compute_fraction'] for (_, _, bb), (_, _, p) in alone.items() if bb == b) for b in BUDGETS}
+    assert fractions[0.25] < fractions[0.5] < fractions[1.0] + 1e-9
+
+
+def test_mixed_budgets_in_one_batch(server, clips, mels, alone):
+    """Should give 10 concurrent clients with five different budgets (log-mels and WAVs) the transcript, tokens
+    and compute fraction of their request sent alone, while their requests share batches."""
+    before = parse_metrics(metrics(server.port))
+    work = jobs()
+    answers, errors = [None] * CLIENTS, []
+    start = threading.Barrier(CLIENTS)
+
+    def run(i):
+        name, kind, budget = work[i]
+        c = httpclient.InferenceServerClient(server.url, connection_timeout=120, network_timeout=120)
+        try:
+            start.wait(30)
+            answers[i] = transcribe(c, budget=budget, **({'wav': clips[name]} if kind == 'wav' else {'mel': mels[name]}))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f'client {i} ({name}, {kind}, {budget}): {type(e).__name__}: {e}')
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    assert not any(t.is_alive() for t in threads), 'a client hung'
+    assert not errors, '\n'.join(errors)
+    for i, job in enumerate(work):
+        text, ids, params = answers[i]
+        want_text, want_ids, want_params = alone[job]
+        assert (text, ids) == (want_text, want_ids), f'client {i} {job}'
+        assert params == want_params, f'client {i} {job}'
+    after = parse_metrics(metrics(server.port))
+
+    def delta(metric, **labels):
+        return sample_value(after, metric, model=MODEL, **labels) - sample_value(before, metric, model=MODEL, **labels)
+
+    batches = delta('acm_batch_execution_total')
+    assert delta('acm_batch_size_utterances_sum') == CLIENTS
+    assert batches < CLIENTS, f'{batches} batches for {CLIENTS} requests: no two requests ran together'
+    assert delta('acm_budget_mode_requests_total', mode='budget') == sum(b is not None for _, _, b in work)
+    assert delta('acm_budget_mode_requests_total', mode='auto') == sum(b is None for _, _, b in work)
+
+
+def test_curl_budget(server, alone):
+    """Should apply ?compute_budget= on /transcribe as the same budget through /infer does (same WAV)."""
+    name = 'flite_kal16_thanks'  # client 7's request
+    code, body = curl(f'http://{server.url}/v2/models/{MODEL}/transcribe?compute_budget=0.25',
+                      os.path.join(SPEECH_FIXTURES, 'clips', f'{name}.wav'))
+    assert code == 200, body
+    answer = json.loads(body)
+    text, ids, params = alone[name, 'wav', 0.25]
+    assert answer == {'model_name': MODEL, 'text': text, 'tokens': ids, 'compute_fraction': params['compute_fraction'],
+                      'compute_budget_applied': True, 'compute_budget': 0.25}
+
+
+@pytest.mark.parametrize('budget', [0, -0.5, 1.5, 'abc', None])
+def test_bad_budget(server, budget):
+    """Should refuse a compute_budget outside (0, 1], or not a number, with 400 through /infer and /transcribe."""
+    silence = wav_bytes(np.zeros(1600, np.int16))
+    body, headers = speech_body([audio(silence)], parameters={'compute_budget': budget})
+    status, rh, data = request(server.port, 'POST', infer_path(MODEL), body, headers)
+    assert status == 400, data[:300]
+    assert 'compute_budget' in error_message(status, rh, data)
+    if budget is not None:
+        status, rh, data = request(server.port, 'POST', f'/v2/models/{MODEL}/transcribe?compute_budget={budget}',
+                                   silence, {'Content-Type': 'audio/wav'})
+        assert status == 400, data[:300]
+        assert 'compute_budget' in error_message(status, rh, data)
+    assert request(server.port, 'GET', f'/v2/models/{MODEL}/ready')[0] == 200
+
+
+def test_long_audio_under_budget(server, clips):
+    """Should transcribe a 70-s recording in three 30-s windows under a budget, each window as its clip sent
+    alone under that budget (a clip at the start of each window: the window is that clip padded with silence),
+    within the budget."""
+    import wave
+    names = ['espeak_us_fox', 'flite_slt_stella', 'flite_kal16_thanks']
+    recording = np.zeros(16000 * 70, np.int16)
+    for w, name in enumerate(names):
+        with wave.open(io.BytesIO(clips[name]), 'rb') as f:
+            assert f.getframerate() == 16000 and f.getnchannels() == 1
+            clip = np.frombuffer(f.readframes(f.getnframes()), '<i2')
+        recording[w * 16000 * 30:w * 16000 * 30 + len(clip)] = clip
+    c = httpclient.InferenceServerClient(server.url, connection_timeout=120, network_timeout=120)
+    try:
+        each = [transcribe(c, wav=clips[name], budget=0.5) for name in names]
+        text, ids, params = transcribe(c, wav=wav_bytes(recording), budget=0.5)
+    finally:
+        c.close()
+    check_parameters(params, 0.5)
+    assert ids == [i for _, clip_ids, _ in each for i in clip_ids]
+    assert text == ''.join(t for t, _, _ in each)
+
+
+def test_layer_metrics(server, alone):
+    """Should count every encoder frame of every ACM layer under the one k it ran (1..4: the model's k_min is 1)."""
+    families = parse_metrics(metrics(server.port))
+    layers = {}
+    for f in families:
+        for s in f.samples:
+            if s.name == 'acm_layer_tokens_total' and s.labels.get('model') == MODEL:
+                layers.setdefault(s.labels['layer'], {})[int(s.labels['k'])] = s.value
+    assert sorted(layers) == [f'model.encoder.layers.{i}' for i in range(4)], sorted(layers)
+    for layer, by_k in layers.items():
+        assert sorted(by_k) == [1, 2, 3, 4], (layer, by_k)
+        total = sum(by_k.values())
+        assert total > 0 and total % 1500 == 0, (layer, total)  # whole utterances of 1,500 encoder frames
+    assert len({sum(v.values()) for v in layers.values()}) == 1  # every layer saw the same frames

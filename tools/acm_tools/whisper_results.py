@@ -1,0 +1,290 @@
+"""
+Word error rate against compute for the ACMized Whisper tiny.en, measured through the Swift engine
+(`acm-serve transcribe --json`) on the speech corpus's held-out validation clips, and docs/whisper-results.md.
+
+    PYTHONPATH=tools .venv/bin/python -m acm_tools.whisper_results [--write]   # = make whisper-results
+
+Each policy transcribes every validation clip greedily: the dense model; the ACM model at full compute, in auto
+mode (its gates alone), under caps (compute budgets) and at uniform k learners per frame (the static baseline
+of the same compute). A clip's compute fraction is the engine's (over all of the model's ACM layers, encoder
+frames and decoder steps); a policy's is the mean over clips. The WER (acm_tools.wer: Whisper's English
+normaliser, corpus-level) is against the corpus's text, by voice family too, and against the dense model's
+transcripts. Clips run in batches of --batch (the engine's result does not depend on its batch:
+WhisperModelTests.mixedBudgetsMatchRunningAlone).
+
+Writes build/whisper/results.json. --write also draws docs/whisper-results.svg (WER against compute
+fraction) and rewrites docs/whisper-results.md: the WER table, the accuracy goals of issue 11, and the
+encoder and decoder times against budget from `make bench-whisper`'s build/whisper/bench.json when present.
+"""
+import argparse
+import json
+import os
+import subprocess
+import time
+
+from . import whisper_tiny_en
+from .speech_corpus import read_manifest
+from .speech_wer import loops, table
+from .wer import corpus_wer
+
+# -----------------------------------------------------------------------------
+# config
+dense_dir = whisper_tiny_en.out
+acm_dir = whisper_tiny_en.acm_out
+manifest = 'build/speech/val.jsonl'
+binary = '.build/release/acm-serve'
+out = 'build/whisper/results.json'
+bench_json = 'build/whisper/bench.json'
+page, plot = 'docs/whisper-results.md', 'docs/whisper-results.svg'
+batch = 16  # clips per engine call
+# (name, model, acm-serve policy options); k=4 is full compute and is not run twice
+policies = [('dense', 'dense', []), ('full', 'acm', ['--full']), ('auto', 'acm', []),
+            ('cap 0.75', 'acm', ['--budget', '0.75']), ('cap 0.5', 'acm', ['--budget', '0.5']),
+            ('cap 0.375', 'acm', ['--budget', '0.375']), ('cap 0.25', 'acm', ['--budget', '0.25']),
+            ('k=1', 'acm', ['--uniform-k', '1']), ('k=2', 'acm', ['--uniform-k', '2']),
+            ('k=3', 'acm', ['--uniform-k', '3'])]
+# issue 11's accuracy goals: (policy, the most WER may exceed the dense model's, in points)
+goals = [('cap 0.5', 1.0), ('cap 0.25', 3.0), ('auto', 0.5)]
+# -----------------------------------------------------------------------------
+
+
+def transcribe(binary, model, files, options):
+    """-> [{'input', 'text', 'tokens', 'compute_fraction'}] in the order of files."""
+    cmd = [binary, 'transcribe', '--model', model, '--json', *options]
+    for f in files:
+        cmd += ['--audio', f]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f'{" ".join(cmd[:6])} … failed ({r.returncode}):\n{r.stderr}')
+    lines = [json.loads(line) for line in r.stdout.splitlines() if line.startswith('{')]
+    if [x['input'] for x in lines] != list(files):
+        raise RuntimeError(f'acm-serve transcribe --json printed {len(lines)} results for {len(files)} inputs')
+    return lines
+
+
+def run_policy(binary, model, rows, options, batch_size):
+    results = []
+    for i in range(0, len(rows), batch_size):
+        results += transcribe(binary, model, [r['path'] for r in rows[i:i + batch_size]], options)
+    return results
+
+
+def measure(args):
+    rows = read_manifest(args.manifest)
+    for r in rows:
+        r['path'] = r['file'] if os.path.isabs(r['file']) else os.path.join(os.path.dirname(args.manifest), r['file'])
+    models = dict(dense=args.dense, acm=args.model)
+    out = {}
+    for name, model, options in policies:
+        t0 = time.time()
+        res = run_policy(args.bin, models[model], rows, options, args.batch)
+        hyps = [x['text'] for x in res]
+        fractions = [x['compute_fraction'] for x in res if x.get('compute_fraction') is not None]
+        out[name] = dict(options=options, model=models[model], texts=hyps, tokens=[x['tokens'] for x in res],
+                         fraction=sum(fractions) / len(fractions) if fractions else 1.0,
+                         max_fraction=max(fractions) if fractions else 1.0,
+                         wer=table(rows, hyps), seconds=round(time.time() - t0, 1))
+        print(f'{name}: WER {100 * out[name]["wer"]["all"]["wer"]:.1f}%, compute fraction '
+              f'{out[name]["fraction"]:.3f}, {out[name]["seconds"]} s', flush=True)
+    dense = out['dense']['texts']
+    for name, r in out.items():
+        r['wer_vs_dense'] = round(corpus_wer(dense, r['texts']).wer, 4)
+        r['loops'] = sum(loops(row['text'], h) for row, h in zip(rows, r['texts']))
+    return dict(date=time.strftime('%Y-%m-%d'), commit=git_commit(), manifest=args.manifest, clips=len(rows),
+                voices=sorted({row['voice'] for row in rows}), policies=out)
+
+
+def git_commit():
+    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
+
+
+# -----------------------------------------------------------------------------
+# the page
+
+def draw(res, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    matplotlib.rcParams['svg.fonttype'] = 'none'  # text as text: a small, diffable file
+    import matplotlib.pyplot as plt
+    p = res['policies']
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    caps = sorted((p[n]['fraction'], 100 * p[n]['wer']['all']['wer']) for n in p if n.startswith('cap') or n == 'full')
+    ks = sorted((p[n]['fraction'], 100 * p[n]['wer']['all']['wer']) for n in p if n.startswith('k=') or n == 'full')
+    ax.plot(*zip(*caps), 'o-', label='ACM under a compute budget (cap)')
+    ax.plot(*zip(*ks), 's--', label='uniform k learners (static baseline)')
+    ax.plot([p['auto']['fraction']], [100 * p['auto']['wer']['all']['wer']], '*', markersize=12,
+            label='ACM, auto (its gates alone)')
+    ax.axhline(100 * p['dense']['wer']['all']['wer'], color='gray', linestyle=':', label='dense tiny.en')
+    ax.set_xlabel('compute fraction of the ACM layers (encoder MLPs)')
+    ax.set_ylabel(f'WER, % ({res["clips"]} validation clips)')
+    ax.set_xlim(0.2, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, metadata={'Date': None})
+    plt.close(fig)
+
+
+def wer_table(res):
+    p = res['policies']
+    families = [g for g in p['dense']['wer'] if g in ('espeak-ng', 'flite', 'piper')]
+    head = '| policy | compute fraction (mean / max) | WER | ' + ' | '.join(families) + \
+           ' | WER against dense transcripts | looping clips |'
+    lines = [head, '| --- | --- | ---: | ' + ' | '.join('---:' for _ in families) + ' | ---: | ---: |']
+    for name, r in p.items():
+        w = r['wer']
+        lines.append(f'| {name} | {r["fraction"]:.3f} / {r["max_fraction"]:.3f} | {100 * w["all"]["wer"]:.1f}% | '
+                     + ' | '.join(f'{100 * w[f]["wer"]:.1f}%' for f in families)
+                     + f' | {100 * r["wer_vs_dense"]:.1f}% | {r["loops"]} |')
+    return '\n'.join(lines)
+
+
+def goal_table(res):
+    p = res['policies']
+    dense = 100 * p['dense']['wer']['all']['wer']
+    lines = ['| goal | WER | dense WER | difference | allowed | uniform k at the same fraction | |',
+             '| --- | ---: | ---: | ---: | ---: | --- | --- |']
+    for name, allowed in goals:
+        w = 100 * p[name]['wer']['all']['wer']
+        k = {'cap 0.5': 'k=2', 'cap 0.25': 'k=1'}.get(name)
+        base = f'{k}: {100 * p[k]["wer"]["all"]["wer"]:.1f}%' if k else '–'
+        lines.append(f'| {name} (fraction {p[name]["fraction"]:.3f}) | {w:.1f}% | {dense:.1f}% | {w - dense:+.1f} pt '
+                     f'| ≤ {allowed:+.1f} pt | {base} | {"met" if w - dense <= allowed else "missed"} |')
+    return '\n'.join(lines)
+
+
+def speed_table(bench):
+    """Encoder and decoder times of the 30-s clip against budget, from whisper_bench's JSON (None when it ran
+    without the ACM model)."""
+    by_engine = bench['results'].get('30 s', {})
+    if not any(e.startswith('acm-serve ACM') for e in by_engine):
+        return None
+    ct2, dense = by_engine['CTranslate2 fp32'], by_engine['acm-serve']
+    lines = ['| engine | compute fraction | encoder (s) | × CT2 fp32 | × our dense | decoder (ms per token) | × CT2 fp32 |',
+             '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+    for name, r in by_engine.items():
+        if name == 'PyTorch':
+            continue
+        per_token = r.get('decoder_per_token_median')
+        fraction = f'{r["compute_fraction"]:.3f}' if r.get('compute_fraction') is not None else '–'
+        lines.append(f'| {name} | {fraction} | {r["encoder_median"]:.3f} | '
+                     f'{r["encoder_median"] / ct2["encoder_median"]:.2f} | '
+                     f'{r["encoder_median"] / dense["encoder_median"]:.2f} | '
+                     + (f'{1000 * per_token:.2f} | {per_token / ct2["decoder_per_token_median"]:.2f} |'
+                        if per_token is not None else '– | – |'))
+    return '\n'.join(lines)
+
+
+def speed_goals(bench):
+    """Issue 11's speed goals against whisper_bench's 30-s clip -> markdown (None without the ACM model's rows),
+    and the share of the dense encoder's time that its MLPs take, estimated from the ACM model's encoder at full
+    compute and under cap 0.25 (which removes three quarters of the MLPs' work)."""
+    r = bench['results'].get('30 s', {})
+    names = ('acm-serve', 'CTranslate2 fp32', 'acm-serve ACM, full', 'acm-serve ACM, cap 0.5', 'acm-serve ACM, cap 0.25')
+    if not all(n in r for n in names):
+        return None
+    dense, ct2, full, half, quarter = (r[n] for n in names)
+    rows = [('encoder, dense, ≤ 1.0× CTranslate2 fp32', dense['encoder_median'] / ct2['encoder_median'], 1.0),
+            ('decoder time per token, one utterance, ≤ 0.8× CTranslate2 fp32',
+             dense['decoder_per_token_median'] / ct2['decoder_per_token_median'], 0.8),
+            ('ACM encoder at budget 0.5, ≤ 0.7× the dense encoder', half['encoder_median'] / dense['encoder_median'], 0.7),
+            ('ACM encoder at budget 0.25, ≤ 0.5× the dense encoder',
+             quarter['encoder_median'] / dense['encoder_median'], 0.5)]
+    lines = ['| goal | ratio | |', '| --- | ---: | --- |']
+    lines += [f'| {name} | {ratio:.2f} | {"met" if ratio <= limit else "missed"} |' for name, ratio, limit in rows]
+    mlp = (full['encoder_median'] - quarter['encoder_median']) / 0.75 / full['encoder_median']
+    lines += ['', f'The ACM MLPs take about {100 * mlp:.0f}% of the encoder\'s time at full compute (cap 0.25 saves '
+              f'{1000 * (full["encoder_median"] - quarter["encoder_median"]):.0f} ms of '
+              f'{1000 * full["encoder_median"]:.0f}, three quarters of their work). With only the MLPs as ACMs, MLPs that '
+              f'cost nothing would still leave the encoder at {1 - mlp:.2f}× its full-compute time: the goals of 0.7× '
+              'and 0.5× need the attention projections as ACMs too, and 0.5× more than that, since the attention over '
+              '1,500 frames and the convolutions do not shrink with the budget '
+              '([whisper-acm.md](whisper-acm.md#what-is-acmized-and-why)).']
+    return '\n'.join(lines)
+
+
+def write_page(res, bench, path, svg):
+    draw(res, svg)
+    metrics_path = os.path.join(whisper_tiny_en.acm_layers, 'metrics.json')
+    trained = json.load(open(metrics_path)) if os.path.exists(metrics_path) else {}
+    speed = speed_table(bench) if bench else None
+    parts = [
+        '# Whisper tiny.en with ACM MLPs: word error rate and time against compute',
+        '',
+        f'Generated by `make whisper-results` (`python -m acm_tools.whisper_results --write`) at commit '
+        f'{res["commit"]} on {res["date"]}, through the Swift engine (`acm-serve transcribe --json`, batches of '
+        f'{batch} clips) on the {res["clips"]} held-out validation clips of the speech corpus '
+        f'([speech-data.md](speech-data.md), listed in [speech-val.tsv](speech-val.tsv); '
+        f'{len(res["voices"])} voices, none used in training). The model is `models/whisper-tiny.en-acm` '
+        f'([whisper-acm.md](whisper-acm.md)): the encoder\'s four MLPs as ACMs of N = 4 learners'
+        + (f', trained by `make whisper-acm` on {trained.get("train_clips")} clips in '
+           f'{trained["seconds"]["total"] / 60:.0f} min on this machine' if trained.get('seconds') else '') + '.',
+        '',
+        'The compute fraction is the share of the ACM layers\' learners that ran, over encoder frames and decoder '
+        'steps ([compute-budget.md](compute-budget.md#the-compute-fraction)); a cap is the request\'s '
+        '`compute_budget`; uniform k runs k learners for every frame, the static baseline of the same compute; k = 4 '
+        'is full compute. WER is corpus-level, through Whisper\'s English normaliser (`acm_tools.wer`); the dense '
+        'model\'s own WER is high on the espeak-ng voices, and a few clips make greedy decoding loop (counted in '
+        'the last column), as [speech-data.md](speech-data.md) explains.',
+        '',
+        '![WER against compute fraction](whisper-results.svg)',
+        '',
+        wer_table(res),
+        '',
+        '## Accuracy goals',
+        '',
+        goal_table(res),
+        '',
+        '## Time against budget',
+        '',
+    ]
+    if speed:
+        parts += [f'`make bench-whisper` at commit {bench["commit"]} on {bench["date"]} ({bench["cpu"]}, '
+                  f'{bench["cores"]} cores), the 30-s clip of speech, one utterance at a time, medians of '
+                  f'{bench["repeats"]} repeats; CTranslate2 4.8.5 fp32 in the same run. The decoder\'s time per '
+                  'token is its time over the tokens it wrote.', '', speed, '']
+        goals_text = speed_goals(bench)
+        if goals_text:
+            parts += ['## Speed goals', '', goals_text, '']
+    else:
+        parts += ['Run `make bench-whisper` and then this tool again for the encoder and decoder times.', '']
+    with open(path, 'w') as f:
+        f.write('\n'.join(parts))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--model', default=acm_dir, help='the ACM model (default: %(default)s)')
+    ap.add_argument('--dense', default=dense_dir, help='the dense model (default: %(default)s)')
+    ap.add_argument('--manifest', default=manifest, help='validation clips (default: %(default)s)')
+    ap.add_argument('--bin', default=os.environ.get('ACM_SERVE_BIN', binary), help='acm-serve (default: %(default)s)')
+    ap.add_argument('--batch', type=int, default=batch, help='clips per engine call (default: %(default)s)')
+    ap.add_argument('--out', default=out, help='JSON results (default: %(default)s)')
+    ap.add_argument('--rescore', action='store_true', help='take the transcripts from --out instead of running')
+    ap.add_argument('--write', action='store_true', help=f'draw {plot} and rewrite {page}')
+    args = ap.parse_args(argv)
+    if not args.rescore:
+        for path, what in ((args.manifest, 'make speech-data'), (args.model, 'make whisper-model'),
+                           (args.bin, 'swift build -c release')):
+            if not os.path.exists(path):
+                ap.error(f'{path} is missing: run {what}')
+    if args.rescore:
+        with open(args.out) as f:
+            res = json.load(f)
+    else:
+        res = measure(args)
+        os.makedirs(os.path.dirname(args.out), exist_ok=True)
+        with open(args.out, 'w') as f:
+            json.dump(res, f, indent=1)
+        print(f'wrote {args.out}')
+    print(wer_table(res))
+    print()
+    print(goal_table(res))
+    if args.write:
+        bench = json.load(open(bench_json)) if os.path.exists(bench_json) else None
+        write_page(res, bench, page, plot)
+        print(f'wrote {page} and {plot}')
+
+
+if __name__ == '__main__':
+    main()
