@@ -7,16 +7,17 @@ public struct Linear: Sendable {
     /// `weight`ᵀ [in, out], made once at load so that the forward GEMM needs no transpose (the fast
     /// kernels of `gemm` take none).
     public let weightT: Tensor
-    /// `weight` as the file stores it when that is F16 (Whisper's checkpoints), for the few-rows path: a
-    /// decoder step reads every weight for one row per utterance, so its bytes are the cost, and widening
-    /// halves is exact.
+    /// `weight` as the file stores it when that is F16 (Whisper's checkpoints) and the layer was built with
+    /// `keepHalf`, for the few-rows path: a decoder step reads every weight for one row per utterance, so its
+    /// bytes are the cost, and widening halves is exact.
     public let half: HalfMatrix?
 
-    public init(inputs: Int, outputs: Int, weights: Weights, bias: Bool = true) throws {
+    /// `keepHalf`: also keep an F16 weight as stored (`half`), for a layer that runs few rows at a time.
+    public init(inputs: Int, outputs: Int, weights: Weights, bias: Bool = true, keepHalf: Bool = false) throws {
         self.inputs = inputs
         self.outputs = outputs
         weight = try weights.tensor("weight", shape: [outputs, inputs])
-        half = try weights.halfMatrix("weight", shape: [outputs, inputs])
+        half = keepHalf ? try weights.halfMatrix("weight", shape: [outputs, inputs]) : nil
         self.bias = bias ? try weights.tensor("bias", shape: [outputs]) : nil
         weightT = weight.transposed()
     }
@@ -118,11 +119,12 @@ public struct DenseMLP: Sendable {
         self.fc2 = fc2
     }
 
-    /// d → `hidden` → d, its layers under `weights` at the checkpoint's keys `fc1` and `fc2`.
-    public init(dim d: Int, hidden: Int, weights: Weights, fc1: String, fc2: String) throws {
+    /// d → `hidden` → d, its layers under `weights` at the checkpoint's keys `fc1` and `fc2` (`keepHalf`: see
+    /// `Linear`).
+    public init(dim d: Int, hidden: Int, weights: Weights, fc1: String, fc2: String, keepHalf: Bool = false) throws {
         self.init(
-            fc1: try Linear(inputs: d, outputs: hidden, weights: weights.scoped(fc1)),
-            fc2: try Linear(inputs: hidden, outputs: d, weights: weights.scoped(fc2)))
+            fc1: try Linear(inputs: d, outputs: hidden, weights: weights.scoped(fc1), keepHalf: keepHalf),
+            fc2: try Linear(inputs: hidden, outputs: d, weights: weights.scoped(fc2), keepHalf: keepHalf))
     }
 
     /// out = fc2(gelu(fc1(x))) for `rows` rows; each worker runs all three steps on its own rows, or,

@@ -13,11 +13,12 @@ struct Attention {
     let v: Linear  // v_proj
     let out: Linear  // out_proj
 
-    init(dim d: Int, weights: Weights) throws {
-        q = try Linear(inputs: d, outputs: d, weights: weights.scoped("q_proj"))
-        k = try Linear(inputs: d, outputs: d, weights: weights.scoped("k_proj"), bias: false)
-        v = try Linear(inputs: d, outputs: d, weights: weights.scoped("v_proj"))
-        out = try Linear(inputs: d, outputs: d, weights: weights.scoped("out_proj"))
+    /// `keepHalf`: the decoder's, which runs a row per utterance and step (see `Linear`).
+    init(dim d: Int, weights: Weights, keepHalf: Bool) throws {
+        q = try Linear(inputs: d, outputs: d, weights: weights.scoped("q_proj"), keepHalf: keepHalf)
+        k = try Linear(inputs: d, outputs: d, weights: weights.scoped("k_proj"), bias: false, keepHalf: keepHalf)
+        v = try Linear(inputs: d, outputs: d, weights: weights.scoped("v_proj"), keepHalf: keepHalf)
+        out = try Linear(inputs: d, outputs: d, weights: weights.scoped("out_proj"), keepHalf: keepHalf)
     }
 }
 
@@ -40,11 +41,12 @@ struct Layer {
 
     init(dim d: Int, eps: Float, crossAttention: Bool, weights w: Weights, mlp: DenseOrACM) throws {
         selfAttnLayerNorm = try LayerNorm(dim: d, eps: eps, weights: w.scoped("self_attn_layer_norm"))
-        selfAttn = try Attention(dim: d, weights: w.scoped("self_attn"))
+        // a decoder layer (the one with cross-attention) runs a row per utterance and step: it keeps F16 weights
+        selfAttn = try Attention(dim: d, weights: w.scoped("self_attn"), keepHalf: crossAttention)
         cross = crossAttention
             ? CrossAttention(
                 layerNorm: try LayerNorm(dim: d, eps: eps, weights: w.scoped("encoder_attn_layer_norm")),
-                attention: try Attention(dim: d, weights: w.scoped("encoder_attn")))
+                attention: try Attention(dim: d, weights: w.scoped("encoder_attn"), keepHalf: true))
             : nil
         finalLayerNorm = try LayerNorm(dim: d, eps: eps, weights: w.scoped("final_layer_norm"))
         self.mlp = mlp
@@ -119,7 +121,7 @@ public final class Whisper: @unchecked Sendable {
         func layer(_ path: String, ffn: Int, crossAttention: Bool) throws -> Layer {
             let w = weights.scoped(path)
             let mlp = try acms.layer(at: path, dim: d, weights: weights)
-                ?? .mlp(try DenseMLP(dim: d, hidden: ffn, weights: w, fc1: "fc1", fc2: "fc2"))
+                ?? .mlp(try DenseMLP(dim: d, hidden: ffn, weights: w, fc1: "fc1", fc2: "fc2", keepHalf: crossAttention))
             return try Layer(dim: d, eps: eps, crossAttention: crossAttention, weights: w, mlp: mlp)
         }
 
