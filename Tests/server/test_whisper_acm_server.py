@@ -12,11 +12,12 @@ import pytest
 import tritonclient.http as httpclient
 
 from harness import REPO, Server, error_message, infer_path, metrics, parse_metrics, request, sample_value
-from test_whisper_server import (SPEECH_FIXTURES, audio, curl, speech_body, wav_bytes)
+# clips and mels are that module's fixtures (name -> (WAV bytes, CTranslate2's ids and text); name -> log-mel)
+from test_whisper_server import (CLIPS, SPEECH_FIXTURES, audio, clips, curl, mels, speech_body,  # noqa: F401
+                                 speech_infer, wav_bytes)
 
 MODEL = 'whisper-tiny.en-acm'
 MODEL_DIR = os.path.join(REPO, 'build', 'models', 'whisper-tiny.en-acm')
-CLIPS = ['espeak_us_fox', 'flite_slt_stella', 'espeak_us_stereo', 'flite_kal16_thanks']
 BUDGETS = [None, 0.5, 0.25, 1.0, 0.75]  # None: no compute_budget, the gates alone (auto)
 CLIENTS = 10
 MAX_BATCH = 8
@@ -31,38 +32,12 @@ def server():
     s.close()
 
 
-@pytest.fixture(scope='module')
-def clips():
-    """name -> WAV bytes"""
-    with open(os.path.join(SPEECH_FIXTURES, 'clips.json')) as f:
-        table = {c['name']: c for c in json.load(f)}
-    out = {}
-    for name in CLIPS:
-        with open(os.path.join(SPEECH_FIXTURES, table[name]['file']), 'rb') as f:
-            out[name] = f.read()
-    return out
-
-
-@pytest.fixture(scope='module')
-def mels():
-    from acm_tools.whisper_ref import load_audio, log_mel
-    return {name: log_mel(load_audio(os.path.join(SPEECH_FIXTURES, 'clips', f'{name}.wav'))) for name in CLIPS}
-
-
 def transcribe(client, *, wav=None, mel=None, budget=None):
-    """One tritonclient request of one utterance -> (text, ids, response parameters)."""
-    if wav is not None:
-        inp = httpclient.InferInput('audio', [1], 'BYTES')
-        inp.set_data_from_numpy(np.array([wav], dtype=np.object_), binary_data=True)
-    else:
-        inp = httpclient.InferInput('log_mel', [1, *mel.shape], 'FP32')
-        inp.set_data_from_numpy(mel[None].astype(np.float32), binary_data=True)
-    outputs = [httpclient.InferRequestedOutput(o, binary_data=True) for o in ('text', 'tokens')]
-    result = client.infer(MODEL, [inp], outputs=outputs,
-                          parameters=None if budget is None else {'compute_budget': budget})
-    text = result.as_numpy('text').reshape(-1)[0]
-    ids = [int(t) for t in result.as_numpy('tokens')[0] if t != -1]
-    return text.decode() if isinstance(text, bytes) else text, ids, result.get_response()['parameters']
+    """One tritonclient request of one utterance, a WAV or a log-mel [80, 3000] -> (text, ids, response parameters)."""
+    texts, rows, params = speech_infer(
+        client, audio=None if wav is None else [wav], mel=None if mel is None else mel[None],
+        parameters=None if budget is None else {'compute_budget': budget}, model=MODEL)
+    return texts[0], rows[0], params
 
 
 def check_parameters(params, budget):
@@ -83,7 +58,7 @@ def alone(server, clips, mels):
     try:
         out = {}
         for name, kind, budget in set(jobs()):
-            out[name, kind, budget] = transcribe(c, budget=budget, **({'wav': clips[name]} if kind == 'wav'
+            out[name, kind, budget] = transcribe(c, budget=budget, **({'wav': clips[name][0]} if kind == 'wav'
                                                                        else {'mel': mels[name]}))
         return out
     finally:
@@ -112,7 +87,7 @@ def test_mixed_budgets_in_one_batch(server, clips, mels, alone):
         c = httpclient.InferenceServerClient(server.url, connection_timeout=120, network_timeout=120)
         try:
             start.wait(30)
-            answers[i] = transcribe(c, budget=budget, **({'wav': clips[name]} if kind == 'wav' else {'mel': mels[name]}))
+            answers[i] = transcribe(c, budget=budget, **({'wav': clips[name][0]} if kind == 'wav' else {'mel': mels[name]}))
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(f'client {i} ({name}, {kind}, {budget}): {type(e).__name__}: {e}')
         finally:
@@ -178,13 +153,13 @@ def test_long_audio_under_budget(server, clips):
     names = ['espeak_us_fox', 'flite_slt_stella', 'flite_kal16_thanks']
     recording = np.zeros(16000 * 70, np.int16)
     for w, name in enumerate(names):
-        with wave.open(io.BytesIO(clips[name]), 'rb') as f:
+        with wave.open(io.BytesIO(clips[name][0]), 'rb') as f:
             assert f.getframerate() == 16000 and f.getnchannels() == 1
             clip = np.frombuffer(f.readframes(f.getnframes()), '<i2')
         recording[w * 16000 * 30:w * 16000 * 30 + len(clip)] = clip
     c = httpclient.InferenceServerClient(server.url, connection_timeout=120, network_timeout=120)
     try:
-        each = [transcribe(c, wav=clips[name], budget=0.5) for name in names]
+        each = [transcribe(c, wav=clips[name][0], budget=0.5) for name in names]
         text, ids, params = transcribe(c, wav=wav_bytes(recording), budget=0.5)
     finally:
         c.close()

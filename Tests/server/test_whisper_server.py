@@ -67,7 +67,7 @@ def mels():
     return {name: log_mel(load_audio(os.path.join(SPEECH_FIXTURES, 'clips', f'{name}.wav'))) for name in CLIPS}
 
 
-def speech_infer(client, *, audio=None, mel=None, binary=True, parameters=None):
+def speech_infer(client, *, audio=None, mel=None, binary=True, parameters=None, model=MODEL):
     """One tritonclient request: audio (a list of WAV bytes) or mel ([n, 80, 3000]). -> (texts, token rows, params)"""
     if audio is not None:
         inp = httpclient.InferInput('audio', [len(audio)], 'BYTES')
@@ -76,7 +76,7 @@ def speech_infer(client, *, audio=None, mel=None, binary=True, parameters=None):
         inp = httpclient.InferInput('log_mel', list(mel.shape), 'FP32')
         inp.set_data_from_numpy(mel.astype(np.float32), binary_data=True)
     outputs = [httpclient.InferRequestedOutput(o, binary_data=binary) for o in ('text', 'tokens')]
-    result = client.infer(MODEL, [inp], outputs=outputs, parameters=parameters)
+    result = client.infer(model, [inp], outputs=outputs, parameters=parameters)
     texts = [t.decode() if isinstance(t, bytes) else t for t in result.as_numpy('text').reshape(-1)]
     tokens = result.as_numpy('tokens')
     assert tokens.dtype == np.int32 and tokens.shape[0] == len(texts), tokens.shape
