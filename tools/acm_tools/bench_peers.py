@@ -47,7 +47,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from .machine import cpu_name
+from .machine import cpu_name, git_commit
 
 # -----------------------------------------------------------------------------
 # config
@@ -375,15 +375,6 @@ def vitb_stale(d, acm):
         have = json.load(f)
     want = json.loads(json.dumps(config_to_json(vitb_model.config(acm=acm))))
     return have.get('vit') != want['vit'] or have.get('acm', {}) != want['acm']
-
-
-def git_commit():
-    """HEAD, marked when the working tree differs from it; BENCHMARKS.md itself (which the other model's
-    run may just have rewritten) does not count."""
-    sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--', '.', ':!BENCHMARKS.md'],
-                           capture_output=True, text=True).stdout.strip()
-    return f'{sha} (with uncommitted changes)' if dirty else sha
 
 
 def section(command, report):

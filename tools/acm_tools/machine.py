@@ -1,5 +1,6 @@
-"""What machine a benchmark ran on, for its report: shared by the benchmarks, which import nothing heavy here."""
+"""What machine and commit a benchmark ran on, for its report: shared by the benchmarks, which import nothing heavy here."""
 import platform
+import subprocess
 
 
 def cpu_name():
@@ -9,3 +10,12 @@ def cpu_name():
             return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
     except (OSError, StopIteration):
         return platform.processor()
+
+
+def git_commit():
+    """HEAD, marked when the working tree differs from it; BENCHMARKS.md itself (which another benchmark's run
+    may just have rewritten) does not count."""
+    sha = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no', '--', '.', ':!BENCHMARKS.md'],
+                           capture_output=True, text=True).stdout.strip()
+    return f'{sha} (with uncommitted changes)' if dirty else sha

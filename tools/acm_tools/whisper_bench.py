@@ -45,7 +45,7 @@ import torch
 
 from . import whisper_tiny_en
 from .bench_peers import sgemm_n, sgemm_probe
-from .machine import cpu_name
+from .machine import cpu_name, git_commit
 from .whisper_fixtures import to_int16, write_wav
 from .whisper_ref import Whisper, load_audio, log_mel, log_mel_torch, n_samples, sample_rate
 
@@ -285,8 +285,7 @@ def main(argv=None):
     for name, lines in diffs.items():
         print(f'{name}: ' + ('; '.join(lines) if lines else 'the three engines wrote the same tokens'))
 
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
-    report = dict(date=time.strftime('%Y-%m-%d'), commit=commit, cpu=cpu_name(), cores=cores, threads=threads,
+    report = dict(date=time.strftime('%Y-%m-%d'), commit=git_commit(), cpu=cpu_name(), cores=cores, threads=threads,
                   sgemm_gflops=probe['gflops'],
                   repeats=args.repeats, versions=dict(ctranslate2=ctranslate2.__version__, torch=torch.__version__),
                   unit='seconds per clip', inputs={name: [os.path.relpath(w) for w in wavs]

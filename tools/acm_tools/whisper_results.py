@@ -23,6 +23,7 @@ import subprocess
 import time
 
 from . import whisper_tiny_en
+from .machine import git_commit
 from .speech_corpus import read_manifest
 from .speech_wer import loops, table
 from .wer import corpus_wer
@@ -92,10 +93,6 @@ def measure(args):
         r['loops'] = sum(loops(row['text'], h) for row, h in zip(rows, r['texts']))
     return dict(date=time.strftime('%Y-%m-%d'), commit=git_commit(), manifest=args.manifest, clips=len(rows),
                 voices=sorted({row['voice'] for row in rows}), policies=out)
-
-
-def git_commit():
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
 
 
 # -----------------------------------------------------------------------------
