@@ -176,15 +176,17 @@ public final class ACMLayer: @unchecked Sendable {
     ///   - sequences: disjoint, covering token ranges; `policies[i]` applies to `sequences[i]`.
     ///   - out: [tokens, d_out], overwritten.
     ///   - choices: out, each token's k.
+    ///   - servedFirst: under a cap, how many leading tokens of each sequence the cap serves before the
+    ///     rest (`chooseLearners`); nil: none.
     ///   - gateAndFirstOutput: x·`gateAndFirst` (before the learners' activation) and its row stride,
     ///     when the caller computed it in a GEMM stacked with other ACMs' (`stackedGateAndFirst`); used
     ///     when a policy needs the gate. Its learner columns are overwritten.
     public func forward(
-        _ x: UnsafePointer<Float>, sequences: [Range<Int>], policies: [LearnerPolicy],
+        _ x: UnsafePointer<Float>, sequences: [Range<Int>], policies: [LearnerPolicy], servedFirst: [Int]? = nil,
         out: UnsafeMutablePointer<Float>, choices: UnsafeMutablePointer<Int32>, workspace ws: ACMWorkspace,
         gateAndFirstOutput: (UnsafeMutablePointer<Float>, ld: Int)? = nil
     ) {
-        precondition(sequences.count == policies.count)
+        precondition(sequences.count == policies.count && (servedFirst?.count ?? sequences.count) == sequences.count)
         let tokens = sequences.last?.upperBound ?? 0
         let usesGate = policies.contains(where: \.usesGate)
         var logits: UnsafePointer<Float>? = nil
@@ -218,7 +220,7 @@ public final class ACMLayer: @unchecked Sendable {
                 chooseLearners(
                     policy: policies[i], logits: gateOut + seq.lowerBound * stride, stride: stride,
                     tokens: seq.count, minChoice: config.minChoice, numLearners: config.numLearners,
-                    ks: choices + seq.lowerBound, scratch: scratch.boundary)
+                    servedFirst: servedFirst?[i], ks: choices + seq.lowerBound, scratch: scratch.boundary)
             }
         }
         runLearners(x, tokens: tokens, choices: choices, out: out, workspace: ws, firstHidden: firstHidden)

@@ -34,10 +34,12 @@ public enum DenseOrACM: Sendable {
     ///   - out: [tokens, d_out], overwritten.
     ///   - learners: where an ACM counts the learners its tokens ran, sequence i for item `items[i]`
     ///     (default i).
+    ///   - servedFirst: under a cap, how many leading tokens of each sequence an ACM serves first
+    ///     (`ACMLayer.forward`); nil: none.
     ///   - fewRows: how a dense layer runs a few rows (`FewRows`).
     ///   - gateAndFirstOutput: an ACM's part of a stacked gate's output (`ACMLayer.forward`).
     public func forward(
-        _ x: UnsafePointer<Float>, sequences: [Range<Int>], policies: [LearnerPolicy],
+        _ x: UnsafePointer<Float>, sequences: [Range<Int>], policies: [LearnerPolicy], servedFirst: [Int]? = nil,
         out: UnsafeMutablePointer<Float>, workspace ws: ACMWorkspace,
         learners: LearnerCounts? = nil, items: [Int]? = nil, fewRows: FewRows = .oneWorker,
         gateAndFirstOutput: (UnsafeMutablePointer<Float>, ld: Int)? = nil
@@ -52,7 +54,7 @@ public enum DenseOrACM: Sendable {
             if ws.choices.count < tokens { ws.choices = [Int32](repeating: 0, count: tokens) }
             ws.choices.withUnsafeMutableBufferPointer { ks in
                 layer.forward(
-                    x, sequences: sequences, policies: policies, out: out, choices: ks.baseAddress!,
+                    x, sequences: sequences, policies: policies, servedFirst: servedFirst, out: out, choices: ks.baseAddress!,
                     workspace: ws, gateAndFirstOutput: gateAndFirstOutput)
                 learners?.add(acm: index, layer: layer, choices: UnsafeBufferPointer(ks), sequences: sequences, items: items)
             }

@@ -49,15 +49,20 @@ final class BoundaryScratch {
 /// - Parameters:
 ///   - logits: [tokens, numLearners + 1 − minChoice] gate logits, rows `stride` apart (at least that
 ///     width); unused for `.uniform` and `.full`.
+///   - servedFirst: under a cap, how many leading tokens are served before the others (a Whisper
+///     window's audio before its padding, docs/compute-budget.md "Audio before padding"): they share the
+///     sequence's cap less the others' k_min floor, by the cap's rule among themselves, and the others
+///     share what they leave. nil, 0 or `tokens`: one ranking of the whole sequence.
 ///   - ks: out, one count per token.
 ///   - scratch: the ranking's buffers, reused across calls.
 func chooseLearners(
     policy: LearnerPolicy, logits: UnsafePointer<Float>, stride: Int? = nil, tokens: Int,
-    minChoice: Int, numLearners: Int,
+    minChoice: Int, numLearners: Int, servedFirst: Int? = nil,
     ks: UnsafeMutablePointer<Int32>, scratch: BoundaryScratch
 ) {
     let choices = numLearners + 1 - minChoice
     let rowStride = stride ?? choices
+    var cap: Int? = nil
     switch policy {
     case .full:
         ks.update(repeating: Int32(numLearners), count: tokens)
@@ -65,27 +70,47 @@ func chooseLearners(
     case let .uniform(k):
         ks.update(repeating: Int32(min(max(k, minChoice), numLearners)), count: tokens)
         return
-    case .auto, .cap:
+    case .auto:
         break
+    case let .cap(beta):
+        cap = max(minChoice * tokens, Int((beta.value * Double(numLearners * tokens) + 1e-9).rounded(.down)))
     }
+    if let cap, let first = servedFirst, first > 0 && first < tokens {
+        let used = chooseUnderCap(
+            cap - minChoice * (tokens - first), logits: logits, stride: rowStride, tokens: first, minChoice: minChoice,
+            numLearners: numLearners, ks: ks, scratch: scratch)
+        chooseUnderCap(
+            cap - used, logits: logits + first * rowStride, stride: rowStride, tokens: tokens - first,
+            minChoice: minChoice, numLearners: numLearners, ks: ks + first, scratch: scratch)
+    } else {
+        chooseUnderCap(
+            cap, logits: logits, stride: rowStride, tokens: tokens, minChoice: minChoice, numLearners: numLearners,
+            ks: ks, scratch: scratch)
+    }
+}
+
+/// The gate's argmax (ties to the smaller k) for each token, trimmed to at most `cap` learners in all
+/// (≥ k_min·tokens) by the cap's rule; nil: no cap. Returns the learners kept.
+@discardableResult
+private func chooseUnderCap(
+    _ cap: Int?, logits: UnsafePointer<Float>, stride rowStride: Int, tokens: Int, minChoice: Int, numLearners: Int,
+    ks: UnsafeMutablePointer<Int32>, scratch: BoundaryScratch
+) -> Int {
+    let choices = numLearners + 1 - minChoice
     // the gate's argmax (ties to the smaller k), with a histogram of the choices
-    withUnsafeTemporaryAllocation(of: Int.self, capacity: choices + 1) { histogram in
+    return withUnsafeTemporaryAllocation(of: Int.self, capacity: choices + 1) { histogram in
         histogram.initialize(repeating: 0)
         let total = argmaxRows(
             logits, rows: tokens, columns: choices, ld: rowStride, offset: minChoice, best: ks,
             histogram: histogram.baseAddress!)
-        guard case let .cap(beta) = policy else { return }
-
-        let floorUnits = minChoice * tokens
-        let cap = max(floorUnits, Int((beta.value * Double(numLearners * tokens) + 1e-9).rounded(.down)))
-        if total <= cap { return }
+        guard let cap, total > cap else { return total }
 
         // Units above the k_min floor at each level j: the tokens whose auto k reaches j. Keep whole levels
         // from the bottom while the budget lasts; `boundary` is the level where it runs out.
         // reaching[c] = #{t : k_t ≥ k_min + c}: the histogram summed from the top
         let reaching = histogram
         for c in Swift.stride(from: choices - 2, through: 0, by: -1) { reaching[c] += reaching[c + 1] }
-        var left = cap - floorUnits
+        var left = cap - minChoice * tokens
         var boundary = minChoice + 1
         while boundary <= numLearners && reaching[boundary - minChoice] <= left {
             left -= reaching[boundary - minChoice]
@@ -94,6 +119,7 @@ func chooseLearners(
         trimToBoundary(
             boundary, left: left, logits: logits, stride: rowStride, tokens: tokens, minChoice: minChoice,
             numLearners: numLearners, ks: ks, scratch: scratch)
+        return cap
     }
 }
 

@@ -163,6 +163,22 @@ public final class Whisper: @unchecked Sendable {
 
     // MARK: - Encoder
 
+    /// How many of the encoder's frames see the audio of a log-mel spectrogram [num_mel_bins, 2S], not only
+    /// the padding after it (docs/compute-budget.md, "Audio before padding").
+    ///
+    /// Padding is the run of trailing columns whose every bin is the spectrogram's least value: Whisper's
+    /// log-mel of zero samples, clamped to the maximum − 8 and then scaled as every column is. Encoder frame
+    /// t reads log-mel columns 2t − 2 … 2t + 2 (two convolutions of width 3, the second of stride 2), so
+    /// with audio in columns 0 ..< c the first ⌊(c + 1) / 2⌋ + 1 frames see it (none for c = 0, all S for c = 2S).
+    public func contentFrames(logMel: UnsafePointer<Float>) -> Int {
+        let mels = config.numMelBins, frames = config.inputFrames
+        var least = Float.infinity
+        for i in 0..<(mels * frames) { least = min(least, logMel[i]) }
+        var audio = frames  // columns 0 ..< audio hold audio: the last one with a bin above `least`, plus one
+        while audio > 0 && (0..<mels).allSatisfy({ logMel[$0 * frames + audio - 1] == least }) { audio -= 1 }
+        return audio == 0 ? 0 : min(config.maxSourcePositions, (audio + 1) / 2 + 1)
+    }
+
     /// The encoder over a batch of log-mel spectrograms.
     ///
     /// - Parameters:
@@ -233,6 +249,9 @@ public final class Whisper: @unchecked Sendable {
             }
         }
 
+        // under a cap, each window's audio is served before its padding
+        let content = (0..<count).map { contentFrames(logMel: logMels + $0 * mels * frames) }
+
         let normed = ws.normed.reserve(tokens * d)
         let q = ws.q.reserve(tokens * d), k = ws.k.reserve(tokens * d), v = ws.v.reserve(tokens * d)
         let attended = ws.attended.reserve(tokens * d), blockOut = ws.blockOut.reserve(tokens * d)
@@ -253,7 +272,7 @@ public final class Whisper: @unchecked Sendable {
             layer.finalLayerNorm.forward(x, rows: tokens, out: normed)
             layer.mlp.forward(
                 normed, sequences: sequences, policies: layer.mlp.acmIndex.map { acmPolicies[$0] } ?? policies,
-                out: blockOut, workspace: ws.layers, learners: learners, items: items)
+                servedFirst: content, out: blockOut, workspace: ws.layers, learners: learners, items: items)
             addInPlace(x, blockOut, count: tokens * d)
         }
         let encoded = Tensor(shape: [tokens, d])

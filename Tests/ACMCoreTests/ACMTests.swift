@@ -63,9 +63,16 @@ func naiveChoices(
     case let .uniform(k): return Array(repeating: min(max(k, minChoice), numLearners), count: tokens)
     case .auto, .cap: break
     }
-    var ks = logits.map { row in minChoice + row.indices.first { row[$0] == row.max()! }! }
-    guard case let .cap(beta) = policy else { return ks }
+    guard case let .cap(beta) = policy else { return naiveCapped(logits: logits, minChoice: minChoice, cap: nil) }
     let cap = max(minChoice * tokens, Int((beta.value * Double(numLearners * tokens) + 1e-9).rounded(.down)))
+    return naiveCapped(logits: logits, minChoice: minChoice, cap: cap)
+}
+
+/// `naiveChoices`' removal rule with the cap given in learners (nil: the gate's argmax alone).
+func naiveCapped(logits: [[Float]], minChoice: Int, cap: Int?) -> [Int] {
+    let tokens = logits.count, numLearners = minChoice + (logits.first?.count ?? 1) - 1
+    var ks = logits.map { row in minChoice + row.indices.first { row[$0] == row.max()! }! }
+    guard let cap else { return ks }
     let probabilities = logits.map { row -> [Double] in
         let m = Double(row.max()!)
         let e = row.map { Foundation.exp(Double($0) - m) }
@@ -171,6 +178,52 @@ func naiveChoices(
             #expect(zip(split, floors).allSatisfy { $0 >= $1 && $0 <= 1 })
             // the whole budget, or as near as the floors and the shares allow
             #expect(abs(used - min(max(beta, least), most)) < 1e-9)
+        }
+    }
+
+    /// Should serve a sequence's first tokens before the rest under a cap: the first get the cap less the
+    /// rest's k_min floor, by the cap's rule among themselves, the rest what they leave; one ranking of the
+    /// whole sequence when none or all come first; and the other policies as they are.
+    @Test func servedFirstUnderACap() throws {
+        func choose(_ policy: LearnerPolicy, _ logits: [[Float]], minChoice: Int, numLearners: Int, first: Int) -> [Int] {
+            var flat = logits.flatMap { $0 }
+            var ks = [Int32](repeating: -1, count: logits.count)
+            chooseLearners(
+                policy: policy, logits: &flat, tokens: logits.count, minChoice: minChoice, numLearners: numLearners,
+                servedFirst: first, ks: &ks, scratch: BoundaryScratch())
+            return ks.map(Int.init)
+        }
+        // Three tokens ask for N = 2; the last is the surest, so a plain cap of 4 keeps its second learner.
+        let logits: [[Float]] = [[0, 1, 1.5], [0, 1, 1.5], [-9, -9, 9]]
+        let four = LearnerPolicy.cap(try ComputeBudget(4.0 / 6))
+        #expect(choose(four, logits, minChoice: 0, numLearners: 2, first: 0) == [1, 1, 2])
+        #expect(choose(four, logits, minChoice: 0, numLearners: 2, first: 2) == [2, 2, 0])
+        #expect(choose(four, logits.map { Array($0[1...]) }, minChoice: 1, numLearners: 2, first: 2) == [2, 1, 1])
+        #expect(choose(.auto, logits, minChoice: 0, numLearners: 2, first: 2) == [2, 2, 2])
+        #expect(choose(.uniform(1), logits, minChoice: 0, numLearners: 2, first: 2) == [1, 1, 1])
+        var rng = SplitMix64(seed: 23)
+        for trial in 0..<300 {
+            let numLearners = Int.random(in: 1...5, using: &rng)
+            let minChoice = Int.random(in: 0...1, using: &rng)
+            let tokens = trial % 3 == 0 ? Int.random(in: 65...200, using: &rng) : Int.random(in: 1...40, using: &rng)
+            let first = Int.random(in: 0...tokens, using: &rng)
+            let logits = (0..<tokens).map { _ in
+                (0..<(numLearners + 1 - minChoice)).map { _ in Float(Int.random(in: -4...4, using: &rng)) / 2 }
+            }
+            let beta: ComputeBudget = [0.1, 0.25, 0.3, 0.5, 0.75, 1.0][trial % 6]
+            let got = choose(.cap(beta), logits, minChoice: minChoice, numLearners: numLearners, first: first)
+            let cap = max(minChoice * tokens, Int((beta.value * Double(numLearners * tokens) + 1e-9).rounded(.down)))
+            var expected: [Int]
+            if first == 0 || first == tokens {
+                expected = naiveCapped(logits: logits, minChoice: minChoice, cap: cap)
+            } else {
+                expected = naiveCapped(
+                    logits: Array(logits[..<first]), minChoice: minChoice, cap: cap - minChoice * (tokens - first))
+                expected += naiveCapped(
+                    logits: Array(logits[first...]), minChoice: minChoice, cap: cap - expected.reduce(0, +))
+            }
+            #expect(got == expected, "trial \(trial)")
+            #expect(got.reduce(0, +) <= cap)
         }
     }
 

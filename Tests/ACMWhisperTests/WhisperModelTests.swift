@@ -5,6 +5,16 @@ import Testing
 @testable import ACMWhisper
 
 /// A tiny random model on disk, loaded through the real loader.
+/// Makes a log-mel [mel, frames] padding after its first `audioColumns` columns: every bin there at −2,
+/// below the audio's values (which have at least one bin above −2 in each column).
+func padLogMel(_ mel: Tensor, audioColumns: Int) {
+    let frames = tinyConfig.inputFrames
+    for c in 0..<tinyConfig.numMelBins {
+        for t in 0..<frames { mel.data[c * frames + t] = t < audioColumns ? max(mel.data[c * frames + t], -1.9) : -2 }
+    }
+    for t in 0..<audioColumns { mel.data[t] = 1 }
+}
+
 struct TinyModel {
     let dir: TemporaryDirectory
     let model: WhisperModel
@@ -204,6 +214,9 @@ struct TinyModel {
         let model = tiny.model
         let policies: [LearnerPolicy] = [.cap(0.25), .auto, .cap(0.5), .full, .cap(0.25), .uniform(1)]
         let mels = policies.indices.map { randomLogMels(tinyConfig, count: 1, seed: 50 + UInt64($0)).reshaped() }
+        // utterances 0 and 2 end in padding, so that their caps serve their audio first
+        for (b, audio) in [(0, 7), (2, 12)] { padLogMel(mels[b], audioColumns: audio) }
+        #expect(mels.map { model.whisper.contentFrames(logMel: $0.data) } == [5, 10, 7, 10, 10, 10])
         let together = try model.transcribe(logMels: mels, policies: policies)
         let ws = WhisperWorkspace()
         let batch = Tensor(shape: [mels.count, model.whisper.inputCount])
@@ -232,6 +245,24 @@ struct TinyModel {
             total += cost
         }
         #expect(abs(spent / total - 0.5) < 1e-9)
+    }
+
+    /// Should count the encoder frames whose receptive field (log-mel columns 2t − 2 … 2t + 2) holds a
+    /// column of audio, padding being the trailing columns at the spectrogram's least value in every bin.
+    @Test func contentFramesFollowTheReceptiveField() throws {
+        let whisper = try TinyModel().model.whisper
+        let frames = tinyConfig.inputFrames, s = tinyConfig.maxSourcePositions
+        for audio in 0...frames {
+            let mel = randomLogMels(tinyConfig, count: 1, seed: 70 + UInt64(audio)).reshaped()
+            padLogMel(mel, audioColumns: audio)
+            let expected = (0..<s).filter { t in (max(0, 2 * t - 2)...(2 * t + 2)).contains { $0 < audio } }.count
+            #expect(whisper.contentFrames(logMel: mel.data) == expected, "audio in \(audio) columns")
+        }
+        // a column of audio at the least value in every bin still counts when audio follows it
+        let mel = randomLogMels(tinyConfig, count: 1, seed: 99).reshaped()
+        padLogMel(mel, audioColumns: 9)
+        for c in 0..<tinyConfig.numMelBins { mel.data[c * frames + 4] = -2 }
+        #expect(whisper.contentFrames(logMel: mel.data) == 6)
     }
 
     /// Should refuse an `acm` entry that is not a layer, and name missing and unused tensors.

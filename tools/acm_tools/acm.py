@@ -122,8 +122,12 @@ def cap_units(logits, k_auto, min_choice):
 def trim_to_cap(logits, k_auto, min_choice, num_learners, beta):
     """Cap beta for one sequence at one ACM: keep the auto choices if they fit in C, else keep the
     C - k_min*T units in cap_units order. logits (T, C), k_auto (T,) -> k (T,) int64."""
+    return trim_to_units(logits, k_auto, min_choice, cap_total(beta, num_learners, logits.shape[0], min_choice))
+
+
+def trim_to_units(logits, k_auto, min_choice, C):
+    """trim_to_cap with the cap given as C >= k_min*T learners. logits (T, C), k_auto (T,) -> k (T,) int64."""
     T = logits.shape[0]
-    C = cap_total(beta, num_learners, T, min_choice)
     if int(k_auto.sum()) <= C:
         return k_auto.clone()
     kept = cap_units(logits, k_auto, min_choice)[:C - min_choice * T]
@@ -131,6 +135,20 @@ def trim_to_cap(logits, k_auto, min_choice, num_learners, beta):
     for _, t, _ in kept:
         k[t] += 1
     return k
+
+
+def trim_served_first(logits, k_auto, min_choice, num_learners, beta, first):
+    """Cap beta for one sequence whose first `first` tokens are served before the rest (a Whisper window's audio
+    before its padding; docs/compute-budget.md, "Audio before padding"): they share C less the rest's k_min floor
+    by trim_to_cap's rule, then the rest share what they left. first 0 or T: trim_to_cap.
+    logits (T, C), k_auto (T,) -> k (T,) int64."""
+    T = logits.shape[0]
+    if not 0 < first < T:
+        return trim_to_cap(logits, k_auto, min_choice, num_learners, beta)
+    C = cap_total(beta, num_learners, T, min_choice)
+    head = trim_to_units(logits[:first], k_auto[:first], min_choice, C - min_choice * (T - first))
+    tail = trim_to_units(logits[first:], k_auto[first:], min_choice, C - int(head.sum()))
+    return torch.cat([head, tail])
 
 
 def cap_choices_batched(logits, k, min_choice, num_learners, beta):

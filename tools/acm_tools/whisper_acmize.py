@@ -133,8 +133,8 @@ class Recording(Whisper):
     """The dense teacher, keeping each layer MLP's input and output while `saved` is a dict."""
     saved = None
 
-    def mlp(self, x, p, policy, lengths):
-        y = super().mlp(x, p, policy, lengths)
+    def mlp(self, x, p, policy, lengths, first=None):
+        y = super().mlp(x, p, policy, lengths, first)
         if self.saved is not None:
             self.saved[p] = (x, y)
         return y

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .acm import ACM, budget_layers, split_budget
+from .acm import ACM, budget_layers, choose_auto, split_budget, trim_served_first
 from .whisper_format import load_whisper
 
 # -----------------------------------------------------------------------------
@@ -143,6 +143,17 @@ def log_mel_torch(audio, n_mels=80):
     return ((log_spec + 4.0) / 4.0).numpy()
 
 
+def content_frames(mel):
+    """How many of the encoder's 1500 frames see the audio of a log-mel [n_mels, 3000], not only the padding after
+    it: padding is the trailing columns whose every bin is the spectrogram's least value (log-mel of zeros, clamped
+    to the maximum - 8); encoder frame t reads columns 2t - 2 .. 2t + 2, so audio in columns 0 .. c - 1 reaches the
+    first (c + 1) // 2 + 1 frames (none when c = 0)."""
+    mel = np.asarray(mel)
+    at_least = (mel == mel.min()).all(axis=0)  # (3000,) columns with every bin at the least value
+    audio = mel.shape[1] - int(np.argmin(at_least[::-1])) if not at_least.all() else 0
+    return 0 if audio == 0 else min(mel.shape[1] // 2, (audio + 1) // 2 + 1)
+
+
 # -----------------------------------------------------------------------------
 # model
 
@@ -196,8 +207,9 @@ class Whisper:
     def norm(self, x, name):
         return F.layer_norm(x, x.shape[-1:], self.w[f'{name}.weight'], self.w[f'{name}.bias'], self.cfg.layer_norm_eps)
 
-    def mlp(self, x, p, policy, lengths):
-        """Layer p's MLP on x [T, d], whose rows are sequences of the given lengths for an ACM."""
+    def mlp(self, x, p, policy, lengths, first=None):
+        """Layer p's MLP on x [T, d], whose rows are sequences of the given lengths for an ACM. first: under a
+        cap, how many leading rows of the one sequence are served before the rest (trim_served_first)."""
         acm = self.acms.get(p)
         if acm is None:
             return self.linear(F.gelu(self.linear(x, f'{p}.fc1')), f'{p}.fc2')
@@ -213,6 +225,12 @@ class Whisper:
                 beta = None if budget is None else torch.full((count,), budget, dtype=torch.float64)
                 y, chosen = acm(xs, mode='gumbel', tau=policy.tau, beta=beta)
                 chosen = chosen.flatten(0, 1)  # (sequences*T, C)
+            elif policy.mode == 'cap' and first is not None:
+                assert count == 1, 'rows served first are for one sequence'
+                logits = acm.gating_network(xs)[0]  # (T, C)
+                k_min, N = acm.cfg.min_choice, acm.cfg.num_learners
+                chosen = trim_served_first(logits, choose_auto(logits, k_min), k_min, N, budget, first)
+                y = acm.forward_k(xs, chosen[None])
             else:
                 y, chosen = acm(xs, mode=policy.mode, beta=budget, k=policy.k)
                 chosen = chosen.flatten()  # (sequences*T,)
@@ -235,8 +253,10 @@ class Whisper:
         return y.transpose(0, 1).reshape(Tq, d)  # (Tq, d)
 
     def encode(self, mel, policy=None):
-        """float32 [n_mels, 3000] -> encoder output [1500, d]."""
+        """float32 [n_mels, 3000] -> encoder output [1500, d]. Under a cap the frames that see audio are served
+        before the padding's (content_frames)."""
         policy = Policy() if policy is None else policy
+        first = content_frames(mel)
         x = torch.as_tensor(mel)[None]  # (1, n_mels, 3000)
         x = F.gelu(F.conv1d(x, self.w['model.encoder.conv1.weight'], self.w['model.encoder.conv1.bias'], padding=1))
         x = F.gelu(F.conv1d(x, self.w['model.encoder.conv2.weight'], self.w['model.encoder.conv2.bias'],
@@ -249,7 +269,7 @@ class Whisper:
             q, k, v = (self.linear(h, f'{p}.self_attn.{n}_proj') for n in 'qkv')
             x = x + self.linear(self.attend(q, k, v, self.cfg.encoder_attention_heads), f'{p}.self_attn.out_proj')
             # mlp
-            x = x + self.mlp(self.norm(x, f'{p}.final_layer_norm'), p, policy, [x.shape[0]])
+            x = x + self.mlp(self.norm(x, f'{p}.final_layer_norm'), p, policy, [x.shape[0]], first)
         return self.norm(x, 'model.encoder.layer_norm')
 
     def cross_kv(self, memory):

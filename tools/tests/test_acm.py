@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from acm_tools.acm import (ACM, ACMConfig, GateConfig, cap_total, cap_units, choose, choose_auto, survival,
-                           trim_to_cap)
+                           trim_served_first, trim_to_cap)
 
 
 def gelu_erf(a):
@@ -231,6 +231,44 @@ def test_cap_properties_on_random_logits():
         else:
             assert torch.equal(k, k_auto)
         assert torch.equal(k, greedy_trim(z, k_auto, k_min, N, beta)), (trial, z, k_auto, beta)
+
+
+def test_served_first_fills_the_head_before_the_tail():
+    """Should give the first tokens the cap less the rest's k_min floor, by the cap's own rule among them, and the
+    rest what the first left; stay within C; and be trim_to_cap when first is 0 or T."""
+    # three tokens ask for N = 2; the last one is the surest, so a plain cap of C = 4 keeps its second learner
+    z = torch.tensor([[0.0, 1.0, 1.5], [0.0, 1.0, 1.5], [-9.0, -9.0, 9.0]], dtype=torch.float64)
+    k_auto = choose_auto(z, 0)
+    assert k_auto.tolist() == [2, 2, 2]
+    assert trim_to_cap(z, k_auto, 0, 2, 4 / 6).tolist() == [1, 1, 2]
+    assert trim_served_first(z, k_auto, 0, 2, 4 / 6, 2).tolist() == [2, 2, 0]  # the head takes all 4
+    z1 = z[:, 1:]  # the same gate with k_min 1: choices k = 1, 2
+    assert trim_served_first(z1, choose_auto(z1, 1), 1, 2, 4 / 6, 2).tolist() == [2, 1, 1]  # the tail's floor first
+    assert trim_served_first(z, k_auto, 0, 2, 5 / 6, 1).tolist() == [2, 1, 2]  # the head's 2, then the tail's rule
+    g = torch.Generator().manual_seed(3)
+    for trial in range(300):
+        N = int(torch.randint(1, 6, (1,), generator=g))
+        k_min = int(torch.randint(0, 2, (1,), generator=g)) if N > 1 else 0
+        T = int(torch.randint(1, 12, (1,), generator=g))
+        first = int(torch.randint(0, T + 1, (1,), generator=g))
+        beta = float(torch.rand(1, generator=g)) * 0.999 + 0.001
+        z = torch.randint(-2, 3, (T, N + 1 - k_min), generator=g).double() * 0.5
+        k_auto = choose_auto(z, k_min)
+        k = trim_served_first(z, k_auto, k_min, N, beta, first)
+        C = cap_total(beta, N, T, k_min)
+        assert (k >= k_min).all() and (k <= k_auto).all() and int(k.sum()) <= C
+        if first in (0, T):
+            assert torch.equal(k, trim_to_cap(z, k_auto, k_min, N, beta))
+            continue
+        # the head alone: a sequence of `first` tokens under C less the tail's floor
+        head_cap = C - k_min * (T - first)
+        head = k_auto[:first] if int(k_auto[:first].sum()) <= head_cap else None
+        if head is None:
+            assert int(k[:first].sum()) == head_cap
+        else:
+            assert torch.equal(k[:first], head)
+        tail_cap = C - int(k[:first].sum())
+        assert torch.equal(k[first:], k_auto[first:]) or int(k[first:].sum()) == tail_cap
 
 
 def test_choose_cap_is_per_sequence():

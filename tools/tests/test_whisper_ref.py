@@ -62,6 +62,26 @@ def test_log_mel_pads_to_30_seconds_first():
     assert np.array_equal(wr.log_mel(long), wr.log_mel(padded))
 
 
+def test_content_frames():
+    """Should count the encoder frames that read a column of audio: frame t reads columns 2t - 2 .. 2t + 2, and
+    padding is the trailing columns at the least value in every bin."""
+    rng = np.random.default_rng(0)
+    for columns, frames in [(0, 0), (1, 2), (2, 2), (3, 3), (4, 3), (701, 352), (2998, 1500), (2999, 1500),
+                            (3000, 1500)]:
+        mel = np.full((80, 3000), -0.5, dtype=np.float32)
+        mel[:, :columns] = rng.uniform(-0.5, 1.5, (80, columns))
+        mel[3, :columns] = 1.0  # a bin above the least value in every column of audio
+        assert wr.content_frames(mel) == frames, columns
+    # columns at the least value in every bin are audio when audio follows them: here columns 0 .. 10
+    mel = np.full((80, 3000), -0.5, dtype=np.float32)
+    mel[:, 10] = 1.0
+    assert wr.content_frames(mel) == 7
+    # speech: its padding starts where the STFT's window has no sample of it
+    a = audio('flite_slt_stella')
+    columns = -(-(len(a) + wr.n_fft // 2) // wr.hop_length)  # ceil: the first window wholly in the zeros
+    assert abs(wr.content_frames(wr.log_mel(a)) - ((columns + 1) // 2 + 1)) <= 1
+
+
 @pytest.mark.parametrize('name', CLIPS[:2])
 def test_encoder_matches_ctranslate2(model, name):
     """Should match CTranslate2's encoder output within 1e-3 of its largest magnitude."""
