@@ -9,6 +9,7 @@ import pytest
 
 from acm_tools import whisper_results
 from acm_tools.wer import corpus_wer
+from acm_tools.whisper_ref import load_audio
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(REPO, 'Tests', 'ACMWhisperTests', 'Fixtures')
@@ -29,8 +30,9 @@ def fixture_manifest(tmp_path_factory):
     path = d / 'val.jsonl'
     with open(path, 'w') as f:
         for i, c in enumerate(clips):
-            f.write(json.dumps(dict(id=c['name'], file=os.path.join(FIXTURES, c['file']), text=c['text_spoken'],
-                                    voice=f'v{i}', family=FAMILIES[i % 3],
+            file = os.path.join(FIXTURES, c['file'])
+            f.write(json.dumps(dict(id=c['name'], file=file, text=c['text_spoken'],
+                                    seconds=len(load_audio(file)) / 16000, voice=f'v{i}', family=FAMILIES[i % 3],
                                     augmentation=dict(noise=None, reverb=None))) + '\n')
     return str(path), clips
 
@@ -56,7 +58,9 @@ def test_measure_and_page(fixture_manifest, tmp_path, monkeypatch):
     policies = [p for p in whisper_results.policies if p[0] in ('dense', 'full', 'auto', 'cap 0.5', 'cap 0.25',
                                                                  'k=1', 'k=2')]
     monkeypatch.setattr(whisper_results, 'policies', policies)
-    args = type('Args', (), dict(manifest=path, dense=DENSE, model=ACM, bin=BIN, batch=4))
+    monkeypatch.setattr(whisper_results, 'joined_seconds', 12.0)  # the six clips (2-5 s) make a few recordings
+    args = type('Args', (), dict(manifest=path, dense=DENSE, model=ACM, bin=BIN, batch=4,
+                                 joined_dir=str(tmp_path / 'joined')))
     res = whisper_results.measure(args)
     p = res['policies']
     assert list(p) == [name for name, _, _ in policies]
@@ -70,10 +74,29 @@ def test_measure_and_page(fixture_manifest, tmp_path, monkeypatch):
     assert p['cap 0.5']['max_fraction'] <= 0.5 + 1e-9 and p['cap 0.25']['max_fraction'] <= 0.25 + 1e-9
     assert 0 < p['auto']['fraction'] <= 1
 
+    # by length: every clip in one group, each group's WER its clips'
+    groups = res['by_length']
+    assert sum(g['clips'] for g in groups.values()) == len(clips)
+    for name, lo, hi in whisper_results.length_groups:
+        idx = [i for i in range(len(clips)) if lo <= len(load_audio(os.path.join(FIXTURES, clips[i]['file']))) / 16000 < hi]
+        if idx:
+            want = corpus_wer([clips[i]['text_spoken'] for i in idx], [p['cap 0.5']['texts'][i] for i in idx]).wer
+            assert groups[name]['cap 0.5'] == pytest.approx(want, abs=1e-4)
+    # joined: the clips in order, within the window, transcribed under the joined policies
+    joined = res['joined']
+    recordings = sorted((tmp_path / 'joined').glob('*.wav'))
+    assert joined['recordings'] == len(recordings) >= 2
+    assert all(s <= 12.0 + 1e-3 for s in joined['seconds'])
+    assert [c for r in joined['clips'] for c in r] == [c['name'] for c in clips]
+    assert list(joined['policies']) == [n for n, _, _ in policies if n in whisper_results.joined_policies]
+    assert joined['policies']['cap 0.5']['fraction'] <= 0.5 + 1e-9
+    assert all(len(r['texts']) == len(recordings) for r in joined['policies'].values())
+
     page, svg = tmp_path / 'results.md', tmp_path / 'results.svg'
     whisper_results.write_page(res, None, str(page), str(svg))
     text = page.read_text()
     assert whisper_results.wer_table(res) in text and whisper_results.goal_table(res) in text
+    assert whisper_results.length_table(res) in text and whisper_results.joined_table(res) in text
     assert 'Run `make bench-whisper`' in text
     assert svg.read_text().lstrip().startswith('<?xml')
 

@@ -21,12 +21,16 @@ import json
 import os
 import subprocess
 import time
+import wave
+
+import numpy as np
 
 from . import whisper_tiny_en
 from .machine import git_commit
 from .speech_corpus import read_manifest
 from .speech_wer import loops, table
 from .wer import corpus_wer
+from .whisper_ref import load_audio
 
 # -----------------------------------------------------------------------------
 # config
@@ -46,6 +50,14 @@ policies = [('dense', 'dense', []), ('full', 'acm', ['--full']), ('auto', 'acm',
             ('k=3', 'acm', ['--uniform-k', '3'])]
 # issue 11's accuracy goals: (policy, the most WER may exceed the dense model's, in points)
 goals = [('cap 0.5', 1.0), ('cap 0.25', 3.0), ('auto', 0.5)]
+# WER by clip length: the clips' shares of their 30-s window differ, and a cap serves audio before padding
+length_groups = [('under 4 s', 0, 4), ('4 to 8 s', 4, 8), ('8 s and over', 8, 1e9)]
+length_policies = ['dense', 'auto', 'cap 0.5', 'cap 0.375', 'cap 0.25', 'k=2']
+# full windows: the validation clips joined, in manifest order, into recordings that fill most of a window
+joined_dir = 'build/whisper/joined'
+joined_seconds = 28.0  # at most, so that each recording is one window
+joined_gap = 0.3  # seconds of silence between two clips
+joined_policies = ['dense', 'auto', 'cap 0.75', 'cap 0.5', 'cap 0.375', 'k=2', 'k=3']
 # -----------------------------------------------------------------------------
 
 
@@ -70,10 +82,68 @@ def run_policy(binary, model, rows, options, batch_size):
     return results
 
 
-def measure(args):
-    rows = read_manifest(args.manifest)
+def read_rows(manifest):
+    rows = read_manifest(manifest)
     for r in rows:
-        r['path'] = r['file'] if os.path.isabs(r['file']) else os.path.join(os.path.dirname(args.manifest), r['file'])
+        r['path'] = r['file'] if os.path.isabs(r['file']) else os.path.join(os.path.dirname(manifest), r['file'])
+    return rows
+
+
+def join_clips(rows, out_dir):
+    """The clips, in order, joined into 16-kHz mono 16-bit WAVs of at most joined_seconds, joined_gap of silence
+    between two clips (a clip longer than joined_seconds is left out) -> [{'path', 'text', 'seconds', 'clips'}]."""
+    os.makedirs(out_dir, exist_ok=True)
+    groups, current, length = [], [], 0.0
+    for r in rows:
+        if r['seconds'] > joined_seconds:
+            continue
+        if current and length + joined_gap + r['seconds'] > joined_seconds:
+            groups.append(current)
+            current, length = [], 0.0
+        length += (joined_gap if current else 0.0) + r['seconds']
+        current.append(r)
+    if current:
+        groups.append(current)
+    out = []
+    gap = np.zeros(int(joined_gap * 16000))
+    for i, group in enumerate(groups):
+        parts = []
+        for j, r in enumerate(group):
+            parts += ([gap] if j else []) + [load_audio(r['path'])]
+        pcm = np.clip(np.round(np.concatenate(parts) * 32768), -32768, 32767).astype('<i2')
+        path = os.path.join(out_dir, f'{i:03d}.wav')
+        with wave.open(path, 'wb') as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(pcm.tobytes())
+        out.append(dict(path=path, text=' '.join(r['text'] for r in group), seconds=round(len(pcm) / 16000, 3),
+                        clips=[r['id'] for r in group]))
+    return out
+
+
+def measure_joined(args, rows):
+    """joined_policies on the clips joined into near-full windows -> {'recordings', 'seconds', 'policies'}."""
+    joined = join_clips(rows, args.joined_dir)
+    models = dict(dense=args.dense, acm=args.model)
+    out = {}
+    for name, model, options in policies:
+        if name not in joined_policies:
+            continue
+        res = run_policy(args.bin, models[model], joined, options, args.batch)
+        hyps = [x['text'] for x in res]
+        fractions = [x['compute_fraction'] for x in res if x.get('compute_fraction') is not None]
+        out[name] = dict(texts=hyps, wer=round(corpus_wer([r['text'] for r in joined], hyps).wer, 4),
+                         fraction=sum(fractions) / len(fractions) if fractions else 1.0,
+                         loops=sum(loops(r['text'], h) for r, h in zip(joined, hyps)))
+        print(f'joined, {name}: WER {100 * out[name]["wer"]:.1f}%, compute fraction {out[name]["fraction"]:.3f}',
+              flush=True)
+    return dict(recordings=len(joined), seconds=[r['seconds'] for r in joined], clips=[r['clips'] for r in joined],
+                policies=out)
+
+
+def measure(args):
+    rows = read_rows(args.manifest)
     models = dict(dense=args.dense, acm=args.model)
     out = {}
     for name, model, options in policies:
@@ -92,7 +162,22 @@ def measure(args):
         r['wer_vs_dense'] = round(corpus_wer(dense, r['texts']).wer, 4)
         r['loops'] = sum(loops(row['text'], h) for row, h in zip(rows, r['texts']))
     return dict(date=time.strftime('%Y-%m-%d'), commit=git_commit(), manifest=args.manifest, clips=len(rows),
-                voices=sorted({row['voice'] for row in rows}), policies=out)
+                voices=sorted({row['voice'] for row in rows}), policies=out,
+                by_length=by_length(rows, out), joined=measure_joined(args, rows))
+
+
+def by_length(rows, out):
+    """{group: {'clips', 'seconds', policy: WER}} for length_groups, from each policy's transcripts."""
+    table = {}
+    for name, lo, hi in length_groups:
+        idx = [i for i, r in enumerate(rows) if lo <= r['seconds'] < hi]
+        if not idx:
+            continue
+        g = table[name] = dict(clips=len(idx), seconds=round(float(np.mean([rows[i]['seconds'] for i in idx])), 1))
+        for p in length_policies:
+            if p in out:
+                g[p] = round(corpus_wer([rows[i]['text'] for i in idx], [out[p]['texts'][i] for i in idx]).wer, 4)
+    return table
 
 
 # -----------------------------------------------------------------------------
@@ -147,6 +232,27 @@ def goal_table(res):
         base = f'{k}: {100 * p[k]["wer"]["all"]["wer"]:.1f}%' if k else '–'
         lines.append(f'| {name} (fraction {p[name]["fraction"]:.3f}) | {w:.1f}% | {dense:.1f}% | {w - dense:+.1f} pt '
                      f'| ≤ {allowed:+.1f} pt | {base} | {"met" if w - dense <= allowed else "missed"} |')
+    return '\n'.join(lines)
+
+
+def length_table(res):
+    """WER by clip length (res['by_length']) -> markdown."""
+    t = res['by_length']
+    names = [p for p in length_policies if any(p in g for g in t.values())]
+    lines = ['| clips | mean length | share of the window that is audio | ' + ' | '.join(names) + ' |',
+             '| --- | ---: | ---: | ' + ' | '.join('---:' for _ in names) + ' |']
+    for g, v in t.items():
+        lines.append(f'| {g} ({v["clips"]}) | {v["seconds"]:.1f} s | {v["seconds"] / 30:.0%} | '
+                     + ' | '.join(f'{100 * v[n]:.1f}%' for n in names) + ' |')
+    return '\n'.join(lines)
+
+
+def joined_table(res):
+    """WER on the joined recordings (res['joined']) -> markdown."""
+    j = res['joined']
+    lines = ['| policy | compute fraction | WER | looping recordings |', '| --- | ---: | ---: | ---: |']
+    for name, r in j['policies'].items():
+        lines.append(f'| {name} | {r["fraction"]:.3f} | {100 * r["wer"]:.1f}% | {r["loops"]} |')
     return '\n'.join(lines)
 
 
@@ -232,6 +338,30 @@ def write_page(res, bench, path, svg):
         '',
         goal_table(res),
         '',
+    ]
+    if res.get('by_length'):
+        parts += [
+            '## The cap and the length of the audio',
+            '',
+            'Whisper hears 30-s windows, and a clip shorter than that is padded; under a cap the encoder serves the '
+            'frames that hear the audio before the padding\'s '
+            '([compute-budget.md](compute-budget.md#audio-before-padding)), so the shorter the clip, the more of '
+            'the budget its speech gets. By the clips\' length:',
+            '',
+            length_table(res),
+            '',
+        ]
+    if res.get('joined'):
+        j = res['joined']
+        parts += [
+            f'Windows full of speech: the validation clips joined in order, {joined_gap} s apart, into '
+            f'{j["recordings"]} recordings of {min(j["seconds"]):.0f} to {max(j["seconds"]):.0f} s '
+            f'(`{joined_dir}`), each one window. Here the padding is short and a cap has little to take from it:',
+            '',
+            joined_table(res),
+            '',
+        ]
+    parts += [
         '## Time against budget',
         '',
     ]
@@ -257,6 +387,8 @@ def main(argv=None):
     ap.add_argument('--bin', default=os.environ.get('ACM_SERVE_BIN', binary), help='acm-serve (default: %(default)s)')
     ap.add_argument('--batch', type=int, default=batch, help='clips per engine call (default: %(default)s)')
     ap.add_argument('--out', default=out, help='JSON results (default: %(default)s)')
+    ap.add_argument('--joined-dir', default=joined_dir,
+                    help='where the clips joined into near-full windows go (default: %(default)s)')
     ap.add_argument('--rescore', action='store_true', help='take the transcripts from --out instead of running')
     ap.add_argument('--write', action='store_true', help=f'draw {plot} and rewrite {page}')
     args = ap.parse_args(argv)
