@@ -338,16 +338,22 @@ class ACM(nn.Module):
             outs = outs + self.b2.view(N + 1, self.d_out).cumsum(dim=0)  # (N+1, d_out) broadcast
         return outs[:, :, self.cfg.min_choice:]  # (B, T, C, d_out)
 
-    def forward_gumbel(self, x, tau, beta=None):
+    def forward_gumbel(self, x, tau, beta=None, first=None):
         """Training forward: k sampled with straight-through Gumbel-softmax (temperature tau), trimmed by
         per-sequence caps beta ([B] tensor, or None) with the inference rule, and the output mixed from
         the prefix outputs by the straight-through one-hot, so the task loss reaches the gate (the
-        reference code's gated forward gives the gate no gradient).
+        reference code's gated forward gives the gate no gradient). first: for one sequence (B = 1), how many
+        of its leading tokens the cap serves before the rest (trim_served_first).
         -> out (B, T, d_out), g (B, T, C) one-hot with gradients."""
         logits = self.gating_network(x)  # (B, T, C)
         soft = F.gumbel_softmax(logits, tau=tau, hard=False)  # (B, T, C)
         c = soft.argmax(dim=-1)  # (B, T): sampled choice index
-        if beta is not None:
+        if beta is not None and first is not None:
+            assert x.shape[0] == 1, 'tokens served first are for one sequence'
+            k_min = self.cfg.min_choice
+            c = trim_served_first(logits[0].detach(), c[0] + k_min, k_min, self.cfg.num_learners,
+                                  float(torch.as_tensor(beta).reshape(-1)[0]), first)[None] - k_min
+        elif beta is not None:
             c = cap_choices_batched(logits.detach(), c + self.cfg.min_choice, self.cfg.min_choice,
                                     self.cfg.num_learners, beta) - self.cfg.min_choice
         hard = F.one_hot(c, logits.shape[-1]).to(soft.dtype)  # (B, T, C)

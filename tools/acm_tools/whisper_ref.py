@@ -209,7 +209,8 @@ class Whisper:
 
     def mlp(self, x, p, policy, lengths, first=None):
         """Layer p's MLP on x [T, d], whose rows are sequences of the given lengths for an ACM. first: under a
-        cap, how many leading rows of the one sequence are served before the rest (trim_served_first)."""
+        cap (or a capped 'gumbel'), how many leading rows of the one sequence are served before the rest
+        (trim_served_first)."""
         acm = self.acms.get(p)
         if acm is None:
             return self.linear(F.gelu(self.linear(x, f'{p}.fc1')), f'{p}.fc2')
@@ -223,7 +224,11 @@ class Whisper:
             start += length * count
             if policy.mode == 'gumbel':
                 beta = None if budget is None else torch.full((count,), budget, dtype=torch.float64)
-                y, chosen = acm(xs, mode='gumbel', tau=policy.tau, beta=beta)
+                if first is not None and beta is not None:
+                    assert count == 1, 'rows served first are for one sequence'
+                    y, chosen = acm.forward_gumbel(xs, tau=policy.tau, beta=beta, first=first)
+                else:
+                    y, chosen = acm(xs, mode='gumbel', tau=policy.tau, beta=beta)
                 chosen = chosen.flatten(0, 1)  # (sequences*T, C)
             elif policy.mode == 'cap' and first is not None:
                 assert count == 1, 'rows served first are for one sequence'

@@ -356,7 +356,8 @@ def write_page(res, bench, path, svg):
         parts += [
             f'Windows full of speech: the validation clips joined in order, {joined_gap} s apart, into '
             f'{j["recordings"]} recordings of {min(j["seconds"]):.0f} to {max(j["seconds"]):.0f} s '
-            f'(`{joined_dir}`), each one window. Here the padding is short and a cap has little to take from it:',
+            f'(`{joined_dir}`), each one window. Here there is little padding, and a cap chooses among frames of '
+            'speech and of the short gaps between clips:',
             '',
             joined_table(res),
             '',

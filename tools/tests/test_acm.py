@@ -322,6 +322,23 @@ def test_gumbel_forward_reaches_the_gate():
     assert k[0].sum() <= int(0.3 * 4 * 7 + 1e-9)  # the cap held for the first sequence
 
 
+def test_gumbel_serves_the_first_tokens_first():
+    """Should trim the sampled choices of one sequence by trim_served_first when given the tokens served first."""
+    torch.manual_seed(1)
+    cfg = ACMConfig(num_learners=4, learner_dim=3, activation='gelu', min_choice=1, gate=GateConfig(depth=1))
+    acm = ACM(6, 5, cfg)
+    x = torch.randn(1, 40, 6)
+    for first in (0, 9, 40):
+        torch.manual_seed(2)
+        _, sampled = acm(x, mode='gumbel', tau=0.8)  # the same draw, uncapped
+        torch.manual_seed(2)
+        out, g = acm.forward_gumbel(x, tau=0.8, beta=torch.tensor([0.4]), first=first)
+        logits = acm.gating_network(x)[0].detach()
+        want = trim_served_first(logits, sampled[0].argmax(-1) + 1, 1, 4, 0.4, first)
+        assert torch.equal(g[0].argmax(-1) + 1, want), first
+        assert torch.allclose(out, acm.forward_k(x, want[None]), atol=1e-5)
+
+
 def test_split_budget_follows_shares():
     """Should spread a cap in proportion to the shares, clip at 1 and at the k_min floors, and spend the
     whole budget when it can (the same cases as the engine's splitBudgetFollowsShares)."""
