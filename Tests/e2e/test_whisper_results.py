@@ -53,10 +53,10 @@ def test_json_lines_are_the_text_output():
 def test_measure_and_page(fixture_manifest, tmp_path, monkeypatch):
     """Should transcribe every clip under every policy in the manifest's order (batches of 4: the clips cross a
     batch edge), give the dense model CTranslate2's fixture transcripts, keep each clip's fraction under its
-    cap and at k/4 for uniform k, score the WER, and write the page and the plot."""
+    cap and at f for uniform f (k = f·N), score the WER, and write the page and the plot."""
     path, clips = fixture_manifest
     policies = [p for p in whisper_results.policies if p[0] in ('dense', 'full', 'auto', 'cap 0.5', 'cap 0.25',
-                                                                 'k=1', 'k=2')]
+                                                                 'uniform 0.25', 'uniform 0.5')]
     monkeypatch.setattr(whisper_results, 'policies', policies)
     monkeypatch.setattr(whisper_results, 'joined_seconds', 12.0)  # the six clips (2-5 s) make a few recordings
     args = type('Args', (), dict(manifest=path, dense=DENSE, model=ACM, bin=BIN, batch=4,
@@ -70,7 +70,9 @@ def test_measure_and_page(fixture_manifest, tmp_path, monkeypatch):
     assert p['dense']['wer']['all']['wer'] == pytest.approx(want, abs=1e-4)
     assert p['dense']['wer_vs_dense'] == 0
     assert p['full']['fraction'] == pytest.approx(1.0)
-    assert p['k=1']['fraction'] == pytest.approx(0.25) and p['k=2']['fraction'] == pytest.approx(0.5)
+    assert p['uniform 0.25']['fraction'] == pytest.approx(0.25) and p['uniform 0.5']['fraction'] == pytest.approx(0.5)
+    n = whisper_results.num_learners(ACM)
+    assert p['uniform 0.25']['options'] == ['--uniform-k', str(n // 4)]
     assert p['cap 0.5']['max_fraction'] <= 0.5 + 1e-9 and p['cap 0.25']['max_fraction'] <= 0.25 + 1e-9
     assert 0 < p['auto']['fraction'] <= 1
 

@@ -42,22 +42,23 @@ out = 'build/whisper/results.json'
 bench_json = 'build/whisper/bench.json'
 page, plot = 'docs/whisper-results.md', 'docs/whisper-results.svg'
 batch = 16  # clips per engine call
-# (name, model, acm-serve policy options); k=4 is full compute and is not run twice
+# (name, model, acm-serve policy options, or the compute fraction of a uniform k: k = fraction·N for every frame,
+# the static baseline of that budget); uniform 1.0 is full compute and is not run twice
 policies = [('dense', 'dense', []), ('full', 'acm', ['--full']), ('auto', 'acm', []),
             ('cap 0.75', 'acm', ['--budget', '0.75']), ('cap 0.5', 'acm', ['--budget', '0.5']),
             ('cap 0.375', 'acm', ['--budget', '0.375']), ('cap 0.25', 'acm', ['--budget', '0.25']),
-            ('k=1', 'acm', ['--uniform-k', '1']), ('k=2', 'acm', ['--uniform-k', '2']),
-            ('k=3', 'acm', ['--uniform-k', '3'])]
+            ('uniform 0.25', 'acm', 0.25), ('uniform 0.5', 'acm', 0.5), ('uniform 0.75', 'acm', 0.75)]
 # issue 11's accuracy goals: (policy, the most WER may exceed the dense model's, in points)
 goals = [('cap 0.5', 1.0), ('cap 0.25', 3.0), ('auto', 0.5)]
 # WER by clip length: the clips' shares of their 30-s window differ, and a cap serves audio before padding
 length_groups = [('under 4 s', 0, 4), ('4 to 8 s', 4, 8), ('8 s and over', 8, 1e9)]
-length_policies = ['dense', 'auto', 'cap 0.5', 'cap 0.375', 'cap 0.25', 'k=2']
+length_policies = ['dense', 'auto', 'cap 0.5', 'cap 0.375', 'cap 0.25', 'uniform 0.5']
 # full windows: the validation clips joined, in manifest order, into recordings that fill most of a window
 joined_dir = 'build/whisper/joined'
 joined_seconds = 28.0  # at most, so that each recording is one window
 joined_gap = 0.3  # seconds of silence between two clips
-joined_policies = ['dense', 'auto', 'cap 0.75', 'cap 0.5', 'cap 0.375', 'k=2', 'k=3']
+joined_policies = ['dense', 'auto', 'cap 0.75', 'cap 0.5', 'cap 0.375', 'cap 0.25', 'uniform 0.25', 'uniform 0.5',
+                   'uniform 0.75']
 # -----------------------------------------------------------------------------
 
 
@@ -80,6 +81,25 @@ def run_policy(binary, model, rows, options, batch_size):
     for i in range(0, len(rows), batch_size):
         results += transcribe(binary, model, [r['path'] for r in rows[i:i + batch_size]], options)
     return results
+
+
+def num_learners(model_dir):
+    """N of a model directory's ACMs (the same for all of them), from its config.json."""
+    with open(os.path.join(model_dir, 'config.json')) as f:
+        ns = {c.get('num_learners') for c in json.load(f).get('acm', {}).values()}
+    if len(ns) != 1:
+        raise ValueError(f'{model_dir}: expected ACMs with one number of learners, found {sorted(ns)}')
+    return ns.pop()
+
+
+def options_of(spec, model_dir):
+    """A policy's acm-serve options: given, or --uniform-k for a uniform compute fraction."""
+    if isinstance(spec, list):
+        return spec
+    k = spec * num_learners(model_dir)
+    if abs(k - round(k)) > 1e-9:
+        raise ValueError(f'uniform {spec}: not a whole number of learners')
+    return ['--uniform-k', str(round(k))]
 
 
 def read_rows(manifest):
@@ -127,10 +147,10 @@ def measure_joined(args, rows):
     joined = join_clips(rows, args.joined_dir)
     models = dict(dense=args.dense, acm=args.model)
     out = {}
-    for name, model, options in policies:
+    for name, model, spec in policies:
         if name not in joined_policies:
             continue
-        res = run_policy(args.bin, models[model], joined, options, args.batch)
+        res = run_policy(args.bin, models[model], joined, options_of(spec, models[model]), args.batch)
         hyps = [x['text'] for x in res]
         fractions = [x['compute_fraction'] for x in res if x.get('compute_fraction') is not None]
         out[name] = dict(texts=hyps, wer=round(corpus_wer([r['text'] for r in joined], hyps).wer, 4),
@@ -146,8 +166,9 @@ def measure(args):
     rows = read_rows(args.manifest)
     models = dict(dense=args.dense, acm=args.model)
     out = {}
-    for name, model, options in policies:
+    for name, model, spec in policies:
         t0 = time.time()
+        options = options_of(spec, models[model])
         res = run_policy(args.bin, models[model], rows, options, args.batch)
         hyps = [x['text'] for x in res]
         fractions = [x['compute_fraction'] for x in res if x.get('compute_fraction') is not None]
@@ -162,6 +183,7 @@ def measure(args):
         r['wer_vs_dense'] = round(corpus_wer(dense, r['texts']).wer, 4)
         r['loops'] = sum(loops(row['text'], h) for row, h in zip(rows, r['texts']))
     return dict(date=time.strftime('%Y-%m-%d'), commit=git_commit(), manifest=args.manifest, clips=len(rows),
+                num_learners=num_learners(args.model),
                 voices=sorted({row['voice'] for row in rows}), policies=out,
                 by_length=by_length(rows, out), joined=measure_joined(args, rows))
 
@@ -191,9 +213,9 @@ def draw(res, path):
     p = res['policies']
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     caps = sorted((p[n]['fraction'], 100 * p[n]['wer']['all']['wer']) for n in p if n.startswith('cap') or n == 'full')
-    ks = sorted((p[n]['fraction'], 100 * p[n]['wer']['all']['wer']) for n in p if n.startswith('k=') or n == 'full')
+    ks = sorted((p[n]['fraction'], 100 * p[n]['wer']['all']['wer']) for n in p if n.startswith('uniform') or n == 'full')
     ax.plot(*zip(*caps), 'o-', label='ACM under a compute budget (cap)')
-    ax.plot(*zip(*ks), 's--', label='uniform k learners (static baseline)')
+    ax.plot(*zip(*ks), 's--', label='uniform: the same k learners for every frame (static baseline)')
     ax.plot([p['auto']['fraction']], [100 * p['auto']['wer']['all']['wer']], '*', markersize=12,
             label='ACM, auto (its gates alone)')
     ax.axhline(100 * p['dense']['wer']['all']['wer'], color='gray', linestyle=':', label='dense tiny.en')
@@ -215,10 +237,16 @@ def wer_table(res):
     lines = [head, '| --- | --- | ---: | ' + ' | '.join('---:' for _ in families) + ' | ---: | ---: |']
     for name, r in p.items():
         w = r['wer']
-        lines.append(f'| {name} | {r["fraction"]:.3f} / {r["max_fraction"]:.3f} | {100 * w["all"]["wer"]:.1f}% | '
+        label = f'{name} ({uniform_label(r)})' if name.startswith('uniform') else name
+        lines.append(f'| {label} | {r["fraction"]:.3f} / {r["max_fraction"]:.3f} | {100 * w["all"]["wer"]:.1f}% | '
                      + ' | '.join(f'{100 * w[f]["wer"]:.1f}%' for f in families)
                      + f' | {100 * r["wer_vs_dense"]:.1f}% | {r["loops"]} |')
     return '\n'.join(lines)
+
+
+def uniform_label(r):
+    """'k = 4' for a uniform policy's results."""
+    return f'k = {r["options"][1]}'
 
 
 def goal_table(res):
@@ -228,8 +256,8 @@ def goal_table(res):
              '| --- | ---: | ---: | ---: | ---: | --- | --- |']
     for name, allowed in goals:
         w = 100 * p[name]['wer']['all']['wer']
-        k = {'cap 0.5': 'k=2', 'cap 0.25': 'k=1'}.get(name)
-        base = f'{k}: {100 * p[k]["wer"]["all"]["wer"]:.1f}%' if k else '–'
+        k = {'cap 0.5': 'uniform 0.5', 'cap 0.25': 'uniform 0.25'}.get(name)
+        base = f'{k} ({uniform_label(p[k])}): {100 * p[k]["wer"]["all"]["wer"]:.1f}%' if k in p else '–'
         lines.append(f'| {name} (fraction {p[name]["fraction"]:.3f}) | {w:.1f}% | {dense:.1f}% | {w - dense:+.1f} pt '
                      f'| ≤ {allowed:+.1f} pt | {base} | {"met" if w - dense <= allowed else "missed"} |')
     return '\n'.join(lines)
@@ -319,14 +347,16 @@ def write_page(res, bench, path, svg):
         f'{batch} clips) on the {res["clips"]} held-out validation clips of the speech corpus '
         f'([speech-data.md](speech-data.md), listed in [speech-val.tsv](speech-val.tsv); '
         f'{len(res["voices"])} voices, none used in training). The model is `models/whisper-tiny.en-acm` '
-        f'([whisper-acm.md](whisper-acm.md)): the encoder\'s four MLPs as ACMs of N = 4 learners'
+        f'([whisper-acm.md](whisper-acm.md)): the encoder\'s four MLPs as ACMs of N = {res["num_learners"]} '
+        'learners'
         + (f', trained by `make whisper-acm` on {trained.get("train_clips")} clips in '
-           f'{trained["seconds"]["total"] / 60:.0f} min on this machine' if trained.get('seconds') else '') + '.',
+           f'{trained["seconds"]["total"] / 60:.0f} min on this machine (of which capturing the teacher\'s '
+           f'activations {trained["seconds"]["capture"] / 60:.0f} min)' if trained.get('seconds') else '') + '.',
         '',
         'The compute fraction is the share of the ACM layers\' learners that ran, over encoder frames and decoder '
         'steps ([compute-budget.md](compute-budget.md#the-compute-fraction)); a cap is the request\'s '
-        '`compute_budget`; uniform k runs k learners for every frame, the static baseline of the same compute; k = 4 '
-        'is full compute. WER is corpus-level, through Whisper\'s English normaliser (`acm_tools.wer`); the dense '
+        '`compute_budget`; uniform f runs the same k = f·N learners for every frame, the static baseline of a cap '
+        'of f; uniform 1 is full compute. WER is corpus-level, through Whisper\'s English normaliser (`acm_tools.wer`); the dense '
         'model\'s own WER is high on the espeak-ng voices, and a few clips make greedy decoding loop (counted in '
         'the last column), as [speech-data.md](speech-data.md) explains.',
         '',
