@@ -340,6 +340,13 @@ def speed_goals(bench):
     return '\n'.join(lines)
 
 
+def capture_note(seconds):
+    """How the training run's capture of the teacher's activations went, from its metrics' seconds."""
+    if seconds['capture'] < 60:
+        return 'the teacher\'s activations came from the capture cache of an earlier run'
+    return f'of which capturing the teacher\'s activations {seconds["capture"] / 60:.0f} min'
+
+
 def write_page(res, bench, path, svg):
     draw(res, svg)
     metrics_path = os.path.join(whisper_tiny_en.acm_layers, 'metrics.json')
@@ -355,9 +362,9 @@ def write_page(res, bench, path, svg):
         f'{len(res["voices"])} voices, none used in training). The model is `models/whisper-tiny.en-acm` '
         f'([whisper-acm.md](whisper-acm.md)): the encoder\'s four MLPs as ACMs of N = {res["num_learners"]} '
         'learners'
-        + (f', trained by `make whisper-acm` on {trained.get("train_clips")} clips in '
-           f'{trained["seconds"]["total"] / 60:.0f} min on this machine (of which capturing the teacher\'s '
-           f'activations {trained["seconds"]["capture"] / 60:.0f} min)' if trained.get('seconds') else '') + '.',
+        + (f', trained by `acm_tools.whisper_acmize` (`make whisper-acm`) on {trained.get("train_clips")} clips in '
+           f'{trained["seconds"]["total"] / 60:.0f} min on this machine ({capture_note(trained["seconds"])})'
+           if trained.get('seconds') else '') + '.',
         '',
         'The compute fraction is the share of the ACM layers\' learners that ran, over encoder frames and decoder '
         'steps ([compute-budget.md](compute-budget.md#the-compute-fraction)); a cap is the request\'s '
