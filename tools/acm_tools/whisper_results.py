@@ -192,16 +192,19 @@ def measure(args):
 
 
 def by_length(rows, out):
-    """{group: {'clips', 'seconds', policy: WER}} for length_groups, from each policy's transcripts."""
+    """{group: {'clips', 'seconds', policy: WER, 'loops': {policy: looping clips}}} for length_groups, from each
+    policy's transcripts."""
     table = {}
     for name, lo, hi in length_groups:
         idx = [i for i, r in enumerate(rows) if lo <= r['seconds'] < hi]
         if not idx:
             continue
         g = table[name] = dict(clips=len(idx), seconds=round(float(np.mean([rows[i]['seconds'] for i in idx])), 1))
+        g['loops'] = {}
         for p in length_policies:
             if p in out:
                 g[p] = round(corpus_wer([rows[i]['text'] for i in idx], [out[p]['texts'][i] for i in idx]).wer, 4)
+                g['loops'][p] = sum(loops(rows[i]['text'], out[p]['texts'][i]) for i in idx)
     return table
 
 
@@ -273,8 +276,11 @@ def length_table(res):
     lines = ['| clips | mean length | share of the window that is audio | ' + ' | '.join(names) + ' |',
              '| --- | ---: | ---: | ' + ' | '.join('---:' for _ in names) + ' |']
     for g, v in t.items():
+        def cell(n):
+            looping = v.get('loops', {}).get(n, 0)
+            return f'{100 * v[n]:.1f}%' + (f' ({looping} looping)' if looping else '')
         lines.append(f'| {g} ({v["clips"]}) | {v["seconds"]:.1f} s | {v["seconds"] / 30:.0%} | '
-                     + ' | '.join(f'{100 * v[n]:.1f}%' for n in names) + ' |')
+                     + ' | '.join(cell(n) for n in names) + ' |')
     return '\n'.join(lines)
 
 
@@ -389,7 +395,8 @@ def write_page(res, bench, path, svg):
             'Whisper hears 30-s windows, and a clip shorter than that is padded; under a cap the encoder serves the '
             'frames that hear the audio before the padding\'s '
             '([compute-budget.md](compute-budget.md#audio-before-padding)), so the shorter the clip, the more of '
-            'the budget its speech gets. By the clips\' length:',
+            'the budget its speech gets. By the clips\' length (a clip on which greedy decoding loops, repeating a '
+            'phrase to the token limit, can move a group\'s WER by ten points or more; such clips are counted):',
             '',
             length_table(res),
             '',
@@ -444,6 +451,7 @@ def main(argv=None):
     if args.rescore:
         with open(args.out) as f:
             res = json.load(f)
+        res['by_length'] = by_length(read_rows(res['manifest']), res['policies'])
     else:
         res = measure(args)
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
