@@ -224,6 +224,14 @@ def budget_layers(acm, d):
             for p, c in acm.items()}
 
 
+def uniform_k(fraction, num_learners):
+    """The learner count whose compute fraction is `fraction` (a multiple of 1/N): the static baseline of a cap."""
+    k = round(fraction * num_learners)
+    if abs(k - fraction * num_learners) > 1e-9:
+        raise ValueError(f'a uniform fraction of {fraction} is not a whole number of {num_learners} learners')
+    return k
+
+
 def sequence_betas(beta, batch_size):
     """A float or a [B] tensor of per-sequence budgets -> list of B floats in (0, 1]."""
     if isinstance(beta, torch.Tensor):
@@ -249,8 +257,9 @@ def check_mode(mode, beta=None, k=None):
         raise ValueError(f'mode uniform needs an integer k, got {k!r}')
 
 
-def choose(logits, mode, cfg, batch_size, seq_len, beta=None, k=None):
-    """Learner counts k [B, T] for a mode. logits [B, T, C] are only read by auto and cap."""
+def choose(logits, mode, cfg, batch_size, seq_len, beta=None, k=None, first=None):
+    """Learner counts k [B, T] for a mode. logits [B, T, C] are only read by auto and cap. first: under a cap, how
+    many leading tokens of the one sequence (B = 1) are served before the rest (trim_served_first)."""
     check_mode(mode, beta, k)
     B, T, N, k_min = batch_size, seq_len, cfg.num_learners, cfg.min_choice
     if mode == 'full':
@@ -260,6 +269,9 @@ def choose(logits, mode, cfg, batch_size, seq_len, beta=None, k=None):
     k_auto = choose_auto(logits, k_min)  # (B, T)
     if mode == 'auto':
         return k_auto
+    if first is not None:
+        assert B == 1, 'tokens served first are for one sequence'
+        return trim_served_first(logits[0], k_auto[0], k_min, N, sequence_betas(beta, 1)[0], first)[None]
     betas = torch.tensor(sequence_betas(beta, B), dtype=torch.float64)
     # trim_to_cap, vectorised over the batch (tested equal to it in tools/tests/test_acm.py)
     return cap_choices_batched(logits, k_auto, k_min, N, betas)  # (B, T)
@@ -313,15 +325,17 @@ class ACM(nn.Module):
             bound = 1 / self.d_out ** 0.5
             nn.init.uniform_(self.b2, -bound, bound)
 
-    def forward(self, x, mode='auto', beta=None, k=None, tau=None):
+    def forward(self, x, mode='auto', beta=None, k=None, tau=None, first=None):
         """x (B, T, d_in) -> out (B, T, d_out), k (B, T) int64.
         mode: 'full', 'auto', 'cap' (beta: float or [B] tensor), 'uniform' (k: int),
-        or 'gumbel' for training (see forward_gumbel; then the second value is the gate's one-hot)."""
+        or 'gumbel' for training (see forward_gumbel; then the second value is the gate's one-hot).
+        first: under a cap (or a capped 'gumbel'), how many leading tokens of the one sequence are served before
+        the rest (trim_served_first)."""
         if mode == 'gumbel':
-            return self.forward_gumbel(x, tau=tau, beta=beta)
+            return self.forward_gumbel(x, tau=tau, beta=beta, first=first)
         B, T, _ = x.shape
         logits = self.gating_network(x) if mode in ('auto', 'cap') else None  # (B, T, C)
-        k = choose(logits, mode, self.cfg, B, T, beta=beta, k=k)  # (B, T)
+        k = choose(logits, mode, self.cfg, B, T, beta=beta, k=k, first=first)  # (B, T)
         return self.forward_k(x, k), k
 
     def prefix_outputs(self, x):

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .acm import ACM, ACMConfig, GateConfig
+from .acm import ACM, ACMConfig, GateConfig, uniform_k
 from .acm_training import (cosine_lr, distill, distill_logits, diversity, gate_terms, init_mlp, track_budget_shares,
                            train_gates)
 from .modelio import to_stored
@@ -383,14 +383,6 @@ def num_learners_of(model):
     return ns.pop()
 
 
-def uniform_k(fraction, num_learners):
-    """The learner count whose compute fraction is `fraction` (a multiple of 1/N)."""
-    k = round(fraction * num_learners)
-    if abs(k - fraction * num_learners) > 1e-9:
-        raise ValueError(f'a uniform fraction of {fraction} is not a whole number of {num_learners} learners')
-    return k
-
-
 @torch.no_grad()
 def report(student, teacher, clips, budgets):
     """Greedy transcription of each clip by the dense teacher and by the student at each budget ->
@@ -405,8 +397,9 @@ def report(student, teacher, clips, budgets):
     for name in budgets:
         t = time.time()
         hyps, fractions = [], []
+        n = num_learners_of(student)
         for m in mels:
-            policy = budget_policy(name, num_learners_of(student))
+            policy = budget_policy(name, n)
             hyps.append(student.tokenizer.decode(student.greedy(m, policy=policy)))
             fractions.append(student.compute_fraction(policy))
         rows[name] = dict(wer=word_error_rate(refs, hyps), wer_to_dense=word_error_rate(dense, hyps),
@@ -444,8 +437,8 @@ def check_export(student, model_dir, clip):
     shares spread (0 when the export is exact)."""
     loaded = Whisper(model_dir)
     diffs = {}
+    n = num_learners_of(student)
     for name in ('full', 'auto', 'cap 0.5'):
-        n = num_learners_of(student)
         a, b = forced_logits(student, clip, budget_policy(name, n)), forced_logits(loaded, clip, budget_policy(name, n))
         diffs[name] = (a - b).abs().max().item()
     return diffs

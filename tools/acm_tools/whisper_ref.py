@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .acm import ACM, budget_layers, choose_auto, split_budget, trim_served_first
+from .acm import ACM, budget_layers, split_budget
 from .whisper_format import load_whisper
 
 # -----------------------------------------------------------------------------
@@ -224,20 +224,10 @@ class Whisper:
             start += length * count
             if policy.mode == 'gumbel':
                 beta = None if budget is None else torch.full((count,), budget, dtype=torch.float64)
-                if first is not None and beta is not None:
-                    assert count == 1, 'rows served first are for one sequence'
-                    y, chosen = acm.forward_gumbel(xs, tau=policy.tau, beta=beta, first=first)
-                else:
-                    y, chosen = acm(xs, mode='gumbel', tau=policy.tau, beta=beta)
+                y, chosen = acm(xs, mode='gumbel', tau=policy.tau, beta=beta, first=first)
                 chosen = chosen.flatten(0, 1)  # (sequences*T, C)
-            elif policy.mode == 'cap' and first is not None:
-                assert count == 1, 'rows served first are for one sequence'
-                logits = acm.gating_network(xs)[0]  # (T, C)
-                k_min, N = acm.cfg.min_choice, acm.cfg.num_learners
-                chosen = trim_served_first(logits, choose_auto(logits, k_min), k_min, N, budget, first)
-                y = acm.forward_k(xs, chosen[None])
             else:
-                y, chosen = acm(xs, mode=policy.mode, beta=budget, k=policy.k)
+                y, chosen = acm(xs, mode=policy.mode, beta=budget, k=policy.k, first=first)
                 chosen = chosen.flatten()  # (sequences*T,)
             policy.choices.setdefault(p, []).append(chosen)
             outs.append(y.flatten(0, 1))

@@ -26,6 +26,7 @@ import wave
 import numpy as np
 
 from . import whisper_tiny_en
+from .acm import uniform_k
 from .machine import git_commit
 from .speech_corpus import read_manifest
 from .speech_wer import loops, table
@@ -99,10 +100,7 @@ def options_of(spec, model_dir):
     """A policy's acm-serve options: given, or --uniform-k for a uniform compute fraction."""
     if isinstance(spec, list):
         return spec
-    k = spec * num_learners(model_dir)
-    if abs(k - round(k)) > 1e-9:
-        raise ValueError(f'uniform {spec}: not a whole number of learners')
-    return ['--uniform-k', str(round(k))]
+    return ['--uniform-k', str(uniform_k(spec, num_learners(model_dir)))]
 
 
 def read_rows(manifest):
