@@ -250,7 +250,8 @@ public final class Whisper: @unchecked Sendable {
         }
 
         // under a cap, each window's audio is served before its padding
-        let content = (0..<count).map { contentFrames(logMel: logMels + $0 * mels * frames) }
+        let capped = !acms.isEmpty && policies.contains { if case .cap = $0 { true } else { false } }
+        let content = capped ? (0..<count).map { contentFrames(logMel: logMels + $0 * mels * frames) } : nil
 
         let normed = ws.normed.reserve(tokens * d)
         let q = ws.q.reserve(tokens * d), k = ws.k.reserve(tokens * d), v = ws.v.reserve(tokens * d)
