@@ -8,6 +8,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 
@@ -384,3 +385,27 @@ def preprocess_grey(pixels, mean=0.5, std=0.25):
     """What vit_mixed's preprocessing does to a 16×16 grey image: no resize, no crop, (x/255 − mean)/std.
     -> float32 [1, 1, H, W]"""
     return ((pixels.astype(np.float32) / 255.0 - mean) / std)[None, None].astype(np.float32)
+
+
+def run_clients(count, work, timeout=180, label=str):
+    """work(i) for i in range(count), each on its own thread, all released together (a barrier) -> [work(i)].
+    Fails on a client still running after `timeout` s ('a client hung') or on any client's exception, naming
+    it by label(i)."""
+    results, errors = [None] * count, []
+    start = threading.Barrier(count)
+
+    def run(i):
+        try:
+            start.wait(30)
+            results[i] = work(i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f'client {label(i)}: {type(e).__name__}: {e}')
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not any(t.is_alive() for t in threads), 'a client hung'
+    assert not errors, '\n'.join(errors[:20])
+    return results

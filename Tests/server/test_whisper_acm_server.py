@@ -5,13 +5,13 @@ within the budget; the curl route and long audio apply budgets; a bad budget get
 import io
 import json
 import os
-import threading
 
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from harness import REPO, Server, error_message, infer_path, metrics, parse_metrics, request, sample_value
+from harness import (REPO, Server, error_message, infer_path, metrics, parse_metrics, request, run_clients,
+                     sample_value)
 # clips and mels are that module's fixtures (name -> (WAV bytes, CTranslate2's ids and text); name -> log-mel)
 from test_whisper_server import (CLIPS, SPEECH_FIXTURES, audio, clips, curl, mels, speech_body,  # noqa: F401
                                  speech_infer, wav_bytes)
@@ -79,27 +79,16 @@ def test_mixed_budgets_in_one_batch(server, clips, mels, alone):
     and compute fraction of their request sent alone, while their requests share batches."""
     before = parse_metrics(metrics(server.port))
     work = jobs()
-    answers, errors = [None] * CLIENTS, []
-    start = threading.Barrier(CLIENTS)
 
     def run(i):
         name, kind, budget = work[i]
         c = httpclient.InferenceServerClient(server.url, connection_timeout=120, network_timeout=120)
         try:
-            start.wait(30)
-            answers[i] = transcribe(c, budget=budget, **({'wav': clips[name][0]} if kind == 'wav' else {'mel': mels[name]}))
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(f'client {i} ({name}, {kind}, {budget}): {type(e).__name__}: {e}')
+            return transcribe(c, budget=budget, **({'wav': clips[name][0]} if kind == 'wav' else {'mel': mels[name]}))
         finally:
             c.close()
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
-    assert not any(t.is_alive() for t in threads), 'a client hung'
-    assert not errors, '\n'.join(errors)
+    answers = run_clients(CLIENTS, run, label=lambda i: f'{i} {work[i]}')
     for i, job in enumerate(work):
         text, ids, params = answers[i]
         want_text, want_ids, want_params = alone[job]

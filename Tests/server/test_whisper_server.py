@@ -16,7 +16,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from harness import (FIXTURES, REPO, Server, error_message, infer, infer_path, metrics, parse_metrics, request,
-                     sample_value)
+                     run_clients, sample_value)
 
 MODEL = 'whisper-tiny.en'
 MODEL_DIR = os.path.join(REPO, 'build', 'models', 'whisper-tiny.en')
@@ -128,31 +128,19 @@ def test_concurrent_clients(server, client, clips, mels, alone):
     # client i: clip i % 4, as a log-mel (even i) or as WAV (odd i); every other one with a compute_budget
     jobs = [(CLIPS[i % len(CLIPS)], 'mel' if i % 2 == 0 else 'audio', 0.5 if i % 4 < 2 else None)
             for i in range(CLIENTS)]
-    answers, errors = [None] * CLIENTS, []
-    start = threading.Barrier(CLIENTS)
 
     def run(i):
         name, kind, budget = jobs[i]
         c = httpclient.InferenceServerClient(server.url, connection_timeout=120, network_timeout=120)
         try:
-            start.wait(30)
             params = None if budget is None else {'compute_budget': budget}
             if kind == 'mel':
-                answers[i] = speech_infer(c, mel=mels[name][None], parameters=params)
-            else:
-                answers[i] = speech_infer(c, audio=[clips[name][0]], parameters=params)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(f'client {i} ({name}, {kind}): {type(e).__name__}: {e}')
+                return speech_infer(c, mel=mels[name][None], parameters=params)
+            return speech_infer(c, audio=[clips[name][0]], parameters=params)
         finally:
             c.close()
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(180)
-    assert not any(t.is_alive() for t in threads), 'a client hung'
-    assert not errors, '\n'.join(errors)
+    answers = run_clients(CLIENTS, run, label=lambda i: f'{i} {jobs[i]}')
     for i, (name, kind, budget) in enumerate(jobs):
         texts, rows, params = answers[i]
         ct2 = clips[name][1]
