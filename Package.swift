@@ -51,9 +51,11 @@ let package = Package(
 
         // Row kernels (softmax, LayerNorm, GELU) compiled per instruction set and picked at run time.
         .target(name: "CACMKernels"),
+        // The bf16 GEMM: LIBXSMM's JIT kernels on AVX-512 BF16 or AMX, the activations rounded as they are read.
+        .target(name: "CACMBF16", dependencies: ["CXSMM"]),
         // Numeric core: tensors, GEMM (LIBXSMM, OpenBLAS), kernels, attention, the ACM layer and the dense-or-ACM
         // layer both models build on, safetensors and .npy readers.
-        .target(name: "ACMCore", dependencies: ["CBLAS", "CXSMM", "CACMKernels"], swiftSettings: swiftSettings),
+        .target(name: "ACMCore", dependencies: ["CBLAS", "CXSMM", "CACMKernels", "CACMBF16"], swiftSettings: swiftSettings),
         // Models built from the core: the ViT and its config.
         .target(name: "ACMModels", dependencies: ["ACMCore"], swiftSettings: swiftSettings),
         // Whisper speech recognition on the core: audio decoding (libsndfile, libsoxr), the log-mel

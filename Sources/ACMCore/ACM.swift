@@ -5,7 +5,7 @@
 /// The composition of linear layers with nothing between them, as one layer: x·W₀ᵀ·W₁ᵀ⋯ + the biases
 /// carried through. Multiplied out in double precision, so the folded logits differ from the layer-by-layer
 /// ones only by float rounding (docs/performance.md counts the gate decisions that moved).
-func foldLinear(_ layers: [Linear]) -> Linear {
+func foldLinear(_ layers: [Linear], precision: Precision) -> Linear {
     // m = W_{last}·⋯·W₀ [out, in] and c the bias, built up from the first layer.
     let first = layers[0]
     var rows = first.outputs
@@ -31,7 +31,7 @@ func foldLinear(_ layers: [Linear]) -> Linear {
     }
     return Linear(
         weight: Tensor(shape: [rows, columns], values: m.map { Float($0) }),
-        bias: Tensor(shape: [rows], values: c.map { Float($0) }))
+        bias: Tensor(shape: [rows], values: c.map { Float($0) }), precision: precision)
 }
 
 /// Scratch space shared by every ACM (and every `DenseOrACM`) of a model; the layers run one at a time.
@@ -67,11 +67,11 @@ public final class ACMLayer: @unchecked Sendable {
     public let inputDim: Int
     public let outputDim: Int
     /// `w1` [d_in, N·h]
-    let w1: Tensor
+    let w1: GEMMWeight
     /// `b1` [N·h]
     let b1: Tensor?
     /// `w2` [N·h, d_out]
-    let w2: Tensor
+    let w2: GEMMWeight
     /// Running sums of `b2` [(N+1)·d_out]: row k is Σ_{j≤k} b2[j].
     let cumulativeB2: Tensor?
     /// `gating_network.net.{j}`; a gate with no activation between its layers is one linear map, and is
@@ -88,9 +88,10 @@ public final class ACMLayer: @unchecked Sendable {
         self.inputDim = inputDim
         self.outputDim = outputDim
         let n = config.numLearners, h = config.learnerDim
-        w1 = try weights.tensor("w1", shape: [inputDim, n * h])
+        let precision = weights.precision
+        w1 = GEMMWeight(try weights.tensor("w1", shape: [inputDim, n * h]), precision: precision)
         b1 = config.hiddenBias ? try weights.tensor("b1", shape: [n * h]) : nil
-        w2 = try weights.tensor("w2", shape: [n * h, outputDim])
+        w2 = GEMMWeight(try weights.tensor("w2", shape: [n * h, outputDim]), precision: precision)
         if config.outputBias {
             let b2 = try weights.tensor("b2", shape: [(n + 1) * outputDim])
             let sums = Tensor(shape: [n + 1, outputDim])
@@ -110,16 +111,16 @@ public final class ACMLayer: @unchecked Sendable {
             let outputs = j == config.gate.depth - 1 ? config.numChoices : config.gate.hiddenDim
             layers.append(try Linear(inputs: inputs, outputs: outputs, weights: net.scoped("\(j)")))
         }
-        gate = config.gate.activation == .identity && layers.count > 1 ? [foldLinear(layers)] : layers
+        gate = config.gate.activation == .identity && layers.count > 1 ? [foldLinear(layers, precision: precision)] : layers
         if gate.count == 1 && config.minChoice > 0 {
             // rows [0, choices) the gate's, then row choices + j the learners' column j of w1: [out, in]
             let choices = config.numChoices, first = config.minChoice * h
             let weight = Tensor(shape: [choices + first, inputDim]), bias = Tensor(shape: [choices + first])
             weight.data.update(from: gate[0].weight.data, count: choices * inputDim)
-            transpose(w1.data, rows: inputDim, columns: first, lda: n * h, out: weight.data + choices * inputDim, ldOut: inputDim)
+            transpose(w1.f32.data, rows: inputDim, columns: first, lda: n * h, out: weight.data + choices * inputDim, ldOut: inputDim)
             if let b = gate[0].bias { bias.data.update(from: b.data, count: choices) }
             if let b1 { (bias.data + choices).update(from: b1.data, count: first) }
-            gateAndFirst = Linear(weight: weight, bias: bias)
+            gateAndFirst = Linear(weight: weight, bias: bias, precision: precision)
         } else {
             gateAndFirst = nil
         }
@@ -142,7 +143,7 @@ public final class ACMLayer: @unchecked Sendable {
             if let b = part.bias { (bias.data + row).update(from: b.data, count: part.outputs) }
             row += part.outputs
         }
-        return Linear(weight: weight, bias: bias)
+        return Linear(weight: weight, bias: bias, precision: parts[0].precision)
     }
 
     /// The width of this ACM's part of a stacked gate's output (`stackedGateAndFirst`), if it has one.
@@ -281,15 +282,14 @@ public final class ACMLayer: @unchecked Sendable {
 
         /// ys[0..<rows] (+)= hidden·W2_n: [rows, h] × [h, d_out], the hidden rows `ld` apart
         func project(_ index: Int, _ hidden: UnsafePointer<Float>, ld: Int, _ ys: UnsafeMutablePointer<Float>, rows: Int, accumulate: Bool) {
-            gemm(
-                m: rows, n: dOut, k: h, a: hidden, lda: ld, b: w2.data + index * h * dOut, ldb: dOut,
-                beta: accumulate ? 1 : 0, c: ys, ldc: dOut)
+            w2.multiply(
+                m: rows, a: hidden, lda: ld, rows: index * h..<(index + 1) * h, beta: accumulate ? 1 : 0, c: ys, ldc: dOut)
         }
         /// ys[0..<rows] (+)= act(xs[0..<rows]·W1_n + b1_n)·W2_n
         func learner(_ index: Int, _ xs: UnsafePointer<Float>, _ ys: UnsafeMutablePointer<Float>, rows: Int, accumulate: Bool) {
             let hid = ws.hidden.reserve(rows * h)
             // [rows, d_in] × [d_in, h]
-            gemm(m: rows, n: h, k: dIn, a: xs, lda: dIn, b: w1.data + index * h, ldb: n * h, c: hid, ldc: h)
+            w1.multiply(m: rows, a: xs, lda: dIn, columns: index * h..<(index + 1) * h, c: hid, ldc: h)
             config.activation.apply(hid, rows: rows, columns: h, bias: b1.map { $0.data + index * h })
             project(index, hid, ld: h, ys, rows: rows, accumulate: accumulate)
         }

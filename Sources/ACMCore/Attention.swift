@@ -1,3 +1,5 @@
+import CACMBF16
+
 /// Multi-head scaled dot-product attention, run per sequence: the ViT's and Whisper's encoder
 /// self-attention, and Whisper's decoder self-attention (causal, over its KV cache) and cross-attention.
 ///
@@ -7,12 +9,17 @@
 /// queries are the last of their keys (a decoder's new tokens after its cached ones): query j of a
 /// sequence with c more keys than queries sees keys 0...c + j. The (sequence, head) pairs are shared out
 /// among the workers; `scores` holds each worker's score matrix.
+///
+/// With `precision` bf16 (where `BF16.available`), the two products of a head with more than `fewQueries`
+/// queries run in bf16: q and the probabilities rounded to bfloat16 as they are read, k and v packed per head;
+/// the scores, the softmax and the output stay float.
 public func multiHeadAttention(
     q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ld: Int,
     out: UnsafeMutablePointer<Float>, ldOut: Int,
     sequences: [Range<Int>], keys: [Range<Int>]? = nil, causal: Bool = false,
-    heads: Int, headDim: Int, scores: WorkerScratch
+    heads: Int, headDim: Int, scores: WorkerScratch, precision: Precision = .f32
 ) {
+    let bf16 = precision.effective == .bf16
     precondition(keys == nil || keys!.count == sequences.count)
     let scale = 1 / Float(headDim).squareRoot()
     scores.prepare()
@@ -29,16 +36,26 @@ public func multiHeadAttention(
             // the product through the softmax to the product with v (Whisper's encoder: 1,500 keys, 9 MB of
             // scores a head at once, but 375 KB a block of 64).
             let block = min(count, max(fewQueries, scoreBlockFloats / max(keyCount, 1)))
-            let s = scores[worker].reserve(block * keyCount + (transposeKeys ? headDim * keyCount : 0))
+            // after the scores: kᵀ in float, or k and v packed in bf16 (two UInt16 to a float)
+            let packedFloats = (bf16PackedCount(k: headDim, n: keyCount) + bf16PackedCount(k: keyCount, n: headDim) + 1) / 2
+            let s = scores[worker].reserve(block * keyCount + (transposeKeys ? (bf16 ? packedFloats : headDim * keyCount) : 0))
             let kT = s + block * keyCount
-            if transposeKeys {
+            let packed = UnsafeMutableRawPointer(kT).bindMemory(to: UInt16.self, capacity: 2 * packedFloats)
+            let packedK = packed, packedV = packed + bf16PackedCount(k: headDim, n: keyCount)
+            if transposeKeys && bf16 {
+                // k packed as kᵀ [dh, keys], v as [keys, dh], once per head
+                acm_pack_bf16_pairs_transposed(kh, headDim, keyCount, ld, packedK)
+                acm_pack_bf16_pairs(vh, keyCount, headDim, ld, packedV)
+            } else if transposeKeys {
                 // kᵀ [dh, keys] once, so that both GEMMs run untransposed (LIBXSMM's kernels)
                 transpose(kh, rows: keyCount, columns: headDim, lda: ld, out: kT, ldOut: keyCount)
             }
             for first in stride(from: 0, to: count, by: block) {
                 let rows = min(block, count - first), qb = qh + first * ld
                 // scores = q·kᵀ: [rows, dh] × [dh, keys]; the 1/√dh goes into the softmax
-                if transposeKeys {
+                if transposeKeys && bf16 {
+                    acm_gemm_bf16(rows, keyCount, headDim, qb, ld, packedK, keyCount, 0, s, keyCount)
+                } else if transposeKeys {
                     gemm(m: rows, n: keyCount, k: headDim, a: qb, lda: ld, b: kT, ldb: keyCount, c: s, ldc: keyCount)
                 } else {
                     // a decoder step's few queries: dot products against the keys where they lie (a GEMM would
@@ -56,7 +73,9 @@ public func multiHeadAttention(
                 }
                 // out = softmax(scores)·v: [rows, keys] × [keys, dh]
                 let o = out + (queries.lowerBound + first) * ldOut + col
-                if transposeKeys {
+                if transposeKeys && bf16 {
+                    acm_gemm_bf16(rows, headDim, keyCount, s, keyCount, packedV, headDim, 0, o, ldOut)
+                } else if transposeKeys {
                     gemm(m: rows, n: headDim, k: keyCount, a: s, lda: keyCount, b: vh, ldb: ld, c: o, ldc: ldOut)
                 } else {
                     weightedRows(s, rows: rows, ldp: keyCount, v: vh, ldv: ld, n: keyCount, k: headDim, out: o, ldOut: ldOut)

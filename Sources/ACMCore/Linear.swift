@@ -5,8 +5,8 @@ public struct Linear: Sendable {
     public let weight: Tensor
     public let bias: Tensor?
     /// `weight`ᵀ [in, out], made once at load so that the forward GEMM needs no transpose (the fast
-    /// kernels of `gemm` take none).
-    public let weightT: Tensor
+    /// kernels of `gemm` take none), in the layer's precision.
+    public let weightT: GEMMWeight
     /// `weight` as the file stores it when that is F16 (Whisper's checkpoints) and the layer was built with
     /// `keepHalf`, for the few-rows path: a decoder step reads every weight for one row per utterance, so its
     /// bytes are the cost, and widening halves is exact.
@@ -19,19 +19,22 @@ public struct Linear: Sendable {
         weight = try weights.tensor("weight", shape: [outputs, inputs])
         half = keepHalf ? try weights.halfMatrix("weight", shape: [outputs, inputs]) : nil
         self.bias = bias ? try weights.tensor("bias", shape: [outputs]) : nil
-        weightT = weight.transposed()
+        weightT = GEMMWeight(weight.transposed(), precision: weights.precision)
     }
 
     /// A layer from tensors already in memory (e.g. one slice of a packed projection).
-    public init(weight: Tensor, bias: Tensor?) {
+    public init(weight: Tensor, bias: Tensor?, precision: Precision = .f32) {
         precondition(weight.shape.count == 2)
         outputs = weight.shape[0]
         inputs = weight.shape[1]
         self.weight = weight
         self.bias = bias
-        weightT = weight.transposed()
+        weightT = GEMMWeight(weight.transposed(), precision: precision)
         half = nil
     }
+
+    /// What the layer's GEMMs run in.
+    public var precision: Precision { weightT.precision }
 
     /// out = x·Wᵀ + b for `rows` rows; `ldx` and `ldOut` are row strides.
     public func forward(
@@ -52,10 +55,7 @@ public struct Linear: Sendable {
         }
         Parallel.forEachChunk(rows) { _, r in
             // [rows, in] × [in, out]
-            gemm(
-                m: r.count, n: outputs, k: inputs,
-                a: x + r.lowerBound * ldi, lda: ldi, b: weightT.data, ldb: outputs,
-                c: out + r.lowerBound * ldo, ldc: ldo)
+            weightT.multiply(m: r.count, a: x + r.lowerBound * ldi, lda: ldi, c: out + r.lowerBound * ldo, ldc: ldo)
             if let bias { addBias(out + r.lowerBound * ldo, rows: r.count, columns: outputs, ld: ldo, bias: bias.data) }
         }
     }
@@ -145,14 +145,10 @@ public struct DenseMLP: Sendable {
         Parallel.forEachChunk(rows) { worker, r in
             let hidden = scratch[worker].reserve(r.count * hiddenWidth)
             // [rows, d] × [d, D]
-            gemm(
-                m: r.count, n: hiddenWidth, k: d, a: x + r.lowerBound * d, lda: d,
-                b: fc1.weightT.data, ldb: hiddenWidth, c: hidden, ldc: hiddenWidth)
+            fc1.weightT.multiply(m: r.count, a: x + r.lowerBound * d, lda: d, c: hidden, ldc: hiddenWidth)
             Activation.gelu.apply(hidden, rows: r.count, columns: hiddenWidth, bias: fc1.bias?.data)
             // [rows, D] × [D, d]
-            gemm(
-                m: r.count, n: dOut, k: hiddenWidth, a: hidden, lda: hiddenWidth,
-                b: fc2.weightT.data, ldb: dOut, c: out + r.lowerBound * dOut, ldc: dOut)
+            fc2.weightT.multiply(m: r.count, a: hidden, lda: hiddenWidth, c: out + r.lowerBound * dOut, ldc: dOut)
             if let b = fc2.bias { addBias(out + r.lowerBound * dOut, rows: r.count, columns: dOut, ld: dOut, bias: b.data) }
         }
     }

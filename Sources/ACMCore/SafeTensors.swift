@@ -192,15 +192,18 @@ public final class SafeTensorsFile: @unchecked Sendable {
 public struct Weights: Sendable {
     public let file: SafeTensorsFile
     public let prefix: String
+    /// What the layers built from these weights run their GEMMs in (`GEMMWeight`).
+    public let precision: Precision
 
-    public init(file: SafeTensorsFile, prefix: String = "") {
+    public init(file: SafeTensorsFile, prefix: String = "", precision: Precision = .f32) {
         self.file = file
         self.prefix = prefix
+        self.precision = precision
     }
 
     public func key(_ name: String) -> String { prefix.isEmpty ? name : "\(prefix).\(name)" }
 
-    public func scoped(_ name: String) -> Weights { Weights(file: file, prefix: key(name)) }
+    public func scoped(_ name: String) -> Weights { Weights(file: file, prefix: key(name), precision: precision) }
 
     public func tensor(_ name: String, shape: [Int]) throws -> Tensor {
         try file.tensor(key(name), shape: shape)

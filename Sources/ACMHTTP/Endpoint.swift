@@ -18,6 +18,8 @@ protocol Endpoint: AnyObject, Sendable {
     static var curlBody: String { get }
     /// "an image model", "a speech model": what the other kind's 404 calls this model.
     static var kindName: String { get }
+    /// What the model's GEMMs run in (its entry's precision where this CPU has it).
+    var precision: Precision { get }
 
     /// An infer request's job, from its envelope.
     func parseInfer(_ envelope: inout RequestEnvelope) throws -> Submission<Engine>
@@ -42,8 +44,8 @@ struct Submission<Engine: BatchEngine> {
 }
 
 extension Endpoint {
-    var metadata: JSON { modelMetadata(name: name, inputs: inputs, outputs: outputs) }
-    var config: JSON { tritonConfig(name: name, entry: entry, inputs: inputs, outputs: outputs) }
+    var metadata: JSON { modelMetadata(name: name, precision: precision, inputs: inputs, outputs: outputs) }
+    var config: JSON { tritonConfig(name: name, entry: entry, precision: precision, inputs: inputs, outputs: outputs) }
     var pendingRequests: Int { runner.pendingRequests }
     func shutdown() { runner.shutdown() }
 }

@@ -17,6 +17,7 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
     let name: String
     let entry: ServerConfig.ModelEntry
     let model: Model
+    var precision: Precision { model.precision }
     let runner: BatchRunner<ViTEngine>
     /// Built at load from the model's `preprocessing`, so that a bad one fails start-up; nil: the model
     /// takes no encoded images.

@@ -25,15 +25,24 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             switch ModelKind.of(directory: entry.path) {
             case .speech:
                 endpoints[name] = SpeechEndpoint(
-                    name: name, entry: entry, model: try WhisperModel(directory: entry.path), metrics: metrics)
+                    name: name, entry: entry, model: try WhisperModel(directory: entry.path, precision: entry.precision), metrics: metrics)
                 details = ["architecture": "whisper"]
             case .image:
-                let model = try Model(directory: entry.path)
+                let model = try Model(directory: entry.path, precision: entry.precision)
                 endpoints[name] = try ImageEndpoint(name: name, entry: entry, model: model, metrics: metrics)
                 details = ["acm_layers": "\(model.vit.acmPaths.count)"]
             }
-            details.merge(["model": "\(name)", "path": "\(entry.path)", "max_batch_size": "\(entry.maxBatchSize)"]) { a, _ in a }
+            let precision = endpoints[name]!.precision
+            details.merge([
+                "model": "\(name)", "path": "\(entry.path)", "max_batch_size": "\(entry.maxBatchSize)",
+                "precision": "\(precision)",
+            ]) { a, _ in a }
             logger.info("loaded model", metadata: details)
+            if precision != entry.precision {
+                logger.warning(
+                    "\(entry.precision) is not available here; the model runs in \(precision)",
+                    metadata: ["model": "\(name)", "bf16": "\(BF16.description)"])
+            }
         }
         self.endpoints = endpoints
     }

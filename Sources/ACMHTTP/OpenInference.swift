@@ -360,19 +360,23 @@ struct TensorSpec {
     }
 }
 
-/// The protocol's model metadata.
-func modelMetadata(name: String, inputs: [TensorSpec], outputs: [TensorSpec]) -> JSON {
+/// The protocol's model metadata, with the precision the model runs in under `parameters`.
+func modelMetadata(name: String, precision: Precision, inputs: [TensorSpec], outputs: [TensorSpec]) -> JSON {
     func tensor(_ t: TensorSpec) -> JSON {
         .object([("name", .string(t.name)), ("datatype", .string(t.datatype)), ("shape", .array(([-1] + t.dims).map { .integer($0) }))])
     }
     return .object([
         ("name", .string(name)), ("versions", .array([.string("1")])), ("platform", .string("acm-serve")),
         ("inputs", .array(inputs.map(tensor))), ("outputs", .array(outputs.map(tensor))),
+        ("parameters", .object([("precision", .string(precision.rawValue))])),
     ])
 }
 
-/// Triton's model configuration, which perf_analyzer reads.
-func tritonConfig(name: String, entry: ServerConfig.ModelEntry, inputs: [TensorSpec], outputs: [TensorSpec]) -> JSON {
+/// Triton's model configuration, which perf_analyzer reads, with the precision the model runs in as a
+/// Triton model parameter.
+func tritonConfig(
+    name: String, entry: ServerConfig.ModelEntry, precision: Precision, inputs: [TensorSpec], outputs: [TensorSpec]
+) -> JSON {
     func tensor(_ t: TensorSpec, input: Bool) -> JSON {
         var fields: [(String, JSON)] = [("name", .string(t.name)), ("data_type", .string(t.tritonType))]
         if input && t.datatype != "BYTES" { fields.append(("format", .string("FORMAT_NONE"))) }
@@ -391,5 +395,6 @@ func tritonConfig(name: String, entry: ServerConfig.ModelEntry, inputs: [TensorS
             ("max_queue_delay_microseconds", .integer(entry.maxQueueDelayMicroseconds)),
             ("default_queue_policy", .object([("max_queue_size", .integer(entry.maxQueueSize))])),
         ])),
+        ("parameters", .object([("precision", .object([("string_value", .string(precision.rawValue))]))])),
     ])
 }

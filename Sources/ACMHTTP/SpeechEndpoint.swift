@@ -17,6 +17,7 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
     let name: String
     let entry: ServerConfig.ModelEntry
     let model: WhisperModel
+    var precision: Precision { model.precision }
     let runner: BatchRunner<SpeechEngine>
     let metrics: ServingMetrics
 

@@ -6,8 +6,12 @@ public final class Model: @unchecked Sendable {
     public let directory: String
     public let config: ModelConfig
     public let vit: ViT
+    /// What the GEMMs run in: the precision asked for where this CPU has it (`Precision.effective`).
+    public let precision: Precision
 
-    public init(directory: String) throws {
+    /// - Parameter precision: what the GEMMs run in; bf16 falls back to f32 where the CPU has no bfloat16
+    ///   instructions (`precision` then says f32).
+    public init(directory: String, precision: Precision = .f32) throws {
         self.directory = directory
         config = try ModelConfig.load(path: "\(directory)/config.json")
         guard config.architecture == "vit", let vitConfig = config.vit else {
@@ -17,7 +21,8 @@ public final class Model: @unchecked Sendable {
             throw ModelError.config("\(labels.count) labels for \(vitConfig.numClasses) classes")
         }
         let file = try SafeTensorsFile(path: "\(directory)/model.safetensors")
-        vit = try ViT(config: vitConfig, acm: config.acm, weights: Weights(file: file))
+        self.precision = precision.effective
+        vit = try ViT(config: vitConfig, acm: config.acm, weights: Weights(file: file, precision: self.precision))
     }
 
     /// The label of class `index`, or its number when the model has no labels.

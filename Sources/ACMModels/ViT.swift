@@ -50,7 +50,9 @@ public final class ViT: @unchecked Sendable {
     /// Module path of each ACM, in execution order.
     public let acmPaths: [String]
     let acms: [ACMLayer]
-    let patchWeight: Tensor  // conv_proj.weight [d, C, p, p], kept transposed as [C·p·p, d]
+    /// What the GEMMs run in (the weights' precision, `Weights.precision`).
+    public let precision: Precision
+    let patchWeight: GEMMWeight  // conv_proj.weight [d, C, p, p], kept transposed as [C·p·p, d]
     let patchBias: Tensor  // conv_proj.bias [d]
     let classToken: Tensor  // class_token [1, 1, d]
     let posEmbedding: Tensor  // encoder.pos_embedding [1, S, d]
@@ -114,7 +116,8 @@ public final class ViT: @unchecked Sendable {
         try weights.file.checkAllUsed()
 
         self.config = config
-        self.patchWeight = patchWeight.transposed()
+        self.precision = weights.precision
+        self.patchWeight = GEMMWeight(patchWeight.transposed(), precision: weights.precision)
         self.patchBias = patchBias
         self.classToken = classToken
         self.posEmbedding = posEmbedding
@@ -244,10 +247,7 @@ public final class ViT: @unchecked Sendable {
         let patches = ws.patches.reserve(count * g * g * patchLength)
         extractPatches(images, count: count, channels: c, size: size, patch: p, out: patches)
         let embedded = ws.blockOut.reserve(count * g * g * d)
-        gemm(
-            m: count * g * g, n: d, k: patchLength,
-            a: patches, lda: patchLength, b: patchWeight.data, ldb: d,
-            c: embedded, ldc: d)
+        patchWeight.multiply(m: count * g * g, a: patches, lda: patchLength, c: embedded, ldc: d)
         // class token first, then the patches; plus the position embedding
         for b in 0..<count {
             for t in 0..<s {
@@ -296,7 +296,8 @@ public final class ViT: @unchecked Sendable {
             }
             multiHeadAttention(
                 q: q, k: k, v: v, ld: d, out: attended, ldOut: d,
-                sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores)
+                sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores,
+                precision: precision)
             run(layer.o, attended, blockOut)
             addInPlace(x, blockOut, count: tokens * d)
 

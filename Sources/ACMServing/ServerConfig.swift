@@ -53,6 +53,8 @@ public struct ServerConfig: Codable, Sendable, Equatable {
         public var defaultBudget: ComputeBudget?
         /// A speech model's longest audio file, in seconds, transcribed in consecutive 30-s windows.
         public var maxAudioSeconds = 600.0
+        /// What the model's GEMMs run in; bf16 falls back to f32 where the CPU has no bfloat16 instructions.
+        public var precision = Precision.f32
 
         public init(path: String) { self.path = path }
 
@@ -69,6 +71,7 @@ public struct ServerConfig: Codable, Sendable, Equatable {
             case maxQueueSize = "max_queue_size"
             case defaultBudget = "default_budget"
             case maxAudioSeconds = "max_audio_seconds"
+            case precision
         }
 
         public init(from decoder: any Decoder) throws {
@@ -79,6 +82,7 @@ public struct ServerConfig: Codable, Sendable, Equatable {
             try c.update(&maxQueueSize, .maxQueueSize)
             try c.update(&defaultBudget, .defaultBudget)
             try c.update(&maxAudioSeconds, .maxAudioSeconds)
+            try c.update(&precision, .precision)
         }
     }
 

@@ -96,9 +96,11 @@ public final class Whisper: @unchecked Sendable {
     /// How a request's cap is spread over `acms` (docs/compute-budget.md): by budget share and cost
     /// per token, as for the ViT, whether an ACM runs in the encoder or at every decoder step.
     let budgetSplit: BudgetSplit
-    let conv1Weight: Tensor  // model.encoder.conv1.weight [d, mel, 3], read as [d, mel·3]
+    /// What the GEMMs run in (the weights' precision, `Weights.precision`).
+    public let precision: Precision
+    let conv1Weight: GEMMWeight  // model.encoder.conv1.weight [d, mel, 3], kept transposed as [mel·3, d]
     let conv1Bias: Tensor  // model.encoder.conv1.bias [d]
-    let conv2Weight: Tensor  // model.encoder.conv2.weight [d, d, 3], read as [d, d·3]
+    let conv2Weight: GEMMWeight  // model.encoder.conv2.weight [d, d, 3], kept transposed as [d·3, d]
     let conv2Bias: Tensor  // model.encoder.conv2.bias [d]
     let encoderPositions: Tensor  // model.encoder.embed_positions.weight [S, d]
     let encoderLayers: [Layer]  // model.encoder.layers.{i}
@@ -145,9 +147,10 @@ public final class Whisper: @unchecked Sendable {
         self.acmPaths = acms.paths
         self.acms = acms.layers
         self.budgetSplit = BudgetSplit(paths: acms.paths, acms: acms.layers)
-        self.conv1Weight = conv1Weight
+        self.precision = weights.precision
+        self.conv1Weight = GEMMWeight(conv1Weight.transposed(), precision: weights.precision)
         self.conv1Bias = conv1Bias
-        self.conv2Weight = conv2Weight
+        self.conv2Weight = GEMMWeight(conv2Weight.transposed(), precision: weights.precision)
         self.conv2Bias = conv2Bias
         self.encoderPositions = encoderPositions
         self.encoderLayers = encoderLayers
@@ -213,9 +216,7 @@ public final class Whisper: @unchecked Sendable {
         // [count·2S, mel·3] × [mel·3, d], then GELU(· + bias)
         let h = ws.conv.reserve(count * frames * d)
         Parallel.forEachChunk(count * frames) { _, r in
-            gemm(
-                m: r.count, n: d, k: mels * 3, a: columns1 + r.lowerBound * mels * 3, lda: mels * 3,
-                b: conv1Weight.data, ldb: mels * 3, transB: true, c: h + r.lowerBound * d, ldc: d)
+            conv1Weight.multiply(m: r.count, a: columns1 + r.lowerBound * mels * 3, lda: mels * 3, c: h + r.lowerBound * d, ldc: d)
             Activation.gelu.apply(h + r.lowerBound * d, rows: r.count, columns: d, bias: conv1Bias.data)
         }
 
@@ -238,9 +239,7 @@ public final class Whisper: @unchecked Sendable {
         // [count·S, d·3] × [d·3, d], then GELU(· + bias), + embed_positions
         let x = ws.x.reserve(tokens * d)
         Parallel.forEachChunk(tokens) { _, r in
-            gemm(
-                m: r.count, n: d, k: d * 3, a: columns2 + r.lowerBound * d * 3, lda: d * 3,
-                b: conv2Weight.data, ldb: d * 3, transB: true, c: x + r.lowerBound * d, ldc: d)
+            conv2Weight.multiply(m: r.count, a: columns2 + r.lowerBound * d * 3, lda: d * 3, c: x + r.lowerBound * d, ldc: d)
             Activation.gelu.apply(x + r.lowerBound * d, rows: r.count, columns: d, bias: conv2Bias.data)
             for row in r {
                 let pos = encoderPositions.data + (row % s) * d
@@ -265,7 +264,7 @@ public final class Whisper: @unchecked Sendable {
             layer.selfAttn.v.forward(normed, rows: tokens, out: v)
             multiHeadAttention(
                 q: q, k: k, v: v, ld: d, out: attended, ldOut: d,
-                sequences: sequences, heads: heads, headDim: d / heads, scores: ws.scores)
+                sequences: sequences, heads: heads, headDim: d / heads, scores: ws.scores, precision: precision)
             layer.selfAttn.out.forward(attended, rows: tokens, out: blockOut)
             addInPlace(x, blockOut, count: tokens * d)
 

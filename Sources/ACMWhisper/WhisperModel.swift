@@ -9,12 +9,17 @@ public final class WhisperModel: @unchecked Sendable {
     public let whisper: Whisper
     public let tokenizer: WhisperTokenizer
     public let frontEnd: LogMelSpectrogram
+    /// What the GEMMs run in: the precision asked for where this CPU has it (`Precision.effective`).
+    public let precision: Precision
 
-    public init(directory: String) throws {
+    /// - Parameter precision: what the GEMMs run in; bf16 falls back to f32 where the CPU has no bfloat16
+    ///   instructions (`precision` then says f32).
+    public init(directory: String, precision: Precision = .f32) throws {
         self.directory = directory
         config = try WhisperModelConfig.load(path: "\(directory)/config.json")
         let file = try SafeTensorsFile(path: "\(directory)/model.safetensors")
-        whisper = try Whisper(config: config.whisper, acm: config.acm, weights: Weights(file: file))
+        self.precision = precision.effective
+        whisper = try Whisper(config: config.whisper, acm: config.acm, weights: Weights(file: file, precision: self.precision))
         tokenizer = try WhisperTokenizer(path: "\(directory)/tokenizer.json", firstSpecial: config.generation.eosTokenId)
         frontEnd = LogMelSpectrogram(melBins: config.whisper.numMelBins)
     }

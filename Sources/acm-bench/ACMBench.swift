@@ -25,6 +25,8 @@ struct LayerBench: ParsableCommand {
     @Option(help: "Worker threads (0 = one per core).") var threads = 0
     @Option(help: "Mean compute fractions to time.") var fractions: [Double] = [0.25, 0.5, 0.75, 1.0]
     @Flag(help: "Also time the gate and the learners on their own.") var breakdown = false
+    @Option(help: "What the GEMMs run in: f32, or bf16 where the CPU has AVX-512 BF16 (else f32).")
+    var precision: Precision = .f32
 
     func run() throws {
         reexecWithTunedBLASIfNeeded()
@@ -38,8 +40,8 @@ struct LayerBench: ParsableCommand {
         }
 
         // The dense MLP: [tokens, d] × [d, D] → GELU → [tokens, D] × [D, d]
-        let fc1 = Linear(weight: random([mlp, d], 0.03), bias: random([mlp], 0.03))
-        let fc2 = Linear(weight: random([d, mlp], 0.03), bias: random([d], 0.03))
+        let fc1 = Linear(weight: random([mlp, d], 0.03), bias: random([mlp], 0.03), precision: precision)
+        let fc2 = Linear(weight: random([d, mlp], 0.03), bias: random([d], 0.03), precision: precision)
         let x = random([tokens, d], 1)
         let denseMLP = DenseMLP(fc1: fc1, fc2: fc2)
         let hidden = WorkerScratch(), out = Tensor(shape: [tokens, d])
@@ -59,10 +61,10 @@ struct LayerBench: ParsableCommand {
         try SafeTensorsFile.write(tensors, to: dir + "/acm.safetensors")
         let acm = try ACMLayer(
             config: config, inputDim: d, outputDim: d,
-            weights: Weights(file: try SafeTensorsFile(path: dir + "/acm.safetensors")))
+            weights: Weights(file: try SafeTensorsFile(path: dir + "/acm.safetensors"), precision: precision))
         let workspace = ACMWorkspace()
 
-        print("ACM MLP vs dense MLP: d=\(d), d_ff=\(mlp), N=\(learners), h=\(h), tokens=\(batch)×\(sequence)=\(tokens), workers=\(Parallel.workers), GEMM=\(gemmKernelName)")
+        print("ACM MLP vs dense MLP: d=\(d), d_ff=\(mlp), N=\(learners), h=\(h), tokens=\(batch)×\(sequence)=\(tokens), workers=\(Parallel.workers), precision=\(fc1.precision), GEMM=\(fc1.precision == .bf16 ? BF16.description : gemmKernelName)")
         print("beta  realized  acm_ms  dense_ms  ratio  target   (ms: medians; ratio: median of paired runs)")
         for beta in fractions {
             // Random gates with mean fraction β: k ~ Binomial(N, β) per token.
@@ -114,3 +116,5 @@ func median(_ xs: [Double]) -> Double {
     let s = xs.sorted()
     return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }
+
+extension Precision: ExpressibleByArgument {}

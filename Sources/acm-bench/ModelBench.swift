@@ -17,12 +17,14 @@ struct ModelBench: ParsableCommand {
     @Option(help: "Also time the static baseline: every token runs k learners.") var uniformK: [Int] = []
     @Option(help: "Seconds per measurement.") var seconds = 3.0
     @Option(help: "Worker threads (0 = one per core).") var threads = 0
+    @Option(help: "What the GEMMs run in: f32, or bf16 where the CPU has AVX-512 BF16 (else f32).")
+    var precision: Precision = .f32
     @Flag(help: "One JSON object per measurement instead of the table.") var json = false
 
     func run() throws {
         reexecWithTunedBLASIfNeeded()
         if threads > 0 { Parallel.workers = threads }
-        let m = try Model(directory: model)
+        let m = try Model(directory: model, precision: precision)
         let n = m.vit.inputCount
         var rng = SeededGenerator(seed: 1)
         let workspace = ViTWorkspace()
@@ -31,7 +33,7 @@ struct ModelBench: ParsableCommand {
             try budgets.map { $0 > 0 ? ("cap \($0)", .cap(try ComputeBudget($0))) : ("auto", .auto) }
             + uniformK.map { ("uniform \($0)", .uniform($0)) }
         if !json {
-            print("engine: \(model), workers=\(Parallel.workers), GEMM=\(gemmKernelName)")
+            print("engine: \(model), workers=\(Parallel.workers), precision=\(m.precision), GEMM=\(m.precision == .bf16 ? BF16.description : gemmKernelName)")
             print("| batch | policy | images/s | ms/batch | compute fraction |")
             print("| --- | --- | --- | --- | --- |")
         }
@@ -57,8 +59,8 @@ struct ModelBench: ParsableCommand {
                 fraction /= Double(runs)
                 if json {
                     print(String(
-                        format: #"{"batch": %d, "policy": "%@", "images_per_s": %.2f, "ms_per_batch": %.4f, "compute_fraction": %.5f, "cpu_us_per_image": %.1f}"#,
-                        b, name, rate, ms, fraction, cpuPerImage))
+                        format: #"{"batch": %d, "policy": "%@", "precision": "%@", "images_per_s": %.2f, "ms_per_batch": %.4f, "compute_fraction": %.5f, "cpu_us_per_image": %.1f}"#,
+                        b, name, m.precision.rawValue, rate, ms, fraction, cpuPerImage))
                 } else {
                     print(String(format: "| %d | %@ | %.0f | %.2f | %.3f |", b, name, rate, ms, fraction))
                 }

@@ -27,6 +27,21 @@ func parseBudget(_ text: String) throws -> ComputeBudget {
     }
 }
 
+extension Precision: ExpressibleByArgument {}
+
+/// What the GEMMs run in, from the command line.
+struct PrecisionOption: ParsableArguments {
+    @Option(help: "What the GEMMs run in: f32, or bf16 where the CPU has AVX-512 BF16 (else f32, with a note).")
+    var precision: Precision = .f32
+
+    /// Tells on standard error when `precision` is not what the model runs in.
+    func noteFallback(_ effective: Precision) {
+        if effective != precision {
+            FileHandle.standardError.write(Data("note: \(precision) unavailable (\(BF16.description)); running \(effective)\n".utf8))
+        }
+    }
+}
+
 /// How learner counts are chosen, from the command line (docs/compute-budget.md).
 struct PolicyOptions: ParsableArguments {
     @Option(
@@ -65,6 +80,7 @@ struct Predict: ParsableCommand {
     var input: String
 
     @OptionGroup var policy: PolicyOptions
+    @OptionGroup var precision: PrecisionOption
 
     @Option(help: "How many classes to print per image.")
     var top = 5
@@ -73,11 +89,12 @@ struct Predict: ParsableCommand {
         let model: Model
         let images: Tensor
         do {
-            model = try Model(directory: self.model)
+            model = try Model(directory: self.model, precision: precision.precision)
             images = try Npy.read(path: input)
         } catch let error as ModelError {
             throw ValidationError(error.description)
         }
+        precision.noteFallback(model.precision)
         let cfg = model.vit.config
         let imageShape = [cfg.numChannels, cfg.imageSize, cfg.imageSize]
         let count: Int
@@ -114,5 +131,6 @@ struct Version: ParsableCommand {
         print("libmicrohttpd \(microhttpdVersion)")
         print("jansson \(janssonVersion)")
         print("GEMM kernels: \(gemmKernelName)")
+        print("bf16 GEMM: \(BF16.description)")
     }
 }

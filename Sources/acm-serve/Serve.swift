@@ -28,6 +28,8 @@ struct Serve: ParsableCommand {
         name: .customLong("default-budget"), help: "compute_budget for requests that set none, for every model.",
         transform: parseBudget)
     var defaultBudget: ComputeBudget?
+    @Option(help: "What every model's GEMMs run in: f32, or bf16 where the CPU has AVX-512 BF16 (else f32, with a warning).")
+    var precision: Precision?
 
     func run() throws {
         var config: ServerConfig
@@ -86,7 +88,7 @@ struct Serve: ParsableCommand {
             "listening",
             metadata: [
                 "address": "\(config.host):\(config.port)", "models": "\(config.models.keys.sorted().joined(separator: ","))",
-                "compute_threads": "\(Parallel.workers)", "gemm": "\(gemmKernelName)",
+                "compute_threads": "\(Parallel.workers)", "gemm": "\(gemmKernelName)", "bf16": "\(BF16.description)",
             ])
         stop.wait()
 
@@ -122,6 +124,7 @@ struct Serve: ParsableCommand {
             if let maxQueueDelayUs { config.models[name]!.maxQueueDelayMicroseconds = maxQueueDelayUs }
             if let maxQueueSize { config.models[name]!.maxQueueSize = maxQueueSize }
             if let defaultBudget { config.models[name]!.defaultBudget = defaultBudget }
+            if let precision { config.models[name]!.precision = precision }
         }
     }
 }

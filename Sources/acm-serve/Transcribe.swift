@@ -15,6 +15,7 @@ struct Transcribe: ParsableCommand {
     @Option(name: .customLong("log-mel"), help: "A float32 .npy log-mel [80, 3000]; repeat for a batch.")
     var logMel: [String] = []
     @OptionGroup var policy: PolicyOptions
+    @OptionGroup var precision: PrecisionOption
     @Flag(help: "Print the seconds spent in each stage to standard error.") var timing = false
     @Flag(help: "Print one JSON object per input (input, text, tokens, compute_fraction) instead of text lines.")
     var json = false
@@ -32,7 +33,8 @@ struct Transcribe: ParsableCommand {
         var mels: [Tensor] = []
         var t0 = DispatchTime.now().uptimeNanoseconds
         do {
-            m = try WhisperModel(directory: model)
+            m = try WhisperModel(directory: model, precision: precision.precision)
+            precision.noteFallback(m.precision)
             let loaded = seconds(since: t0)
             t0 = DispatchTime.now().uptimeNanoseconds
             for path in audio {

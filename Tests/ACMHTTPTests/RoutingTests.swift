@@ -39,10 +39,11 @@ private final class FakeRequest: HTTPRequest, @unchecked Sendable {
 }
 
 /// A server on the fixture, named "vit", without HTTP.
-private func server() throws -> InferenceServer {
+private func server(precision: Precision = .f32) throws -> InferenceServer {
     var config = ServerConfig()
     var entry = ServerConfig.ModelEntry(path: fixture)
     entry.maxBatchSize = 4
+    entry.precision = precision
     config.models = ["vit": entry]
     return try InferenceServer(config: config, logger: Logger(label: "test"))
 }
@@ -74,6 +75,19 @@ private func sample(_ s: InferenceServer, _ series: String) -> Double? {
         #expect(config["max_batch_size"] as? Int == 4)
         let refused = s.respond(to: FakeRequest("POST", "/v2/models/vit"))
         #expect(refused?.status == 405 && refused?.headers.contains { $0 == ("Allow", "GET") } == true)
+    }
+
+    /// Should report the precision the model runs in, in its metadata's parameters and as a Triton model
+    /// parameter in its config: bf16 where asked for and this CPU has it, else f32.
+    @Test(arguments: [Precision.f32, .bf16])
+    func reportsPrecision(asked: Precision) throws {
+        let s = try server(precision: asked)
+        defer { s.drain() }
+        let metadata = json(s.respond(to: FakeRequest("GET", "/v2/models/vit")))
+        #expect((metadata["parameters"] as? [String: Any])?["precision"] as? String == asked.effective.rawValue)
+        let config = json(s.respond(to: FakeRequest("GET", "/v2/models/vit/config")))
+        let parameters = config["parameters"] as? [String: [String: String]]
+        #expect(parameters?["precision"]?["string_value"] == asked.effective.rawValue)
     }
 
     /// Should answer 404 for unknown paths, models and versions and the other kind's curl route, and

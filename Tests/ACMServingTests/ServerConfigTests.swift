@@ -26,7 +26,7 @@ import Testing
                 + #""limits": {"max_body_bytes": 10, "max_header_bytes": 11, "connection_limit": 12,"#
                 + #""per_ip_connection_limit": 13, "connection_timeout_seconds": 14},"#
                 + #""models": {"m": {"path": "/x", "max_batch_size": 3, "max_queue_delay_microseconds": 4,"#
-                + #""max_queue_size": 5, "default_budget": 0.5}}}"#)
+                + #""max_queue_size": 5, "default_budget": 0.5, "precision": "bf16"}}}"#)
         #expect(c.host == "127.0.0.1" && c.port == 9 && c.httpThreads == 2 && c.computeThreads == 1 && c.logLevel == "debug")
         let l = c.limits
         let limits: [Int] = [l.maxBodyBytes, l.maxHeaderBytes, l.connectionLimit, l.perIPConnectionLimit, l.connectionTimeoutSeconds]
@@ -34,6 +34,13 @@ import Testing
         let m = try #require(c.models["m"])
         #expect(m.batcher == BatcherConfig(maxBatchSize: 3, maxQueueDelayMicroseconds: 4, maxQueueSize: 5))
         #expect(m.defaultBudget?.value == 0.5)
+        #expect(m.precision == .bf16)
+    }
+
+    /// Should default a model's precision to f32 and refuse one it does not know.
+    @Test func readsPrecision() throws {
+        #expect(try decode(#"{"models": {"m": {"path": "/x"}}}"#).models["m"]?.precision == .f32)
+        #expect(throws: DecodingError.self) { _ = try decode(#"{"models": {"m": {"path": "/x", "precision": "fp8"}}}"#) }
     }
 
     /// Should refuse a default_budget outside (0, 1] with ComputeBudget's message.

@@ -4,7 +4,7 @@ Our engine against OpenVINO and ONNX Runtime on the same network, in images per 
 acm_tools.vitb_model, built into build/models when missing).
 
     PYTHONPATH=tools .venv/bin/python -m acm_tools.bench_peers [--model fashion|vit-b] [--batch 1 32]
-        [--seconds 2] [--passes 3] [--write]
+        [--seconds 2] [--passes 3] [--precision f32 bf16] [--write]
 
 What runs, each measurement in a fresh process (a `--worker` run of this module, or acm-bench), so that no engine
 inherits another's threads, caches or allocations:
@@ -20,7 +20,9 @@ inherits another's threads, caches or allocations:
   while its CPU provider has no bfloat16 MatMul kernel (on x86 it has none; its one bf16 GEMM path,
   mlas.enable_gemm_fastmath_arm64_bfloat16, is ARM64 only): each run checks by building a one-node bf16 MatMul
   session and prints ORT's own error as the reason.
-- acm-serve: `acm-bench model --json` on 2 workers, one batch size and one policy per process. Its images are
+- acm-serve: `acm-bench model --json` on 2 workers, one batch size, one policy and one --precision per process
+  (f32 rows, then the same models in bf16: the "bf16" rows; a bf16 row that ran f32, on a CPU without AVX-512
+  BF16, says so). Its images are
   uniform in [-1, 1] from its own generator, the peers' N(0, 1): the dense speed does not depend on the values;
   the ACM's auto choices do.
 Each measurement warms up (2 runs and at least 0.2 s), then runs for --seconds; images/s = images / elapsed.
@@ -72,29 +74,45 @@ models = {
                (2, 'ours cap 0.5', 'ov fp32', 1, 1.2), (2, 'ours cap 0.5', 'ov fp32', 32, 1.35),
                (3, 'ours cap 0.25', 'ov fp32', 32, 1.9),
                (4, 'ours cap 0.5', 'ours dense', 32, 1.4), (4, 'ours auto', 'ours dense', 32, 1.3),
-               (5, 'ours cap 0.25', 'ours uniform 1', 32, 0.85), (5, 'ours cap 0.5', 'ours uniform 2', 32, 0.85)]),
+               (5, 'ours cap 0.25', 'ours uniform 1', 32, 0.85), (5, 'ours cap 0.5', 'ours uniform 2', 32, 0.85),
+               # issue 12's, in bf16 against OpenVINO's bf16
+               ('bf16-1', 'ours dense bf16', 'ov bf16', 32, 1.0),
+               ('bf16-2', 'ours cap 0.5 bf16', 'ov bf16', 32, 1.3), ('bf16-2', 'ours cap 0.5 bf16', 'ov bf16', 1, 1.1)],
+        bf16_policies=['auto', 'cap 0.5', 'cap 0.25']),
     'vit-b': dict(
         title='ViT-B/16 (random weights) against OpenVINO and ONNX Runtime',
         dense='build/models/vit-b-dense', acm='build/models/vit-b-acm', dense_name='dense',
         batches=[1, 8], seconds=3.0,
         policies=['cap 0.5', 'cap 0.25'],
         goals=[(1, 'ours dense', 'ov fp32', 1, 0.95), (1, 'ours dense', 'ov fp32', 8, 0.95),
-               (2, 'ours cap 0.5', 'ov fp32', 8, 1.7)]),
+               (2, 'ours cap 0.5', 'ov fp32', 8, 1.7),
+               ('bf16-3', 'ours dense bf16', 'ov bf16', 8, 1.0)],
+        bf16_policies=['cap 0.5']),
 }
 # -----------------------------------------------------------------------------
 
 
-def rows(m):
-    """The table's rows: [(key, label, what to run)]."""
+def rows(m, precisions=('f32', 'bf16')):
+    """The table's rows: [(key, label, what to run)]; ours in each of `precisions`."""
     d = m['dense_name']
     out = [('ov fp32', f'OpenVINO fp32, {d}', dict(engine='openvino', precision='f32')),
            ('ov bf16', f'OpenVINO bf16, {d}', dict(engine='openvino', precision='bf16')),
            ('ort fp32', f'ONNX Runtime fp32, {d}', dict(engine='onnxruntime', precision='f32')),
            ('ort bf16', f'ONNX Runtime bf16, {d}', dict(engine='onnxruntime', precision='bf16')),
-           ('ours dense', f'acm-serve, {d}', dict(engine='acm-serve', model='dense', policy='auto'))]
-    for p in m['policies']:
-        label = p.replace('uniform ', 'uniform k=')
-        out.append((f'ours {p}', f'acm-serve ACM, {label}', dict(engine='acm-serve', model='acm', policy=p)))
+           ]
+    if 'f32' in precisions:
+        out.append(('ours dense', f'acm-serve, {d}', dict(engine='acm-serve', model='dense', policy='auto',
+                                                          precision='f32')))
+        for p in m['policies']:
+            label = p.replace('uniform ', 'uniform k=')
+            out.append((f'ours {p}', f'acm-serve ACM, {label}',
+                        dict(engine='acm-serve', model='acm', policy=p, precision='f32')))
+    if 'bf16' in precisions:
+        out.append(('ours dense bf16', f'acm-serve bf16, {d}',
+                    dict(engine='acm-serve', model='dense', policy='auto', precision='bf16')))
+        for p in m['bf16_policies']:
+            out.append((f'ours {p} bf16', f'acm-serve bf16 ACM, {p}',
+                        dict(engine='acm-serve', model='acm', policy=p, precision='bf16')))
     return out
 
 
@@ -235,11 +253,12 @@ def ours_args(policy):
     raise ValueError(f'policy {policy!r}')
 
 
-def measure_ours(bin, model_dir, policy, batch, seconds):
-    """acm-bench in its own process -> {images_per_s, ms_per_batch, compute_fraction}. acm-bench may time other
-    policies in the same run too (its defaults); the line of this policy is taken."""
+def measure_ours(bin, model_dir, policy, batch, seconds, precision='f32'):
+    """acm-bench in its own process -> {images_per_s, ms_per_batch, compute_fraction, precision} (the precision it
+    ran, f32 where bf16 was asked for on a CPU without it). acm-bench may time other policies in the same run too
+    (its defaults); the line of this policy is taken."""
     cmd = [bin, 'model', '--model', model_dir, '--batch', str(batch), '--seconds', str(seconds),
-           '--threads', str(threads), '--json', *ours_args(policy)]
+           '--threads', str(threads), '--precision', precision, '--json', *ours_args(policy)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f'{shlex.join(cmd)} failed ({r.returncode}):\n{r.stderr}')
@@ -248,7 +267,7 @@ def measure_ours(bin, model_dir, policy, batch, seconds):
             obj = json.loads(line)
             if obj['batch'] == batch and same_policy(obj['policy'], policy):
                 return dict(images_per_s=obj['images_per_s'], ms_per_batch=obj['ms_per_batch'],
-                            compute_fraction=obj['compute_fraction'])
+                            compute_fraction=obj['compute_fraction'], precision=obj['precision'])
     raise RuntimeError(f'{shlex.join(cmd)} printed no JSON line for batch {batch}, policy {policy!r}:\n{r.stdout}')
 
 
@@ -271,8 +290,10 @@ def bench(table_rows, dirs, onnx_path, shape, batches, seconds, n_passes, bin, s
                 continue
             for b in batches:
                 if what['engine'] == 'acm-serve':
-                    m = measure_ours(bin, dirs[what['model']], what['policy'], b, seconds)
+                    m = measure_ours(bin, dirs[what['model']], what['policy'], b, seconds, what['precision'])
                     note = f'compute fraction {m["compute_fraction"]:.3f}'
+                    if m['precision'] != what['precision']:
+                        note += f', ran {m["precision"]}: no {what["precision"]} on this CPU'
                 else:
                     m = measure_peer(dict(engine=what['engine'], precision=what['precision'], onnx=onnx_path,
                                           shape=list(shape), batch=b, seconds=seconds))
@@ -293,6 +314,8 @@ def summarize(res):
             s = dict(best=max(rates), median=statistics.median(rates))
             if 'compute_fraction' in ms[0]:
                 s['compute_fraction'] = statistics.median(m['compute_fraction'] for m in ms)
+            if 'precision' in ms[0]:
+                s['precision'] = ms[0]['precision']
             out[key][b] = s
     return out
 
@@ -310,6 +333,9 @@ def table(table_rows, summary, batches, skip):
             dashes = ' | '.join('– | – | –' for _ in batches)
             lines.append(f'| {label}: n/a ({skip[key]}) | {dashes} | – |')
             continue
+        ran = summary[key][batches[0]].get('precision')
+        if ran is not None and ran != what.get('precision'):
+            label += f' (ran {ran}: no {what["precision"]} on this CPU)'
         cells = []
         for b in batches:
             s = summary[key][b]
@@ -399,6 +425,8 @@ def main(argv=None):
     p.add_argument('--batch', type=int, nargs='+', help='batch sizes (default: 1 32 for fashion, 1 8 for vit-b)')
     p.add_argument('--seconds', type=float, help='seconds per measurement (default: 2 for fashion, 3 for vit-b)')
     p.add_argument('--passes', type=int, default=passes, help='interleaved passes (default: %(default)s)')
+    p.add_argument('--precision', nargs='+', choices=['f32', 'bf16'], default=['f32', 'bf16'],
+                   help='what our rows run in (default: both; the peers always run fp32 and bf16)')
     p.add_argument('--bin', default=os.environ.get('ACM_BENCH_BIN', binary), help='acm-bench (default: %(default)s)')
     p.add_argument('--write', action='store_true', help=f'replace this model\'s section of {benchmarks_md}')
     p.add_argument('--benchmarks', default=benchmarks_md, help='the file --write edits (default: %(default)s)')
@@ -453,7 +481,7 @@ def main(argv=None):
     else:
         skip['ort bf16'] = 'its CPU provider runs a bf16 MatMul now; converting the model to bf16 is not written yet'
 
-    table_rows = rows(m)
+    table_rows = rows(m, args.precision)
     print(f'{plural(args.passes, "pass")} of {len(table_rows) - len(skip)} rows × batch sizes {batches}, '
           f'{seconds:g} s each', flush=True)
     res = bench(table_rows, dirs, onnx_path, shape, batches, seconds, args.passes, args.bin, skip)

@@ -11,7 +11,10 @@ Writes, per fixture model, <out>/<name>/ with
                                      logits.<mode>                f32 [B, classes]
                                      fraction.<mode>              f32 [B]
                                      choices.<mode>.<acm path>    i32 [B, T]
-for mode in `modes`. The B images run together in one forward per mode. Expected outputs are computed
+                                     logits_bf16.<mode>           f32 [B, classes]
+for mode in `modes`, and logits_bf16 for mode in `bf16_modes`: the float32 model under torch's CPU bf16 autocast,
+for the engine's bf16 path (modes with no gate decisions, which bf16 rounding may move, so that the logits compare
+as numbers). The B images run together in one forward per mode. Expected outputs are computed
 in float64 from the weights as stored (after rounding to F16/BF16) and the input as stored (f32).
 
 The Swift engine computes in float32, so inputs are redrawn until no choice is a near tie: every token's
@@ -35,6 +38,7 @@ from .vit import ViTConfig, VisionTransformer, compute_fraction, layer_budgets, 
 out = 'Tests/ACMModelsTests/Fixtures'  # fixture models go to out/<name>/; relative to the repository root
 batch_size = 4  # images per golden batch
 modes = ['full', 'auto', 'cap_0.5', 'cap_0.25', 'uniform_2']  # mode names as in the tensor names
+bf16_modes = ['full', 'uniform_2']  # modes also run under bf16 autocast
 min_logit_gap = 1e-3  # near-tie threshold on the top-2 gate logits of every token
 min_survival_gap = 1e-4  # near-tie threshold on S between the last kept and the first dropped unit
 max_tries = 200  # input draws before giving up
@@ -236,6 +240,11 @@ def make_fixture(fx: Fixture, out_dir):
         golden[f'fraction.{name}'] = compute_fraction(cfg, choices, batch_size).float()
         for path, k in choices.items():
             golden[f'choices.{name}.{path}'] = k.to(torch.int32).contiguous()
+    model32 = load_model(d)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        for name in bf16_modes:
+            logits, _ = model32(x, **parse_mode(name))
+            golden[f'logits_bf16.{name}'] = logits.float().contiguous()
     save_file(golden, os.path.join(d, 'golden.safetensors'), metadata={'format': 'pt'})
     np.save(os.path.join(d, 'example.npy'), x[0].numpy().astype(np.float32))
     return d, attempt

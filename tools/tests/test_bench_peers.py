@@ -67,9 +67,28 @@ def test_goals_are_ratios_of_bests():
     summary = bench_peers.summarize(res)
     assert summary['ov fp32'][1] == dict(best=12.0, median=11.0)
     got = bench_peers.goals(m, table_rows, summary)
-    assert [g['met'] for g in got] == [True, False, True]
+    assert [g['met'] for g in got] == [True, False, True, None]
     assert got[0]['figure'] == pytest.approx(1.0) and got[2]['figure'] == pytest.approx(1.75)
     assert 'compute fraction 0.500' in got[2]['text'] and got[2]['text'].endswith('met')
+    assert got[3]['text'].endswith('not measured')  # the bf16 rows did not run
+
+
+def test_bf16_rows_say_when_they_ran_f32():
+    """Should time our rows in each precision asked for, and label a bf16 row that ran f32 (a CPU without AVX-512
+    BF16) as such rather than as bf16."""
+    m = bench_peers.models['fashion']
+    keys = [key for key, _, _ in bench_peers.rows(m, ['f32'])]
+    assert 'ours dense' in keys and not any(k.endswith('bf16') and k.startswith('ours') for k in keys)
+    table_rows = bench_peers.rows(m, ['bf16'])
+    assert [k for k, _, w in table_rows if w['engine'] == 'acm-serve'] == \
+        ['ours dense bf16', 'ours auto bf16', 'ours cap 0.5 bf16', 'ours cap 0.25 bf16']
+    res = {'ov fp32': {1: [dict(images_per_s=10.0)]},
+           'ours dense bf16': {1: [dict(images_per_s=9.0, compute_fraction=1.0, precision='f32')]},
+           'ours cap 0.5 bf16': {1: [dict(images_per_s=15.0, compute_fraction=0.5, precision='bf16')]}}
+    skip = {key: 'not run' for key, _, _ in table_rows if key not in res}
+    text = bench_peers.table(table_rows, bench_peers.summarize(res), [1], skip)
+    assert 'acm-serve bf16, teacher (ran f32: no bf16 on this CPU) | 9 |' in text
+    assert 'acm-serve bf16 ACM, cap 0.5 | 15 |' in text
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):

@@ -45,7 +45,8 @@ def test_committed_fixtures_match_the_generator(generated):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_golden_tensors(name):
-    """Should hold input, logits.<mode>, fraction.<mode> and choices.<mode>.<acm path> with their shapes."""
+    """Should hold input, logits.<mode>, fraction.<mode>, choices.<mode>.<acm path> and logits_bf16.<bf16 mode> with
+    their shapes."""
     d = os.path.join(COMMITTED, name)
     model = load_model(d)
     cfg = model.cfg
@@ -56,6 +57,8 @@ def test_golden_tensors(name):
         expected[f'fraction.{m}'] = ('F32', [B])
         for path in cfg.acm:
             expected[f'choices.{m}.{path}'] = ('I32', [B, T])
+    for m in golden.bf16_modes:
+        expected[f'logits_bf16.{m}'] = ('F32', [B, cfg.num_classes])
     with safe_open(os.path.join(d, 'golden.safetensors'), framework='numpy') as f:
         found = {k: (f.get_slice(k).get_dtype(), f.get_slice(k).get_shape()) for k in f.keys()}
     assert found == expected
@@ -81,6 +84,22 @@ def test_float32_reproduces_golden(name):
         torch.testing.assert_close(logits, g[f'logits.{m}'], rtol=1e-4, atol=1e-4)
         for path, k in choices.items():
             assert torch.equal(k.to(torch.int32), g[f'choices.{m}.{path}']), (m, path)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize('name', NAMES)
+def test_bf16_logits_are_autocast(name):
+    """Should hold the float32 model's logits under CPU bf16 autocast: reproduced here, apart from the float ones
+    by bf16 rounding but within 2% of the largest logit."""
+    d = os.path.join(COMMITTED, name)
+    model = load_model(d)
+    g = load_file(os.path.join(d, 'golden.safetensors'))
+    for m in golden.bf16_modes:
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            logits, _ = model(g['input'], **golden.parse_mode(m))
+        torch.testing.assert_close(logits.float(), g[f'logits_bf16.{m}'], rtol=1e-3, atol=1e-3)
+        gap = (g[f'logits_bf16.{m}'] - g[f'logits.{m}']).abs().max() / g[f'logits.{m}'].abs().max()
+        assert 1e-4 < gap < 0.02, (m, gap.item())
 
 
 def test_fixtures_spread_and_stay_small():

@@ -1,0 +1,109 @@
+import CACMBF16
+
+/// The arithmetic a model's GEMMs run in.
+///
+/// - `f32`: float throughout.
+/// - `bf16`: the GEMMs' weights rounded to bfloat16 once at load, their activations as they are read,
+///   products summed in float. The residual stream, LayerNorm, softmax, the attention's own products, the
+///   gates' argmax and the cap's probabilities stay float (docs/performance.md#bf16).
+public enum Precision: String, Sendable, CaseIterable, Codable {
+    case f32
+    case bf16
+
+    /// `self` where this CPU can run it: bf16 only where the GEMM has bfloat16 instructions (`BF16.available`),
+    /// else float, which is faster there than emulated bfloat16.
+    public var effective: Precision { self == .bf16 && !BF16.available ? .f32 : self }
+}
+
+/// The bf16 GEMM's kernels on this CPU.
+public enum BF16 {
+    /// Whether the CPU has bfloat16 instructions the GEMM runs on (AVX-512 BF16 or AMX) and LIBXSMM's
+    /// kernels on them passed a self-check against float arithmetic. ACM_BF16=off says no.
+    public static var available: Bool { acm_bf16_isa() > 0 }
+
+    /// The instructions and library, e.g. "avx512_bf16 (LIBXSMM 1.17, cpx)", or why there are none.
+    public static var description: String { String(cString: acm_bf16_description()) }
+
+    /// `x` rounded to the nearest bfloat16 (ties to even), as a float: what the bf16 GEMM multiplies.
+    public static func rounded(_ x: Float) -> Float {
+        var v = x, bits: UInt16 = 0, out: Float = 0
+        acm_f32_to_bf16(&v, &bits, 1)
+        acm_bf16_to_f32(&bits, &out, 1)
+        return out
+    }
+}
+
+/// A GEMM's right-hand matrix B [k × n], row-major: in float, and, for a layer that runs in bf16, also
+/// rounded to bfloat16 and packed in pairs of rows for the kernels (`acm_pack_bf16_pairs`). Blocks of
+/// rows (starting at an even row) and of columns multiply as the matrix does.
+public struct GEMMWeight: @unchecked Sendable {
+    /// B in float: the f32 GEMMs' operand, and the reference the packed copy came from.
+    public let f32: Tensor
+    /// B in bfloat16 pairs, [(k + 1) / 2 · n · 2] values; nil in f32.
+    let packed: UnsafeMutableBufferPointer<UInt16>?
+    private let owner: PackedStorage?
+
+    public var rows: Int { f32.shape[0] }
+    public var columns: Int { f32.shape[1] }
+    /// What `multiply` runs in.
+    public var precision: Precision { packed == nil ? .f32 : .bf16 }
+
+    /// `matrix` [k × n]; packed for bf16 when `precision.effective` is bf16.
+    public init(_ matrix: Tensor, precision: Precision) {
+        precondition(matrix.shape.count == 2)
+        f32 = matrix
+        if precision.effective == .bf16 {
+            let storage = PackedStorage(count: (matrix.shape[0] + 1) / 2 * matrix.shape[1] * 2)
+            acm_pack_bf16_pairs(matrix.data, matrix.shape[0], matrix.shape[1], matrix.shape[1], storage.buffer.baseAddress)
+            owner = storage
+            packed = storage.buffer
+        } else {
+            owner = nil
+            packed = nil
+        }
+    }
+
+    /// C[m × columns] = A[m × rows]·B[rows, columns] + beta·C: the block of B at `rows` (an even start in
+    /// bf16) and `columns` (default all), A with row stride `lda`, C with `ldc`.
+    @inline(__always)
+    public func multiply(
+        m: Int, a: UnsafePointer<Float>, lda: Int, rows: Range<Int>? = nil, columns: Range<Int>? = nil,
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        let n = self.columns
+        let r = rows ?? 0..<self.rows, cs = columns ?? 0..<n
+        if let packed, r.lowerBound % 2 == 0, m > 0, !cs.isEmpty, !r.isEmpty {
+            acm_gemm_bf16(
+                m, cs.count, r.count, a, lda, packed.baseAddress! + r.lowerBound * n + 2 * cs.lowerBound, n, beta, c, ldc)
+            return
+        }
+        gemm(
+            m: m, n: cs.count, k: r.count, a: a, lda: lda, b: f32.data + r.lowerBound * n + cs.lowerBound, ldb: n,
+            beta: beta, c: c, ldc: ldc)
+    }
+}
+
+/// C[m × n] = A[m × k]·B[k × n] in bf16 for a B that changes from call to call (an attention head's keys or
+/// values): B is packed into `scratch` first, from `b` [k × n] (row stride ldb), or, with `bTransposed`, from
+/// `b` [n × k] holding Bᵀ. `scratch` needs `bf16PackedCount(k:n:)` values. Only where `BF16.available`.
+public func gemmBF16(
+    m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+    bTransposed: Bool = false, scratch: UnsafeMutablePointer<UInt16>, c: UnsafeMutablePointer<Float>, ldc: Int
+) {
+    if bTransposed {
+        acm_pack_bf16_pairs_transposed(b, k, n, ldb, scratch)
+    } else {
+        acm_pack_bf16_pairs(b, k, n, ldb, scratch)
+    }
+    acm_gemm_bf16(m, n, k, a, lda, scratch, n, 0, c, ldc)
+}
+
+/// The bfloat16 values a packed B [k × n] takes (`acm_pack_bf16_pairs`).
+public func bf16PackedCount(k: Int, n: Int) -> Int { (k + 1) / 2 * n * 2 }
+
+/// The packed bfloat16 copy's memory, freed with the last `GEMMWeight` that shares it.
+private final class PackedStorage: @unchecked Sendable {
+    let buffer: UnsafeMutableBufferPointer<UInt16>
+    init(count: Int) { buffer = .allocate(capacity: max(count, 1)) }
+    deinit { buffer.deallocate() }
+}

@@ -1,0 +1,37 @@
+// The bf16 GEMM path: weights packed once as bfloat16 pairs, activations rounded to bfloat16 as they are
+// read, products accumulated in float. The kernels are LIBXSMM 1.17's JIT ones, used only where they run
+// on the CPU's own bfloat16 instructions (AVX-512 BF16's VDPBF16PS; LIBXSMM 1.17 has no AMX kernels, and
+// runs AVX-512 BF16 on CPUs with AMX); elsewhere `acm_bf16_isa` says so and the engine keeps float
+// (docs/performance.md#bf16).
+#pragma once
+
+/// The bfloat16 instructions the GEMM runs on, found once: 0 none (LIBXSMM would emulate them, slower than
+/// float), 1 AVX-512 BF16. A self-check against float arithmetic must pass before a non-zero
+/// answer; ACM_BF16=off forces 0.
+int acm_bf16_isa(void);
+
+/// The name of `acm_bf16_isa`'s answer with LIBXSMM's for its target, e.g. "avx512_bf16 (LIBXSMM 1.17, cpx)",
+/// or why there is none.
+const char *acm_bf16_description(void);
+
+/// out[i] = x[i] rounded to the nearest bfloat16, ties to even (as torch's .to(torch.bfloat16)); NaNs stay NaNs.
+void acm_f32_to_bf16(const float *x, unsigned short *out, long n);
+
+/// out[i] = x[i] widened to float (exact).
+void acm_bf16_to_f32(const unsigned short *x, float *out, long n);
+
+/// Packs the row-major float matrix w [k × n] (row stride ldw) as bfloat16 in pairs of rows ("VNNI"):
+/// element (p, j) at out[((p / 2)·n + j)·2 + p % 2], [(k + 1) / 2 · n · 2] values, an odd k's last pair padded
+/// with zero. A block of its rows starting at an even row r is then the packed matrix at out + r·n, and a
+/// block of its columns starting at column j is out + 2·j with the same n as row stride.
+void acm_pack_bf16_pairs(const float *w, long k, long n, long ldw, unsigned short *out);
+
+/// The same packing of the matrix whose transpose is stored: element (p, j) is w[j·ldw + p], for w [n × k]
+/// (row stride ldw), e.g. an attention head's keys [keys × head dim] packed as kᵀ for the scores q·kᵀ.
+void acm_pack_bf16_pairs_transposed(const float *w, long k, long n, long ldw, unsigned short *out);
+
+/// Row-major C[m × n] = A[m × k]·B[k × n] + beta·C (beta 0 or 1), A float (row stride lda), rounded to
+/// bfloat16 in blocks of rows as it is read; B packed by `acm_pack_bf16_pairs` (b pointing at the block's
+/// first element, ldb the packed matrix's n); products summed in float. Only where `acm_bf16_isa` > 0.
+void acm_gemm_bf16(long m, long n, long k, const float *a, long lda, const unsigned short *b, long ldb, float beta,
+                   float *c, long ldc);
