@@ -2,6 +2,8 @@
 // Mirrors AdaptiveComputationMLP in https://github.com/bartwojcik/adaptive_computation_modules
 // (architectures/acm.py at 6760ad64), without its forward_gated's min(k, kmax−1) batch dependence.
 
+import CACMBF16
+
 /// The composition of linear layers with nothing between them, as one layer: x·W₀ᵀ·W₁ᵀ⋯ + the biases
 /// carried through. Multiplied out in double precision, so the folded logits differ from the layer-by-layer
 /// ones only by float rounding (docs/performance.md counts the gate decisions that moved).
@@ -54,6 +56,8 @@ public final class ACMWorkspace: @unchecked Sendable {
 /// A worker's buffers for grouped learner execution.
 final class LearnerScratch {
     let gathered = Scratch(), hidden = Scratch(), output = Scratch()
+    /// In bf16: the rows that run learners beyond k_min, gathered and rounded once for all of them.
+    let rounded = Scratch()
     var order: [Int32] = []
     var position: [Int32] = []
     /// The cap's ranking scratch (`chooseLearners`).
@@ -285,11 +289,18 @@ public final class ACMLayer: @unchecked Sendable {
             w2.multiply(
                 m: rows, a: hidden, lda: ld, rows: index * h..<(index + 1) * h, beta: accumulate ? 1 : 0, c: ys, ldc: dOut)
         }
-        /// ys[0..<rows] (+)= act(xs[0..<rows]·W1_n + b1_n)·W2_n
-        func learner(_ index: Int, _ xs: UnsafePointer<Float>, _ ys: UnsafeMutablePointer<Float>, rows: Int, accumulate: Bool) {
+        /// ys[0..<rows] (+)= act(xs[0..<rows]·W1_n + b1_n)·W2_n, xs in float or (`rounded`) bfloat16
+        func learner(
+            _ index: Int, _ xs: UnsafePointer<Float>, rounded: UnsafePointer<UInt16>? = nil, _ ys: UnsafeMutablePointer<Float>,
+            rows: Int, accumulate: Bool
+        ) {
             let hid = ws.hidden.reserve(rows * h)
             // [rows, d_in] × [d_in, h]
-            w1.multiply(m: rows, a: xs, lda: dIn, columns: index * h..<(index + 1) * h, c: hid, ldc: h)
+            if let rounded {
+                w1.multiply(m: rows, rounded: rounded, lda: dIn, columns: index * h..<(index + 1) * h, c: hid, ldc: h)
+            } else {
+                w1.multiply(m: rows, a: xs, lda: dIn, columns: index * h..<(index + 1) * h, c: hid, ldc: h)
+            }
             config.activation.apply(hid, rows: rows, columns: h, bias: b1.map { $0.data + index * h })
             project(index, hid, ld: h, ys, rows: rows, accumulate: accumulate)
         }
@@ -336,7 +347,18 @@ public final class ACMLayer: @unchecked Sendable {
             // When the sort left every token in place (e.g. all chose N), work on x and out directly.
             let xs: UnsafePointer<Float>
             let ys: UnsafeMutablePointer<Float>
-            if identity {
+            // in bf16, the rows rounded once, as they are gathered, for every learner's first product
+            var rounded: UnsafeMutablePointer<UInt16>? = nil
+            if w1.precision == .bf16 && dIn % 2 == 0 {
+                let r = UnsafeMutableRawPointer(ws.rounded.reserve((active * dIn + 1) / 2))
+                    .bindMemory(to: UInt16.self, capacity: active * dIn)
+                ws.order.withUnsafeBufferPointer { order in
+                    acm_gather_rows_bf16(r, x, identity ? nil : order.baseAddress!, active, dIn)
+                }
+                rounded = r
+                xs = x  // unread
+                ys = identity ? out : ws.output.reserve(active * dOut)
+            } else if identity {
                 xs = x
                 ys = out
             } else {
@@ -351,7 +373,9 @@ public final class ACMLayer: @unchecked Sendable {
             for index in kMin..<n {
                 if index > kMin { rows -= counts[index] }  // drop the tokens with k = index
                 if rows == 0 { break }
-                learner(index, xs, ys, rows: rows, accumulate: index > kMin || (identity && kMin > 0))
+                learner(
+                    index, xs, rounded: rounded.map { UnsafePointer($0) }, ys, rows: rows,
+                    accumulate: index > kMin || (identity && kMin > 0))
             }
             if !identity {
                 ws.position.withUnsafeBufferPointer { position in

@@ -83,6 +83,23 @@ public struct GEMMWeight: @unchecked Sendable {
     }
 }
 
+extension GEMMWeight {
+    /// `multiply` with A already rounded to bfloat16 (`acm_gather_rows_bf16`), row stride `lda` (even): for
+    /// rows that several products read. Only for a bf16 weight and an even block of rows.
+    @inline(__always)
+    public func multiply(
+        m: Int, rounded a: UnsafePointer<UInt16>, lda: Int, rows: Range<Int>? = nil, columns: Range<Int>? = nil,
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
+        let n = self.columns
+        let r = rows ?? 0..<self.rows, cs = columns ?? 0..<n
+        precondition(packed != nil && r.lowerBound % 2 == 0 && r.count % 2 == 0 && lda % 2 == 0)
+        if m == 0 || cs.isEmpty { return }
+        acm_gemm_bf16_rounded(
+            m, cs.count, r.count, a, lda, packed!.baseAddress! + r.lowerBound * n + 2 * cs.lowerBound, n, beta, c, ldc)
+    }
+}
+
 /// C[m × n] = A[m × k]·B[k × n] in bf16 for a B that changes from call to call (an attention head's keys or
 /// values): B is packed into `scratch` first, from `b` [k × n] (row stride ldb), or, with `bTransposed`, from
 /// `b` [n × k] holding Bᵀ. `scratch` needs `bf16PackedCount(k:n:)` values. Only where `BF16.available`.

@@ -23,7 +23,7 @@ public struct Linear: Sendable {
     }
 
     /// A layer from tensors already in memory (e.g. one slice of a packed projection).
-    public init(weight: Tensor, bias: Tensor?, precision: Precision = .f32) {
+    public init(weight: Tensor, bias: Tensor?, precision: Precision) {
         precondition(weight.shape.count == 2)
         outputs = weight.shape[0]
         inputs = weight.shape[1]

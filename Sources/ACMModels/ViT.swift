@@ -19,11 +19,14 @@ struct EncoderLayer {
     /// q, k and v's gates (with their always-run learners) as one layer, when all three are ACMs that
     /// have one (`ACMLayer.stackedGateAndFirst`): they read the same ln_1 output.
     let qkvGate: Linear?
+    /// q, k and v as one layer [3d outputs], when all three are dense: one GEMM three times as wide, and in bf16
+    /// one rounding of ln_1's output instead of three.
+    let qkv: Linear?
 }
 
 /// The scratch buffers of one forward pass, kept by the caller (the model's loop thread) and reused.
 public final class ViTWorkspace: @unchecked Sendable {
-    let x = Scratch(), normed = Scratch(), q = Scratch(), k = Scratch(), v = Scratch(), qkvGate = Scratch()
+    let x = Scratch(), normed = Scratch(), q = Scratch(), k = Scratch(), v = Scratch(), qkvGate = Scratch(), qkv = Scratch()
     let attended = Scratch(), blockOut = Scratch(), patches = Scratch()
     let scores = WorkerScratch()
     let layers = ACMWorkspace()
@@ -94,7 +97,7 @@ public final class ViT: @unchecked Sendable {
                     let wj = Tensor(shape: [d, d]), bj = Tensor(shape: [d])
                     wj.data.update(from: packedW.data + j * d * d, count: d * d)
                     bj.data.update(from: packedB.data + j * d, count: d)
-                    proj[j] = .linear(Linear(weight: wj, bias: bj))
+                    proj[j] = .linear(Linear(weight: wj, bias: bj, precision: weights.precision))
                 }
                 proj[3] = .linear(try Linear(inputs: d, outputs: d, weights: attn.scoped("out_proj")))
             } else {
@@ -109,7 +112,8 @@ public final class ViT: @unchecked Sendable {
                     ln1: try LayerNorm(dim: d, eps: eps, weights: w.scoped("ln_1")),
                     q: proj[0]!, k: proj[1]!, v: proj[2]!, o: proj[3]!,
                     ln2: try LayerNorm(dim: d, eps: eps, weights: w.scoped("ln_2")),
-                    mlp: mlp, qkvGate: Self.stackedGate(proj[0]!, proj[1]!, proj[2]!)))
+                    mlp: mlp, qkvGate: Self.stackedGate(proj[0]!, proj[1]!, proj[2]!),
+                    qkv: Self.stackedDense(proj[0]!, proj[1]!, proj[2]!, precision: weights.precision)))
         }
         let ln = try LayerNorm(dim: d, eps: eps, weights: weights.scoped("encoder.ln"))
         let head = try Linear(inputs: d, outputs: config.numClasses, weights: weights.scoped("heads.head"))
@@ -133,6 +137,24 @@ public final class ViT: @unchecked Sendable {
         var layers: [ACMLayer] = []
         for case let .acm(_, layer) in blocks { layers.append(layer) }
         return layers.count == blocks.count ? ACMLayer.stackedGateAndFirst(layers) : nil
+    }
+
+    /// Three dense projections of the same input as one layer (`EncoderLayer.qkv`), or nil.
+    private static func stackedDense(_ blocks: DenseOrACM..., precision: Precision) -> Linear? {
+        var parts: [Linear] = []
+        for case let .linear(layer) in blocks { parts.append(layer) }
+        guard parts.count == blocks.count, let dIn = parts.first?.inputs, parts.allSatisfy({ $0.inputs == dIn }) else {
+            return nil
+        }
+        let rows = parts.reduce(0) { $0 + $1.outputs }
+        let weight = Tensor(shape: [rows, dIn]), bias = Tensor(shape: [rows])
+        var row = 0
+        for part in parts {
+            (weight.data + row * dIn).update(from: part.weight.data, count: part.outputs * dIn)
+            if let b = part.bias { (bias.data + row).update(from: b.data, count: part.outputs) }
+            row += part.outputs
+        }
+        return Linear(weight: weight, bias: bias, precision: precision)
     }
 
     /// FLOPs (2 per multiply-add) per image of everything but the ACMs' learners: patch embedding,
@@ -289,15 +311,25 @@ public final class ViT: @unchecked Sendable {
                 run(layer.q, normed, q, gateAndFirst: (f, width))
                 run(layer.k, normed, k, gateAndFirst: (f + kOffset, width))
                 run(layer.v, normed, v, gateAndFirst: (f + vOffset, width))
-            } else {
+            } else if layer.qkv == nil {
                 run(layer.q, normed, q)
                 run(layer.k, normed, k)
                 run(layer.v, normed, v)
             }
-            multiHeadAttention(
-                q: q, k: k, v: v, ld: d, out: attended, ldOut: d,
-                sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores,
-                precision: precision)
+            if let qkv = layer.qkv {
+                // [tokens, d] × [d, 3d]: row t is q_t, k_t, v_t
+                let f = ws.qkv.reserve(tokens * 3 * d)
+                qkv.forward(normed, rows: tokens, out: f)
+                multiHeadAttention(
+                    q: f, k: f + d, v: f + 2 * d, ld: 3 * d, out: attended, ldOut: d,
+                    sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores,
+                    precision: precision)
+            } else {
+                multiHeadAttention(
+                    q: q, k: k, v: v, ld: d, out: attended, ldOut: d,
+                    sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores,
+                    precision: precision)
+            }
             run(layer.o, attended, blockOut)
             addInPlace(x, blockOut, count: tokens * d)
 

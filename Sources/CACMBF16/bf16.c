@@ -24,8 +24,24 @@ static inline float widen_bf16(unsigned short h) {
     return f;
 }
 
-// AVX-512F only (the same rounding as round_bf16, 16 at a time), so that it also runs where the
-// conversion instruction is absent; it is 1-2% of a GEMM's time, measured.
+// The conversion instruction (VCVTNE2PS2BF16: round to nearest even, 32 at a time), where AVX-512 BF16 is.
+// It treats denormal inputs as zero, which round_bf16 rounds to ±0 or the smallest bfloat16 denormals.
+__attribute__((target("avx512f,avx512bf16")))
+static void round_bf16_native(const float *x, unsigned short *out, long n) {
+    long i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512bh r = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
+        _mm512_storeu_si512((void *)(out + i), (__m512i)r);
+    }
+    if (i < n) {
+        __mmask16 lo = (__mmask16)(n - i >= 16 ? 0xffff : (1u << (n - i)) - 1);
+        __mmask16 hi = (__mmask16)(n - i <= 16 ? 0 : (1u << (n - i - 16)) - 1);
+        __m512bh r = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, x + i + 16), _mm512_maskz_loadu_ps(lo, x + i));
+        _mm512_mask_storeu_epi16(out + i, (__mmask32)(((uint64_t)hi << 16) | lo), (__m512i)r);
+    }
+}
+
+// AVX-512F only (the same rounding as round_bf16, 16 at a time), for CPUs without the instruction.
 __attribute__((target("avx512f")))
 static void round_bf16_avx512(const float *x, unsigned short *out, long n) {
     long i = 0;
@@ -42,26 +58,66 @@ static void round_bf16_avx512(const float *x, unsigned short *out, long n) {
     for (; i < n; i++) out[i] = round_bf16(x[i]);
 }
 
-static int has_avx512(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
+// 2: AVX-512 BF16's conversion instruction, 1: AVX-512F, 0: neither.
+static int conversion_isa(void) {
+    static int isa = -1;
+    if (isa < 0) {
+        __builtin_cpu_init();
+        isa = __builtin_cpu_supports("avx512bf16") ? 2 : __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return isa;
 }
 
 void acm_f32_to_bf16(const float *x, unsigned short *out, long n) {
-    static int wide = -1;
-    if (wide < 0) wide = has_avx512();
-    if (wide) {
+    switch (conversion_isa()) {
+    case 2:
+        round_bf16_native(x, out, n);
+        return;
+    case 1:
         round_bf16_avx512(x, out, n);
         return;
+    default:
+        for (long i = 0; i < n; i++) out[i] = round_bf16(x[i]);
     }
-    for (long i = 0; i < n; i++) out[i] = round_bf16(x[i]);
 }
 
 void acm_bf16_to_f32(const unsigned short *x, float *out, long n) {
     for (long i = 0; i < n; i++) out[i] = widen_bf16(x[i]);
 }
 
+// Rows p and p + 1 of w, 16 columns at a time: each 32-bit pair is (row p + 1's bfloat16 << 16) | row p's,
+// from rows rounded by round_bf16's arithmetic with the bfloat16 in their upper halves.
+__attribute__((target("avx512f")))
+static void pack_pairs_avx512(const float *w, long k, long n, long ldw, unsigned short *out) {
+    const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i quiet = _mm512_set1_epi32(0x400000), high = _mm512_set1_epi32((int)0xffff0000u);
+#define ROUNDED(v)                                                                                            \
+    ({                                                                                                        \
+        __m512i u_ = _mm512_castps_si512(v);                                                                  \
+        __mmask16 nan_ = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u_, abs_mask), inf);                        \
+        __m512i r_ = _mm512_add_epi32(u_, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u_, 16), one))); \
+        _mm512_mask_mov_epi32(r_, nan_, _mm512_or_si512(u_, quiet));                                          \
+    })
+    for (long p = 0; p < k; p += 2) {
+        const float *r0 = w + p * ldw, *r1 = p + 1 < k ? w + (p + 1) * ldw : NULL;
+        uint32_t *o = (uint32_t *)(out + (p / 2) * n * 2);
+        long j = 0;
+        for (; j < n; j += 16) {
+            __mmask16 m = (__mmask16)(n - j >= 16 ? 0xffff : (1u << (n - j)) - 1);
+            __m512i lo = _mm512_srli_epi32(ROUNDED(_mm512_maskz_loadu_ps(m, r0 + j)), 16);
+            __m512i hi = r1 ? _mm512_and_si512(ROUNDED(_mm512_maskz_loadu_ps(m, r1 + j)), high) : _mm512_setzero_si512();
+            _mm512_mask_storeu_epi32(o + j, m, _mm512_or_si512(hi, lo));
+        }
+    }
+#undef ROUNDED
+}
+
 void acm_pack_bf16_pairs(const float *w, long k, long n, long ldw, unsigned short *out) {
+    if (conversion_isa() >= 1) {
+        pack_pairs_avx512(w, k, n, ldw, out);
+        return;
+    }
     for (long p = 0; p < k; p++)
         for (long j = 0; j < n; j++) out[((p / 2) * n + j) * 2 + p % 2] = round_bf16(w[p * ldw + j]);
     if (k % 2)
@@ -69,6 +125,22 @@ void acm_pack_bf16_pairs(const float *w, long k, long n, long ldw, unsigned shor
 }
 
 void acm_pack_bf16_pairs_transposed(const float *w, long k, long n, long ldw, unsigned short *out) {
+    if (k % 2 == 0 && conversion_isa() >= 1) {
+        // Row j of w rounded is already its k / 2 pairs; the packed matrix is those rows' transpose, of
+        // 4-byte pairs, done by LIBXSMM's transpose in blocks of rows.
+        enum { ROWS = 64 };
+        unsigned short rounded[ROWS * 512];
+        if (k <= 512) {
+            for (long j0 = 0; j0 < n; j0 += ROWS) {
+                const long rows = n - j0 < ROWS ? n - j0 : ROWS;
+                for (long j = 0; j < rows; j++) acm_f32_to_bf16(w + (j0 + j) * ldw, rounded + j * k, k);
+                // column-major source [k/2 × rows] (ld k/2) to [rows × k/2] (ld n): out[q·n + j0 + j]
+                libxsmm_otrans(out + 2 * j0, rounded, 4, (libxsmm_blasint)(k / 2), (libxsmm_blasint)rows,
+                               (libxsmm_blasint)(k / 2), (libxsmm_blasint)n);
+            }
+            return;
+        }
+    }
     for (long j = 0; j < n; j++) {
         const float *row = w + j * ldw;
         for (long p = 0; p + 1 < k; p += 2) {
@@ -103,8 +175,8 @@ static unsigned short *row_buffer(size_t count) {
 
 // LIBXSMM is column-major: the row-major C[rows × w] = A·B is its Cᵀ[w × rows] = Bᵀ·Aᵀ, with B (packed in
 // pairs of k) as its "A" in VNNI layout.
-static libxsmm_bsmmfunction kernel(long w, long rows, long k, long ldb, long ldc, float beta) {
-    const libxsmm_blasint m_ = w, n_ = rows, k_ = k, lda_ = ldb, ldb_ = k, ldc_ = ldc;
+static libxsmm_bsmmfunction kernel(long w, long rows, long k, long ldb, long lda, long ldc, float beta) {
+    const libxsmm_blasint m_ = w, n_ = rows, k_ = k, lda_ = ldb, ldb_ = lda, ldc_ = ldc;
     const float alpha = 1;
     const int flags = LIBXSMM_GEMM_FLAG_VNNI_A;
     return libxsmm_bsmmdispatch(m_, n_, k_, &lda_, &ldb_, &ldc_, &alpha, &beta, &flags, NULL);
@@ -122,24 +194,30 @@ static void loops(long rows, long w, long k, const unsigned short *a, long lda, 
         }
 }
 
-static void gemm_bf16(long m, long n, long k, const float *a, long lda, const unsigned short *b, long ldb,
-                      float beta, float *c, long ldc) {
+// A float (rounded here, a block of rows at a time) or, when a16 is given, already bfloat16 (row stride
+// lda16, k even).
+static void gemm_bf16(long m, long n, long k, const float *a, long lda, const unsigned short *a16, long lda16,
+                      const unsigned short *b, long ldb, float beta, float *c, long ldc) {
     if (m <= 0 || n <= 0) return;
     const long kk = (k + 1) & ~1L;  // an odd k runs on the zero pad of the last pair
     const long panel = (n > PANEL && n * kk * 2 > LARGE_B_BYTES) ? PANEL : n;
     const long block = m < ROW_BLOCK ? m : ROW_BLOCK;
-    unsigned short *as = row_buffer((size_t)block * kk);
+    unsigned short *buffer = a16 ? NULL : row_buffer((size_t)block * kk);
+    const long ldas = a16 ? lda16 : kk;
     libxsmm_bsmmfunction full = NULL, column_tail = NULL;
     const long tail_width = n % panel;
     for (long row = 0; row < m; row += block) {
         const long rows = m - row < block ? m - row : block;
-        for (long r = 0; r < rows; r++) {
-            acm_f32_to_bf16(a + (row + r) * lda, as + r * kk, k);
-            if (kk != k) as[r * kk + k] = 0;
+        const unsigned short *as = a16 ? a16 + row * lda16 : buffer;
+        if (!a16) {
+            for (long r = 0; r < rows; r++) {
+                acm_f32_to_bf16(a + (row + r) * lda, buffer + r * kk, k);
+                if (kk != k) buffer[r * kk + k] = 0;
+            }
         }
         libxsmm_bsmmfunction f = rows == block ? full : NULL, t = rows == block ? column_tail : NULL;
-        if (!f) f = kernel(panel, rows, kk, ldb, ldc, beta);
-        if (!t && tail_width) t = kernel(tail_width, rows, kk, ldb, ldc, beta);
+        if (!f) f = kernel(panel, rows, kk, ldb, ldas, ldc, beta);
+        if (!t && tail_width) t = kernel(tail_width, rows, kk, ldb, ldas, ldc, beta);
         if (rows == block) {
             full = f;
             column_tail = t;
@@ -150,7 +228,7 @@ static void gemm_bf16(long m, long n, long k, const float *a, long lda, const un
             if (g)
                 g((const libxsmm_bfloat16 *)(b + 2 * j), (const libxsmm_bfloat16 *)as, c + row * ldc + j);
             else
-                loops(rows, w, kk, as, kk, b + 2 * j, ldb, beta, c + row * ldc + j, ldc);
+                loops(rows, w, kk, as, ldas, b + 2 * j, ldb, beta, c + row * ldc + j, ldc);
         }
     }
     // The JIT kernels leave the upper vector halves dirty; spare the SSE code that follows the transition
@@ -160,7 +238,16 @@ static void gemm_bf16(long m, long n, long k, const float *a, long lda, const un
 
 void acm_gemm_bf16(long m, long n, long k, const float *a, long lda, const unsigned short *b, long ldb, float beta,
                    float *c, long ldc) {
-    gemm_bf16(m, n, k, a, lda, b, ldb, beta, c, ldc);
+    gemm_bf16(m, n, k, a, lda, NULL, 0, b, ldb, beta, c, ldc);
+}
+
+void acm_gemm_bf16_rounded(long m, long n, long k, const unsigned short *a, long lda, const unsigned short *b, long ldb,
+                           float beta, float *c, long ldc) {
+    gemm_bf16(m, n, k, NULL, 0, a, lda, b, ldb, beta, c, ldc);
+}
+
+void acm_gather_rows_bf16(unsigned short *out, const float *x, const int *order, long n, long d) {
+    for (long p = 0; p < n; p++) acm_f32_to_bf16(x + (long)(order ? order[p] : p) * d, out + p * d, d);
 }
 
 static int isa = -1;
@@ -182,7 +269,7 @@ static int self_check(void) {
         ab[i * (k + 1) + k] = 0;
     }
     loops(m, n, k + 1, ab, k + 1, b, n, 0, r, n);
-    gemm_bf16(m, n, k, a, k, b, n, 0, c, n);
+    gemm_bf16(m, n, k, a, k, NULL, 0, b, n, 0, c, n);
     int ok = 1;
     for (long i = 0; i < m * n; i++)
         if (!(fabsf(c[i] - r[i]) <= 1e-4f * (1 + fabsf(r[i])))) ok = 0;

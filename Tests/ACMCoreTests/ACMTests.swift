@@ -5,7 +5,8 @@ import Testing
 
 /// An ACM with random weights, loaded through a real safetensors file under the prefix `acm`.
 func makeACM(
-    _ config: ACMConfig, inputDim: Int, outputDim: Int, seed: UInt64, gateScale: Float = 1, dir: TemporaryDirectory
+    _ config: ACMConfig, inputDim: Int, outputDim: Int, seed: UInt64, gateScale: Float = 1, dir: TemporaryDirectory,
+    precision: Precision = .f32
 ) throws -> (ACMLayer, [String: Tensor]) {
     var rng = SplitMix64(seed: seed)
     let n = config.numLearners, h = config.learnerDim
@@ -24,7 +25,7 @@ func makeACM(
     let path = dir.path + "/acm-\(seed).safetensors"
     try SafeTensorsFile.write(tensors, to: path)
     let file = try SafeTensorsFile(path: path)
-    let layer = try ACMLayer(config: config, inputDim: inputDim, outputDim: outputDim, weights: Weights(file: file, prefix: "acm"))
+    let layer = try ACMLayer(config: config, inputDim: inputDim, outputDim: outputDim, weights: Weights(file: file, prefix: "acm", precision: precision))
     try file.checkAllUsed()
     return (layer, tensors)
 }

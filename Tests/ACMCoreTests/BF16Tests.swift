@@ -1,6 +1,7 @@
-import ACMCore
 import Foundation
 import Testing
+
+@testable import ACMCore
 
 /// The bf16 path: rounding to bfloat16, and the bf16 GEMM against a float GEMM of the bf16-rounded inputs.
 @Suite struct BF16Tests {
@@ -112,6 +113,61 @@ import Testing
         }
         #expect(worst <= 1e-4, "max error \(worst) against the rounded reference")
         #expect(fromFloat > 1e-4, "the output equals float attention's (\(fromFloat)): not bf16")
+    }
+
+    /// In bf16, should run each token's k learners as the definition does on bf16-rounded x, weights and
+    /// hidden activations with float sums: within 2e-4 of the largest output (measured: 2.6e-6 with GELU, where a
+    /// hidden value's float and Double forms may round to neighbouring bfloat16s, 7.5e-8 without; bf16 against
+    /// exact learners differs by 2.5e-3, which the test also checks). Tokens in an order the
+    /// grouping has to sort and gather, k from 0 (k_min 0) or 1 (k_min 1) to N, GELU and identity learners.
+    @Test(.enabled(if: BF16.available, "no AVX-512 BF16 on this CPU"), arguments: [0, 1])
+    func learnersInBF16(minChoice: Int) throws {
+        let dir = try TemporaryDirectory()
+        let config = ACMConfig(
+            numLearners: 4, learnerDim: 24, activation: minChoice == 0 ? .gelu : .identity, minChoice: minChoice,
+            hiddenBias: true, outputBias: true)
+        let dIn = 40, dOut = 36, tokens = 150
+        let (acm, w) = try makeACM(config, inputDim: dIn, outputDim: dOut, seed: 77, dir: dir, precision: .bf16)
+        var rng = SeededGenerator(seed: 3)
+        let x = randomTensor([tokens, dIn], rng: &rng)
+        let ks = (0..<tokens).map { _ in Int32(Int.random(in: minChoice...4, using: &rng)) }
+        let out = Tensor(shape: [tokens, dOut])
+        ks.withUnsafeBufferPointer { acm.runLearners(x.data, tokens: tokens, choices: $0.baseAddress!, out: out.data, workspace: ACMWorkspace()) }
+        let r = { (v: Float) in Double(BF16.rounded(v)) }
+        let n = 4, h = 24, w1 = w["acm.w1"]!, w2 = w["acm.w2"]!, b1 = w["acm.b1"]!, b2 = w["acm.b2"]!
+        var worst = 0.0, scale = 0.0, fromFloat = 0.0
+        for t in 0..<tokens {
+            var want = [Double](repeating: 0, count: dOut), exact = [Double](repeating: 0, count: dOut)
+            for learner in 0..<Int(ks[t]) {
+                for u in 0..<h {
+                    let col = learner * h + u
+                    var z = Double(b1.data[col]), zExact = z
+                    for i in 0..<dIn {
+                        z += r(x.data[t * dIn + i]) * r(w1.data[i * n * h + col])
+                        zExact += Double(x.data[t * dIn + i]) * Double(w1.data[i * n * h + col])
+                    }
+                    let a = r(Float(config.activation == .gelu ? exactGELU(z) : z))
+                    let aExact = config.activation == .gelu ? exactGELU(zExact) : zExact
+                    for c in 0..<dOut {
+                        want[c] += a * r(w2.data[col * dOut + c])
+                        exact[c] += aExact * Double(w2.data[col * dOut + c])
+                    }
+                }
+            }
+            for j in 0...Int(ks[t]) {
+                for c in 0..<dOut {
+                    want[c] += Double(b2.data[j * dOut + c])
+                    exact[c] += Double(b2.data[j * dOut + c])
+                }
+            }
+            for c in 0..<dOut {
+                worst = max(worst, abs(Double(out.data[t * dOut + c]) - want[c]))
+                fromFloat = max(fromFloat, abs(Double(out.data[t * dOut + c]) - exact[c]))
+                scale = max(scale, abs(want[c]))
+            }
+        }
+        #expect(worst <= 2e-4 * scale, "max error \(worst), largest output \(scale)")
+        #expect(fromFloat > 1e-4 * scale, "equal to float learners (\(fromFloat)): not bf16")
     }
 
     /// Should find the bf16 kernels wherever the CPU has AVX-512 BF16 (unless ACM_BF16=off): a kernel that fails

@@ -11,8 +11,8 @@ import Testing
         var rng = SplitMix64(seed: 13)
         let d = 21, hidden = 130
         let x = randomTensor([rows, d], rng: &rng)
-        let fc1 = Linear(weight: randomTensor([hidden, d], scale: 0.3, rng: &rng), bias: randomTensor([hidden], rng: &rng))
-        let fc2 = Linear(weight: randomTensor([d, hidden], scale: 0.3, rng: &rng), bias: randomTensor([d], rng: &rng))
+        let fc1 = Linear(weight: randomTensor([hidden, d], scale: 0.3, rng: &rng), bias: randomTensor([hidden], rng: &rng), precision: .f32)
+        let fc2 = Linear(weight: randomTensor([d, hidden], scale: 0.3, rng: &rng), bias: randomTensor([d], rng: &rng), precision: .f32)
         let mlp = DenseMLP(fc1: fc1, fc2: fc2)
         let sequences = [0..<rows / 2, rows / 2..<rows]
         let learners = LearnerCounts(acms: [], items: 2)

@@ -52,8 +52,8 @@ func naiveLinear(_ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil, w: Tenso
         var rng = SplitMix64(seed: 13)
         let d = 21, hidden = 130
         let x = randomTensor([rows, d], rng: &rng)
-        let fc1 = Linear(weight: randomTensor([hidden, d], scale: 0.3, rng: &rng), bias: randomTensor([hidden], rng: &rng))
-        let fc2 = Linear(weight: randomTensor([d, hidden], scale: 0.3, rng: &rng), bias: randomTensor([d], rng: &rng))
+        let fc1 = Linear(weight: randomTensor([hidden, d], scale: 0.3, rng: &rng), bias: randomTensor([hidden], rng: &rng), precision: .f32)
+        let fc2 = Linear(weight: randomTensor([d, hidden], scale: 0.3, rng: &rng), bias: randomTensor([d], rng: &rng), precision: .f32)
 
         let projected = Tensor(shape: [rows, hidden])
         fc1.forward(x.data, rows: rows, out: projected.data, fewRows: fewRows)

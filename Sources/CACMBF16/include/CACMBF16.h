@@ -35,3 +35,10 @@ void acm_pack_bf16_pairs_transposed(const float *w, long k, long n, long ldw, un
 /// first element, ldb the packed matrix's n); products summed in float. Only where `acm_bf16_isa` > 0.
 void acm_gemm_bf16(long m, long n, long k, const float *a, long lda, const unsigned short *b, long ldb, float beta,
                    float *c, long ldc);
+
+/// The same with A already bfloat16 (row stride lda; k and lda even): rows rounded once for several products.
+void acm_gemm_bf16_rounded(long m, long n, long k, const unsigned short *a, long lda, const unsigned short *b, long ldb,
+                           float beta, float *c, long ldc);
+
+/// out[p] = x[order[p]] rounded to bfloat16, rows of d values, for p < n (x's first n rows when order is NULL).
+void acm_gather_rows_bf16(unsigned short *out, const float *x, const int *order, long n, long d);
