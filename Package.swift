@@ -52,7 +52,7 @@ let package = Package(
         // Row kernels (softmax, LayerNorm, GELU) compiled per instruction set and picked at run time.
         .target(name: "CACMKernels"),
         // The bf16 GEMM: LIBXSMM's JIT kernels on AVX-512 BF16 or AMX, the activations rounded as they are read.
-        .target(name: "CACMBF16", dependencies: ["CXSMM"]),
+        .target(name: "CACMBF16", dependencies: ["CXSMM", "CACMKernels"]),
         // Numeric core: tensors, GEMM (LIBXSMM, OpenBLAS), kernels, attention, the ACM layer and the dense-or-ACM
         // layer both models build on, safetensors and .npy readers.
         .target(name: "ACMCore", dependencies: ["CBLAS", "CXSMM", "CACMKernels", "CACMBF16"], swiftSettings: swiftSettings),

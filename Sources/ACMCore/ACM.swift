@@ -294,6 +294,18 @@ public final class ACMLayer: @unchecked Sendable {
             _ index: Int, _ xs: UnsafePointer<Float>, rounded: UnsafePointer<UInt16>? = nil, _ ys: UnsafeMutablePointer<Float>,
             rows: Int, accumulate: Bool
         ) {
+            if w1.precision == .bf16 && h % 2 == 0 && GEMMWeight.fusesActivation(config.activation) {
+                // act(x·W1_n + b1_n) made and rounded tile by tile, then its product with W2_n
+                let (hid, hid16) = bf16Space(ws.hidden, floats: rows * h, count: rows * h)
+                w1.multiplyActivated(
+                    m: rows, a: rounded == nil ? xs : nil, rounded: rounded, lda: dIn, columns: index * h..<(index + 1) * h,
+                    bias: b1.map { $0.data + index * h }, activation: config.activation, c: hid, ldc: h, hidden: hid16,
+                    ldHidden: h)
+                w2.multiply(
+                    m: rows, rounded: hid16, lda: h, rows: index * h..<(index + 1) * h, beta: accumulate ? 1 : 0, c: ys,
+                    ldc: dOut)
+                return
+            }
             let hid = ws.hidden.reserve(rows * h)
             // [rows, d_in] × [d_in, h]
             if let rounded {

@@ -100,6 +100,36 @@ extension GEMMWeight {
     }
 }
 
+extension GEMMWeight {
+    /// Whether `multiplyActivated` runs `activation` (the others go through `Activation.apply`).
+    public static func fusesActivation(_ activation: Activation) -> Bool { activation == .gelu || activation == .identity }
+
+    /// In bf16, C = act(A·B[:, columns] + bias) for act GELU or identity (`fusesActivation`), each tile finished
+    /// while it is in the cache, and C also rounded to bfloat16 into `hidden` (row stride `ldHidden`, the block
+    /// of columns even) for the product that reads it next. A float (`a`), or already rounded (`rounded`).
+    @inline(__always)
+    public func multiplyActivated(
+        m: Int, a: UnsafePointer<Float>? = nil, rounded: UnsafePointer<UInt16>? = nil, lda: Int,
+        columns: Range<Int>? = nil, bias: UnsafePointer<Float>?, activation: Activation,
+        c: UnsafeMutablePointer<Float>, ldc: Int, hidden: UnsafeMutablePointer<UInt16>, ldHidden: Int
+    ) {
+        let n = self.columns, cs = columns ?? 0..<n
+        precondition(packed != nil && Self.fusesActivation(activation) && cs.count % 2 == 0 && (a != nil) != (rounded != nil))
+        precondition(rounded == nil || (self.rows % 2 == 0 && lda % 2 == 0))
+        if m == 0 || cs.isEmpty { return }
+        acm_gemm_bf16_activated(
+            m, cs.count, self.rows, a, lda, rounded, lda, packed!.baseAddress! + 2 * cs.lowerBound, n, c, ldc, bias,
+            activation == .gelu ? 1 : 0, hidden, ldHidden)
+    }
+}
+
+/// Room for `count` bfloat16 values in float scratch memory (two to a float), after `offset` floats.
+@inline(__always)
+func bf16Space(_ scratch: Scratch, floats: Int, count: Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<UInt16>) {
+    let base = scratch.reserve(floats + (count + 1) / 2)
+    return (base, UnsafeMutableRawPointer(base + floats).bindMemory(to: UInt16.self, capacity: count))
+}
+
 /// C[m × n] = A[m × k]·B[k × n] in bf16 for a B that changes from call to call (an attention head's keys or
 /// values): B is packed into `scratch` first, from `b` [k × n] (row stride ldb), or, with `bTransposed`, from
 /// `b` [n × k] holding Bᵀ. `scratch` needs `bf16PackedCount(k:n:)` values. Only where `BF16.available`.

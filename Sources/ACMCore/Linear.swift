@@ -142,6 +142,19 @@ public struct DenseMLP: Sendable {
             fc2.forward(hidden, rows: rows, out: out, fewRows: .splitColumns)
             return
         }
+        if fc1.precision == .bf16 && fc2.precision == .bf16 && hiddenWidth % 2 == 0 {
+            Parallel.forEachChunk(rows) { worker, r in
+                // [rows, d] × [d, D], GELU(· + bias) and its rounding done on each tile as it is made; then
+                // [rows, D] × [D, d] on the rounded hidden layer
+                let (hidden, rounded) = bf16Space(scratch[worker], floats: r.count * hiddenWidth, count: r.count * hiddenWidth)
+                fc1.weightT.multiplyActivated(
+                    m: r.count, a: x + r.lowerBound * d, lda: d, bias: fc1.bias?.data, activation: .gelu, c: hidden,
+                    ldc: hiddenWidth, hidden: rounded, ldHidden: hiddenWidth)
+                fc2.weightT.multiply(m: r.count, rounded: rounded, lda: hiddenWidth, c: out + r.lowerBound * dOut, ldc: dOut)
+                if let b = fc2.bias { addBias(out + r.lowerBound * dOut, rows: r.count, columns: dOut, ld: dOut, bias: b.data) }
+            }
+            return
+        }
         Parallel.forEachChunk(rows) { worker, r in
             let hidden = scratch[worker].reserve(r.count * hiddenWidth)
             // [rows, d] × [d, D]

@@ -1,4 +1,5 @@
 #include "CACMBF16.h"
+#include "CACMKernels.h"
 
 #include <libxsmm.h>
 #include <immintrin.h>
@@ -154,11 +155,15 @@ void acm_pack_bf16_pairs_transposed(const float *w, long k, long n, long ldw, un
     }
 }
 
-// Rows per kernel call, as the float path (BLAS.swift's xsmmRowBlock), and columns per call where B is
-// large: a panel of B that stays in the L2 cache across the row blocks. Measured on one Zen 5 core:
-// Whisper's fc1 [1536×384]×[384×1536] runs at 359 GFLOP/s whole and 456 in panels of 128 or 256;
-// ViT-B's qkv [832×768]×[768×2304] 371 → 464; the small shapes (B under 256 KiB) already at 445-500.
-enum { ROW_BLOCK = 64, PANEL = 128, LARGE_B_BYTES = 256 * 1024 };
+// The blocking, measured on one Zen 5 core with A already bfloat16 (LIBXSMM's kernels take a block of up to
+// ROW_BLOCK rows of A and C in registers and stream a panel of B):
+// - B of more than LARGE_B_BYTES runs in panels of PANEL columns, and a deep one (k > DEEP) in chunks of DEPTH
+//   rows, the chunks outermost, then the panels, then the blocks of rows, so that a panel's chunk (192 KiB) stays
+//   in the L2 cache while all of A's rows stream past it: ViT-B's fc2 [768×3072]×[3072×768] from 272 GFLOP/s
+//   (rows outermost, whole depth) to 393; its qkv [768×768]×[768×2304] 445 → 452; Whisper's fc1
+//   [1536×384]×[384×1536] 428 → 452 (whole, no panels: 359);
+// - the small shapes (B under 256 KiB) already run at 445-500 whole.
+enum { ROW_BLOCK = 64, PANEL = 128, LARGE_B_BYTES = 256 * 1024, DEEP = 1024, DEPTH = 768 };
 
 static __thread unsigned short *a_buffer;
 static __thread size_t a_capacity;
@@ -194,41 +199,63 @@ static void loops(long rows, long w, long k, const unsigned short *a, long lda, 
         }
 }
 
-// A float (rounded here, a block of rows at a time) or, when a16 is given, already bfloat16 (row stride
+// What is done to each tile of C once its last chunk of depth is in, while the tile is in the L1 cache: add
+// `bias` (per column) and GELU when `gelu`, then round the tile into `out16` (row stride ld16) when given, for
+// a next product that reads it (an MLP's hidden layer: this saves a pass over it, and its rounding).
+struct epilogue {
+    const float *bias;
+    int gelu;
+    unsigned short *out16;
+    long ld16;
+};
+
+static void finish_tile(const struct epilogue *e, float *c, long ldc, long row, long rows, long j, long w) {
+    float *tile = c + row * ldc + j;
+    if (e->gelu) {
+        acm_gelu_rows(tile, rows, w, ldc, e->bias ? e->bias + j : NULL);
+    } else if (e->bias) {
+        acm_add_bias_rows(tile, rows, w, ldc, e->bias + j);
+    }
+    if (e->out16)
+        for (long r = 0; r < rows; r++) acm_f32_to_bf16(tile + r * ldc, e->out16 + (row + r) * e->ld16 + j, w);
+}
+
+// A float (rounded here first, into a per-thread buffer) or, when a16 is given, already bfloat16 (row stride
 // lda16, k even).
 static void gemm_bf16(long m, long n, long k, const float *a, long lda, const unsigned short *a16, long lda16,
-                      const unsigned short *b, long ldb, float beta, float *c, long ldc) {
+                      const unsigned short *b, long ldb, float beta, float *c, long ldc, const struct epilogue *e) {
     if (m <= 0 || n <= 0) return;
     const long kk = (k + 1) & ~1L;  // an odd k runs on the zero pad of the last pair
-    const long panel = (n > PANEL && n * kk * 2 > LARGE_B_BYTES) ? PANEL : n;
+    if (!a16) {
+        unsigned short *buffer = row_buffer((size_t)m * kk);
+        for (long r = 0; r < m; r++) {
+            acm_f32_to_bf16(a + r * lda, buffer + r * kk, k);
+            if (kk != k) buffer[r * kk + k] = 0;
+        }
+        a16 = buffer;
+        lda16 = kk;
+    }
+    const int large = n > PANEL && n * kk * 2 > LARGE_B_BYTES;
+    const long panel = large ? PANEL : n, depth = large && kk > DEEP ? DEPTH : kk;
     const long block = m < ROW_BLOCK ? m : ROW_BLOCK;
-    unsigned short *buffer = a16 ? NULL : row_buffer((size_t)block * kk);
-    const long ldas = a16 ? lda16 : kk;
-    libxsmm_bsmmfunction full = NULL, column_tail = NULL;
-    const long tail_width = n % panel;
-    for (long row = 0; row < m; row += block) {
-        const long rows = m - row < block ? m - row : block;
-        const unsigned short *as = a16 ? a16 + row * lda16 : buffer;
-        if (!a16) {
-            for (long r = 0; r < rows; r++) {
-                acm_f32_to_bf16(a + (row + r) * lda, buffer + r * kk, k);
-                if (kk != k) buffer[r * kk + k] = 0;
-            }
-        }
-        libxsmm_bsmmfunction f = rows == block ? full : NULL, t = rows == block ? column_tail : NULL;
-        if (!f) f = kernel(panel, rows, kk, ldb, ldas, ldc, beta);
-        if (!t && tail_width) t = kernel(tail_width, rows, kk, ldb, ldas, ldc, beta);
-        if (rows == block) {
-            full = f;
-            column_tail = t;
-        }
+    for (long p = 0; p < kk; p += depth) {
+        const long d = kk - p < depth ? kk - p : depth;
+        const float chunk_beta = p == 0 ? beta : 1;
         for (long j = 0; j < n; j += panel) {
             const long w = n - j < panel ? n - j : panel;
-            libxsmm_bsmmfunction g = w == panel ? f : t;
-            if (g)
-                g((const libxsmm_bfloat16 *)(b + 2 * j), (const libxsmm_bfloat16 *)as, c + row * ldc + j);
-            else
-                loops(rows, w, kk, as, ldas, b + 2 * j, ldb, beta, c + row * ldc + j, ldc);
+            const unsigned short *bj = b + p * ldb + 2 * j;
+            libxsmm_bsmmfunction full = kernel(w, block, d, ldb, lda16, ldc, chunk_beta), tail = NULL;
+            for (long row = 0; row < m; row += block) {
+                const long rows = m - row < block ? m - row : block;
+                libxsmm_bsmmfunction g = full;
+                if (rows != block) g = tail = tail ? tail : kernel(w, rows, d, ldb, lda16, ldc, chunk_beta);
+                const unsigned short *as = a16 + row * lda16 + p;
+                if (g)
+                    g((const libxsmm_bfloat16 *)bj, (const libxsmm_bfloat16 *)as, c + row * ldc + j);
+                else
+                    loops(rows, w, d, as, lda16, bj, ldb, chunk_beta, c + row * ldc + j, ldc);
+                if (e && p + d == kk) finish_tile(e, c, ldc, row, rows, j, w);
+            }
         }
     }
     // The JIT kernels leave the upper vector halves dirty; spare the SSE code that follows the transition
@@ -238,12 +265,19 @@ static void gemm_bf16(long m, long n, long k, const float *a, long lda, const un
 
 void acm_gemm_bf16(long m, long n, long k, const float *a, long lda, const unsigned short *b, long ldb, float beta,
                    float *c, long ldc) {
-    gemm_bf16(m, n, k, a, lda, NULL, 0, b, ldb, beta, c, ldc);
+    gemm_bf16(m, n, k, a, lda, NULL, 0, b, ldb, beta, c, ldc, NULL);
 }
 
 void acm_gemm_bf16_rounded(long m, long n, long k, const unsigned short *a, long lda, const unsigned short *b, long ldb,
                            float beta, float *c, long ldc) {
-    gemm_bf16(m, n, k, NULL, 0, a, lda, b, ldb, beta, c, ldc);
+    gemm_bf16(m, n, k, NULL, 0, a, lda, b, ldb, beta, c, ldc, NULL);
+}
+
+void acm_gemm_bf16_activated(long m, long n, long k, const float *a, long lda, const unsigned short *a16, long lda16,
+                             const unsigned short *b, long ldb, float *c, long ldc, const float *bias, int gelu,
+                             unsigned short *out16, long ld16) {
+    const struct epilogue e = {bias, gelu, out16, ld16};
+    gemm_bf16(m, n, k, a16 ? NULL : a, lda, a16, lda16, b, ldb, 0, c, ldc, &e);
 }
 
 void acm_gather_rows_bf16(unsigned short *out, const float *x, const int *order, long n, long d) {
@@ -269,7 +303,7 @@ static int self_check(void) {
         ab[i * (k + 1) + k] = 0;
     }
     loops(m, n, k + 1, ab, k + 1, b, n, 0, r, n);
-    gemm_bf16(m, n, k, a, k, NULL, 0, b, n, 0, c, n);
+    gemm_bf16(m, n, k, a, k, NULL, 0, b, n, 0, c, n, NULL);
     int ok = 1;
     for (long i = 0; i < m * n; i++)
         if (!(fabsf(c[i] - r[i]) <= 1e-4f * (1 + fabsf(r[i])))) ok = 0;

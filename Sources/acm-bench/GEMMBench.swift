@@ -3,7 +3,8 @@ import ArgumentParser
 import Foundation
 
 /// GFLOP/s of one thread's GEMMs on the engine's shapes, through `gemm`'s LIBXSMM path and through
-/// OpenBLAS, alternating (docs/performance.md).
+/// OpenBLAS, alternating, and with --bf16 also through the bf16 path (A in float, rounded as it is read; B
+/// packed once), where the CPU has it (docs/performance.md).
 struct GEMMBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gemm", abstract: "One thread's GEMM speed on the engine's shapes: LIBXSMM against OpenBLAS.")
@@ -14,14 +15,17 @@ struct GEMMBench: ParsableCommand {
         "800x128x512", "1600x5x128", "1576x3072x768", "1576x768x3072",
     ]
     @Option(help: "Passes; the best is reported.") var passes = 5
+    @Flag(help: "Also time the bf16 GEMM (GEMMWeight in bf16) on each shape.") var bf16 = false
 
     func run() throws {
         reexecWithTunedBLASIfNeeded()
         Parallel.workers = 1
         var rng = SeededGenerator(seed: 3)
         print("one thread, GFLOP/s (best of \(passes)); \(gemmKernelName)")
-        print("| M | N | K | LIBXSMM | OpenBLAS | ratio |")
-        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        let timeBF16 = bf16 && BF16.available
+        if bf16 && !timeBF16 { print("no bf16 GEMM here: \(BF16.description)") }
+        print("| M | N | K | LIBXSMM | OpenBLAS | ratio |" + (timeBF16 ? " bf16 | bf16 ÷ LIBXSMM |" : ""))
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |" + (timeBF16 ? " ---: | ---: |" : ""))
         for text in shape {
             let dims = text.split(separator: "x").compactMap { Int($0) }
             guard dims.count == 3 else { throw ValidationError("shape '\(text)' is not MxNxK") }
@@ -31,8 +35,9 @@ struct GEMMBench: ParsableCommand {
             for i in 0..<b.count { b.data[i] = Float.random(in: -1...1, using: &rng) }
             let flop = 2.0 * Double(m * n * k)
             let reps = max(1, Int(2e9 / flop))
-            var best = [Double](repeating: .infinity, count: 2)
+            var best = [Double](repeating: .infinity, count: 3)
             let fast = useXSMM
+            let packed = timeBF16 ? GEMMWeight(b, precision: .bf16) : nil
             for _ in 0..<passes {
                 for (i, xsmm) in [fast, false].enumerated() {
                     useXSMM = xsmm
@@ -42,10 +47,17 @@ struct GEMMBench: ParsableCommand {
                     }
                     best[i] = min(best[i], seconds / Double(reps))
                 }
+                if let packed {
+                    packed.multiply(m: m, a: a.data, lda: k, c: c.data, ldc: n)
+                    let seconds = time { for _ in 0..<reps { packed.multiply(m: m, a: a.data, lda: k, c: c.data, ldc: n) } }
+                    best[2] = min(best[2], seconds / Double(reps))
+                }
             }
             useXSMM = fast
             let rates = best.map { flop / $0 / 1e9 }
-            print(String(format: "| %d | %d | %d | %.0f | %.0f | %.2f |", m, n, k, rates[0], rates[1], rates[0] / rates[1]))
+            print(
+                String(format: "| %d | %d | %d | %.0f | %.0f | %.2f |", m, n, k, rates[0], rates[1], rates[0] / rates[1])
+                    + (timeBF16 ? String(format: " %.0f | %.2f |", rates[2], rates[2] / rates[0]) : ""))
         }
     }
 }

@@ -40,5 +40,13 @@ void acm_gemm_bf16(long m, long n, long k, const float *a, long lda, const unsig
 void acm_gemm_bf16_rounded(long m, long n, long k, const unsigned short *a, long lda, const unsigned short *b, long ldb,
                            float beta, float *c, long ldc);
 
+/// C = act(A·B + bias), act GELU (`gelu` 1, the engine's `acm_gelu_rows`) or none, A float (a16 NULL) or bfloat16
+/// (a16, row stride lda16, k even), bias per column or NULL; and, when out16 is given, C rounded to bfloat16 into
+/// it (row stride ld16, n even), for a product that reads it next. Each tile of C is finished while it is in the
+/// cache, instead of in passes over all of C after the product.
+void acm_gemm_bf16_activated(long m, long n, long k, const float *a, long lda, const unsigned short *a16, long lda16,
+                             const unsigned short *b, long ldb, float *c, long ldc, const float *bias, int gelu,
+                             unsigned short *out16, long ld16);
+
 /// out[p] = x[order[p]] rounded to bfloat16, rows of d values, for p < n (x's first n rows when order is NULL).
 void acm_gather_rows_bf16(unsigned short *out, const float *x, const int *order, long n, long d);
