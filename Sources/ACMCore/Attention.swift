@@ -1,4 +1,5 @@
 import CACMBF16
+import CACMKernels
 
 /// Multi-head scaled dot-product attention, run per sequence: the ViT's and Whisper's encoder
 /// self-attention, and Whisper's decoder self-attention (causal, over its KV cache) and cross-attention.
@@ -37,11 +38,15 @@ public func multiHeadAttention(
             // scores a head at once, but 375 KB a block of 64).
             let block = min(count, max(fewQueries, scoreBlockFloats / max(keyCount, 1)))
             // after the scores: kᵀ in float, or k and v packed in bf16 (two UInt16 to a float)
-            let packedFloats = (bf16PackedCount(k: headDim, n: keyCount) + bf16PackedCount(k: keyCount, n: headDim) + 1) / 2
-            let s = scores[worker].reserve(block * keyCount + (transposeKeys ? (bf16 ? packedFloats : headDim * keyCount) : 0))
+            // and in bf16 the probabilities rounded, rows of an even number of keys (an odd count's last pair padded)
+            let evenKeys = (keyCount + 1) & ~1
+            let packedCount = bf16PackedCount(k: headDim, n: keyCount) + bf16PackedCount(k: keyCount, n: headDim) + block * evenKeys
+            let s = scores[worker].reserve(block * keyCount + (transposeKeys ? (bf16 ? (packedCount + 1) / 2 : headDim * keyCount) : 0))
             let kT = s + block * keyCount
-            let packed = UnsafeMutableRawPointer(kT).bindMemory(to: UInt16.self, capacity: 2 * packedFloats)
+            let packed = UnsafeMutableRawPointer(kT).bindMemory(to: UInt16.self, capacity: packedCount)
             let packedK = packed, packedV = packed + bf16PackedCount(k: headDim, n: keyCount)
+            let probabilities = packedV + bf16PackedCount(k: keyCount, n: headDim)
+            let roundedProbabilities = transposeKeys && bf16 && !causal && keyCount <= maxRoundedSoftmaxKeys
             if transposeKeys && bf16 {
                 // k packed as kᵀ [dh, keys], v as [keys, dh], once per head
                 acm_pack_bf16_pairs_transposed(kh, headDim, keyCount, ld, packedK)
@@ -68,12 +73,17 @@ public func multiHeadAttention(
                         softmaxRows(row, rows: 1, n: visible, ld: keyCount, scale: scale)
                         (row + visible).update(repeating: 0, count: keyCount - visible)
                     }
+                } else if roundedProbabilities {
+                    // the probabilities straight into bfloat16, the next product's input
+                    acm_softmax_rows_bf16(s, rows, keyCount, keyCount, scale, probabilities, evenKeys)
                 } else {
                     softmaxRows(s, rows: rows, n: keyCount, ld: keyCount, scale: scale)
                 }
                 // out = softmax(scores)·v: [rows, keys] × [keys, dh]
                 let o = out + (queries.lowerBound + first) * ldOut + col
-                if transposeKeys && bf16 {
+                if roundedProbabilities {
+                    acm_gemm_bf16_rounded(rows, headDim, evenKeys, probabilities, evenKeys, packedV, headDim, 0, o, ldOut)
+                } else if transposeKeys && bf16 {
                     acm_gemm_bf16(rows, headDim, keyCount, s, keyCount, packedV, headDim, 0, o, ldOut)
                 } else if transposeKeys {
                     gemm(m: rows, n: headDim, k: keyCount, a: s, lda: keyCount, b: vh, ldb: ld, c: o, ldc: ldOut)
@@ -84,6 +94,10 @@ public func multiHeadAttention(
         }
     }
 }
+
+/// Keys up to which `multiHeadAttention` in bf16 writes its probabilities rounded (`acm_softmax_rows_bf16`'s
+/// longest row).
+let maxRoundedSoftmaxKeys = 8192
 
 /// Queries up to which `multiHeadAttention` computes a head's scores and sums as dot products over its keys and
 /// values where they lie, instead of copying the keys out transposed for two GEMMs: the copy (and a GEMM's

@@ -118,43 +118,62 @@ static inline __mmask16 tail_mask(long left) { return (__mmask16)(left >= 16 ? 0
 // The exponentials go to `e`, whole vectors, and only the scaled results to the row, masked: a load of what a
 // masked store just wrote cannot take it from the store buffer, and waits for it to reach the cache (the
 // rows of 50 scores of the Fashion-MNIST ViT ran at a third of the speed that way).
-enum { SOFTMAX_BUFFER = 4096 };
+enum { SOFTMAX_BUFFER = 8192 };
 
 // Up to ROWS_AT_ONCE rows in step: a short row is a chain of dependent steps (max, its horizontal reduction,
 // the exponentials, their sum's), and the rows side by side let the core overlap the chains.
 enum { ROWS_AT_ONCE = 4 };
 
+// The softmax of up to `step` rows at a time, the last pass's store given as STORE(row, c, mask, values).
+#define SOFTMAX_ROWS_BODY(STORE)                                                                                    \
+    const __m512 vscale = _mm512_set1_ps(scale), lowest = _mm512_set1_ps(-INFINITY);                                \
+    for (long r0 = 0; r0 < rows; r0 += step) {                                                                     \
+        const long count = rows - r0 < step ? rows - r0 : step;                                                   \
+        __m512 vm[ROWS_AT_ONCE], vs[ROWS_AT_ONCE], m[ROWS_AT_ONCE];                                                \
+        for (long i = 0; i < count; i++) vm[i] = lowest, vs[i] = _mm512_setzero_ps();                             \
+        for (long c = 0; c < n; c += 16)                                                                           \
+            for (long i = 0; i < count; i++)                                                                       \
+                vm[i] = _mm512_max_ps(vm[i], _mm512_mask_loadu_ps(lowest, tail_mask(n - c), x + (r0 + i) * ld + c)); \
+        for (long i = 0; i < count; i++) m[i] = _mm512_set1_ps(_mm512_reduce_max_ps(vm[i]));                     \
+        for (long c = 0; c < n; c += 16) {                                                                         \
+            __mmask16 k = tail_mask(n - c);                                                                        \
+            for (long i = 0; i < count; i++) {                                                                     \
+                __m512 v = exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + (r0 + i) * ld + c), m[i]), vscale)); \
+                _mm512_store_ps(e + i * padded + c, v);                                                            \
+                vs[i] = _mm512_mask_add_ps(vs[i], k, vs[i], v);                                                    \
+            }                                                                                                      \
+        }                                                                                                          \
+        for (long i = 0; i < count; i++) {                                                                         \
+            const __m512 inv = _mm512_set1_ps(1 / _mm512_reduce_add_ps(vs[i]));                                   \
+            for (long c = 0; c < n; c += 16)                                                                       \
+                STORE(r0 + i, c, tail_mask(n - c), _mm512_mul_ps(_mm512_load_ps(e + i * padded + c), inv));        \
+        }                                                                                                          \
+    }
+
+#define STORE_FLOAT(r, c, mask, v) _mm512_mask_storeu_ps(x + (r) * ld + (c), mask, v)
+// bfloat16, and a zero after an odd row's last value (the pad of its last pair)
+#define STORE_BF16(r, c, mask, v)                                                                                  \
+    _mm256_mask_storeu_epi16(out16 + (r) * ld16 + (c), (n - (c) < 16 && n % 2) ? (__mmask16)(((mask) << 1) | 1) : (mask), \
+                             (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(mask, v)))
+
 AVX512 static void softmax_rows_avx512(float *x, long rows, long n, long ld, float scale) {
     const long padded = (n + 15) & ~15L;
-    if (padded * ROWS_AT_ONCE > SOFTMAX_BUFFER) {
+    if (padded > SOFTMAX_BUFFER) {
         softmax_rows(x, rows, n, ld, scale);
         return;
     }
+    // as many rows in step as the buffer holds, up to ROWS_AT_ONCE (Whisper's 1,500 keys: 4 rows in 24 KB)
+    const long step = SOFTMAX_BUFFER / padded < ROWS_AT_ONCE ? SOFTMAX_BUFFER / padded : ROWS_AT_ONCE;
     float e[SOFTMAX_BUFFER] __attribute__((aligned(64)));
-    const __m512 vscale = _mm512_set1_ps(scale), lowest = _mm512_set1_ps(-INFINITY);
-    for (long r0 = 0; r0 < rows; r0 += ROWS_AT_ONCE) {
-        const long count = rows - r0 < ROWS_AT_ONCE ? rows - r0 : ROWS_AT_ONCE;
-        __m512 vm[ROWS_AT_ONCE], vs[ROWS_AT_ONCE], m[ROWS_AT_ONCE];
-        for (long i = 0; i < count; i++) vm[i] = lowest, vs[i] = _mm512_setzero_ps();
-        for (long c = 0; c < n; c += 16)
-            for (long i = 0; i < count; i++)
-                vm[i] = _mm512_max_ps(vm[i], _mm512_mask_loadu_ps(lowest, tail_mask(n - c), x + (r0 + i) * ld + c));
-        for (long i = 0; i < count; i++) m[i] = _mm512_set1_ps(_mm512_reduce_max_ps(vm[i]));
-        for (long c = 0; c < n; c += 16) {
-            __mmask16 k = tail_mask(n - c);
-            for (long i = 0; i < count; i++) {
-                __m512 v = exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + (r0 + i) * ld + c), m[i]), vscale));
-                _mm512_store_ps(e + i * padded + c, v);
-                vs[i] = _mm512_mask_add_ps(vs[i], k, vs[i], v);
-            }
-        }
-        for (long i = 0; i < count; i++) {
-            const __m512 inv = _mm512_set1_ps(1 / _mm512_reduce_add_ps(vs[i]));
-            float *row = x + (r0 + i) * ld;
-            for (long c = 0; c < n; c += 16)
-                _mm512_mask_storeu_ps(row + c, tail_mask(n - c), _mm512_mul_ps(_mm512_load_ps(e + i * padded + c), inv));
-        }
-    }
+    SOFTMAX_ROWS_BODY(STORE_FLOAT)
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+void acm_softmax_rows_bf16(const float *x, long rows, long n, long ld, float scale, unsigned short *out16, long ld16) {
+    const long padded = (n + 15) & ~15L;
+    const long step = SOFTMAX_BUFFER / padded < ROWS_AT_ONCE ? SOFTMAX_BUFFER / padded : ROWS_AT_ONCE;
+    float e[SOFTMAX_BUFFER] __attribute__((aligned(64)));
+    SOFTMAX_ROWS_BODY(STORE_BF16)
 }
 
 AVX512 static void gelu_rows_avx512(float *x, long rows, long columns, long ld, const float *bias) {

@@ -7,6 +7,11 @@
 /// Softmax of each of `rows` rows of `n` floats (row stride `ld`) times `scale`, in place.
 void acm_softmax_rows(float *x, long rows, long n, long ld, float scale);
 
+/// The same softmax, the probabilities written rounded to bfloat16 into out16 (row stride ld16) instead of
+/// over x, each row followed by a zero when n is odd (the pad of its last pair, for a bf16 product over them).
+/// Rows of at most 8,192 values; only on CPUs with AVX-512 BF16.
+void acm_softmax_rows_bf16(const float *x, long rows, long n, long ld, float scale, unsigned short *out16, long ld16);
+
 /// LayerNorm of each of `rows` rows of `d` floats: (x − mean)/√(var + eps)·gamma + beta, the variance
 /// biased as in PyTorch. `out` may equal `x`.
 void acm_layer_norm_rows(const float *x, long rows, long d, const float *gamma, const float *beta, float eps,
