@@ -11,7 +11,7 @@ BUDGET ?= 0.5
 PEERS_MODEL := $(if $(filter file,$(origin MODEL)),fashion,$(MODEL))
 
 .PHONY: setup build test test-server serve predict bench bench-server bench-peers fixtures demo-model fashion-models \
-	fashion-report whisper-model whisper-acm whisper-results whisper-fixtures bench-whisper speech-data clean
+	fashion-report whisper-model whisper-acm whisper-results whisper-fixtures bench-whisper bf16-report speech-data clean
 
 setup:
 	@scripts/setup
@@ -92,6 +92,11 @@ whisper-fixtures: whisper-model
 ## Whisper tiny.en: seconds per 30-s clip for acm-serve, CTranslate2 fp32 and PyTorch (BENCHMARKS.md, build/whisper/bench.json).
 bench-whisper: build whisper-model
 	PYTHONPATH=tools $(PY) -m acm_tools.whisper_bench
+
+## bf16 against f32 through the engine: Fashion-MNIST accuracy and gate decisions, Whisper's WER on the validation
+## clips and tokens on the fixture clips (build/bf16-report.json, docs/bf16-results.md); needs AVX-512 BF16.
+bf16-report: build whisper-model
+	PYTHONPATH=tools $(PY) -m acm_tools.bf16_report --write
 
 ## Word error rate against compute of the ACM Whisper, through the engine, on the corpus's validation clips:
 ## build/whisper/results.json, docs/whisper-results.md and .svg (with bench-whisper's times when present).

@@ -13,7 +13,9 @@ seconds per token it wrote, on two inputs:
 
 When the ACM model (build/models/whisper-tiny.en-acm) is present, acm-serve also runs it at full compute, in
 auto mode and under compute budgets 0.5 and 0.25 (`acm_policies`); the table gives each encoder's time against
-our dense model's too.
+our dense model's too. Where acm-serve has a bf16 GEMM (`acm-serve version`), it also runs the dense model and the
+ACM model at budget 0.5 with --precision bf16 (`bf16_rows`); issue 12's goal is the bf16 encoder at ≤ 0.6× our
+f32 one (the "× our dense" column of "acm-serve bf16").
 
 Each repeat runs every engine on both inputs, so that the machine's noise hits all of them alike; one repeat
 first is a warm-up and is not counted; the numbers are medians over the repeats. Prints a markdown table with
@@ -55,6 +57,9 @@ model_dir = whisper_tiny_en.out
 acm_model_dir = whisper_tiny_en.acm_out
 acm_policies = [('full', ['--full']), ('auto', []), ('cap 0.5', ['--budget', '0.5']),
                 ('cap 0.25', ['--budget', '0.25'])]  # the ACM model's rows, when it is present
+# bf16 rows, where acm-serve has the instructions: (row, model: 'dense' or 'acm', options)
+bf16_rows = [('acm-serve bf16', 'dense', ['--precision', 'bf16']),
+             ('acm-serve bf16 ACM, cap 0.5', 'acm', ['--precision', 'bf16', '--budget', '0.5'])]
 ct2_dir = whisper_tiny_en.ct2_dir  # CTranslate2's original of the same model (fp16 weights)
 fixtures = 'Tests/ACMWhisperTests/Fixtures'
 binary = '.build/release/acm-serve'
@@ -261,6 +266,14 @@ def main(argv=None):
             runners[f'acm-serve ACM, {name}'] = Ours(args.bin, args.acm_model, options)
     else:
         print(f'note: no ACM model in {args.acm_model} (make whisper-model assembles it); timing the dense model only')
+    version = subprocess.run([args.bin, 'version'], capture_output=True, text=True, check=True).stdout
+    bf16 = next((line.split(':', 1)[1].strip() for line in version.splitlines() if line.startswith('bf16 GEMM')), 'none')
+    if bf16.startswith('none'):
+        print(f'note: no bf16 GEMM here ({bf16}); no bf16 rows', flush=True)
+    else:
+        for name, model, options in bf16_rows:
+            if model == 'dense' or os.path.isdir(args.acm_model):
+                runners[name] = Ours(args.bin, args.model if model == 'dense' else args.acm_model, options)
     clips = fixture_wavs(args.fixtures)
     wav_30s = write_30s(clips, os.path.join(os.path.dirname(args.out), clip_30s))
     inputs = {'30 s': ([wav_30s], [log_mel(load_audio(wav_30s))]),

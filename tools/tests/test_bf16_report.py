@@ -1,0 +1,33 @@
+"""make bf16-report's page: the goals met or missed from the measured differences, and the fixture clips whose
+bf16 tokens differ, listed."""
+from acm_tools import bf16_report
+
+
+def result(fashion_diff=0.0002, wer_bf16=0.2540, differ=()):
+    return dict(date='2026-11-30', commit='abc', cpu='CPU', bf16='avx512_bf16 (LIBXSMM 1.17, cpx)',
+                fashion=[dict(name='teacher', f32=0.9025, bf16=0.9025 + fashion_diff, fraction=1.0,
+                              changed_decisions=0.0, changed_predictions=0.0011, images=10000,
+                              difference_points=100 * fashion_diff)],
+                speech=[dict(name='dense', clips=300, f32=0.2500, bf16=wer_bf16, clips_differ=7,
+                             difference_points=100 * (wer_bf16 - 0.25))],
+                fixtures=[dict(name='dense', clips=12, differ=list(differ))])
+
+
+def test_page_says_met_within_the_goals():
+    """Should say met where bf16 is within 0.15 pt (Fashion-MNIST) and 0.3 pt (WER) of f32."""
+    page = bf16_report.markdown(result())
+    assert '| teacher | 1.000 | 90.25% | 90.27% | +0.02 pt | met | 0.000% | 0.11% |' in page
+    assert '| dense | 25.00% | 25.40% | +0.40 pt | missed | 7 |' in page
+    assert '| dense | 12 | 12 |' in page and 'Where bf16' not in page
+
+
+def test_page_says_missed_and_lists_differing_clips():
+    """Should say missed where bf16 is worse beyond the goal, tell a difference in bf16's favour apart, and list each
+    fixture clip whose bf16 tokens differ."""
+    page = bf16_report.markdown(result(fashion_diff=-0.002, wer_bf16=0.2520,
+                                       differ=[dict(clip='espeak_us_fox', f32=' a b', bf16=' a c')]))
+    assert '-0.20 pt | missed' in page and '+0.20 pt | met' in page
+    assert '| dense | 12 | 11 |' in page
+    assert '- dense, espeak_us_fox: f32 "a b"; bf16 "a c"' in page
+    better = bf16_report.markdown(result(fashion_diff=0.002, wer_bf16=0.2460))
+    assert "+0.20 pt | outside, in bf16's favour" in better and "-0.40 pt | outside, in bf16's favour" in better
