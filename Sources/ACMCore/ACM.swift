@@ -136,18 +136,7 @@ public final class ACMLayer: @unchecked Sendable {
     /// of `gateAndFirstWidth`. Nil unless every ACM has a `gateAndFirst` and they share an input width.
     public static func stackedGateAndFirst(_ layers: [ACMLayer]) -> Linear? {
         let parts = layers.compactMap(\.gateAndFirst)
-        guard parts.count == layers.count, parts.count > 1, let dIn = parts.first?.inputs,
-            parts.allSatisfy({ $0.inputs == dIn })
-        else { return nil }
-        let rows = parts.reduce(0) { $0 + $1.outputs }
-        let weight = Tensor(shape: [rows, dIn]), bias = Tensor(shape: [rows])
-        var row = 0
-        for part in parts {
-            (weight.data + row * dIn).update(from: part.weight.data, count: part.outputs * dIn)
-            if let b = part.bias { (bias.data + row).update(from: b.data, count: part.outputs) }
-            row += part.outputs
-        }
-        return Linear(weight: weight, bias: bias, precision: parts[0].precision)
+        return parts.count == layers.count ? Linear.stacked(parts) : nil
     }
 
     /// The width of this ACM's part of a stacked gate's output (`stackedGateAndFirst`), if it has one.

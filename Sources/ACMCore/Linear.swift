@@ -36,6 +36,22 @@ public struct Linear: Sendable {
     /// What the layer's GEMMs run in.
     public var precision: Precision { weightT.precision }
 
+    /// Layers that read the same input, stacked in order into one (their outputs side by side, in the first's
+    /// precision): one GEMM wide enough to fill the vector units instead of one narrow GEMM each. Nil for fewer
+    /// than two layers or different input widths.
+    public static func stacked(_ parts: [Linear]) -> Linear? {
+        guard parts.count > 1, let dIn = parts.first?.inputs, parts.allSatisfy({ $0.inputs == dIn }) else { return nil }
+        let rows = parts.reduce(0) { $0 + $1.outputs }
+        let weight = Tensor(shape: [rows, dIn]), bias = Tensor(shape: [rows])
+        var row = 0
+        for part in parts {
+            (weight.data + row * dIn).update(from: part.weight.data, count: part.outputs * dIn)
+            if let b = part.bias { (bias.data + row).update(from: b.data, count: part.outputs) }
+            row += part.outputs
+        }
+        return Linear(weight: weight, bias: bias, precision: parts[0].precision)
+    }
+
     /// out = x·Wᵀ + b for `rows` rows; `ldx` and `ldOut` are row strides.
     public func forward(
         _ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil,

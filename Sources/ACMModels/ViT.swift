@@ -113,7 +113,7 @@ public final class ViT: @unchecked Sendable {
                     q: proj[0]!, k: proj[1]!, v: proj[2]!, o: proj[3]!,
                     ln2: try LayerNorm(dim: d, eps: eps, weights: w.scoped("ln_2")),
                     mlp: mlp, qkvGate: Self.stackedGate(proj[0]!, proj[1]!, proj[2]!),
-                    qkv: Self.stackedDense(proj[0]!, proj[1]!, proj[2]!, precision: weights.precision)))
+                    qkv: Self.stackedDense(proj[0]!, proj[1]!, proj[2]!)))
         }
         let ln = try LayerNorm(dim: d, eps: eps, weights: weights.scoped("encoder.ln"))
         let head = try Linear(inputs: d, outputs: config.numClasses, weights: weights.scoped("heads.head"))
@@ -140,21 +140,10 @@ public final class ViT: @unchecked Sendable {
     }
 
     /// Three dense projections of the same input as one layer (`EncoderLayer.qkv`), or nil.
-    private static func stackedDense(_ blocks: DenseOrACM..., precision: Precision) -> Linear? {
+    private static func stackedDense(_ blocks: DenseOrACM...) -> Linear? {
         var parts: [Linear] = []
         for case let .linear(layer) in blocks { parts.append(layer) }
-        guard parts.count == blocks.count, let dIn = parts.first?.inputs, parts.allSatisfy({ $0.inputs == dIn }) else {
-            return nil
-        }
-        let rows = parts.reduce(0) { $0 + $1.outputs }
-        let weight = Tensor(shape: [rows, dIn]), bias = Tensor(shape: [rows])
-        var row = 0
-        for part in parts {
-            (weight.data + row * dIn).update(from: part.weight.data, count: part.outputs * dIn)
-            if let b = part.bias { (bias.data + row).update(from: b.data, count: part.outputs) }
-            row += part.outputs
-        }
-        return Linear(weight: weight, bias: bias, precision: precision)
+        return parts.count == blocks.count ? Linear.stacked(parts) : nil
     }
 
     /// FLOPs (2 per multiply-add) per image of everything but the ACMs' learners: patch embedding,
