@@ -179,7 +179,7 @@ public final class ViT: @unchecked Sendable {
     /// workers, so that no core is left with a last part to run alone (24 images on 2 workers: 2 parts of
     /// 12, not 3 of 8).
     public static let minimumImagesPerWorker = 2
-    public static let imagesPerPart = 8
+    public static let imagesPerPart = 16
 
     /// Classifies a batch of images, each under its own learner policy.
     ///
