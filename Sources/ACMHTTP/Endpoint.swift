@@ -25,6 +25,8 @@ protocol Endpoint: AnyObject, Sendable {
     func parseInfer(_ envelope: inout RequestEnvelope) throws -> Submission<Engine>
     /// The curl route's job: the body is one encoded input.
     func parseCurl(_ request: any HTTPRequest) throws -> Submission<Engine>
+    /// Why a request whose batch ran must still be refused (its output cannot be answered), or nil.
+    func refusal(_ result: RunResult<Engine.Output>) -> ProtocolError?
     /// Records a success in the metrics; returns the compute fraction to log, if the kind has one.
     func recordSuccess(_ result: RunResult<Engine.Output>, seconds: Double, budget: ComputeBudget?) -> Double?
 }
@@ -44,6 +46,7 @@ struct Submission<Engine: BatchEngine> {
 }
 
 extension Endpoint {
+    func refusal(_ result: RunResult<Engine.Output>) -> ProtocolError? { nil }
     var metadata: JSON { modelMetadata(name: name, precision: precision, inputs: inputs, outputs: outputs) }
     var config: JSON { tritonConfig(name: name, entry: entry, precision: precision, inputs: inputs, outputs: outputs) }
     var pendingRequests: Int { runner.pendingRequests }

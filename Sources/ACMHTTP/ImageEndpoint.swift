@@ -113,6 +113,19 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
         }
     }
 
+    /// A request whose logits are not all finite gets 400 instead of `null`s in JSON (or NaN in binary): its
+    /// input's values were large enough to overflow the network (a finite 3e38 does), and no answer to it means
+    /// anything. The other requests of its batch are not touched: each image's computation is its own.
+    func refusal(_ result: RunResult<ClassifierOutput>) -> ProtocolError? {
+        let classes = result.classes
+        guard let row = (0..<result.computeFraction.count).first(where: { b in
+            !result.logits[(b * classes)..<((b + 1) * classes)].allSatisfy(\.isFinite)
+        }) else { return nil }
+        return .bad(
+            "image \(row): the model's output is not finite for this input: its values are too large for the network "
+                + "(keep them in the range the model's preprocessing gives, a few units)")
+    }
+
     func recordSuccess(_ result: RunResult<ClassifierOutput>, seconds: Double, budget: ComputeBudget?) -> Double? {
         let fraction = result.computeFraction.reduce(0, +) / Double(max(result.computeFraction.count, 1))
         metrics.success(model: name, seconds: seconds, fraction: fraction, budget: budget?.value)

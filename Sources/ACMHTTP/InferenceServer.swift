@@ -167,6 +167,12 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             let response: HTTPResponse
             switch outcome {
             case let .success(result):
+                if let refused = endpoint.refusal(result) {
+                    response = errorResponse(refused.status, refused.message)
+                    metrics.failure(model: name, reason: refused.reason)
+                    logger.debug("infer", metadata: requestMetadata(id, name, refused.status, seconds, nil, batch: result.batchItems))
+                    break
+                }
                 response = render(result)
                 let fraction = endpoint.recordSuccess(result, seconds: seconds, budget: budget)
                 logger.debug("infer", metadata: requestMetadata(id, name, 200, seconds, fraction, batch: result.batchItems))

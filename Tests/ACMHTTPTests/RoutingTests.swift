@@ -132,6 +132,32 @@ private func sample(_ s: InferenceServer, _ series: String) -> Double? {
         #expect(sample(s, #"acm_request_success_total{model="vit"}"#) == 1)
     }
 
+    /// Should answer an image whose logits overflow (finite inputs of 3e38) with a JSON 400 that says so, never
+    /// with `null` logits, counted as a bad request; and the other image of the same request's batch as usual.
+    @Test func refusesNonFiniteOutputs() throws {
+        let s = try server()
+        defer { s.drain() }
+        func infer(_ value: Float, id: String) -> FakeRequest {
+            let header = Array(#"{"id": "\#(id)", "inputs": [{"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "parameters": {"binary_data_size": 1024}}]}"#.utf8)
+            let bytes = (0..<256).flatMap { i in
+                withUnsafeBytes(of: (i % 2 == 0 ? value : -value).bitPattern.littleEndian) { Array($0) }
+            }
+            return FakeRequest(
+                "POST", "/v2/models/vit/infer", body: header + bytes,
+                headers: ["Inference-Header-Content-Length": "\(header.count)"])
+        }
+        let huge = infer(3e38, id: "huge"), normal = infer(0.5, id: "normal")
+        #expect(s.respond(to: huge) == nil && s.respond(to: normal) == nil)
+        let refused = huge.awaitAnswer(), answered = normal.awaitAnswer()
+        #expect(refused?.status == 400)
+        #expect((json(refused)["error"] as? String)?.contains("the model's output is not finite for this input") == true)
+        #expect(answered?.status == 200)
+        let logits = (json(answered)["outputs"] as? [[String: Any]])?.first?["data"] as? [Double]
+        #expect(logits?.count == 10 && logits?.allSatisfy(\.isFinite) == true)
+        #expect(sample(s, #"acm_request_failure_total{model="vit",reason="bad_request"}"#) == 1)
+        #expect(sample(s, #"acm_request_success_total{model="vit"}"#) == 1)
+    }
+
     /// Should refuse inference with 503 once draining, and say it is not ready.
     @Test func drainingRefuses() throws {
         let s = try server()
