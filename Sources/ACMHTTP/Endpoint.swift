@@ -25,8 +25,6 @@ protocol Endpoint: AnyObject, Sendable {
     func parseInfer(_ envelope: inout RequestEnvelope) throws -> Submission<Engine>
     /// The curl route's job: the body is one encoded input.
     func parseCurl(_ request: any HTTPRequest) throws -> Submission<Engine>
-    /// Why a request whose batch ran must still be refused (its output cannot be answered), or nil.
-    func refusal(_ result: RunResult<Engine.Output>) -> ProtocolError?
     /// Records a success in the metrics; returns the compute fraction to log, if the kind has one.
     func recordSuccess(_ result: RunResult<Engine.Output>, seconds: Double, budget: ComputeBudget?) -> Double?
 }
@@ -40,13 +38,15 @@ struct Submission<Engine: BatchEngine> {
     var id: String?
     /// The answer to the request once its batch has run; called on the runner's thread.
     var render: @Sendable (RunResult<Engine.Output>) -> HTTPResponse
+    /// Why the request must be refused although its batch ran (its answer cannot be encoded), or nil; asked
+    /// before `render`.
+    var refusal: (@Sendable (RunResult<Engine.Output>) -> ProtocolError?)? = nil
 
     /// The request's learner policy: its budget, or the gates alone.
     var policy: LearnerPolicy { budget.map { .cap($0) } ?? .auto }
 }
 
 extension Endpoint {
-    func refusal(_ result: RunResult<Engine.Output>) -> ProtocolError? { nil }
     var metadata: JSON { modelMetadata(name: name, precision: precision, inputs: inputs, outputs: outputs) }
     var config: JSON { tritonConfig(name: name, entry: entry, precision: precision, inputs: inputs, outputs: outputs) }
     var pendingRequests: Int { runner.pendingRequests }

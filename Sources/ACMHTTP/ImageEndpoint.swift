@@ -87,11 +87,15 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
             unknown: "this model has \(hasLabels ? "'logits' and 'labels'" : "'logits'")",
             classification: { $0 == .logits })
         let (modelName, labels, id, budget) = (self.name, model.config.labels, envelope.id, envelope.budget)
-        return Submission(
+        var submission = Submission<ViTEngine>(
             input: images, count: count, budget: budget, timeoutNanoseconds: envelope.timeoutNanoseconds, id: id
         ) { result in
             Self.response(model: modelName, id: id, budget: budget, outputs: outputs, result: result, labels: labels)
         }
+        if !outputs.allSatisfy(\.binary) {
+            submission.refusal = Self.nonFinite
+        }
+        return submission
     }
 
     func parseCurl(_ request: any HTTPRequest) throws -> Submission<ViTEngine> {
@@ -99,7 +103,7 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
         guard !request.body.isEmpty else { throw ProtocolError.bad("the body must be a PNG or JPEG image") }
         let image = try decode(request.body, index: 0)
         let (modelName, model) = (self.name, self.model)
-        return Submission(input: image, count: 1, budget: budget) { result in
+        var submission = Submission<ViTEngine>(input: image, count: 1, budget: budget) { result in
             let p = result.output.probabilities(image: 0)
             let top = result.output.top(min(Self.labelCount, result.classes), image: 0).map { c -> JSON in
                 .object([("label", .string(model.label(c))), ("index", .integer(c)), ("probability", .number(p[c]))])
@@ -111,12 +115,16 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
             if let budget { fields.append(("compute_budget", .number(budget.value))) }
             return jsonResponse(200, JSON.object(fields).bytes)
         }
+        submission.refusal = Self.nonFinite
+        return submission
     }
 
-    /// A request whose logits are not all finite gets 400 instead of `null`s in JSON (or NaN in binary): its
-    /// input's values were large enough to overflow the network (a finite 3e38 does), and no answer to it means
-    /// anything. The other requests of its batch are not touched: each image's computation is its own.
-    func refusal(_ result: RunResult<ClassifierOutput>) -> ProtocolError? {
+    /// A request whose logits are not all finite gets 400 where its answer would carry them in JSON (`null`s,
+    /// "nan" scores, labels ranked by NaN): its input's values were large enough to overflow the network (a finite
+    /// 3e38 does). Outputs all asked for as binary data pass through, the logits as the IEEE values they are, as
+    /// any framework's would (perf_analyzer's random inputs overflow so). The other requests of the batch are not
+    /// touched: each image's computation is its own.
+    @Sendable static func nonFinite(_ result: RunResult<ClassifierOutput>) -> ProtocolError? {
         let classes = result.classes
         guard let row = (0..<result.computeFraction.count).first(where: { b in
             !result.logits[(b * classes)..<((b + 1) * classes)].allSatisfy(\.isFinite)

@@ -159,6 +159,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         }
         let started = request.arrived
         let (metrics, logger, id, budget, render) = (self.metrics, self.logger, submission.id, submission.budget, submission.render)
+        let refusal = submission.refusal
         let job = BatchJob<E.Engine.Input, E.Engine.Output>(
             input: submission.input, count: submission.count, policy: submission.policy,
             timeoutNanoseconds: submission.timeoutNanoseconds
@@ -167,7 +168,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             let response: HTTPResponse
             switch outcome {
             case let .success(result):
-                if let refused = endpoint.refusal(result) {
+                if let refused = refusal?(result) {
                     response = errorResponse(refused.status, refused.message)
                     metrics.failure(model: name, reason: refused.reason)
                     logger.debug("infer", metadata: requestMetadata(id, name, refused.status, seconds, nil, batch: result.batchItems))

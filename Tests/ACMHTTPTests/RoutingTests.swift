@@ -133,12 +133,15 @@ private func sample(_ s: InferenceServer, _ series: String) -> Double? {
     }
 
     /// Should answer an image whose logits overflow (finite inputs of 3e38) with a JSON 400 that says so, never
-    /// with `null` logits, counted as a bad request; and the other image of the same request's batch as usual.
+    /// with `null` logits, counted as a bad request; the other image of the same request's batch as usual; and
+    /// the same image, when its logits are asked for as binary FP32, with their IEEE values (perf_analyzer's
+    /// random inputs).
     @Test func refusesNonFiniteOutputs() throws {
         let s = try server()
         defer { s.drain() }
-        func infer(_ value: Float, id: String) -> FakeRequest {
-            let header = Array(#"{"id": "\#(id)", "inputs": [{"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "parameters": {"binary_data_size": 1024}}]}"#.utf8)
+        func infer(_ value: Float, id: String, binary: Bool = false) -> FakeRequest {
+            let outputs = binary ? #", "outputs": [{"name": "logits", "parameters": {"binary_data": true}}]"# : ""
+            let header = Array(#"{"id": "\#(id)", "inputs": [{"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "parameters": {"binary_data_size": 1024}}]\#(outputs)}"#.utf8)
             let bytes = (0..<256).flatMap { i in
                 withUnsafeBytes(of: (i % 2 == 0 ? value : -value).bitPattern.littleEndian) { Array($0) }
             }
@@ -156,6 +159,17 @@ private func sample(_ s: InferenceServer, _ series: String) -> Double? {
         #expect(logits?.count == 10 && logits?.allSatisfy(\.isFinite) == true)
         #expect(sample(s, #"acm_request_failure_total{model="vit",reason="bad_request"}"#) == 1)
         #expect(sample(s, #"acm_request_success_total{model="vit"}"#) == 1)
+
+        let binary = infer(3e38, id: "binary", binary: true)
+        #expect(s.respond(to: binary) == nil)
+        let raw = binary.awaitAnswer()
+        #expect(raw?.status == 200)
+        let body = raw?.body ?? []
+        let headerLength = raw?.headers.first { $0.0 == "Inference-Header-Content-Length" }.flatMap { Int($0.1) } ?? body.count
+        let values = stride(from: headerLength, to: body.count, by: 4).map { i in
+            Float(bitPattern: UInt32(body[i]) | UInt32(body[i + 1]) << 8 | UInt32(body[i + 2]) << 16 | UInt32(body[i + 3]) << 24)
+        }
+        #expect(values.count == 10 && values.contains { !$0.isFinite })
     }
 
     /// Should refuse inference with 503 once draining, and say it is not ready.
