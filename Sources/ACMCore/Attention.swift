@@ -40,14 +40,16 @@ public func multiHeadAttention(
             // after the scores: kᵀ in float, or k and v packed in bf16 (two UInt16 to a float)
             // and in bf16 the probabilities rounded, rows of an even number of keys (an odd count's last pair padded)
             let evenKeys = (keyCount + 1) & ~1
-            let packedCount = bf16PackedCount(k: headDim, n: keyCount) + bf16PackedCount(k: keyCount, n: headDim) + block * evenKeys
+            let packedKCount = bf16PackedCount(k: headDim, n: keyCount), packedVCount = bf16PackedCount(k: keyCount, n: headDim)
+            let packedCount = packedKCount + packedVCount + block * evenKeys
             let s = scores[worker].reserve(block * keyCount + (transposeKeys ? (bf16 ? (packedCount + 1) / 2 : headDim * keyCount) : 0))
             let kT = s + block * keyCount
-            let packed = UnsafeMutableRawPointer(kT).bindMemory(to: UInt16.self, capacity: packedCount)
-            let packedK = packed, packedV = packed + bf16PackedCount(k: headDim, n: keyCount)
-            let probabilities = packedV + bf16PackedCount(k: keyCount, n: headDim)
-            let roundedProbabilities = transposeKeys && bf16 && !causal && keyCount <= maxRoundedSoftmaxKeys
-            if transposeKeys && bf16 {
+            // the bf16 buffers only where they were reserved: in bf16, for the GEMM path
+            let packed = transposeKeys && bf16 ? UnsafeMutableRawPointer(kT).bindMemory(to: UInt16.self, capacity: packedCount) : nil
+            let packedK = packed, packedV = packed.map { $0 + packedKCount }
+            let probabilities = packedV.map { $0 + packedVCount }
+            let roundedProbabilities = packed != nil && !causal && keyCount <= maxRoundedSoftmaxKeys
+            if let packedK, let packedV {
                 // k packed as kᵀ [dh, keys], v as [keys, dh], once per head
                 acm_pack_bf16_pairs_transposed(kh, headDim, keyCount, ld, packedK)
                 acm_pack_bf16_pairs(vh, keyCount, headDim, ld, packedV)
@@ -58,7 +60,7 @@ public func multiHeadAttention(
             for first in stride(from: 0, to: count, by: block) {
                 let rows = min(block, count - first), qb = qh + first * ld
                 // scores = q·kᵀ: [rows, dh] × [dh, keys]; the 1/√dh goes into the softmax
-                if transposeKeys && bf16 {
+                if let packedK {
                     acm_gemm_bf16(rows, keyCount, headDim, qb, ld, packedK, keyCount, 0, s, keyCount)
                 } else if transposeKeys {
                     gemm(m: rows, n: keyCount, k: headDim, a: qb, lda: ld, b: kT, ldb: keyCount, c: s, ldc: keyCount)
@@ -73,7 +75,7 @@ public func multiHeadAttention(
                         softmaxRows(row, rows: 1, n: visible, ld: keyCount, scale: scale)
                         (row + visible).update(repeating: 0, count: keyCount - visible)
                     }
-                } else if roundedProbabilities {
+                } else if roundedProbabilities, let probabilities {
                     // the probabilities straight into bfloat16, the next product's input
                     acm_softmax_rows_bf16(s, rows, keyCount, keyCount, scale, probabilities, evenKeys)
                 } else {
@@ -81,9 +83,9 @@ public func multiHeadAttention(
                 }
                 // out = softmax(scores)·v: [rows, keys] × [keys, dh]
                 let o = out + (queries.lowerBound + first) * ldOut + col
-                if roundedProbabilities {
+                if roundedProbabilities, let probabilities, let packedV {
                     acm_gemm_bf16_rounded(rows, headDim, evenKeys, probabilities, evenKeys, packedV, headDim, 0, o, ldOut)
-                } else if transposeKeys && bf16 {
+                } else if let packedV {
                     acm_gemm_bf16(rows, headDim, keyCount, s, keyCount, packedV, headDim, 0, o, ldOut)
                 } else if transposeKeys {
                     gemm(m: rows, n: headDim, k: keyCount, a: s, lda: keyCount, b: vh, ldb: ld, c: o, ldc: ldOut)

@@ -3,9 +3,9 @@ import CACMBF16
 /// The arithmetic a model's GEMMs run in.
 ///
 /// - `f32`: float throughout.
-/// - `bf16`: the GEMMs' weights rounded to bfloat16 once at load, their activations as they are read,
-///   products summed in float. The residual stream, LayerNorm, softmax, the attention's own products, the
-///   gates' argmax and the cap's probabilities stay float (docs/performance.md#bf16).
+/// - `bf16`: the GEMMs' weights (and attention's keys and values) rounded to bfloat16, their activations as they
+///   are read, products summed in float. The residual stream, LayerNorm, softmax, GELU, the gates' argmax and
+///   the cap's probabilities stay float (docs/performance.md#bf16).
 public enum Precision: String, Sendable, CaseIterable, Codable {
     case f32
     case bf16
@@ -13,12 +13,15 @@ public enum Precision: String, Sendable, CaseIterable, Codable {
     /// `self` where this CPU can run it: bf16 only where the GEMM has bfloat16 instructions (`BF16.available`),
     /// else float, which is faster there than emulated bfloat16.
     public var effective: Precision { self == .bf16 && !BF16.available ? .f32 : self }
+
+    /// The GEMM kernels a model in this precision runs on here, for logs and benchmarks.
+    public var kernelName: String { self == .bf16 ? BF16.description : gemmKernelName }
 }
 
 /// The bf16 GEMM's kernels on this CPU.
 public enum BF16 {
-    /// Whether the CPU has bfloat16 instructions the GEMM runs on (AVX-512 BF16 or AMX) and LIBXSMM's
-    /// kernels on them passed a self-check against float arithmetic. ACM_BF16=off says no.
+    /// Whether the CPU has the bfloat16 instructions the GEMM runs on (AVX-512 BF16) and LIBXSMM's kernels on
+    /// them passed a self-check against float arithmetic. ACM_BF16=off says no.
     public static var available: Bool { acm_bf16_isa() > 0 }
 
     /// The instructions and library, e.g. "avx512_bf16 (LIBXSMM 1.17, cpx)", or why there are none.
@@ -39,9 +42,8 @@ public enum BF16 {
 public struct GEMMWeight: @unchecked Sendable {
     /// B in float: the f32 GEMMs' operand, and the reference the packed copy came from.
     public let f32: Tensor
-    /// B in bfloat16 pairs, [(k + 1) / 2 · n · 2] values; nil in f32.
-    let packed: UnsafeMutableBufferPointer<UInt16>?
-    private let owner: PackedStorage?
+    /// B in bfloat16 pairs, `bf16PackedCount(k:n:)` values; nil in f32.
+    private let packed: PackedStorage?
 
     public var rows: Int { f32.shape[0] }
     public var columns: Int { f32.shape[1] }
@@ -53,14 +55,19 @@ public struct GEMMWeight: @unchecked Sendable {
         precondition(matrix.shape.count == 2)
         f32 = matrix
         if precision.effective == .bf16 {
-            let storage = PackedStorage(count: (matrix.shape[0] + 1) / 2 * matrix.shape[1] * 2)
-            acm_pack_bf16_pairs(matrix.data, matrix.shape[0], matrix.shape[1], matrix.shape[1], storage.buffer.baseAddress)
-            owner = storage
-            packed = storage.buffer
+            let (k, n) = (matrix.shape[0], matrix.shape[1])
+            let storage = PackedStorage(count: bf16PackedCount(k: k, n: n))
+            acm_pack_bf16_pairs(matrix.data, k, n, n, storage.buffer.baseAddress)
+            packed = storage
         } else {
-            owner = nil
             packed = nil
         }
+    }
+
+    /// The packed block of B at `rows` (an even start) and `columns`, for the kernels with row stride `columns`.
+    @inline(__always)
+    func packedBlock(_ storage: PackedStorage, rows: Range<Int>, columns: Range<Int>) -> UnsafePointer<UInt16> {
+        UnsafePointer(storage.buffer.baseAddress! + rows.lowerBound * self.columns + 2 * columns.lowerBound)
     }
 
     /// C[m × columns] = A[m × rows]·B[rows, columns] + beta·C: the block of B at `rows` (an even start in
@@ -73,8 +80,7 @@ public struct GEMMWeight: @unchecked Sendable {
         let n = self.columns
         let r = rows ?? 0..<self.rows, cs = columns ?? 0..<n
         if let packed, r.lowerBound % 2 == 0, m > 0, !cs.isEmpty, !r.isEmpty {
-            acm_gemm_bf16(
-                m, cs.count, r.count, a, lda, packed.baseAddress! + r.lowerBound * n + 2 * cs.lowerBound, n, beta, c, ldc)
+            acm_gemm_bf16(m, cs.count, r.count, a, lda, packedBlock(packed, rows: r, columns: cs), n, beta, c, ldc)
             return
         }
         gemm(
@@ -93,10 +99,10 @@ extension GEMMWeight {
     ) {
         let n = self.columns
         let r = rows ?? 0..<self.rows, cs = columns ?? 0..<n
-        precondition(packed != nil && r.lowerBound % 2 == 0 && r.count % 2 == 0 && lda % 2 == 0)
+        guard let packed else { preconditionFailure("a rounded A multiplies only a bf16 weight") }
+        precondition(r.lowerBound % 2 == 0 && r.count % 2 == 0 && lda % 2 == 0)
         if m == 0 || cs.isEmpty { return }
-        acm_gemm_bf16_rounded(
-            m, cs.count, r.count, a, lda, packed!.baseAddress! + r.lowerBound * n + 2 * cs.lowerBound, n, beta, c, ldc)
+        acm_gemm_bf16_rounded(m, cs.count, r.count, a, lda, packedBlock(packed, rows: r, columns: cs), n, beta, c, ldc)
     }
 }
 
@@ -114,42 +120,28 @@ extension GEMMWeight {
         c: UnsafeMutablePointer<Float>, ldc: Int, hidden: UnsafeMutablePointer<UInt16>, ldHidden: Int
     ) {
         let n = self.columns, cs = columns ?? 0..<n
-        precondition(packed != nil && Self.fusesActivation(activation) && cs.count % 2 == 0 && (a != nil) != (rounded != nil))
+        guard let packed else { preconditionFailure("multiplyActivated runs only a bf16 weight") }
+        precondition(Self.fusesActivation(activation) && cs.count % 2 == 0 && (a != nil) != (rounded != nil))
         precondition(rounded == nil || (self.rows % 2 == 0 && lda % 2 == 0))
         if m == 0 || cs.isEmpty { return }
         acm_gemm_bf16_activated(
-            m, cs.count, self.rows, a, lda, rounded, lda, packed!.baseAddress! + 2 * cs.lowerBound, n, c, ldc, bias,
-            activation == .gelu ? 1 : 0, hidden, ldHidden)
+            m, cs.count, self.rows, a, lda, rounded, lda, packedBlock(packed, rows: 0..<self.rows, columns: cs), n, c,
+            ldc, bias, activation == .gelu ? 1 : 0, hidden, ldHidden)
     }
 }
 
-/// Room for `count` bfloat16 values in float scratch memory (two to a float), after `offset` floats.
+/// Room for `floats` floats and, after them, `count` bfloat16 values (two to a float) in scratch memory.
 @inline(__always)
 func bf16Space(_ scratch: Scratch, floats: Int, count: Int) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<UInt16>) {
     let base = scratch.reserve(floats + (count + 1) / 2)
     return (base, UnsafeMutableRawPointer(base + floats).bindMemory(to: UInt16.self, capacity: count))
 }
 
-/// C[m × n] = A[m × k]·B[k × n] in bf16 for a B that changes from call to call (an attention head's keys or
-/// values): B is packed into `scratch` first, from `b` [k × n] (row stride ldb), or, with `bTransposed`, from
-/// `b` [n × k] holding Bᵀ. `scratch` needs `bf16PackedCount(k:n:)` values. Only where `BF16.available`.
-public func gemmBF16(
-    m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-    bTransposed: Bool = false, scratch: UnsafeMutablePointer<UInt16>, c: UnsafeMutablePointer<Float>, ldc: Int
-) {
-    if bTransposed {
-        acm_pack_bf16_pairs_transposed(b, k, n, ldb, scratch)
-    } else {
-        acm_pack_bf16_pairs(b, k, n, ldb, scratch)
-    }
-    acm_gemm_bf16(m, n, k, a, lda, scratch, n, 0, c, ldc)
-}
-
 /// The bfloat16 values a packed B [k × n] takes (`acm_pack_bf16_pairs`).
 public func bf16PackedCount(k: Int, n: Int) -> Int { (k + 1) / 2 * n * 2 }
 
 /// The packed bfloat16 copy's memory, freed with the last `GEMMWeight` that shares it.
-private final class PackedStorage: @unchecked Sendable {
+final class PackedStorage: @unchecked Sendable {
     let buffer: UnsafeMutableBufferPointer<UInt16>
     init(count: Int) { buffer = .allocate(capacity: max(count, 1)) }
     deinit { buffer.deallocate() }

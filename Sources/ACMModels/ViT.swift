@@ -305,20 +305,17 @@ public final class ViT: @unchecked Sendable {
                 run(layer.k, normed, k)
                 run(layer.v, normed, v)
             }
+            var (qs, ks, vs, ld) = (q, k, v, d)
             if let qkv = layer.qkv {
                 // [tokens, d] × [d, 3d]: row t is q_t, k_t, v_t
                 let f = ws.qkv.reserve(tokens * 3 * d)
                 qkv.forward(normed, rows: tokens, out: f)
-                multiHeadAttention(
-                    q: f, k: f + d, v: f + 2 * d, ld: 3 * d, out: attended, ldOut: d,
-                    sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores,
-                    precision: precision)
-            } else {
-                multiHeadAttention(
-                    q: q, k: k, v: v, ld: d, out: attended, ldOut: d,
-                    sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores,
-                    precision: precision)
+                (qs, ks, vs, ld) = (f, f + d, f + 2 * d, 3 * d)
             }
+            multiHeadAttention(
+                q: qs, k: ks, v: vs, ld: ld, out: attended, ldOut: d,
+                sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores,
+                precision: precision)
             run(layer.o, attended, blockOut)
             addInPlace(x, blockOut, count: tokens * d)
 

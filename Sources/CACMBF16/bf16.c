@@ -42,20 +42,24 @@ static void round_bf16_native(const float *x, unsigned short *out, long n) {
     }
 }
 
+// round_bf16's arithmetic on 16 floats with AVX-512F only: each lane's bfloat16 in its upper 16 bits.
+__attribute__((target("avx512f")))
+static inline __m512i round_bf16_lanes(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    const __m512i r = _mm512_add_epi32(
+        u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+}
+
 // AVX-512F only (the same rounding as round_bf16, 16 at a time), for CPUs without the instruction.
 __attribute__((target("avx512f")))
 static void round_bf16_avx512(const float *x, unsigned short *out, long n) {
     long i = 0;
-    const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
-    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
-    const __m512i quiet = _mm512_set1_epi32(0x400000);
-    for (; i + 16 <= n; i += 16) {
-        __m512i u = _mm512_castps_si512(_mm512_loadu_ps(x + i));
-        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
-        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one)));
-        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
-        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
-    }
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(out + i),
+                            _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_bf16_lanes(_mm512_loadu_ps(x + i)), 16)));
     for (; i < n; i++) out[i] = round_bf16(x[i]);
 }
 
@@ -90,28 +94,18 @@ void acm_bf16_to_f32(const unsigned short *x, float *out, long n) {
 // from rows rounded by round_bf16's arithmetic with the bfloat16 in their upper halves.
 __attribute__((target("avx512f")))
 static void pack_pairs_avx512(const float *w, long k, long n, long ldw, unsigned short *out) {
-    const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
-    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
-    const __m512i quiet = _mm512_set1_epi32(0x400000), high = _mm512_set1_epi32((int)0xffff0000u);
-#define ROUNDED(v)                                                                                            \
-    ({                                                                                                        \
-        __m512i u_ = _mm512_castps_si512(v);                                                                  \
-        __mmask16 nan_ = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u_, abs_mask), inf);                        \
-        __m512i r_ = _mm512_add_epi32(u_, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u_, 16), one))); \
-        _mm512_mask_mov_epi32(r_, nan_, _mm512_or_si512(u_, quiet));                                          \
-    })
+    const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
     for (long p = 0; p < k; p += 2) {
         const float *r0 = w + p * ldw, *r1 = p + 1 < k ? w + (p + 1) * ldw : NULL;
         uint32_t *o = (uint32_t *)(out + (p / 2) * n * 2);
         long j = 0;
         for (; j < n; j += 16) {
             __mmask16 m = (__mmask16)(n - j >= 16 ? 0xffff : (1u << (n - j)) - 1);
-            __m512i lo = _mm512_srli_epi32(ROUNDED(_mm512_maskz_loadu_ps(m, r0 + j)), 16);
-            __m512i hi = r1 ? _mm512_and_si512(ROUNDED(_mm512_maskz_loadu_ps(m, r1 + j)), high) : _mm512_setzero_si512();
+            __m512i lo = _mm512_srli_epi32(round_bf16_lanes(_mm512_maskz_loadu_ps(m, r0 + j)), 16);
+            __m512i hi = r1 ? _mm512_and_si512(round_bf16_lanes(_mm512_maskz_loadu_ps(m, r1 + j)), high) : _mm512_setzero_si512();
             _mm512_mask_storeu_epi32(o + j, m, _mm512_or_si512(hi, lo));
         }
     }
-#undef ROUNDED
 }
 
 void acm_pack_bf16_pairs(const float *w, long k, long n, long ldw, unsigned short *out) {
@@ -126,21 +120,19 @@ void acm_pack_bf16_pairs(const float *w, long k, long n, long ldw, unsigned shor
 }
 
 void acm_pack_bf16_pairs_transposed(const float *w, long k, long n, long ldw, unsigned short *out) {
-    if (k % 2 == 0 && conversion_isa() >= 1) {
+    enum { ROWS = 64, DEPTH_MAX = 512 };
+    if (k % 2 == 0 && k <= DEPTH_MAX && conversion_isa() >= 1) {
         // Row j of w rounded is already its k / 2 pairs; the packed matrix is those rows' transpose, of
         // 4-byte pairs, done by LIBXSMM's transpose in blocks of rows.
-        enum { ROWS = 64 };
-        unsigned short rounded[ROWS * 512];
-        if (k <= 512) {
-            for (long j0 = 0; j0 < n; j0 += ROWS) {
-                const long rows = n - j0 < ROWS ? n - j0 : ROWS;
-                for (long j = 0; j < rows; j++) acm_f32_to_bf16(w + (j0 + j) * ldw, rounded + j * k, k);
-                // column-major source [k/2 × rows] (ld k/2) to [rows × k/2] (ld n): out[q·n + j0 + j]
-                libxsmm_otrans(out + 2 * j0, rounded, 4, (libxsmm_blasint)(k / 2), (libxsmm_blasint)rows,
-                               (libxsmm_blasint)(k / 2), (libxsmm_blasint)n);
-            }
-            return;
+        unsigned short rounded[ROWS * DEPTH_MAX];
+        for (long j0 = 0; j0 < n; j0 += ROWS) {
+            const long rows = n - j0 < ROWS ? n - j0 : ROWS;
+            for (long j = 0; j < rows; j++) acm_f32_to_bf16(w + (j0 + j) * ldw, rounded + j * k, k);
+            // column-major source [k/2 × rows] (ld k/2) to [rows × k/2] (ld n): out[q·n + j0 + j]
+            libxsmm_otrans(out + 2 * j0, rounded, 4, (libxsmm_blasint)(k / 2), (libxsmm_blasint)rows,
+                           (libxsmm_blasint)(k / 2), (libxsmm_blasint)n);
         }
+        return;
     }
     for (long j = 0; j < n; j++) {
         const float *row = w + j * ldw;
@@ -290,9 +282,9 @@ static int isa = -1;
 static char description[160];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-// A product with odd sizes, both row tails and a column panel, against the loops.
+// A product with odd sizes, a block of rows and a tail, column panels and a tail, against the loops.
 static int self_check(void) {
-    const long m = 70, n = 300, k = 451;  // n·k·2 > LARGE_B_BYTES: panels of PANEL and a tail
+    const long m = ROW_BLOCK + 6, n = 300, k = 451;  // n·k·2 > LARGE_B_BYTES: panels of PANEL and a tail
     float *a = malloc(sizeof(float) * m * k), *w = malloc(sizeof(float) * k * n);
     float *c = malloc(sizeof(float) * m * n), *r = malloc(sizeof(float) * m * n);
     unsigned short *b = malloc(sizeof(unsigned short) * (k + 1) * n), *ab = malloc(sizeof(unsigned short) * m * (k + 1));

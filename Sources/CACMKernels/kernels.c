@@ -124,8 +124,12 @@ enum { SOFTMAX_BUFFER = 8192 };
 // the exponentials, their sum's), and the rows side by side let the core overlap the chains.
 enum { ROWS_AT_ONCE = 4 };
 
-// The softmax of up to `step` rows at a time, the last pass's store given as STORE(row, c, mask, values).
+// The softmax, as many rows in step as the buffer holds, up to ROWS_AT_ONCE (Whisper's 1,500 keys: 4 rows in
+// 24 KB), the last pass's store given as STORE(row, c, mask, values). Rows of at most SOFTMAX_BUFFER.
 #define SOFTMAX_ROWS_BODY(STORE)                                                                                    \
+    const long padded = (n + 15) & ~15L;                                                                           \
+    const long step = SOFTMAX_BUFFER / padded < ROWS_AT_ONCE ? SOFTMAX_BUFFER / padded : ROWS_AT_ONCE;             \
+    float e[SOFTMAX_BUFFER] __attribute__((aligned(64)));                                                          \
     const __m512 vscale = _mm512_set1_ps(scale), lowest = _mm512_set1_ps(-INFINITY);                                \
     for (long r0 = 0; r0 < rows; r0 += step) {                                                                     \
         const long count = rows - r0 < step ? rows - r0 : step;                                                   \
@@ -157,22 +161,15 @@ enum { ROWS_AT_ONCE = 4 };
                              (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_mov_ps(mask, v)))
 
 AVX512 static void softmax_rows_avx512(float *x, long rows, long n, long ld, float scale) {
-    const long padded = (n + 15) & ~15L;
-    if (padded > SOFTMAX_BUFFER) {
+    if (n > SOFTMAX_BUFFER) {
         softmax_rows(x, rows, n, ld, scale);
         return;
     }
-    // as many rows in step as the buffer holds, up to ROWS_AT_ONCE (Whisper's 1,500 keys: 4 rows in 24 KB)
-    const long step = SOFTMAX_BUFFER / padded < ROWS_AT_ONCE ? SOFTMAX_BUFFER / padded : ROWS_AT_ONCE;
-    float e[SOFTMAX_BUFFER] __attribute__((aligned(64)));
     SOFTMAX_ROWS_BODY(STORE_FLOAT)
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 void acm_softmax_rows_bf16(const float *x, long rows, long n, long ld, float scale, unsigned short *out16, long ld16) {
-    const long padded = (n + 15) & ~15L;
-    const long step = SOFTMAX_BUFFER / padded < ROWS_AT_ONCE ? SOFTMAX_BUFFER / padded : ROWS_AT_ONCE;
-    float e[SOFTMAX_BUFFER] __attribute__((aligned(64)));
     SOFTMAX_ROWS_BODY(STORE_BF16)
 }
 

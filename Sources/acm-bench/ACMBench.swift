@@ -64,7 +64,7 @@ struct LayerBench: ParsableCommand {
             weights: Weights(file: try SafeTensorsFile(path: dir + "/acm.safetensors"), precision: precision))
         let workspace = ACMWorkspace()
 
-        print("ACM MLP vs dense MLP: d=\(d), d_ff=\(mlp), N=\(learners), h=\(h), tokens=\(batch)×\(sequence)=\(tokens), workers=\(Parallel.workers), precision=\(fc1.precision), GEMM=\(fc1.precision == .bf16 ? BF16.description : gemmKernelName)")
+        print("ACM MLP vs dense MLP: d=\(d), d_ff=\(mlp), N=\(learners), h=\(h), tokens=\(batch)×\(sequence)=\(tokens), workers=\(Parallel.workers), precision=\(fc1.precision), GEMM=\(fc1.precision.kernelName)")
         print("beta  realized  acm_ms  dense_ms  ratio  target   (ms: medians; ratio: median of paired runs)")
         for beta in fractions {
             // Random gates with mean fraction β: k ~ Binomial(N, β) per token.

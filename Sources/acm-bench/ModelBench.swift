@@ -33,7 +33,7 @@ struct ModelBench: ParsableCommand {
             try budgets.map { $0 > 0 ? ("cap \($0)", .cap(try ComputeBudget($0))) : ("auto", .auto) }
             + uniformK.map { ("uniform \($0)", .uniform($0)) }
         if !json {
-            print("engine: \(model), workers=\(Parallel.workers), precision=\(m.precision), GEMM=\(m.precision == .bf16 ? BF16.description : gemmKernelName)")
+            print("engine: \(model), workers=\(Parallel.workers), precision=\(m.precision), GEMM=\(m.precision.kernelName)")
             print("| batch | policy | images/s | ms/batch | compute fraction |")
             print("| --- | --- | --- | --- | --- |")
         }
