@@ -51,4 +51,6 @@ extension Endpoint {
     var config: JSON { tritonConfig(name: name, entry: entry, precision: precision, inputs: inputs, outputs: outputs) }
     var pendingRequests: Int { runner.pendingRequests }
     func shutdown() { runner.shutdown() }
+    func close() { runner.close() }
+    func abandonQueued() -> Int { runner.abandonQueued() }
 }

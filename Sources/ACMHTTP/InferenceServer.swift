@@ -12,13 +12,22 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
     let endpoints: [String: any Endpoint]
     public let metrics: ServingMetrics
     let logger: Logger
+    /// nil: no authentication.
+    let apiKeys: APIKeys?
+    let metricsPublic: Bool
     private let stateLock = NSLock()
     private var draining = false
 
-    /// Loads every configured model and starts its runner.
-    public init(config: ServerConfig, metrics: ServingMetrics = ServingMetrics(), logger: Logger) throws {
+    /// Loads every configured model and starts its runner. With `apiKeys`, every route but the health checks
+    /// (and `/metrics`, with `auth.metrics_public`) needs one of the keys.
+    public init(
+        config: ServerConfig, metrics: ServingMetrics = ServingMetrics(), logger: Logger, apiKeys: APIKeys? = nil
+    ) throws {
         self.metrics = metrics
         self.logger = logger
+        self.apiKeys = apiKeys
+        self.metricsPublic = config.auth.metricsPublic
+        metrics.registerHTTPSeries()
         var endpoints: [String: any Endpoint] = [:]
         for (name, entry) in config.models.sorted(by: { $0.key < $1.key }) {
             var details: Logger.Metadata
@@ -54,17 +63,76 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
     /// Refuses new inference (503) and finishes every accepted request; returns when all are answered
     /// by their runners.
     public func drain() {
+        beginDrain()
+        waitForRunners()
+    }
+
+    /// Refuses new inference (503) from now on; the runners go on with what they accepted.
+    public func beginDrain() {
         stateLock.withLock { draining = true }
+        for endpoint in endpoints.values { endpoint.close() }
+    }
+
+    /// Answers every request still waiting in a queue with 503; the batches running finish. Returns how many.
+    @discardableResult
+    public func abandonQueued() -> Int {
+        endpoints.values.reduce(0) { $0 + $1.abandonQueued() }
+    }
+
+    /// Returns when every runner has answered what it accepted (after `beginDrain`).
+    public func waitForRunners() {
         for endpoint in endpoints.values { endpoint.shutdown() }
     }
 
     // MARK: - HTTPHandler
 
-    public func bodyTooLarge(_ exchange: HTTPExchange) -> HTTPResponse {
-        if let name = modelName(in: exchange.path) { metrics.failure(model: name, reason: .tooLarge) }
-        var r = errorResponse(413, "request body is larger than the server's max_body_bytes limit")
+    public func admit(_ exchange: HTTPExchange) -> HTTPResponse? {
+        authenticate(exchange)
+    }
+
+    /// The 401 for a request that needs a key and has none that is valid, or nil.
+    func authenticate(_ request: any HTTPRequest) -> HTTPResponse? {
+        guard let apiKeys else { return nil }
+        let parts = request.path.split(separator: "/", omittingEmptySubsequences: true)
+        if parts.count == 3, parts[0] == "v2", parts[1] == "health" { return nil }
+        if metricsPublic, parts == ["metrics"] { return nil }
+        let presented = request.header("Authorization")
+        if apiKeys.authorizes(presented) { return nil }
+        metrics.httpRefused(.unauthorized)
+        logger.debug("unauthorized", metadata: ["path": "\(request.path)", "method": "\(request.method)"])
+        let (message, challenge) =
+            presented == nil
+            ? ("this server needs an API key: send Authorization: Bearer KEY", #"Bearer realm="acm-serve""#)
+            : ("the API key is not valid", #"Bearer realm="acm-serve", error="invalid_token""#)
+        var r = errorResponse(401, message)
+        r.headers += [("WWW-Authenticate", challenge), ("Connection", "close")]
+        return r
+    }
+
+    public func refuse(_ exchange: HTTPExchange, _ refusal: HTTPRefusal) -> HTTPResponse {
+        var r: HTTPResponse
+        switch refusal {
+        case .uriTooLong:
+            metrics.httpRefused(.uriTooLong)
+            r = errorResponse(414, "the request's path and query are longer than the server's max_uri_bytes limit")
+        case .headersTooLarge:
+            metrics.httpRefused(.headersTooLarge)
+            r = errorResponse(431, "the request's header fields are larger than the server's max_header_bytes limit")
+        case .bodyTooLarge:
+            if let name = modelName(in: exchange.path) { metrics.failure(model: name, reason: .tooLarge) }
+            r = errorResponse(413, "request body is larger than the server's max_body_bytes limit")
+        case .bodyBudgetExhausted:
+            metrics.httpRefused(.bodyBudgetExhausted)
+            r = errorResponse(
+                503, "the server is buffering as many request bodies as its max_inflight_body_bytes allows; retry later",
+                retryAfter: true)
+        }
         r.headers.append(("Connection", "close"))
         return r
+    }
+
+    public func headerDeadlineExpired() {
+        metrics.httpRefused(.headerTimeout)
     }
 
     public func handle(_ exchange: HTTPExchange) -> HTTPResponse? {
@@ -180,6 +248,10 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             case .timedOut:
                 response = errorResponse(503, "request timeout expired in the queue", retryAfter: true)
                 metrics.failure(model: name, reason: .timeout)
+                logger.debug("infer", metadata: requestMetadata(id, name, 503, seconds, nil, batch: nil))
+            case .abandoned:
+                response = errorResponse(503, "the server is shutting down; the request was not run")
+                metrics.failure(model: name, reason: .shuttingDown)
                 logger.debug("infer", metadata: requestMetadata(id, name, 503, seconds, nil, batch: nil))
             case let .failed(message):
                 response = errorResponse(500, message)

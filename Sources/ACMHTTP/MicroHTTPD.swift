@@ -43,6 +43,15 @@ public final class HTTPExchange: HTTPRequest, @unchecked Sendable {
     public private(set) var body: [UInt8] = []
     /// Set when the body went over the size limit; the rest of it was discarded.
     public private(set) var bodyTooLarge = false
+    /// Set when a body of undeclared length would have crossed the server's cap on buffered body bytes;
+    /// the rest of it was discarded.
+    fileprivate var bodyOverCap = false
+    /// Bytes of the server's body budget this request holds (`HTTPServer.reserve`).
+    fileprivate var reserved = 0
+    /// A refusal decided from the headers, sent once the body has been read and dropped: for a client that did
+    /// not ask `Expect: 100-continue`, and so sends its body without waiting for an answer. Answering before
+    /// the body would close the connection under it, and the client would see a reset instead of the answer.
+    fileprivate var refusalAfterBody: HTTPResponse?
     public let arrived = DispatchTime.now().uptimeNanoseconds
 
     fileprivate let connection: OpaquePointer
@@ -85,13 +94,33 @@ public final class HTTPExchange: HTTPRequest, @unchecked Sendable {
     }
 
     fileprivate func append(_ data: UnsafePointer<CChar>, _ count: Int, limit: Int) {
-        if bodyTooLarge { return }
+        if bodyTooLarge || bodyOverCap || refusalAfterBody != nil { return }
         if body.count + count > limit {
             bodyTooLarge = true
-            body = []
+            dropBody()
             return
         }
+        // A body without Content-Length takes its budget as it arrives.
+        if body.count + count > reserved {
+            let more = body.count + count - reserved
+            guard server.reserve(more) else {
+                bodyOverCap = true
+                dropBody()
+                return
+            }
+            reserved += more
+        }
         data.withMemoryRebound(to: UInt8.self, capacity: count) { body.append(contentsOf: UnsafeBufferPointer(start: $0, count: count)) }
+    }
+
+    /// Frees the body and gives its bytes back to the server's budget: once the handler has parsed it, or
+    /// when the request ends.
+    fileprivate func dropBody() {
+        body = []
+        if reserved > 0 {
+            server.release(reserved)
+            reserved = 0
+        }
     }
 
     /// Suspends the connection unless the answer already came; returns the answer if it did.
@@ -104,6 +133,10 @@ public final class HTTPExchange: HTTPRequest, @unchecked Sendable {
         return nil
     }
 
+    fileprivate func reserveBody(_ bytes: Int) {
+        body.reserveCapacity(bytes)
+    }
+
     fileprivate func takeAnswer() -> HTTPResponse? {
         lock.lock()
         defer { lock.unlock() }
@@ -111,12 +144,40 @@ public final class HTTPExchange: HTTPRequest, @unchecked Sendable {
     }
 }
 
-/// What the server calls for each complete request.
+/// Why the server refused a request before handing it to the handler.
+public enum HTTPRefusal: Sendable {
+    /// The path and query are longer than `maxURIBytes` (414).
+    case uriTooLong
+    /// The header fields are larger than `maxHeaderBytes` (431).
+    case headersTooLarge
+    /// The body is larger than `maxBodyBytes` (413).
+    case bodyTooLarge
+    /// Buffering the body would cross `maxInflightBodyBytes`, the cap over all requests (503).
+    case bodyBudgetExhausted
+}
+
+/// What the server calls for each request.
 public protocol HTTPHandler: AnyObject, Sendable {
-    /// The response now, or nil to answer later with `exchange.complete`.
+    /// Asked once the headers are in, before any of the body is read: an answer refuses the request
+    /// (e.g. 401) without reading its body; nil lets it through.
+    func admit(_ exchange: HTTPExchange) -> HTTPResponse?
+    /// The response to a complete request now, or nil to answer later with `exchange.complete`.
     func handle(_ exchange: HTTPExchange) -> HTTPResponse?
-    /// The answer to a request whose declared body is over the limit, sent without reading the body.
-    func bodyTooLarge(_ exchange: HTTPExchange) -> HTTPResponse
+    /// The answer to a request the server refuses on its own limits; sent without reading the rest of the body.
+    func refuse(_ exchange: HTTPExchange, _ refusal: HTTPRefusal) -> HTTPResponse
+    /// A connection was closed because its request headers did not arrive in time.
+    func headerDeadlineExpired()
+}
+
+/// A PEM certificate chain and its private key, for HTTPS.
+public struct TLSCredentials: Sendable {
+    public var certificatePEM: String
+    public var keyPEM: String
+
+    public init(certificatePEM: String, keyPEM: String) {
+        self.certificatePEM = certificatePEM
+        self.keyPEM = keyPEM
+    }
 }
 
 public struct HTTPServerOptions: Sendable {
@@ -125,13 +186,22 @@ public struct HTTPServerOptions: Sendable {
     public var threads: Int
     public var maxBodyBytes: Int
     public var maxHeaderBytes: Int
+    public var maxURIBytes = 8 << 10
+    /// Bytes of request bodies buffered at once, over all requests.
+    public var maxInflightBodyBytes = 512 << 20
     public var connectionLimit: Int
     public var perIPConnectionLimit: Int
-    public var connectionTimeoutSeconds: Int
+    /// A connection idle this long (no byte read or written) is closed.
+    public var idleTimeoutSeconds: Int
+    /// A request's headers must be complete this long after the connection opened (or, on a kept-alive
+    /// connection, after the previous answer was sent plus the idle timeout); else the connection is closed.
+    public var headerTimeoutSeconds = 10
+    /// HTTPS when set.
+    public var tls: TLSCredentials?
 
     public init(
         host: String, port: Int, threads: Int, maxBodyBytes: Int, maxHeaderBytes: Int, connectionLimit: Int,
-        perIPConnectionLimit: Int, connectionTimeoutSeconds: Int
+        perIPConnectionLimit: Int, idleTimeoutSeconds: Int
     ) {
         self.host = host
         self.port = port
@@ -140,7 +210,7 @@ public struct HTTPServerOptions: Sendable {
         self.maxHeaderBytes = maxHeaderBytes
         self.connectionLimit = connectionLimit
         self.perIPConnectionLimit = perIPConnectionLimit
-        self.connectionTimeoutSeconds = connectionTimeoutSeconds
+        self.idleTimeoutSeconds = idleTimeoutSeconds
     }
 }
 
@@ -155,21 +225,45 @@ public final class HTTPServer: @unchecked Sendable {
     private var daemon: OpaquePointer?
     private let lock = NSLock()
     private var open = 0  // exchanges created and not yet finished
+    private var buffered = 0  // body bytes reserved by requests (`reserve`)
+    private var releasedSinceTrim = 0
+    /// The PEM strings MHD was given; it reads them while starting, and they live as long as the daemon.
+    private var tlsStrings: [UnsafeMutablePointer<CChar>] = []
+
+    /// Connections whose request headers are not complete yet, and when they must be: socket and deadline
+    /// (`DispatchTime` nanoseconds), by connection. Guarded by `deadlineLock`.
+    private var headerDeadlines: [OpaquePointer: (socket: Int32, deadline: UInt64)] = [:]
+    private let deadlineLock = NSLock()
+    private var watchdog: (any DispatchSourceTimer)?
 
     public init(options: HTTPServerOptions, handler: any HTTPHandler) {
         self.options = options
         self.handler = handler
     }
 
+    deinit {
+        stop()
+    }
+
+    /// Whether this libmicrohttpd was built with HTTPS (GnuTLS).
+    public static var supportsTLS: Bool { MHD_is_feature_supported(.FEATURE_TLS) == .YES }
+
     /// Binds and starts serving; throws if the address cannot be used.
     public func start() throws {
+        // Request bodies of a MiB or more get their own mappings, which go back to the system when freed.
+        // (glibc's threshold otherwise rises to 32 MiB after the first large free, and a burst of uploads
+        // then stays in the heap.) Process-wide, as request bodies are most of what this process allocates.
+        _ = mallopt(M_MMAP_THRESHOLD, 1 << 20)
         var flags = UInt32(MHD_USE_INTERNAL_POLLING_THREAD.rawValue | MHD_USE_EPOLL.rawValue)
         flags |= UInt32(MHD_ALLOW_SUSPEND_RESUME.rawValue) | UInt32(MHD_USE_ERROR_LOG.rawValue)
         let cls = Unmanaged.passUnretained(self).toOpaque()
         let completed = unsafeBitCast(
             acmRequestCompleted as MHD_RequestCompletedCallback, to: UnsafeRawPointer.self)
-        // The pool holds a request's headers plus MHD's read buffer; keep room for both.
-        let memory = max(32 << 10, options.maxHeaderBytes * 2)
+        let notify = unsafeBitCast(acmConnectionNotify as MHD_NotifyConnectionCallback, to: UnsafeRawPointer.self)
+        // The pool holds a request's line and headers plus MHD's read buffer. Room for twice our own limits, so
+        // that a request over them reaches `admit`'s checks and gets our JSON 414/431; only one more than
+        // about twice as large meets libmicrohttpd's own (HTML) answer.
+        let memory = max(64 << 10, 2 * (options.maxHeaderBytes + options.maxURIBytes))
 
         var v4 = sockaddr_in()
         var v6 = sockaddr_in6()
@@ -198,20 +292,41 @@ public final class HTTPServer: @unchecked Sendable {
         args += [option(.THREAD_POOL_SIZE), UInt32(options.threads)]
         args += [option(.CONNECTION_LIMIT), UInt32(options.connectionLimit)]
         args += [option(.PER_IP_CONNECTION_LIMIT), UInt32(options.perIPConnectionLimit)]
-        args += [option(.CONNECTION_TIMEOUT), UInt32(options.connectionTimeoutSeconds)]
+        args += [option(.CONNECTION_TIMEOUT), UInt32(options.idleTimeoutSeconds)]
         args += [option(.CONNECTION_MEMORY_LIMIT), Int(memory)]  // size_t
         args += [option(.NOTIFY_COMPLETED), OpaquePointer(completed), OpaquePointer(cls)]
+        args += [option(.NOTIFY_CONNECTION), OpaquePointer(notify), OpaquePointer(cls)]
         args += [option(.SOCK_ADDR), OpaquePointer(address)]
         args += [option(.LISTENING_ADDRESS_REUSE), UInt32(1)]
+        if let tls = options.tls {
+            guard Self.supportsTLS else {
+                throw HTTPServerError(description: "this libmicrohttpd (\(microhttpdVersion)) was built without HTTPS support")
+            }
+            flags |= UInt32(MHD_USE_TLS.rawValue)
+            tlsStrings = [strdup(tls.keyPEM), strdup(tls.certificatePEM), strdup(Self.tlsPriorities)]
+            args += [option(.HTTPS_MEM_KEY), OpaquePointer(tlsStrings[0])]
+            args += [option(.HTTPS_MEM_CERT), OpaquePointer(tlsStrings[1])]
+            args += [option(.HTTPS_PRIORITIES), OpaquePointer(tlsStrings[2])]
+        }
         args += [option(.END)]
         daemon = withVaList(args) { list in
             MHD_start_daemon_va(flags, UInt16(options.port), nil, nil, acmAccessHandler, cls, list)
         }
         withExtendedLifetime((v4, v6)) {}
         if daemon == nil {
+            freeTLSStrings()
+            if options.tls != nil {
+                throw HTTPServerError(
+                    description: "cannot serve HTTPS on \(options.host):\(options.port): the address is in use or not "
+                        + "available, or the certificate or key is not valid PEM, or they do not match (see the error above)")
+            }
             throw HTTPServerError(description: "cannot listen on \(options.host):\(options.port) (address in use or not available)")
         }
+        startWatchdog()
     }
+
+    /// GnuTLS's defaults without the protocol versions older than TLS 1.2.
+    static let tlsPriorities = "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
 
     /// Stops accepting connections; requests on open connections are still served.
     public func quiesce() {
@@ -222,29 +337,126 @@ public final class HTTPServer: @unchecked Sendable {
 
     /// Requests created and not yet finished (answered and sent, or dropped by the client).
     public var openExchanges: Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return open
+        lock.withLock { open }
+    }
+
+    /// Request body bytes buffered now (reserved, in fact: a body's declared length counts from its headers on).
+    public var bufferedBodyBytes: Int {
+        lock.withLock { buffered }
     }
 
     /// Stops the daemon: closes every connection.
     public func stop() {
+        watchdog?.cancel()
+        watchdog = nil
         guard let d = daemon else { return }
         daemon = nil
         MHD_stop_daemon(d)
+        freeTLSStrings()
+    }
+
+    private func freeTLSStrings() {
+        for s in tlsStrings {
+            memset(s, 0, strlen(s))  // the private key
+            free(s)
+        }
+        tlsStrings = []
     }
 
     fileprivate func opened() {
-        lock.lock()
-        open += 1
-        lock.unlock()
+        lock.withLock { open += 1 }
     }
 
     fileprivate func finished() {
-        lock.lock()
-        open -= 1
-        lock.unlock()
+        lock.withLock { open -= 1 }
     }
+
+    // MARK: - Body budget
+
+    /// Takes `bytes` of the budget for buffered bodies; false (and nothing taken) when it would cross
+    /// `maxInflightBodyBytes`.
+    fileprivate func reserve(_ bytes: Int) -> Bool {
+        lock.withLock {
+            guard buffered + bytes <= options.maxInflightBodyBytes else { return false }
+            buffered += bytes
+            return true
+        }
+    }
+
+    /// Gives bytes back. When a burst is over (nothing buffered) after large bodies, hands the freed heap back to
+    /// the system, so that the process shrinks to its size before the burst.
+    fileprivate func release(_ bytes: Int) {
+        let trim: Bool = lock.withLock {
+            buffered -= bytes
+            releasedSinceTrim += bytes
+            guard buffered == 0, releasedSinceTrim >= Self.trimAfterBytes else { return false }
+            releasedSinceTrim = 0
+            return true
+        }
+        if trim { DispatchQueue.global(qos: .utility).async { _ = malloc_trim(0) } }
+    }
+
+    static let trimAfterBytes = 64 << 20
+
+    // MARK: - Header deadline
+
+    /// A connection opened, or finished a request and stays open: its next request's headers are due by `deadline`.
+    fileprivate func awaitHeaders(_ connection: OpaquePointer, deadline: UInt64) {
+        let socket = CMicroHTTPD_connection_fd(connection)
+        guard socket >= 0 else { return }
+        deadlineLock.withLock { headerDeadlines[connection] = (socket, deadline) }
+    }
+
+    /// The connection's headers came, or it closed.
+    fileprivate func headersDone(_ connection: OpaquePointer) {
+        deadlineLock.withLock { _ = headerDeadlines.removeValue(forKey: connection) }
+    }
+
+    /// Twice a second, shuts down the sockets of connections past their header deadline. MHD then sees the
+    /// connection end and closes it on its own thread. The socket is still open when `shutdown` runs: MHD reports
+    /// a connection closed (`headersDone`, under the same lock) before it closes its socket.
+    private func startWatchdog() {
+        let timer = DispatchSource.makeTimerSource(queue: .global(qos: .utility))
+        timer.schedule(deadline: .now() + .milliseconds(500), repeating: .milliseconds(500))
+        timer.setEventHandler { [weak self] in self?.expireHeaderDeadlines() }
+        timer.resume()
+        watchdog = timer
+    }
+
+    private func expireHeaderDeadlines() {
+        let now = DispatchTime.now().uptimeNanoseconds
+        let expired: Int = deadlineLock.withLock {
+            let late = headerDeadlines.filter { $0.value.deadline <= now }
+            for (connection, entry) in late {
+                shutdown(entry.socket, Int32(SHUT_RDWR))
+                headerDeadlines.removeValue(forKey: connection)
+            }
+            return late.count
+        }
+        for _ in 0..<expired { handler.headerDeadlineExpired() }
+    }
+
+    fileprivate var headerDeadline: UInt64 {
+        DispatchTime.now().uptimeNanoseconds + UInt64(options.headerTimeoutSeconds) * 1_000_000_000
+    }
+
+    fileprivate var keepAliveDeadline: UInt64 {
+        DispatchTime.now().uptimeNanoseconds
+            + UInt64(options.idleTimeoutSeconds + options.headerTimeoutSeconds) * 1_000_000_000
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit; returns the soft limit now in force. Each connection
+/// takes one descriptor.
+public func raiseOpenFileLimit() -> Int {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+    if limit.rlim_cur < limit.rlim_max {
+        var raised = limit
+        raised.rlim_cur = limit.rlim_max
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+    }
+    return Int(clamping: limit.rlim_cur)
 }
 
 /// Queues `response` on the connection; MHD copies the body.
@@ -269,21 +481,21 @@ func acmAccessHandler(
     let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
 
     guard let state = conCls.pointee else {
-        // First call: headers only.
+        // First call: the headers are in, none of the body is read.
+        server.headersDone(connection)
         let exchange = HTTPExchange(
             connection: connection, method: method.map { String(cString: $0) } ?? "",
             path: url.map { String(cString: $0) } ?? "/", server: server)
         conCls.pointee = Unmanaged.passRetained(exchange).toOpaque()
         server.opened()
-        if let length = MHD_lookup_connection_value(connection, .HEADER_KIND, "Content-Length")
-            .flatMap({ Int(String(cString: $0)) }), length > server.options.maxBodyBytes
-        {
-            // Refuse now; MHD closes the connection instead of reading the body.
-            exchange.inHandler = true
-            let response = server.handler.bodyTooLarge(exchange)
-            exchange.inHandler = false
+        if let refusal = admit(exchange, url: url, server: server) {
+            if readsBodyBeforeRefusal(connection, maxBodyBytes: server.options.maxBodyBytes) {
+                exchange.refusalAfterBody = refusal
+                return .YES
+            }
+            // MHD closes the connection instead of reading a body.
             exchange.queued = true
-            return send(response, on: connection)
+            return send(refusal, on: connection)
         }
         return .YES
     }
@@ -298,20 +510,21 @@ func acmAccessHandler(
         return .YES
     }
     // The body is complete, or this is the call after a resume.
-    if let answer = exchange.takeAnswer() {
+    if let answer = exchange.takeAnswer() ?? exchange.refusalAfterBody {
         exchange.queued = true
         return send(answer, on: connection)
     }
-    if exchange.bodyTooLarge {
-        exchange.inHandler = true
-        let response = server.handler.bodyTooLarge(exchange)
-        exchange.inHandler = false
-        exchange.queued = true
-        return send(response, on: connection)
-    }
     exchange.inHandler = true
+    defer { exchange.inHandler = false }
+    let refusal: HTTPRefusal? = exchange.bodyTooLarge ? .bodyTooLarge : exchange.bodyOverCap ? .bodyBudgetExhausted : nil
+    if let refusal {
+        exchange.queued = true
+        return send(server.handler.refuse(exchange, refusal), on: connection)
+    }
     let immediate = server.handler.handle(exchange)
     exchange.inHandler = false
+    // The handler has parsed the body into its job, if any.
+    exchange.dropBody()
     if let response = immediate ?? exchange.suspendUnlessAnswered() {
         exchange.queued = true
         return send(response, on: connection)
@@ -319,16 +532,87 @@ func acmAccessHandler(
     return .YES
 }
 
+/// The checks on a request's line and headers, before its body: our size limits, the handler's (authentication),
+/// the declared body size, and the budget for buffered bodies, which the declared length takes at once. The
+/// refusal to send, or nil.
+private func admit(_ exchange: HTTPExchange, url: UnsafePointer<CChar>?, server: HTTPServer) -> HTTPResponse? {
+    let connection = exchange.connection
+    let options = server.options
+    exchange.inHandler = true
+    defer { exchange.inHandler = false }
+    let uriBytes = (url.map { strlen($0) } ?? 0) + valueBytes(connection, .GET_ARGUMENT_KIND)
+    if uriBytes > options.maxURIBytes { return server.handler.refuse(exchange, .uriTooLong) }
+    if valueBytes(connection, .HEADER_KIND) > options.maxHeaderBytes {
+        return server.handler.refuse(exchange, .headersTooLarge)
+    }
+    if let refusal = server.handler.admit(exchange) { return refusal }
+    guard let declared = MHD_lookup_connection_value(connection, .HEADER_KIND, "Content-Length")
+        .flatMap({ Int(String(cString: $0)) }), declared > 0
+    else { return nil }
+    if declared > options.maxBodyBytes { return server.handler.refuse(exchange, .bodyTooLarge) }
+    guard server.reserve(declared) else { return server.handler.refuse(exchange, .bodyBudgetExhausted) }
+    exchange.reserved = declared
+    exchange.reserveBody(declared)
+    return nil
+}
+
+/// Whether a refused request's body is read (and dropped) before the refusal is sent: when the client sends it
+/// without waiting (no `Expect: 100-continue`), and it is of a declared length within `maxBodyBytes`.
+private func readsBodyBeforeRefusal(_ connection: OpaquePointer, maxBodyBytes: Int) -> Bool {
+    func header(_ name: String) -> String? {
+        MHD_lookup_connection_value(connection, .HEADER_KIND, name).map { String(cString: $0) }
+    }
+    guard let declared = header("Content-Length").flatMap({ Int($0) }), declared > 0, declared <= maxBodyBytes else {
+        return false
+    }
+    return header("Expect")?.lowercased() != "100-continue"
+}
+
+/// The bytes of a request's header fields (or query arguments) as sent: each name and value, plus ": " and
+/// the line end (or "=" and "&").
+private func valueBytes(_ connection: OpaquePointer, _ kind: MHD_ValueKind) -> Int {
+    var total = 0
+    _ = MHD_get_connection_values_n(connection, kind, acmCountValueBytes, &total)
+    return total
+}
+
+func acmCountValueBytes(
+    cls: UnsafeMutableRawPointer?, kind: MHD_ValueKind, key: UnsafePointer<CChar>?, keySize: Int,
+    value: UnsafePointer<CChar>?, valueSize: Int
+) -> MHD_Result {
+    cls?.assumingMemoryBound(to: Int.self).pointee += keySize + valueSize + 4
+    return .YES
+}
+
 /// MHD's completion callback: the request is over (answered, or the client went away). Releases the
-/// exchange created on the first call.
+/// exchange created on the first call; a connection kept alive waits for its next request's headers.
 func acmRequestCompleted(
     cls: UnsafeMutableRawPointer?, connection: OpaquePointer?,
     conCls: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, toe: MHD_RequestTerminationCode
 ) {
     guard let cls, let state = conCls?.pointee else { return }
     conCls?.pointee = nil
-    Unmanaged<HTTPExchange>.fromOpaque(state).release()
-    Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue().finished()
+    let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
+    let exchange = Unmanaged<HTTPExchange>.fromOpaque(state).takeRetainedValue()
+    exchange.dropBody()
+    server.finished()
+    if toe == .REQUEST_TERMINATED_COMPLETED_OK, let connection {
+        server.awaitHeaders(connection, deadline: server.keepAliveDeadline)
+    }
+}
+
+/// MHD's connection callback: a connection opened (its first request's headers are due) or closed.
+func acmConnectionNotify(
+    cls: UnsafeMutableRawPointer?, connection: OpaquePointer?, socketContext: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
+    code: MHD_ConnectionNotificationCode
+) {
+    guard let cls, let connection else { return }
+    let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
+    if code == .CONNECTION_NOTIFY_STARTED {
+        server.awaitHeaders(connection, deadline: server.headerDeadline)
+    } else {
+        server.headersDone(connection)
+    }
 }
 
 /// libmicrohttpd's version string, e.g. "0.9.75", as the linked library reports it.

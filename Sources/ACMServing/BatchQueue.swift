@@ -16,6 +16,8 @@ public struct BatchQueue<Job> {
         case expire([Entry], now: UInt64)
         /// Answer these jobs as failed, each with why.
         case reject([(job: Job, problem: String)])
+        /// Answer these jobs as not run: the server gave up on them at its shutdown deadline.
+        case abandon([Entry])
         /// Nothing to do before this time (the clock's nanoseconds), unless a job arrives.
         case wait(until: UInt64)
         /// Nothing queued: wait for a job.
@@ -27,6 +29,7 @@ public struct BatchQueue<Job> {
     public let policy: BatchPolicy
     private var entries: [Entry] = []
     private var malformed: [(job: Job, problem: String)] = []
+    private var abandoned: [Entry] = []
     /// False once `close` was called: `submit` refuses, and `next` runs what is left without waiting.
     public private(set) var isAccepting = true
 
@@ -60,12 +63,24 @@ public struct BatchQueue<Job> {
         isAccepting = false
     }
 
+    /// Stops taking jobs, and gives up on those waiting: `next` answers them `.abandon`. Returns how many.
+    public mutating func abandonWaiting() -> Int {
+        isAccepting = false
+        abandoned += entries
+        entries.removeAll()
+        return abandoned.count
+    }
+
     /// The next action at time `now`, with its jobs taken off the queue: malformed jobs first, then what
     /// the policy decides.
     public mutating func next(now: UInt64) -> Action {
         if !malformed.isEmpty {
             defer { malformed.removeAll() }
             return .reject(malformed)
+        }
+        if !abandoned.isEmpty {
+            defer { abandoned.removeAll() }
+            return .abandon(abandoned)
         }
         switch policy.decide(queue: entries.map(\.request), now: now, draining: !isAccepting) {
         case let .run(n):

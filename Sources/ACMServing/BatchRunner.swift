@@ -92,6 +92,8 @@ public enum BatchOutcome<Output: Sendable>: Sendable {
     case timedOut
     /// The job was malformed (a caller's bug): wrong input size or count; or the engine failed.
     case failed(String)
+    /// The job never ran: it was still queued when the server gave up at its shutdown deadline.
+    case abandoned
 }
 
 extension BatchOutcome: Equatable where Output: Equatable {}
@@ -184,6 +186,25 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
         }
     }
 
+    /// Stops accepting jobs; those accepted still run. Returns at once.
+    public func close() {
+        lock.withLock {
+            queue.close()
+            workArrived.signal()
+        }
+    }
+
+    /// Stops accepting jobs and answers those still waiting `.abandoned`, from the loop thread; the batch
+    /// running, if any, finishes. Returns how many were waiting.
+    @discardableResult
+    public func abandonQueued() -> Int {
+        lock.withLock {
+            let count = queue.abandonWaiting()
+            workArrived.signal()
+            return count
+        }
+    }
+
     /// Why `job` cannot run, or nil. Checked before queueing, so a bad job never reaches the engine.
     private func validate(_ job: Job) -> String? {
         guard job.count >= 1, job.count <= config.maxBatchSize else {
@@ -209,6 +230,8 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
                 }
             case let .reject(rejected):
                 for (job, problem) in rejected { job.completion(.failed(problem)) }
+            case let .abandon(entries):
+                for entry in entries { entry.job.completion(.abandoned) }
             case .wait, .idle, .finished:
                 preconditionFailure("nextAction waits these out")
             }
@@ -231,7 +254,7 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
                     ended = true
                     loopEnded.broadcast()
                     return nil
-                case .run, .expire, .reject:
+                case .run, .expire, .reject, .abandon:
                     return action
                 }
             }

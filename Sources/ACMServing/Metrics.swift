@@ -12,6 +12,17 @@ public enum FailureReason: String, Sendable, CaseIterable {
     case internalError = "internal"
 }
 
+/// Why the HTTP front end refused a request before any model saw it (`acm_http_refused_total`).
+public enum HTTPRefusalReason: String, Sendable, CaseIterable {
+    case unauthorized
+    case uriTooLong = "uri_too_long"
+    case headersTooLarge = "headers_too_large"
+    /// The cap on request bodies buffered at once was reached (503).
+    case bodyBudgetExhausted = "body_budget"
+    /// A connection's request headers did not arrive in time; it was closed.
+    case headerTimeout = "header_timeout"
+}
+
 /// The server's Prometheus metrics (docs/metrics.md): one registry, every name prefixed `acm_`, every
 /// series labelled by model. Thread-safe: the collectors are atomic.
 public final class ServingMetrics: Sendable {
@@ -124,6 +135,20 @@ public final class ServingMetrics: Sendable {
             registry.makeValueHistogram(descriptor: budgetDescriptor, labels: m, buckets: Self.fractionBuckets)
                 .record(budget)
         }
+    }
+
+    private var httpRefusedDescriptor: MetricNameDescriptor {
+        name("http_refused", "total", "Requests or connections the HTTP front end refused before routing, by reason.")
+    }
+
+    /// The front end's series, at zero.
+    public func registerHTTPSeries() {
+        for reason in HTTPRefusalReason.allCases { httpRefused(reason, count: 0) }
+    }
+
+    public func httpRefused(_ reason: HTTPRefusalReason, count: Int = 1) {
+        registry.makeCounter(descriptor: httpRefusedDescriptor, labels: [("reason", reason.rawValue)])
+            .increment(by: Int64(count))
     }
 
     public func failure(model: String, reason: FailureReason, count: Int = 1) {

@@ -12,24 +12,42 @@ public struct ServerConfig: Codable, Sendable, Equatable {
     public var computeThreads: Int?
     public var logLevel = "info"
     public var limits = Limits()
+    public var auth = Auth()
+    /// HTTPS when set.
+    public var tls: TLS?
+    /// After SIGTERM, how long accepted requests have to finish; those still queued then get 503. Keep it below
+    /// Kubernetes' `terminationGracePeriodSeconds` (30 by default).
+    public var shutdownGraceSeconds = 25.0
     public var models: [String: ModelEntry] = [:]
 
     public struct Limits: Codable, Sendable, Equatable {
         public var maxBodyBytes = 32 << 20
         public var maxHeaderBytes = 16 << 10
-        public var connectionLimit = 1000
+        /// The path plus its query string.
+        public var maxURIBytes = 8 << 10
+        /// Request bodies buffered at once, over all requests; a body that would cross it gets 503.
+        public var maxInflightBodyBytes = 512 << 20
+        /// nil: as many as the open-file limit allows (raised to its hard limit at start), less a reserve.
+        public var connectionLimit: Int?
         /// 0: no limit.
         public var perIPConnectionLimit = 0
-        public var connectionTimeoutSeconds = 60
+        /// A connection with no traffic this long is closed (`connection_timeout_seconds`, its older name, works too).
+        public var idleTimeoutSeconds = 60
+        /// A request's headers must be in this long after its connection opened.
+        public var headerTimeoutSeconds = 10
 
         public init() {}
 
         enum CodingKeys: String, CodingKey {
             case maxBodyBytes = "max_body_bytes"
             case maxHeaderBytes = "max_header_bytes"
+            case maxURIBytes = "max_uri_bytes"
+            case maxInflightBodyBytes = "max_inflight_body_bytes"
             case connectionLimit = "connection_limit"
             case perIPConnectionLimit = "per_ip_connection_limit"
+            case idleTimeoutSeconds = "idle_timeout_seconds"
             case connectionTimeoutSeconds = "connection_timeout_seconds"
+            case headerTimeoutSeconds = "header_timeout_seconds"
         }
 
         public init(from decoder: any Decoder) throws {
@@ -37,9 +55,63 @@ public struct ServerConfig: Codable, Sendable, Equatable {
             let c = try decoder.container(keyedBy: CodingKeys.self)
             try c.update(&maxBodyBytes, .maxBodyBytes)
             try c.update(&maxHeaderBytes, .maxHeaderBytes)
+            try c.update(&maxURIBytes, .maxURIBytes)
+            try c.update(&maxInflightBodyBytes, .maxInflightBodyBytes)
             try c.update(&connectionLimit, .connectionLimit)
             try c.update(&perIPConnectionLimit, .perIPConnectionLimit)
-            try c.update(&connectionTimeoutSeconds, .connectionTimeoutSeconds)
+            try c.update(&idleTimeoutSeconds, .connectionTimeoutSeconds)
+            try c.update(&idleTimeoutSeconds, .idleTimeoutSeconds)
+            try c.update(&headerTimeoutSeconds, .headerTimeoutSeconds)
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(maxBodyBytes, forKey: .maxBodyBytes)
+            try c.encode(maxHeaderBytes, forKey: .maxHeaderBytes)
+            try c.encode(maxURIBytes, forKey: .maxURIBytes)
+            try c.encode(maxInflightBodyBytes, forKey: .maxInflightBodyBytes)
+            try c.encodeIfPresent(connectionLimit, forKey: .connectionLimit)
+            try c.encode(perIPConnectionLimit, forKey: .perIPConnectionLimit)
+            try c.encode(idleTimeoutSeconds, forKey: .idleTimeoutSeconds)
+            try c.encode(headerTimeoutSeconds, forKey: .headerTimeoutSeconds)
+        }
+    }
+
+    /// Who may call the server: with `api_keys_file` set, every route but `/v2/health/*` needs
+    /// `Authorization: Bearer KEY` (and `/metrics` too, unless `metrics_public`).
+    public struct Auth: Codable, Sendable, Equatable {
+        /// One key per line; re-read on SIGHUP.
+        public var apiKeysFile: String?
+        public var metricsPublic = false
+
+        public init() {}
+
+        enum CodingKeys: String, CodingKey {
+            case apiKeysFile = "api_keys_file"
+            case metricsPublic = "metrics_public"
+        }
+
+        public init(from decoder: any Decoder) throws {
+            self.init()
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            try c.update(&apiKeysFile, .apiKeysFile)
+            try c.update(&metricsPublic, .metricsPublic)
+        }
+    }
+
+    /// HTTPS: a PEM certificate (chain) and its PEM private key, unencrypted.
+    public struct TLS: Codable, Sendable, Equatable {
+        public var certFile: String
+        public var keyFile: String
+
+        public init(certFile: String, keyFile: String) {
+            self.certFile = certFile
+            self.keyFile = keyFile
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case certFile = "cert_file"
+            case keyFile = "key_file"
         }
     }
 
@@ -93,7 +165,9 @@ public struct ServerConfig: Codable, Sendable, Equatable {
         case httpThreads = "http_threads"
         case computeThreads = "compute_threads"
         case logLevel = "log_level"
-        case limits, models
+        case limits, auth, tls
+        case shutdownGraceSeconds = "shutdown_grace_seconds"
+        case models
     }
 
     public init(from decoder: any Decoder) throws {
@@ -105,10 +179,13 @@ public struct ServerConfig: Codable, Sendable, Equatable {
         try c.update(&computeThreads, .computeThreads)
         try c.update(&logLevel, .logLevel)
         try c.update(&limits, .limits)
+        try c.update(&auth, .auth)
+        try c.update(&tls, .tls)
+        try c.update(&shutdownGraceSeconds, .shutdownGraceSeconds)
         try c.update(&models, .models)
     }
 
-    /// Reads a config file. Relative model paths are taken relative to the file's directory.
+    /// Reads a config file. Relative paths (models, keys, certificates) are taken relative to the file's directory.
     public static func load(path: String) throws -> ServerConfig {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ModelError.io(path: path, reason: "no such file or not readable")
@@ -120,9 +197,12 @@ public struct ServerConfig: Codable, Sendable, Equatable {
             throw ModelError.format(path: path, reason: "not a valid server config: \(error)")
         }
         let base = URL(fileURLWithPath: path).deletingLastPathComponent()
-        for (name, entry) in config.models where !entry.path.hasPrefix("/") {
-            config.models[name]?.path = base.appendingPathComponent(entry.path).standardizedFileURL.path
+        func resolve(_ path: String) -> String {
+            path.hasPrefix("/") ? path : base.appendingPathComponent(path).standardizedFileURL.path
         }
+        for (name, entry) in config.models { config.models[name]?.path = resolve(entry.path) }
+        config.auth.apiKeysFile = config.auth.apiKeysFile.map(resolve)
+        if let tls = config.tls { config.tls = TLS(certFile: resolve(tls.certFile), keyFile: resolve(tls.keyFile)) }
         return config
     }
 
@@ -134,7 +214,17 @@ public struct ServerConfig: Codable, Sendable, Equatable {
         try check((0...65535).contains(port), "port \(port) is out of range")
         try check(httpThreads >= 1, "http_threads must be ≥ 1")
         try check(computeThreads.map { $0 >= 1 } ?? true, "compute_threads must be ≥ 1")
-        try check(limits.maxBodyBytes > 0 && limits.maxHeaderBytes > 0, "limits must be positive")
+        try check(
+            limits.maxBodyBytes > 0 && limits.maxHeaderBytes > 0 && limits.maxURIBytes > 0 && limits.maxInflightBodyBytes > 0,
+            "limits must be positive")
+        try check(
+            limits.maxInflightBodyBytes >= limits.maxBodyBytes,
+            "max_inflight_body_bytes (\(limits.maxInflightBodyBytes)) must be at least max_body_bytes (\(limits.maxBodyBytes))")
+        try check(limits.connectionLimit.map { $0 >= 1 } ?? true, "connection_limit must be ≥ 1")
+        try check(limits.perIPConnectionLimit >= 0, "per_ip_connection_limit must be ≥ 0 (0: no limit)")
+        try check(limits.idleTimeoutSeconds >= 1, "idle_timeout_seconds must be ≥ 1")
+        try check(limits.headerTimeoutSeconds >= 1, "header_timeout_seconds must be ≥ 1")
+        try check(shutdownGraceSeconds >= 0, "shutdown_grace_seconds must be ≥ 0")
         try check(!models.isEmpty, "no models configured")
         for (name, m) in models {
             try check(!name.isEmpty && !name.contains("/"), "model name '\(name)' must be non-empty and contain no '/'")

@@ -30,6 +30,16 @@ struct Serve: ParsableCommand {
     var defaultBudget: ComputeBudget?
     @Option(help: "What every model's GEMMs run in: f32, or bf16 where the CPU has AVX-512 BF16 (else f32, with a warning).")
     var precision: Precision?
+    @Option(
+        name: .customLong("api-keys-file"),
+        help: "File of API keys, one per line (re-read on SIGHUP): every route but /v2/health/* then needs Authorization: Bearer KEY.")
+    var apiKeysFile: String?
+    @Option(name: .customLong("tls-cert"), help: "PEM certificate (chain): serve HTTPS. Needs --tls-key.") var tlsCert: String?
+    @Option(name: .customLong("tls-key"), help: "PEM private key of --tls-cert (unencrypted).") var tlsKey: String?
+    @Option(
+        name: .customLong("shutdown-grace-seconds"),
+        help: "After SIGTERM, how long accepted requests have to finish; those still queued then get 503.")
+    var shutdownGraceSeconds: Double?
 
     func run() throws {
         var config: ServerConfig
@@ -51,20 +61,32 @@ struct Serve: ParsableCommand {
         let logger = Logger(label: "acm-serve")
         if let threads = config.computeThreads { Parallel.workers = threads }
 
+        let apiKeys: APIKeys?
+        var tls: TLSCredentials?
+        do {
+            apiKeys = try config.auth.apiKeysFile.map { try APIKeys(path: $0) }
+            if let files = config.tls { tls = try Self.readTLS(files) }
+        } catch {
+            throw ValidationError("\(error)")
+        }
+
         let server: InferenceServer
         do {
-            server = try InferenceServer(config: config, logger: logger)
+            server = try InferenceServer(config: config, logger: logger, apiKeys: apiKeys)
         } catch {
             logger.critical("cannot load models: \(error)")
             throw ExitCode(1)
         }
-        let http = HTTPServer(
-            options: HTTPServerOptions(
-                host: config.host, port: config.port, threads: config.httpThreads,
-                maxBodyBytes: config.limits.maxBodyBytes, maxHeaderBytes: config.limits.maxHeaderBytes,
-                connectionLimit: config.limits.connectionLimit, perIPConnectionLimit: config.limits.perIPConnectionLimit,
-                connectionTimeoutSeconds: config.limits.connectionTimeoutSeconds),
-            handler: server)
+        var options = HTTPServerOptions(
+            host: config.host, port: config.port, threads: config.httpThreads,
+            maxBodyBytes: config.limits.maxBodyBytes, maxHeaderBytes: config.limits.maxHeaderBytes,
+            connectionLimit: Self.connectionLimit(config.limits.connectionLimit, logger: logger),
+            perIPConnectionLimit: config.limits.perIPConnectionLimit, idleTimeoutSeconds: config.limits.idleTimeoutSeconds)
+        options.maxURIBytes = config.limits.maxURIBytes
+        options.maxInflightBodyBytes = config.limits.maxInflightBodyBytes
+        options.headerTimeoutSeconds = config.limits.headerTimeoutSeconds
+        options.tls = tls
+        let http = HTTPServer(options: options, handler: server)
 
         // Signals arrive on a dispatch queue, not in a handler: nothing async-signal-unsafe runs in one.
         signal(SIGPIPE, SIG_IGN)
@@ -77,6 +99,22 @@ struct Serve: ParsableCommand {
             source.resume()
             sources.append(source)
         }
+        signal(SIGHUP, SIG_IGN)
+        let hangUp = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
+        hangUp.setEventHandler {
+            guard let apiKeys else {
+                logger.notice("SIGHUP: no api_keys_file to re-read")
+                return
+            }
+            do {
+                let count = try apiKeys.reload()
+                logger.notice("SIGHUP: API keys re-read", metadata: ["keys": "\(count)", "file": "\(apiKeys.path)"])
+            } catch {
+                logger.error("SIGHUP: the API keys file is not valid; the keys in force are kept: \(error)")
+            }
+        }
+        hangUp.resume()
+        sources.append(hangUp)
 
         do {
             try http.start()
@@ -87,20 +125,60 @@ struct Serve: ParsableCommand {
         logger.notice(
             "listening",
             metadata: [
-                "address": "\(config.host):\(config.port)", "models": "\(config.models.keys.sorted().joined(separator: ","))",
+                "address": "\(tls == nil ? "http" : "https")://\(config.host):\(config.port)",
+                "models": "\(config.models.keys.sorted().joined(separator: ","))",
                 "compute_threads": "\(Parallel.workers)", "gemm": "\(gemmKernelName)", "bf16": "\(BF16.description)",
+                "api_keys": "\(apiKeys.map { "\($0.count)" } ?? "off")", "connection_limit": "\(options.connectionLimit)",
             ])
         stop.wait()
 
-        // Quiesce: no new connections; refuse new requests on open ones; answer every accepted request.
-        logger.notice("shutting down: finishing accepted requests")
+        // Quiesce: no new connections; refuse new requests on open ones; answer every accepted request within the
+        // grace period, and those still queued at its end with 503.
+        logger.notice("shutting down: finishing accepted requests", metadata: ["grace_seconds": "\(config.shutdownGraceSeconds)"])
         http.quiesce()
-        server.drain()
-        let deadline = DispatchTime.now().uptimeNanoseconds + 30_000_000_000
-        while http.openExchanges > 0 && DispatchTime.now().uptimeNanoseconds < deadline { usleep(5_000) }
+        server.beginDrain()
+        func waitForAnswers(seconds: Double) {
+            let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
+            while http.openExchanges > 0 && DispatchTime.now().uptimeNanoseconds < deadline { usleep(5_000) }
+        }
+        waitForAnswers(seconds: config.shutdownGraceSeconds)
+        let abandoned = server.abandonQueued()
+        if abandoned > 0 {
+            logger.warning("shutdown grace period over: requests still queued get 503", metadata: ["requests": "\(abandoned)"])
+        }
+        server.waitForRunners()
+        // The answers just made still have to be written.
+        waitForAnswers(seconds: 5)
         http.stop()
         withExtendedLifetime(sources) {}
         logger.notice("stopped")
+    }
+
+    /// The certificate and key files' text; throws with the file's name if one cannot be read.
+    static func readTLS(_ files: ServerConfig.TLS) throws -> TLSCredentials {
+        func read(_ path: String, _ what: String) throws -> String {
+            guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8),
+                text.contains("-----BEGIN")
+            else { throw ValidationError("cannot read the TLS \(what) \(path) as PEM") }
+            return text
+        }
+        return TLSCredentials(certificatePEM: try read(files.certFile, "certificate"), keyPEM: try read(files.keyFile, "key"))
+    }
+
+    /// The connection limit: the configured one, or as many as the open-file limit allows (after raising it to
+    /// its hard limit), less descriptors kept for everything else.
+    static func connectionLimit(_ configured: Int?, logger: Logger) -> Int {
+        let reserve = 128
+        let files = raiseOpenFileLimit()
+        let available = max(16, files - reserve)
+        guard let configured else { return available }
+        if configured > available {
+            logger.warning(
+                "connection_limit is more than the open-file limit allows; using \(available)",
+                metadata: ["connection_limit": "\(configured)", "open_files": "\(files)"])
+            return available
+        }
+        return configured
     }
 
     /// Command-line flags over the file's settings.
@@ -111,6 +189,13 @@ struct Serve: ParsableCommand {
         if let computeThreads { config.computeThreads = computeThreads }
         if let logLevel { config.logLevel = logLevel }
         if let maxBodyBytes { config.limits.maxBodyBytes = maxBodyBytes }
+        if let apiKeysFile { config.auth.apiKeysFile = apiKeysFile }
+        switch (tlsCert, tlsKey) {
+        case let (cert?, key?): config.tls = ServerConfig.TLS(certFile: cert, keyFile: key)
+        case (nil, nil): break
+        default: throw ValidationError("--tls-cert and --tls-key go together")
+        }
+        if let shutdownGraceSeconds { config.shutdownGraceSeconds = shutdownGraceSeconds }
         if !models.isEmpty {
             config.models = [:]
             for spec in models {

@@ -63,4 +63,15 @@ import Testing
         #expect(ran(q.next(now: 0)) == ["a"])
         guard case .finished = q.next(now: 0) else { Issue.record("expected finished"); return }
     }
+
+    /// Should answer every waiting job `.abandon` at the shutdown deadline, refuse new ones, and then finish.
+    @Test func abandonsWaitingJobs() {
+        var q = queue()
+        for name in ["a", "b"] { _ = q.submit(name, images: 1, timeoutNanoseconds: nil, problem: nil, now: 0) }
+        #expect(q.abandonWaiting() == 2)
+        #expect(q.submit("late", images: 1, timeoutNanoseconds: nil, problem: nil, now: 0) == .shuttingDown)
+        guard case let .abandon(entries) = q.next(now: 0) else { Issue.record("expected an abandon"); return }
+        #expect(entries.map(\.job) == ["a", "b"] && q.count == 0)
+        guard case .finished = q.next(now: 0) else { Issue.record("expected finished"); return }
+    }
 }

@@ -59,10 +59,15 @@ class Server:
     """One `acm-serve serve` process on 127.0.0.1 with a config file written for it (or `config_file`, on a
     free port given by flags); its log goes to a file that is printed when something fails."""
 
-    def __init__(self, models=None, limits=None, args=(), http_threads=4, config_file=None):
+    def __init__(self, models=None, limits=None, args=(), http_threads=4, config_file=None, settings=None,
+                 ssl_context=None, ready_headers=None):
+        """settings: more top-level config entries (auth, tls, shutdown_grace_seconds); ssl_context: the client
+        side of HTTPS, for the readiness check; ready_headers: its headers."""
         assert os.path.exists(BIN), f'build acm-serve first (swift build -c release); looked for {BIN}'
         self.dir = tempfile.mkdtemp(prefix='acm-serve-test-')
         self.port = free_port()
+        self.ssl_context = ssl_context
+        self.ready_headers = ready_headers
         if config_file:
             self.config_path = config_file
             args = ['--host', HOST, '--port', str(self.port), *args]
@@ -71,6 +76,7 @@ class Server:
                       'models': models or default_models()}
             if limits:
                 config['limits'] = limits
+            config.update(settings or {})
             self.config_path = os.path.join(self.dir, 'config.json')
             with open(self.config_path, 'w') as f:
                 json.dump(config, f, indent=2)
@@ -95,7 +101,8 @@ class Server:
                 raise AssertionError(f'acm-serve serve exited with {self.proc.returncode} before it was ready:\n'
                                      f'{self.log_tail()}')
             try:
-                if request(self.port, 'GET', '/v2/health/ready', timeout=2)[0] == 200:
+                if request(self.port, 'GET', '/v2/health/ready', timeout=2, headers=self.ready_headers,
+                           ssl_context=self.ssl_context)[0] == 200:
                     return
             except OSError:
                 pass
@@ -131,10 +138,13 @@ class Server:
 # plain HTTP
 
 
-def request(port, method, path, body=None, headers=None, timeout=30, conn=None):
-    """One HTTP request on a new connection (or on conn). -> (status, headers as a lower-case dict, body bytes)"""
+def request(port, method, path, body=None, headers=None, timeout=30, conn=None, ssl_context=None):
+    """One HTTP request on a new connection (HTTPS with ssl_context), or on conn.
+    -> (status, headers as a lower-case dict, body bytes)"""
     own = conn is None
-    if own:
+    if own and ssl_context is not None:
+        conn = http.client.HTTPSConnection(HOST, port, timeout=timeout, context=ssl_context)
+    elif own:
         conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -243,9 +253,10 @@ def infer_path(model, version=None):
     return f'/v2/models/{model}/versions/{version}/infer' if version else f'/v2/models/{model}/infer'
 
 
-def infer(port, model, x=None, conn=None, timeout=30, **kw):
-    """POST an infer request. -> (status, headers, JSON header or error body, arrays or None)"""
+def infer(port, model, x=None, conn=None, timeout=30, extra_headers=None, **kw):
+    """POST an infer request (with extra_headers too). -> (status, headers, JSON header or error body, arrays or None)"""
     body, headers = encode_infer(x, **kw)
+    headers = {**headers, **(extra_headers or {})}
     status, rh, data = request(port, 'POST', infer_path(model), body, headers, timeout=timeout, conn=conn)
     if status != 200:
         return status, rh, data, None

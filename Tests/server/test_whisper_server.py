@@ -426,3 +426,64 @@ def test_long_audio(server, client):
     status, _, data = request(server.port, 'POST', f'/v2/models/{MODEL}/transcribe', body, {'Content-Type': 'audio/wav'})
     assert status == 200, data[:300]
     assert json.loads(data)['tokens'] == want
+
+
+def test_shutdown_grace_answers_the_queue_with_503(clips):
+    """Should answer the requests still queued when shutdown_grace_seconds runs out with 503 (not run), every
+    other accepted request with its transcript, drop no connection, and exit soon after the grace period."""
+    grace = 0.5
+    s = Server(models={MODEL: {'path': MODEL_DIR, 'max_batch_size': 1, 'max_queue_delay_microseconds': 0,
+                               'max_queue_size': 32}},
+               settings={'shutdown_grace_seconds': grace})
+    try:
+        wav, ct2 = clips['flite_kal16_thanks']
+        body, headers = speech_body([('audio', 'BYTES', [1], elements(wav))], outputs=[{'name': 'text'}])
+        clients = 16
+        results, lock = [], threading.Lock()
+        start = threading.Barrier(clients + 1)
+
+        def run():
+            start.wait(30)
+            try:
+                got = request(s.port, 'POST', infer_path(MODEL), body, headers, timeout=120)
+            except OSError as e:
+                got = (0, {}, f'{type(e).__name__}: {e}'.encode())
+            with lock:
+                results.append(got)
+
+        threads = [threading.Thread(target=run) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        start.wait(30)
+        # SIGTERM once most requests wait in the queue (one batch of one runs at a time).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            families = parse_metrics(metrics(s.port))
+            if sample_value(families, 'acm_pending_requests', model=MODEL) >= clients // 2:
+                break
+            time.sleep(0.01)
+        signalled = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(30) == 0, s.log_tail()
+        exited = time.monotonic() - signalled
+        for t in threads:
+            t.join(60)
+        statuses = sorted(r[0] for r in results)
+        print(f'exit {exited:.2f} s after SIGTERM; statuses {statuses}')
+        assert len(statuses) == clients and set(statuses) <= {200, 503}, results
+        assert 503 in statuses, f'nothing was left queued at the end of a {grace}-s grace period: {statuses}'
+        assert exited < grace + 5, f'exit took {exited:.2f} s'
+        abandoned = 0
+        for status, rh, data in results:
+            if status == 503:
+                # Queued at the deadline ("... not run"), or arrived after SIGTERM.
+                message = error_message(status, rh, data)
+                assert 'shutting down' in message, message
+                abandoned += 'not run' in message
+            else:
+                assert json.loads(data)['outputs'][0]['data'] == [ct2['text']]
+        assert abandoned >= 1, 'no queued request was answered at the deadline'
+        assert 'requests still queued get 503' in s.log_tail(50)
+    finally:
+        s.kill()
+        s.log.close()
