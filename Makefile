@@ -11,7 +11,7 @@ BUDGET ?= 0.5
 PEERS_MODEL := $(if $(filter file,$(origin MODEL)),fashion,$(MODEL))
 
 .PHONY: setup build test test-server serve predict bench bench-server bench-peers fixtures demo-model fashion-models \
-	fashion-report whisper-model whisper-acm whisper-results whisper-fixtures bench-whisper bf16-report speech-data clean
+	fashion-report whisper-model whisper-acm whisper-results whisper-fixtures bench-whisper bf16-report speech-data soak clean
 
 setup:
 	@scripts/setup
@@ -27,6 +27,12 @@ test: build whisper-model
 ## The HTTP server end to end: tritonclient, perf_analyzer, curl, promtool.
 test-server: build
 	ACM_SERVE_BIN=$(CURDIR)/.build/release/acm-serve $(PY) -m pytest -q Tests/server
+
+## The soak test (docs/reliability.md): mixed image and speech traffic at concurrency 64 for SOAK_SECONDS (1800), with
+## malformed requests and clients that leave mid-request; RSS, descriptors and p99 sampled every 10 s (build/soak.json).
+SOAK_SECONDS ?= 1800
+soak: build whisper-model
+	ACM_SERVE_BIN=$(CURDIR)/.build/release/acm-serve $(PY) Tests/server/soak.py --seconds $(SOAK_SECONDS)
 
 ## perf_analyzer against acm-serve: throughput and p50/p99 latency at concurrency 1, 8, 32.
 bench-server: build

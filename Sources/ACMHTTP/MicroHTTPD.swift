@@ -62,6 +62,8 @@ public final class HTTPExchange: HTTPRequest, @unchecked Sendable {
     fileprivate var queued = false
     /// Valid only inside `handle`: MHD's lookups need the connection to be in the handler.
     fileprivate var inHandler = false
+    /// Handed to the handler (counted in `HTTPServer.openExchanges`).
+    fileprivate var handled = false
 
     fileprivate init(connection: OpaquePointer, method: String, path: String, server: HTTPServer) {
         self.connection = connection
@@ -230,10 +232,11 @@ public final class HTTPServer: @unchecked Sendable {
     /// The PEM strings MHD was given; it reads them while starting, and they live as long as the daemon.
     private var tlsStrings: [UnsafeMutablePointer<CChar>] = []
 
-    /// Connections whose request headers are not complete yet, and when they must be: socket and deadline
-    /// (`DispatchTime` nanoseconds), by connection. Guarded by `deadlineLock`.
-    private var headerDeadlines: [OpaquePointer: (socket: Int32, deadline: UInt64)] = [:]
-    private let deadlineLock = NSLock()
+    /// Connections that are receiving a request (its headers or its body, or waiting for the next one), by
+    /// connection: their socket, and when their headers are due (`DispatchTime` nanoseconds; nil once they are in).
+    /// Guarded by `watchLock`.
+    private var receiving: [OpaquePointer: (socket: Int32, deadline: UInt64?)] = [:]
+    private let watchLock = NSLock()
     private var watchdog: (any DispatchSourceTimer)?
 
     public init(options: HTTPServerOptions, handler: any HTTPHandler) {
@@ -335,7 +338,8 @@ public final class HTTPServer: @unchecked Sendable {
         if fd >= 0 { close(fd) }
     }
 
-    /// Requests created and not yet finished (answered and sent, or dropped by the client).
+    /// Requests handed to the handler and not yet finished (answered and sent, or dropped by the client); not those
+    /// still receiving their bodies.
     public var openExchanges: Int {
         lock.withLock { open }
     }
@@ -363,6 +367,7 @@ public final class HTTPServer: @unchecked Sendable {
         tlsStrings = []
     }
 
+    /// A request was handed to the handler; the drain at shutdown waits for it.
     fileprivate func opened() {
         lock.withLock { open += 1 }
     }
@@ -398,40 +403,58 @@ public final class HTTPServer: @unchecked Sendable {
 
     static let trimAfterBytes = 64 << 20
 
-    // MARK: - Header deadline
+    // MARK: - Receiving connections
 
     /// A connection opened, or finished a request and stays open: its next request's headers are due by `deadline`.
     fileprivate func awaitHeaders(_ connection: OpaquePointer, deadline: UInt64) {
         let socket = CMicroHTTPD_connection_fd(connection)
         guard socket >= 0 else { return }
-        deadlineLock.withLock { headerDeadlines[connection] = (socket, deadline) }
+        watchLock.withLock { receiving[connection] = (socket, deadline) }
     }
 
-    /// The connection's headers came, or it closed.
-    fileprivate func headersDone(_ connection: OpaquePointer) {
-        deadlineLock.withLock { _ = headerDeadlines.removeValue(forKey: connection) }
+    /// The connection's headers are in; its body (if any) is on its way.
+    fileprivate func headersArrived(_ connection: OpaquePointer) {
+        watchLock.withLock { receiving[connection]?.deadline = nil }
     }
 
-    /// Twice a second, shuts down the sockets of connections past their header deadline. MHD then sees the
-    /// connection end and closes it on its own thread. The socket is still open when `shutdown` runs: MHD reports
-    /// a connection closed (`headersDone`, under the same lock) before it closes its socket.
+    /// The request is complete, or the connection closed.
+    fileprivate func stopWatching(_ connection: OpaquePointer) {
+        watchLock.withLock { _ = receiving.removeValue(forKey: connection) }
+    }
+
+    /// Twice a second, looks at every connection receiving a request, and shuts down the socket of one past its
+    /// header deadline or whose client has closed its end; MHD then sees the connection end, on its own thread.
+    ///
+    /// The second case works around libmicrohttpd 0.9.75 under epoll: when a client's last bytes and its FIN
+    /// arrive together (a client that sends half a body and goes away), MHD reads the bytes, takes the short read
+    /// for "nothing more to read", and never reads the end of the stream, which brings no new epoll edge; the
+    /// connection would stay open until the idle timeout. `shutdown` brings that edge.
+    ///
+    /// The socket is still open when `recv` and `shutdown` run: MHD reports a connection closed (`stopWatching`,
+    /// under the same lock) before it closes the socket.
     private func startWatchdog() {
         let timer = DispatchSource.makeTimerSource(queue: .global(qos: .utility))
         timer.schedule(deadline: .now() + .milliseconds(500), repeating: .milliseconds(500))
-        timer.setEventHandler { [weak self] in self?.expireHeaderDeadlines() }
+        timer.setEventHandler { [weak self] in self?.watchReceiving() }
         timer.resume()
         watchdog = timer
     }
 
-    private func expireHeaderDeadlines() {
+    private func watchReceiving() {
         let now = DispatchTime.now().uptimeNanoseconds
-        let expired: Int = deadlineLock.withLock {
-            let late = headerDeadlines.filter { $0.value.deadline <= now }
-            for (connection, entry) in late {
+        let expired: Int = watchLock.withLock {
+            var expired = 0
+            var byte: UInt8 = 0
+            for (connection, entry) in receiving {
+                let late = entry.deadline.map { $0 <= now } ?? false
+                // 0: the client closed its end and nothing is left to read.
+                let ended = !late && recv(entry.socket, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 0
+                guard late || ended else { continue }
                 shutdown(entry.socket, Int32(SHUT_RDWR))
-                headerDeadlines.removeValue(forKey: connection)
+                receiving.removeValue(forKey: connection)
+                if late { expired += 1 }
             }
-            return late.count
+            return expired
         }
         for _ in 0..<expired { handler.headerDeadlineExpired() }
     }
@@ -482,12 +505,11 @@ func acmAccessHandler(
 
     guard let state = conCls.pointee else {
         // First call: the headers are in, none of the body is read.
-        server.headersDone(connection)
+        server.headersArrived(connection)
         let exchange = HTTPExchange(
             connection: connection, method: method.map { String(cString: $0) } ?? "",
             path: url.map { String(cString: $0) } ?? "/", server: server)
         conCls.pointee = Unmanaged.passRetained(exchange).toOpaque()
-        server.opened()
         if let refusal = admit(exchange, url: url, server: server) {
             if readsBodyBeforeRefusal(connection, maxBodyBytes: server.options.maxBodyBytes) {
                 exchange.refusalAfterBody = refusal
@@ -510,6 +532,7 @@ func acmAccessHandler(
         return .YES
     }
     // The body is complete, or this is the call after a resume.
+    server.stopWatching(connection)
     if let answer = exchange.takeAnswer() ?? exchange.refusalAfterBody {
         exchange.queued = true
         return send(answer, on: connection)
@@ -521,6 +544,8 @@ func acmAccessHandler(
         exchange.queued = true
         return send(server.handler.refuse(exchange, refusal), on: connection)
     }
+    exchange.handled = true
+    server.opened()
     let immediate = server.handler.handle(exchange)
     exchange.inHandler = false
     // The handler has parsed the body into its job, if any.
@@ -595,7 +620,7 @@ func acmRequestCompleted(
     let server = Unmanaged<HTTPServer>.fromOpaque(cls).takeUnretainedValue()
     let exchange = Unmanaged<HTTPExchange>.fromOpaque(state).takeRetainedValue()
     exchange.dropBody()
-    server.finished()
+    if exchange.handled { server.finished() }
     if toe == .REQUEST_TERMINATED_COMPLETED_OK, let connection {
         server.awaitHeaders(connection, deadline: server.keepAliveDeadline)
     }
@@ -611,7 +636,7 @@ func acmConnectionNotify(
     if code == .CONNECTION_NOTIFY_STARTED {
         server.awaitHeaders(connection, deadline: server.headerDeadline)
     } else {
-        server.headersDone(connection)
+        server.stopWatching(connection)
     }
 }
 

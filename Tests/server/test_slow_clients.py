@@ -1,6 +1,7 @@
 """Slow and idle clients: thousands of connections that never finish their headers, clients that trickle their
 headers byte by byte, idle kept-alive connections, and 200 concurrent 30 MB uploads against the cap on buffered
 bodies. Each against a real `acm-serve serve` over sockets."""
+import os
 import resource
 import socket
 import threading
@@ -212,3 +213,29 @@ def test_concurrent_large_uploads_stay_under_the_cap(mixed):
         assert sample_value(families, 'acm_http_refused_total', reason='body_budget') == statuses.get(503, 0)
     finally:
         server.close()
+
+
+def test_clients_that_leave_mid_body_free_their_connections(mixed):
+    """Should close at once (not after the 60-s idle timeout) the connections of clients that send half a body and
+    go away, their last bytes and their FIN together, and count no request for them; SIGTERM then exits at once."""
+    server = Server()
+    try:
+        pid = server.proc.pid
+        baseline = len(os.listdir(f'/proc/{pid}/fd'))
+        body = b'{"inputs": [{"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": [' + b'0,' * 200
+        for _ in range(50):
+            with socket.create_connection((HOST, server.port), timeout=10) as s:
+                s.sendall(f'POST {infer_path("vit-mixed")} HTTP/1.1\r\nHost: x\r\nContent-Length: {2 * len(body)}\r\n'
+                          f'\r\n'.encode() + body)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(os.listdir(f'/proc/{pid}/fd')) > baseline:
+            time.sleep(0.1)
+        assert len(os.listdir(f'/proc/{pid}/fd')) <= baseline, 'connections of departed clients are still open'
+        status, _, header, _ = infer(server.port, 'vit-mixed', mixed['input'][:1])
+        assert status == 200, header
+        started = time.monotonic()
+        assert server.stop(timeout=10) == 0
+        assert time.monotonic() - started < 3, 'SIGTERM waited for requests that were never complete'
+    finally:
+        server.kill()
+        server.log.close()
