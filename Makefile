@@ -10,7 +10,7 @@ BUDGET ?= 0.5
 # MODEL's default above (predict's fixture directory).
 PEERS_MODEL := $(if $(filter file,$(origin MODEL)),fashion,$(MODEL))
 
-.PHONY: setup build test test-server serve predict bench bench-server bench-peers fixtures demo-model fashion-models \
+.PHONY: setup build test fuzz test-server serve predict bench bench-server bench-peers fixtures demo-model fashion-models \
 	fashion-report whisper-model whisper-acm whisper-results whisper-fixtures bench-whisper bf16-report speech-data soak clean
 
 setup:
@@ -19,10 +19,19 @@ setup:
 build: setup
 	$(SWIFT) build -c release
 
-## Every test: Swift unit and golden tests, the Python reference's tests, the CLI and the server end to end.
+## Every test: Swift unit and golden tests, the Python reference's tests, the CLI and the server end to end (a
+## one-minute soak included), and a one-minute run of the fuzz targets.
 test: build whisper-model
 	$(SWIFT) test --disable-xctest
 	PYTHONPATH=tools ACM_SERVE_BIN=$(CURDIR)/.build/release/acm-serve $(PY) -m pytest -q tools/tests Tests/e2e Tests/server
+	FUZZ_SECONDS=60 scripts/fuzz
+
+FUZZ_SECONDS ?= 60
+
+## Fuzz the parsers (docs/reliability.md): libFuzzer with AddressSanitizer, FUZZ_SECONDS (default 60) in all,
+## split evenly between the targets; FUZZ_TARGETS (default all) picks some.
+fuzz: setup
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz
 
 ## The HTTP server end to end: tritonclient, perf_analyzer, curl, promtool.
 test-server: build

@@ -62,14 +62,15 @@ public struct ACMConfig: Codable, Sendable, Equatable {
     public var numChoices: Int { numLearners + 1 - minChoice }
 
     func validate(path: String) throws {
-        guard numLearners >= 1, learnerDim >= 1 else {
-            throw ModelError.config("\(path): num_learners and learner_dim must be ≥ 1")
+        let sizes = 1...maxConfigSize
+        guard sizes.contains(numLearners), sizes.contains(learnerDim) else {
+            throw ModelError.config("\(path): num_learners and learner_dim must be in \(sizes)")
         }
         guard (0...numLearners).contains(minChoice) else {
             throw ModelError.config("\(path): min_choice \(minChoice) is outside 0...\(numLearners)")
         }
-        guard gate.depth >= 1, gate.hiddenDim >= 1 else {
-            throw ModelError.config("\(path): gate depth and hidden_dim must be ≥ 1")
+        guard sizes.contains(gate.depth), sizes.contains(gate.hiddenDim) else {
+            throw ModelError.config("\(path): gate depth and hidden_dim must be in \(sizes)")
         }
         guard activation == .gelu || activation == .identity else {
             throw ModelError.config("\(path): learner activation must be gelu or identity")

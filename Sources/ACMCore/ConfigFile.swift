@@ -1,5 +1,10 @@
 import Foundation
 
+/// The largest value a config's sizes may take (dimensions; layer, head, learner, position and vocabulary
+/// counts): 2²⁴, far beyond any model's, and small enough that the shapes the models compute from two of
+/// them cannot overflow an Int.
+public let maxConfigSize = 1 << 24
+
 /// What every model directory's `config.json` starts with: `format`, `format_version`, `architecture`.
 public protocol ModelConfigHeader: Decodable {
     var format: String { get }
@@ -13,6 +18,12 @@ public func loadModelConfig<T: ModelConfigHeader>(_ type: T.Type, path: String, 
     guard let data = FileManager.default.contents(atPath: path) else {
         throw ModelError.io(path: path, reason: "no such file or not readable")
     }
+    return try decodeModelConfig(type, from: data, path: path, architecture: architecture)
+}
+
+/// `loadModelConfig` on the file's bytes, `data`; `path` is for messages. Internal: the fuzz target
+/// (Tests/fuzz) calls it on bytes.
+func decodeModelConfig<T: ModelConfigHeader>(_ type: T.Type, from data: Data, path: String, architecture: String?) throws -> T {
     func keyPath(_ keys: [any CodingKey]) -> String {
         keys.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".")
     }

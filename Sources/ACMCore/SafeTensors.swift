@@ -54,14 +54,19 @@ public final class SafeTensorsFile: @unchecked Sendable {
 
     deinit { munmap(UnsafeMutableRawPointer(mutating: base), mappedLength) }
 
-    private static func parseHeader(
+    /// The tensor entries and the data section's offset of the `size`-byte file at `base` (at least 8
+    /// bytes); `path` is for messages. Internal, not private: the fuzz target (Tests/fuzz) calls it on bytes.
+    static func parseHeader(
         _ base: UnsafeRawPointer, size: Int, path: String
     ) throws -> ([String: Entry], Int) {
-        let headerLength = Int(UInt64(littleEndian: base.loadUnaligned(as: UInt64.self)))
-        guard headerLength > 0, headerLength <= size - 8 else {
+        precondition(size >= 8, "a safetensors file is at least 8 bytes")
+        // Compared as read: a length of 2⁶³ or more is no Int.
+        let declaredLength = UInt64(littleEndian: base.loadUnaligned(as: UInt64.self))
+        guard declaredLength > 0, declaredLength <= UInt64(size - 8) else {
             throw ModelError.format(
-                path: path, reason: "header length \(headerLength) does not fit in a \(size)-byte file (truncated?)")
+                path: path, reason: "header length \(declaredLength) does not fit in a \(size)-byte file (truncated?)")
         }
+        let headerLength = Int(declaredLength)
         let headerData = Data(bytes: base + 8, count: headerLength)
         guard let json = try? JSONSerialization.jsonObject(with: headerData) as? [String: Any] else {
             throw ModelError.format(path: path, reason: "header is not a JSON object")
@@ -72,20 +77,19 @@ public final class SafeTensorsFile: @unchecked Sendable {
         for (name, value) in json where name != "__metadata__" {
             guard let info = value as? [String: Any],
                 let dtype = info["dtype"] as? String,
-                let shape = (info["shape"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }),
-                let offsets = (info["data_offsets"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }),
+                let shape = naturals(info["shape"]),
+                let offsets = naturals(info["data_offsets"]),
                 offsets.count == 2
             else {
                 throw ModelError.format(path: path, reason: "header entry '\(name)' is malformed")
             }
-            guard offsets[0] >= 0, offsets[0] <= offsets[1], offsets[1] <= dataLength else {
+            guard offsets[0] <= offsets[1], offsets[1] <= dataLength else {
                 throw ModelError.format(
                     path: path,
                     reason: "tensor '\(name)' lies at bytes \(offsets[0])..<\(offsets[1]) but the data section has \(dataLength) (truncated?)")
             }
             if let width = dtypeSizes[dtype] {
-                let expected = shape.reduce(1, *) * width
-                guard shape.allSatisfy({ $0 >= 0 }), offsets[1] - offsets[0] == expected else {
+                guard offsets[1] - offsets[0] == byteCount(shape, width: width) else {
                     throw ModelError.format(
                         path: path, reason: "tensor '\(name)' has \(offsets[1] - offsets[0]) bytes for shape \(shape) of \(dtype)")
                 }
@@ -93,6 +97,27 @@ public final class SafeTensorsFile: @unchecked Sendable {
             entries[name] = Entry(dtype: dtype, shape: shape, range: offsets[0]..<offsets[1])
         }
         return (entries, dataStart)
+    }
+
+    /// A header array of non-negative integers (`shape`, `data_offsets`), or nil: a fraction, a string or a
+    /// number past Int makes the entry malformed rather than being rounded, dropped or wrapped.
+    private static func naturals(_ value: Any?) -> [Int]? {
+        guard let array = value as? [Any] else { return nil }
+        let numbers = array.compactMap { $0 as? Int }  // exact: 2.5 and 2⁶⁴ are no Int
+        guard numbers.count == array.count, numbers.allSatisfy({ $0 >= 0 }) else { return nil }
+        return numbers
+    }
+
+    /// The bytes of a tensor of `shape` with `width`-byte elements, or nil when that is more than an Int holds
+    /// (a header's shape can be anything).
+    private static func byteCount(_ shape: [Int], width: Int) -> Int? {
+        var bytes = width
+        for dimension in shape {
+            let (product, overflow) = bytes.multipliedReportingOverflow(by: dimension)
+            if overflow { return nil }
+            bytes = product
+        }
+        return bytes
     }
 
     /// The tensor `name` as fp32, checked against `shape`. Marks the name used.

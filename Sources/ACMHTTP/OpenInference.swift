@@ -67,7 +67,9 @@ struct RequestEnvelope {
             }
             if let t = params["timeout"] {
                 guard let us = t.integer, us >= 0 else { throw ProtocolError.bad("'timeout' must be a non-negative integer (microseconds)") }
-                timeout = us > 0 ? UInt64(us) * 1000 : nil
+                // In nanoseconds, saturating: a timeout past 2⁶⁴ ns (584 years) is as good as none.
+                let ns = UInt64(us).multipliedReportingOverflow(by: 1000)
+                timeout = us > 0 ? (ns.overflow ? .max : ns.partialValue) : nil
             }
             if let b = params["binary_data_output"] {
                 guard let flag = b.bool else { throw ProtocolError.bad("'binary_data_output' must be a boolean") }

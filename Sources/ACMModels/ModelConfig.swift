@@ -92,8 +92,10 @@ public struct ViTConfig: Codable, Sendable, Equatable {
     public var sequenceLength: Int { gridSize * gridSize + 1 }
 
     func validate() throws {
-        let positive = [imageSize, patchSize, numChannels, hiddenDim, numLayers, numHeads, mlpDim, numClasses]
-        guard positive.allSatisfy({ $0 > 0 }) else { throw ModelError.config("vit sizes must be positive") }
+        let sizes = [imageSize, patchSize, numChannels, hiddenDim, numLayers, numHeads, mlpDim, numClasses]
+        guard sizes.allSatisfy({ (1...maxConfigSize).contains($0) }) else {
+            throw ModelError.config("vit sizes must be in 1...\(maxConfigSize)")
+        }
         guard imageSize % patchSize == 0 else {
             throw ModelError.config("image_size \(imageSize) is not a multiple of patch_size \(patchSize)")
         }

@@ -51,7 +51,10 @@ public struct ImagePreprocessor: Sendable {
         guard config.std.allSatisfy({ $0.isFinite && $0 > 0 }) else {
             throw fail("std \(config.std) must be positive and finite")
         }
-        if let resize = config.resize, resize <= 0 { throw fail("resize \(resize) must be positive") }
+        // Bounded as the model's sizes are: each image's resized side is resize · long side / short side.
+        if let resize = config.resize, !(1...maxConfigSize).contains(resize) {
+            throw fail("resize \(resize) must be in 1...\(maxConfigSize)")
+        }
         if let crop = config.crop, crop != imageSize {
             throw fail("crop \(crop) is not the model's image size \(imageSize)")
         }

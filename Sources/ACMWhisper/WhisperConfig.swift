@@ -111,11 +111,13 @@ public struct WhisperConfig: Codable, Sendable, Equatable {
     public var inputFrames: Int { 2 * maxSourcePositions }
 
     func validate() throws {
-        let positive = [
+        let sizes = [
             numMelBins, dModel, encoderLayers, encoderAttentionHeads, decoderLayers, decoderAttentionHeads,
             encoderFfnDim, decoderFfnDim, maxSourcePositions, maxTargetPositions, vocabSize,
         ]
-        guard positive.allSatisfy({ $0 > 0 }) else { throw ModelError.config("whisper sizes must be positive") }
+        guard sizes.allSatisfy({ (1...maxConfigSize).contains($0) }) else {
+            throw ModelError.config("whisper sizes must be in 1...\(maxConfigSize)")
+        }
         guard dModel % encoderAttentionHeads == 0, dModel % decoderAttentionHeads == 0 else {
             throw ModelError.config("d_model \(dModel) is not a multiple of the attention head counts")
         }
@@ -166,7 +168,8 @@ public struct GenerationConfig: Codable, Sendable, Equatable {
             throw ModelError.config("generation: token id \(bad) is outside the vocabulary 0..<\(model.vocabSize)")
         }
         guard !prompt.isEmpty else { throw ModelError.config("generation: prompt is empty") }
-        guard maxNewTokens >= 1, prompt.count + maxNewTokens <= model.maxTargetPositions else {
+        // Subtracted, not added: max_new_tokens can be any Int (the model's sizes are validated).
+        guard maxNewTokens >= 1, maxNewTokens <= model.maxTargetPositions - prompt.count else {
             throw ModelError.config(
                 "generation: \(prompt.count) prompt tokens + max_new_tokens \(maxNewTokens) must fit in max_target_positions \(model.maxTargetPositions)")
         }

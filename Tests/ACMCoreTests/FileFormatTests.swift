@@ -56,6 +56,16 @@ func rawSafeTensors(header: String, data: [UInt8], declaredLength: Int? = nil) -
 
     /// Should refuse truncated and malformed files with a message, not crash.
     @Test func malformedFiles() throws {
+        /// A file whose 8-byte length is `length`, whatever the header's.
+        func header(length: UInt64, _ json: String) -> Data {
+            var out = Data()
+            withUnsafeBytes(of: length.littleEndian) { out.append(contentsOf: $0) }
+            return out + Data(json.utf8)
+        }
+        /// One F32 tensor "w" of `shape` with 8 bytes of data.
+        func tensorW(shape: String) -> Data {
+            rawSafeTensors(header: #"{"w":{"dtype":"F32","shape":\#(shape),"data_offsets":[0,8]}}"#, data: Array(repeating: 0, count: 8))
+        }
         let good = #"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#
         let cases: [(Data, String)] = [
             (Data([1, 2, 3]), "too short"),
@@ -64,6 +74,14 @@ func rawSafeTensors(header: String, data: [UInt8], declaredLength: Int? = nil) -
             (rawSafeTensors(header: "{not json", data: []), "not a JSON object"),
             (rawSafeTensors(header: #"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, data: Array(repeating: 0, count: 8)), "bytes for shape"),
             (rawSafeTensors(header: #"{"w":{"dtype":"F32"}}"#, data: []), "malformed"),
+            // From the safetensors fuzz target (docs/reliability.md): the first three trapped (an Int
+            // conversion or multiplication overflowed); the next two were read as shape [2], 2.5 rounded
+            // down and "x" dropped.
+            (header(length: 1 << 63 | 8, "{}      "), "does not fit"),
+            (tensorW(shape: "[4294967296, 4294967296]"), "bytes for shape"),
+            (tensorW(shape: "[1e300]"), "malformed"),
+            (tensorW(shape: "[2.5]"), "malformed"),
+            (tensorW(shape: #"[2, "x"]"#), "malformed"),
         ]
         for (data, message) in cases {
             do {

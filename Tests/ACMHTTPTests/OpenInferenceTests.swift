@@ -56,6 +56,15 @@ private func badRequest(_ body: () throws -> Void) -> String? {
         #expect(message?.contains(says) == true, "\(String(describing: message))")
     }
 
+    /// Should take a timeout too large for nanoseconds as the longest one, not trap (docs/reliability.md,
+    /// Tests/fuzz/corpus/infer-request/crash-timeout-overflow).
+    @Test func saturatesAHugeTimeout() throws {
+        for us in ["18446744073709552", "9223372036854775807"] {
+            let b = Array(#"{"parameters": {"timeout": \#(us)}}"#.utf8)
+            #expect(try RequestEnvelope(body: b, headerLength: nil, defaultBudget: nil).timeoutNanoseconds == .max)
+        }
+    }
+
     /// Should split the body at Inference-Header-Content-Length, and refuse a length past the body.
     @Test func splitsTheBinaryTail() throws {
         let (b, length) = body(#"{"inputs": []}"#, binary: [1, 2, 3])

@@ -92,6 +92,12 @@ final class BrokenModel {
             ({ $0.replacingOccurrences(of: "\"format_version\": 1", with: "\"format_version\": 7") }, "format_version 7"),
             ({ $0.replacingOccurrences(of: "encoder_layer_1.mlp\"", with: "encoder_layer_7.mlp\"") }, "'encoder.layers.encoder_layer_7.mlp' is not a module"),
             ({ $0.replacingOccurrences(of: "\"activation\": \"gelu\"", with: "\"activation\": \"swish\"") }, "activation' is invalid"),
+            // Sizes whose products overflow (the config fuzz target, docs/reliability.md): the
+            // ACM's trapped in its weight shape [d, n·h], the ViT's in its sequence length.
+            ({ $0.replacingOccurrences(of: "\"num_learners\": 4", with: "\"num_learners\": 9223372036854775807") },
+             "num_learners and learner_dim must be in 1...16777216"),
+            ({ $0.replacingOccurrences(of: "\"image_size\": 16", with: "\"image_size\": 4611686018427387904") },
+             "vit sizes must be in 1...16777216"),
         ]
         for (edit, message) in cases {
             let m = try BrokenModel(from: "vit_mixed")

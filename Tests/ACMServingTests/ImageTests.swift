@@ -182,7 +182,9 @@ func thrownError(_ body: () throws -> Void) -> (any Error)? {
         (#"{"color": "grey", "mean": [0.5], "std": [0.5]}"#, 3, "color 'grey' gives 1 channel(s), the model takes 3"),
         (#"{"color": "grey", "mean": [0.5], "std": [0]}"#, 1, "std [0.0] must be positive"),
         (#"{"color": "grey", "crop": 20, "mean": [0.5], "std": [0.5]}"#, 1, "crop 20 is not the model's image size 28"),
-        (#"{"color": "grey", "resize": 0, "mean": [0.5], "std": [0.5]}"#, 1, "resize 0 must be positive"),
+        (#"{"color": "grey", "resize": 0, "mean": [0.5], "std": [0.5]}"#, 1, "resize 0 must be in 1...16777216"),
+        // Every image trapped (resize · longer side overflowed): the config fuzz target, docs/reliability.md.
+        (#"{"color": "grey", "resize": 4611686018427387904, "mean": [0.5], "std": [0.5]}"#, 1, "must be in 1...16777216"),
     ])
     func badConfigThrows(_ json: String, channels: Int, message: String) {
         let error = thrownError { _ = try ImagePreprocessor(config: preprocessing(json), channels: channels, imageSize: 28) }

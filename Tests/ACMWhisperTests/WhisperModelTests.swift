@@ -317,12 +317,26 @@ struct TinyModel {
             "generation: 2 prompt tokens + max_new_tokens 24 must fit in max_target_positions 24")) {
             try WhisperModel(directory: dir.path)
         }
+        generation.maxNewTokens = .max  // trapped: prompt.count + max_new_tokens overflowed (docs/reliability.md)
+        _ = try writeTinyModel(to: dir.path, generation: generation)
+        #expect(throws: ModelError.config(
+            "generation: 2 prompt tokens + max_new_tokens \(Int.max) must fit in max_target_positions 24")) {
+            try WhisperModel(directory: dir.path)
+        }
         generation = tinyGeneration
         generation.suppressTokens.append(TinyTokens.vocab)
         _ = try writeTinyModel(to: dir.path, generation: generation)
         #expect(throws: ModelError.config("generation: token id 16 is outside the vocabulary 0..<16")) {
             try WhisperModel(directory: dir.path)
         }
+    }
+
+    /// Should refuse sizes past maxConfigSize, whose products the model computes (the config fuzz target:
+    /// the input frames, 2 · max_source_positions, trapped).
+    @Test func refusesHugeSizes() throws {
+        var config = tinyConfig
+        config.maxSourcePositions = .max
+        #expect(throws: ModelError.config("whisper sizes must be in 1...16777216")) { try config.validate() }
     }
 
     /// Should suppress tokens, the blank ones only first, stop at the end token or the length limit, and

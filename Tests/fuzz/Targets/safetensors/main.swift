@@ -1,0 +1,4 @@
+import CFuzzDriver
+import Foundation
+
+exit(CFuzzDriver_run(CommandLine.argc, CommandLine.unsafeArgv))
