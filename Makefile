@@ -10,7 +10,7 @@ BUDGET ?= 0.5
 # MODEL's default above (predict's fixture directory).
 PEERS_MODEL := $(if $(filter file,$(origin MODEL)),fashion,$(MODEL))
 
-.PHONY: setup build test fuzz test-server serve predict bench bench-server bench-peers fixtures demo-model fashion-models \
+.PHONY: setup build test fuzz test-sanitizers test-server serve predict bench bench-server bench-peers fixtures demo-model fashion-models \
 	fashion-report whisper-model whisper-acm whisper-results whisper-fixtures bench-whisper bf16-report speech-data soak clean
 
 setup:
@@ -32,6 +32,11 @@ FUZZ_SECONDS ?= 60
 ## split evenly between the targets; FUZZ_TARGETS (default all) picks some.
 fuzz: setup
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz
+
+## AddressSanitizer (with LeakSanitizer), then ThreadSanitizer, over the Swift suite and the server tests
+## (docs/reliability.md, "Sanitizers"); about 10 minutes with the builds up to date.
+test-sanitizers: setup whisper-model
+	scripts/test-sanitizers
 
 ## The HTTP server end to end: tritonclient, perf_analyzer, curl, promtool.
 test-server: build

@@ -138,7 +138,9 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
     private var queue: BatchQueue<Job>
     private var ended = false
 
-    private var thread: Thread?
+    /// Weak: the thread's closure holds the runner, so a strong reference here would be a cycle that keeps the
+    /// runner and its model alive after `shutdown()`. Foundation keeps a `Thread` alive while it runs.
+    private weak var thread: Thread?
 
     /// Starts the loop thread, which owns the engine's workspace from then on. The thread keeps the
     /// runner alive until `shutdown()`.

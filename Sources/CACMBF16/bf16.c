@@ -65,12 +65,16 @@ static void round_bf16_avx512(const float *x, unsigned short *out, long n) {
 
 // 2: AVX-512 BF16's conversion instruction, 1: AVX-512F, 0: neither.
 static int conversion_isa(void) {
+    // Atomic (relaxed): the first conversions race to fill it in, all with the same answer; a plain int would be a
+    // data race.
     static int isa = -1;
-    if (isa < 0) {
+    int v = __atomic_load_n(&isa, __ATOMIC_RELAXED);
+    if (v < 0) {
         __builtin_cpu_init();
-        isa = __builtin_cpu_supports("avx512bf16") ? 2 : __builtin_cpu_supports("avx512f") ? 1 : 0;
+        v = __builtin_cpu_supports("avx512bf16") ? 2 : __builtin_cpu_supports("avx512f") ? 1 : 0;
+        __atomic_store_n(&isa, v, __ATOMIC_RELAXED);
     }
-    return isa;
+    return v;
 }
 
 void acm_f32_to_bf16(const float *x, unsigned short *out, long n) {
@@ -162,12 +166,22 @@ enum { ROW_BLOCK = 96, PANEL = 128, LARGE_B_BYTES = 256 * 1024, DEEP = 1024, DEP
 static __thread unsigned short *a_buffer;
 static __thread size_t a_capacity;
 
+// The buffer is also this thread's value of a_buffer_key, whose destructor frees it when the thread exits: the
+// threads that run GEMMs include Dispatch's (Parallel.run's fallback, Swift concurrency), which come and go, and
+// each would otherwise leave its buffer (up to tens of MB) behind.
+static pthread_key_t a_buffer_key;
+static pthread_once_t a_buffer_once = PTHREAD_ONCE_INIT;
+static void make_a_buffer_key(void) {
+    if (pthread_key_create(&a_buffer_key, free) != 0) abort();
+}
+
 static unsigned short *row_buffer(size_t count) {
     if (count > a_capacity) {
+        pthread_once(&a_buffer_once, make_a_buffer_key);
         free(a_buffer);
         a_capacity = count + count / 4;
         a_buffer = malloc(a_capacity * sizeof(unsigned short));
-        if (!a_buffer) abort();
+        if (!a_buffer || pthread_setspecific(a_buffer_key, a_buffer) != 0) abort();
     }
     return a_buffer;
 }

@@ -6,7 +6,17 @@
 #include <string.h>
 
 // One clone per instruction set; the loader picks the best the CPU has (an ifunc).
+// Not under ThreadSanitizer: it instruments the ifunc resolvers too, and the loader runs them while relocating the
+// executable, before the TSan runtime is set up, which crashes at start (scripts/test-sanitizers). The TSan build
+// runs the baseline clone, the same C.
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define KERNEL
+#endif
+#endif
+#ifndef KERNEL
 #define KERNEL __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 
 // exp(x) by range reduction to 2^n·e^r, |r| ≤ ln2/2, and Cephes' expf polynomial: about 2 float ulps.
 // Rounding and 2^n use the 1.5·2^23 trick: adding it leaves round(y) in the low mantissa bits.
@@ -186,12 +196,16 @@ AVX512 static void gelu_rows_avx512(float *x, long rows, long columns, long ld, 
 }
 
 static int has_avx512f(void) {
+    // Atomic (relaxed): the kernels' first calls race to fill it in, all with the same answer; a plain int would be
+    // a data race.
     static int yes = -1;
-    if (yes < 0) {
+    int v = __atomic_load_n(&yes, __ATOMIC_RELAXED);
+    if (v < 0) {
         __builtin_cpu_init();
-        yes = __builtin_cpu_supports("avx512f");
+        v = __builtin_cpu_supports("avx512f");
+        __atomic_store_n(&yes, v, __ATOMIC_RELAXED);
     }
-    return yes;
+    return v;
 }
 
 void acm_softmax_rows(float *x, long rows, long n, long ld, float scale) {

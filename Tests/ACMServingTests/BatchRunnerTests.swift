@@ -286,6 +286,23 @@ private final class FailingEngine: BatchEngine, @unchecked Sendable {
         #expect(lock.withLock { outcomes } == Array(repeating: .failed("engine fault"), count: 3))
     }
 
+    /// Should free the runner once shut down: its loop thread holds it only while it runs (LeakSanitizer found
+    /// a runner and its thread keeping each other, and the model, alive).
+    @Test func shutdownReleasesTheRunner() {
+        weak var released: BatchRunner<FailingEngine>?
+        do {
+            let runner = BatchRunner(
+                name: "released", engine: FailingEngine(),
+                config: BatcherConfig(maxBatchSize: 1, maxQueueDelayMicroseconds: 0, maxQueueSize: 0))
+            released = runner
+            runner.shutdown()
+        }
+        // The thread lets go of its closure, and with it the runner, just after `shutdown` returns.
+        let deadline = DispatchTime.now() + 10
+        while released != nil && DispatchTime.now() < deadline { usleep(1_000) }
+        #expect(released == nil)
+    }
+
     /// Should tell a Whisper model directory from an image model's by its config's architecture.
     @Test func modelKindFromArchitecture() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("acm-kind-\(UUID().uuidString)")

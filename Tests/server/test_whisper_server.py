@@ -395,8 +395,9 @@ def test_queue_full_then_sigterm(clips):
         assert len(statuses) == 4 and 503 in statuses and 200 in statuses, statuses
         for status, rh, data in results:
             if status == 503:
-                assert rh.get('retry-after'), rh
-                error_message(status, rh, data)
+                # Queue full (worth a retry: Retry-After), or, for a request still being read at SIGTERM, shutting down.
+                message = error_message(status, rh, data)
+                assert rh.get('retry-after') or 'shutting down' in message, (rh, message)
             else:
                 assert status == 200, data[:300]
                 assert json.loads(data)['outputs'][0]['data'] == [ct2['text']]
