@@ -344,11 +344,6 @@ public final class HTTPServer: @unchecked Sendable {
         lock.withLock { open }
     }
 
-    /// Request body bytes buffered now (reserved, in fact: a body's declared length counts from its headers on).
-    public var bufferedBodyBytes: Int {
-        lock.withLock { buffered }
-    }
-
     /// Stops the daemon: closes every connection.
     public func stop() {
         watchdog?.cancel()
@@ -511,10 +506,6 @@ func acmAccessHandler(
             path: url.map { String(cString: $0) } ?? "/", server: server)
         conCls.pointee = Unmanaged.passRetained(exchange).toOpaque()
         if let refusal = admit(exchange, url: url, server: server) {
-            if readsBodyBeforeRefusal(connection, maxBodyBytes: server.options.maxBodyBytes) {
-                exchange.refusalAfterBody = refusal
-                return .YES
-            }
             // MHD closes the connection instead of reading a body.
             exchange.queued = true
             return send(refusal, on: connection)
@@ -559,38 +550,34 @@ func acmAccessHandler(
 
 /// The checks on a request's line and headers, before its body: our size limits, the handler's (authentication),
 /// the declared body size, and the budget for buffered bodies, which the declared length takes at once. The
-/// refusal to send, or nil.
+/// refusal to send now, or nil: the request goes on, or its refusal waits for its body (`refusalAfterBody`).
 private func admit(_ exchange: HTTPExchange, url: UnsafePointer<CChar>?, server: HTTPServer) -> HTTPResponse? {
     let connection = exchange.connection
     let options = server.options
     exchange.inHandler = true
     defer { exchange.inHandler = false }
-    let uriBytes = (url.map { strlen($0) } ?? 0) + valueBytes(connection, .GET_ARGUMENT_KIND)
-    if uriBytes > options.maxURIBytes { return server.handler.refuse(exchange, .uriTooLong) }
-    if valueBytes(connection, .HEADER_KIND) > options.maxHeaderBytes {
-        return server.handler.refuse(exchange, .headersTooLarge)
+    let declared = exchange.header("Content-Length").flatMap { Int($0) } ?? 0
+    // A client that sends its body without waiting (no `Expect: 100-continue`) has a body of declared length within
+    // `maxBodyBytes` read and dropped before its refusal; answered first, it would see a reset instead.
+    let sendsBodyAtOnce = (1...max(1, options.maxBodyBytes)).contains(declared)
+        && exchange.header("Expect")?.lowercased() != "100-continue"
+    func refuse(_ response: HTTPResponse) -> HTTPResponse? {
+        guard sendsBodyAtOnce else { return response }
+        exchange.refusalAfterBody = response
+        return nil
     }
-    if let refusal = server.handler.admit(exchange) { return refusal }
-    guard let declared = MHD_lookup_connection_value(connection, .HEADER_KIND, "Content-Length")
-        .flatMap({ Int(String(cString: $0)) }), declared > 0
-    else { return nil }
+    let uriBytes = (url.map { strlen($0) } ?? 0) + valueBytes(connection, .GET_ARGUMENT_KIND)
+    if uriBytes > options.maxURIBytes { return refuse(server.handler.refuse(exchange, .uriTooLong)) }
+    if valueBytes(connection, .HEADER_KIND) > options.maxHeaderBytes {
+        return refuse(server.handler.refuse(exchange, .headersTooLarge))
+    }
+    if let refusal = server.handler.admit(exchange) { return refuse(refusal) }
+    guard declared > 0 else { return nil }
     if declared > options.maxBodyBytes { return server.handler.refuse(exchange, .bodyTooLarge) }
-    guard server.reserve(declared) else { return server.handler.refuse(exchange, .bodyBudgetExhausted) }
+    guard server.reserve(declared) else { return refuse(server.handler.refuse(exchange, .bodyBudgetExhausted)) }
     exchange.reserved = declared
     exchange.reserveBody(declared)
     return nil
-}
-
-/// Whether a refused request's body is read (and dropped) before the refusal is sent: when the client sends it
-/// without waiting (no `Expect: 100-continue`), and it is of a declared length within `maxBodyBytes`.
-private func readsBodyBeforeRefusal(_ connection: OpaquePointer, maxBodyBytes: Int) -> Bool {
-    func header(_ name: String) -> String? {
-        MHD_lookup_connection_value(connection, .HEADER_KIND, name).map { String(cString: $0) }
-    }
-    guard let declared = header("Content-Length").flatMap({ Int($0) }), declared > 0, declared <= maxBodyBytes else {
-        return false
-    }
-    return header("Expect")?.lowercased() != "100-continue"
 }
 
 /// The bytes of a request's header fields (or query arguments) as sent: each name and value, plus ": " and
