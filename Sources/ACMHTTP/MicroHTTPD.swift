@@ -257,6 +257,10 @@ public final class HTTPServer: @unchecked Sendable {
         // (glibc's threshold otherwise rises to 32 MiB after the first large free, and a burst of uploads
         // then stays in the heap.) Process-wide, as request bodies are most of what this process allocates.
         _ = mallopt(M_MMAP_THRESHOLD, 1 << 20)
+        // At most 4 malloc arenas, not glibc's 8 per core: the HTTP pool, the runners and the compute workers
+        // otherwise each fragment an arena of their own, and the process's RSS creeps up by tens of MiB over the
+        // first minutes of mixed traffic (docs/reliability.md, "Soak").
+        _ = mallopt(M_ARENA_MAX, 4)
         var flags = UInt32(MHD_USE_INTERNAL_POLLING_THREAD.rawValue | MHD_USE_EPOLL.rawValue)
         flags |= UInt32(MHD_ALLOW_SUSPEND_RESUME.rawValue) | UInt32(MHD_USE_ERROR_LOG.rawValue)
         let cls = Unmanaged.passUnretained(self).toOpaque()
