@@ -145,9 +145,14 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         let get = request.method == "GET" || request.method == "HEAD"
         switch parts {
         case ["v2", "health", "live"]:
-            return get ? HTTPResponse(status: 200) : methodNotAllowed("GET")
+            return get ? jsonResponse(200, JSON.object([("live", .bool(true))]).bytes) : methodNotAllowed("GET")
         case ["v2", "health", "ready"]:
-            return get ? HTTPResponse(status: isDraining ? 400 : 200) : methodNotAllowed("GET")
+            // Not ready while draining, so that load balancers stop sending before the listener closes.
+            return get
+                ? jsonResponse(isDraining ? 400 : 200, JSON.object([("ready", .bool(!isDraining))]).bytes)
+                : methodNotAllowed("GET")
+        case ["v2", "models", "stats"]:
+            return get ? jsonResponse(200, statistics(endpoints.keys.sorted()).bytes) : methodNotAllowed("GET")
         case ["v2"]:
             return get ? jsonResponse(200, serverMetadata.bytes) : methodNotAllowed("GET")
         case ["metrics"]:
@@ -181,7 +186,11 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         case []:
             return get ? jsonResponse(200, endpoint.metadata.bytes) : methodNotAllowed("GET")
         case ["ready"]:
-            return get ? HTTPResponse(status: isDraining ? 400 : 200) : methodNotAllowed("GET")
+            return get
+                ? jsonResponse(isDraining ? 400 : 200, JSON.object([("name", .string(name)), ("ready", .bool(!isDraining))]).bytes)
+                : methodNotAllowed("GET")
+        case ["stats"]:
+            return get ? jsonResponse(200, statistics([name]).bytes) : methodNotAllowed("GET")
         case ["config"]:
             return get ? jsonResponse(200, endpoint.config.bytes) : methodNotAllowed("GET")
         case ["infer"]:
@@ -216,8 +225,10 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
     ) -> HTTPResponse? {
         let name = endpoint.name
         let submission: Submission<E.Engine>
+        let parseStart = DispatchTime.now().uptimeNanoseconds
         do {
             submission = try parse()
+            metrics.statistics.parsed(model: name, seconds: Double(DispatchTime.now().uptimeNanoseconds - parseStart) / 1e9)
         } catch {
             let e = error as? ProtocolError ?? ProtocolError(status: 500, message: "\(error)", reason: .internalError)
             return fail(name, e, id: nil)
@@ -238,24 +249,27 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             case let .success(result):
                 if let refused = refusal?(result) {
                     response = errorResponse(refused.status, refused.message)
-                    metrics.failure(model: name, reason: refused.reason)
+                    metrics.failure(model: name, reason: refused.reason, seconds: seconds)
                     logger.debug("infer", metadata: requestMetadata(id, name, refused.status, seconds, nil, batch: result.batchItems))
                     break
                 }
+                let renderStart = DispatchTime.now().uptimeNanoseconds
                 response = render(result)
+                metrics.statistics.rendered(
+                    model: name, seconds: Double(DispatchTime.now().uptimeNanoseconds - renderStart) / 1e9)
                 let fraction = endpoint.recordSuccess(result, seconds: seconds, budget: budget)
                 logger.debug("infer", metadata: requestMetadata(id, name, 200, seconds, fraction, batch: result.batchItems))
             case .timedOut:
                 response = errorResponse(503, "request timeout expired in the queue", retryAfter: true)
-                metrics.failure(model: name, reason: .timeout)
+                metrics.failure(model: name, reason: .timeout, seconds: seconds)
                 logger.debug("infer", metadata: requestMetadata(id, name, 503, seconds, nil, batch: nil))
             case .abandoned:
                 response = errorResponse(503, "the server is shutting down; the request was not run")
-                metrics.failure(model: name, reason: .shuttingDown)
+                metrics.failure(model: name, reason: .shuttingDown, seconds: seconds)
                 logger.debug("infer", metadata: requestMetadata(id, name, 503, seconds, nil, batch: nil))
             case let .failed(message):
                 response = errorResponse(500, message)
-                metrics.failure(model: name, reason: .internalError)
+                metrics.failure(model: name, reason: .internalError, seconds: seconds)
                 logger.error("infer failed: \(message)", metadata: requestMetadata(id, name, 500, seconds, nil, batch: nil))
             }
             request.complete(response)
@@ -284,8 +298,45 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
     private var serverMetadata: JSON {
         .object([
             ("name", .string("acm-serve")), ("version", .string(Self.version)),
-            ("extensions", .array(["binary_tensor_data", "classification", "model_configuration", "compute_budget"].map { .string($0) })),
+            ("extensions", .array(["binary_tensor_data", "classification", "model_configuration", "statistics", "compute_budget"].map { .string($0) })),
         ])
+    }
+
+    /// Triton's statistics extension: the `model_stats` of `models`, each at version 1.
+    private func statistics(_ models: [String]) -> JSON {
+        func duration(_ d: ModelStatistics.Duration) -> JSON {
+            .object([("count", .integer(d.count)), ("ns", .integer(Int(clamping: d.nanoseconds)))])
+        }
+        let none = duration(ModelStatistics.Duration())
+        let stats = models.compactMap { name -> JSON? in
+            guard let s = metrics.statistics.snapshot(model: name) else { return nil }
+            return .object([
+                ("name", .string(name)), ("version", .string("1")),
+                ("last_inference", .integer(Int(clamping: s.lastInference))),
+                ("inference_count", .integer(s.inferenceCount)), ("execution_count", .integer(s.executionCount)),
+                (
+                    "inference_stats",
+                    .object([
+                        ("success", duration(s.success)), ("fail", duration(s.fail)), ("queue", duration(s.queue)),
+                        ("compute_input", duration(s.computeInput)), ("compute_infer", duration(s.computeInfer)),
+                        ("compute_output", duration(s.computeOutput)), ("cache_hit", none), ("cache_miss", none),
+                    ])
+                ),
+                (
+                    "batch_stats",
+                    .array(
+                        s.batches.sorted { $0.key < $1.key }.map { size, d in
+                            // The forward pass is not split into input, infer and output here: all of it is infer.
+                            .object([
+                                ("batch_size", .integer(size)), ("compute_input", .object([("count", .integer(d.count)), ("ns", .integer(0))])),
+                                ("compute_infer", duration(d)), ("compute_output", .object([("count", .integer(d.count)), ("ns", .integer(0))])),
+                            ])
+                        })
+                ),
+                ("memory_usage", .array([])),
+            ])
+        }
+        return .object([("model_stats", .array(stats))])
     }
 
     private func modelName(in path: String) -> String? {

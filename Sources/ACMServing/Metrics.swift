@@ -27,6 +27,8 @@ public enum HTTPRefusalReason: String, Sendable, CaseIterable {
 /// series labelled by model. Thread-safe: the collectors are atomic.
 public final class ServingMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
+    /// The same events as Triton's statistics extension reports them (`/v2/models/NAME/stats`).
+    public let statistics = ModelStatistics()
 
     /// Seconds: from 100 µs to 10 s.
     static let durationBuckets: [Double] = [
@@ -68,6 +70,7 @@ public final class ServingMetrics: Sendable {
     /// `choices` of k).
     public func register(model: String, kind: ModelKind, acmPaths: [String], choices: [ClosedRange<Int>]) {
         registerRequestSeries(model: model)
+        statistics.register(model: model)
         let m = [("model", model)]
         _ = registry.makeValueHistogram(descriptor: batchSizeDescriptor(kind), labels: m, buckets: Self.batchBuckets)
         _ = registry.makeValueHistogram(descriptor: fractionDescriptor, labels: m, buckets: Self.fractionBuckets)
@@ -125,6 +128,7 @@ public final class ServingMetrics: Sendable {
     public func success(model: String, seconds: Double, fraction: Double, budget: Double?) {
         let m = [("model", model)]
         registry.makeCounter(descriptor: successDescriptor, labels: m).increment()
+        statistics.success(model: model, seconds: seconds)
         registry.makeValueHistogram(descriptor: requestDurationDescriptor, labels: m, buckets: Self.durationBuckets)
             .record(seconds)
         registry.makeValueHistogram(descriptor: fractionDescriptor, labels: m, buckets: Self.fractionBuckets)
@@ -151,15 +155,18 @@ public final class ServingMetrics: Sendable {
             .increment(by: Int64(count))
     }
 
-    public func failure(model: String, reason: FailureReason, count: Int = 1) {
+    /// `count` requests of `model` failed for `reason`, after `seconds` each (0: refused on arrival).
+    public func failure(model: String, reason: FailureReason, count: Int = 1, seconds: Double = 0) {
         registry.makeCounter(descriptor: failureDescriptor, labels: [("model", model), ("reason", reason.rawValue)])
             .increment(by: Int64(count))
+        for _ in 0..<count { statistics.failure(model: model, seconds: seconds) }
     }
 
     public func queued(model: String, seconds: Double) {
         registry.makeValueHistogram(
             descriptor: queueDurationDescriptor, labels: [("model", model)], buckets: Self.durationBuckets
         ).record(seconds)
+        statistics.queued(model: model, seconds: seconds)
     }
 
     public func pending(model: String, _ count: Int) {
@@ -169,9 +176,11 @@ public final class ServingMetrics: Sendable {
     /// One executed batch of `items` images or utterances: its size, its compute time, and how many
     /// tokens ran each k at each ACM.
     public func batch(
-        model: String, kind: ModelKind, items: Int, seconds: Double, acmPaths: [String], histogram: [[Int]]
+        model: String, kind: ModelKind, items: Int, requests: Int = 1, seconds: Double, acmPaths: [String],
+        histogram: [[Int]]
     ) {
         countBatch(model: model, inputs: items, seconds: seconds, sizeDescriptor: batchSizeDescriptor(kind))
+        statistics.batch(model: model, items: items, requests: requests, seconds: seconds)
         countLayerTokens(model: model, acmPaths: acmPaths, histogram: histogram)
     }
 
@@ -216,7 +225,8 @@ public final class MetricsObserver: RunnerObserver, Sendable {
         model: String, images: Int, requests: Int, computeSeconds: Double, learnerHistogram: [[Int]], acmPaths: [String]
     ) {
         metrics.batch(
-            model: model, kind: kind, items: images, seconds: computeSeconds, acmPaths: acmPaths, histogram: learnerHistogram)
+            model: model, kind: kind, items: images, requests: requests, seconds: computeSeconds, acmPaths: acmPaths,
+            histogram: learnerHistogram)
     }
 
     public func requestFinished(model: String, queueSeconds: Double, timedOut: Bool) {

@@ -228,6 +228,7 @@ public struct ServerConfig: Codable, Sendable, Equatable {
         try check(!models.isEmpty, "no models configured")
         for (name, m) in models {
             try check(!name.isEmpty && !name.contains("/"), "model name '\(name)' must be non-empty and contain no '/'")
+            try check(name != "stats", "a model cannot be named 'stats': /v2/models/stats is the statistics of all models")
             try check(m.maxBatchSize >= 1, "\(name): max_batch_size must be ≥ 1")
             try check(m.maxQueueDelayMicroseconds >= 0, "\(name): max_queue_delay_microseconds must be ≥ 0")
             try check(m.maxQueueSize >= 1, "\(name): max_queue_size must be ≥ 1")

@@ -8,9 +8,10 @@ import Logging
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve models over HTTP (Open Inference Protocol) until SIGTERM or SIGINT.",
-        discussion: "Flags override the config file. See docs/configuration.md and docs/http-api.md.")
+        discussion: "Flags override ACM_SERVE_* environment variables, which override the config file. See docs/configuration.md and docs/http-api.md.")
 
-    @Option(help: "Server config file (JSON).") var config = "config/acm-serve.json"
+    @Option(help: "Server config file (JSON; or ACM_SERVE_CONFIG). Without one, the built-in defaults, with the models of --model.")
+    var config: String?
     @Option(help: "Address to listen on (IPv4 or IPv6).") var host: String?
     @Option(help: "Port to listen on.") var port: Int?
     @Option(name: .customLong("http-threads"), help: "libmicrohttpd worker threads.") var httpThreads: Int?
@@ -44,8 +45,15 @@ struct Serve: ParsableCommand {
     func run() throws {
         var config: ServerConfig
         do {
-            config = try ServerConfig.load(path: self.config)
-            try apply(to: &config)
+            let environment = ProcessInfo.processInfo.environment
+            let path = self.config ?? environment["ACM_SERVE_CONFIG"].flatMap { $0.isEmpty ? nil : $0 }
+            config = try path.map { try ServerConfig.load(path: $0) } ?? ServerConfig()
+            try ServerOverrides(environment: environment).apply(to: &config)
+            try flags().apply(to: &config)
+            if config.models.isEmpty {
+                throw ModelError.config(
+                    "no models to serve: give --model NAME=DIR (or ACM_SERVE_MODELS=NAME=DIR,...), or a config file with --config")
+            }
             try config.validate()
         } catch let error as ModelError {
             throw ValidationError(error.description)
@@ -181,35 +189,25 @@ struct Serve: ParsableCommand {
         return configured
     }
 
-    /// Command-line flags over the file's settings.
-    private func apply(to config: inout ServerConfig) throws {
-        if let host { config.host = host }
-        if let port { config.port = port }
-        if let httpThreads { config.httpThreads = httpThreads }
-        if let computeThreads { config.computeThreads = computeThreads }
-        if let logLevel { config.logLevel = logLevel }
-        if let maxBodyBytes { config.limits.maxBodyBytes = maxBodyBytes }
-        if let apiKeysFile { config.auth.apiKeysFile = apiKeysFile }
-        switch (tlsCert, tlsKey) {
-        case let (cert?, key?): config.tls = ServerConfig.TLS(certFile: cert, keyFile: key)
-        case (nil, nil): break
-        default: throw ValidationError("--tls-cert and --tls-key go together")
-        }
-        if let shutdownGraceSeconds { config.shutdownGraceSeconds = shutdownGraceSeconds }
-        if !models.isEmpty {
-            config.models = [:]
-            for spec in models {
-                let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
-                guard parts.count == 2 else { throw ValidationError("--model takes NAME=DIR, got '\(spec)'") }
-                config.models[parts[0]] = ServerConfig.ModelEntry(path: parts[1])
-            }
-        }
-        for name in config.models.keys {
-            if let maxBatchSize { config.models[name]!.maxBatchSize = maxBatchSize }
-            if let maxQueueDelayUs { config.models[name]!.maxQueueDelayMicroseconds = maxQueueDelayUs }
-            if let maxQueueSize { config.models[name]!.maxQueueSize = maxQueueSize }
-            if let defaultBudget { config.models[name]!.defaultBudget = defaultBudget }
-            if let precision { config.models[name]!.precision = precision }
-        }
+    /// The command line's settings, which win over the environment's and the file's.
+    private func flags() -> ServerOverrides {
+        var flags = ServerOverrides()
+        flags.host = host
+        flags.port = port
+        flags.httpThreads = httpThreads
+        flags.computeThreads = computeThreads
+        flags.logLevel = logLevel
+        flags.models = models
+        flags.maxBatchSize = maxBatchSize
+        flags.maxQueueDelayMicroseconds = maxQueueDelayUs
+        flags.maxQueueSize = maxQueueSize
+        flags.maxBodyBytes = maxBodyBytes
+        flags.defaultBudget = defaultBudget
+        flags.precision = precision
+        flags.apiKeysFile = apiKeysFile
+        flags.tlsCert = tlsCert
+        flags.tlsKey = tlsKey
+        flags.shutdownGraceSeconds = shutdownGraceSeconds
+        return flags
     }
 }

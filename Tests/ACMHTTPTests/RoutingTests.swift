@@ -65,8 +65,13 @@ private func sample(_ s: InferenceServer, _ series: String) -> Double? {
     @Test func answersMetadataRoutes() throws {
         let s = try server()
         defer { s.drain() }
-        #expect(s.respond(to: FakeRequest("GET", "/v2/health/live"))?.status == 200)
-        #expect(s.respond(to: FakeRequest("GET", "/v2/health/ready"))?.status == 200)
+        // JSON bodies, as KServe's client parses them (tritonclient reads only the status).
+        let live = s.respond(to: FakeRequest("GET", "/v2/health/live"))
+        #expect(live?.status == 200 && json(live)["live"] as? Bool == true)
+        let ready = s.respond(to: FakeRequest("GET", "/v2/health/ready"))
+        #expect(ready?.status == 200 && json(ready)["ready"] as? Bool == true)
+        let modelReady = s.respond(to: FakeRequest("GET", "/v2/models/vit/ready"))
+        #expect(modelReady?.status == 200 && json(modelReady)["ready"] as? Bool == true && json(modelReady)["name"] as? String == "vit")
         #expect(json(s.respond(to: FakeRequest("GET", "/v2")))["name"] as? String == "acm-serve")
         let metadata = json(s.respond(to: FakeRequest("GET", "/v2/models/vit/versions/1")))
         #expect(metadata["name"] as? String == "vit")
@@ -172,11 +177,55 @@ private func sample(_ s: InferenceServer, _ series: String) -> Double? {
         #expect(values.count == 10 && values.contains { !$0.isFinite })
     }
 
+    /// Should count requests as Triton's statistics extension does: two requests run in one batch of two images
+    /// (each charged the batch's compute time), one failure; per model and for all models at /v2/models/stats.
+    @Test func reportsStatistics() throws {
+        var config = ServerConfig()
+        var entry = ServerConfig.ModelEntry(path: fixture)
+        entry.maxBatchSize = 4
+        entry.maxQueueDelayMicroseconds = 2_000_000  // the two requests wait for each other
+        config.models = ["vit": entry]
+        let s = try InferenceServer(config: config, logger: Logger(label: "test"))
+        defer { s.drain() }
+        func stats(_ path: String) -> [String: Any]? {
+            let r = s.respond(to: FakeRequest("GET", path))
+            return (json(r)["model_stats"] as? [[String: Any]])?.first
+        }
+        let before = stats("/v2/models/vit/stats")
+        #expect(before?["name"] as? String == "vit" && before?["version"] as? String == "1")
+        #expect(before?["inference_count"] as? Int == 0 && before?["execution_count"] as? Int == 0)
+
+        let header = Array(#"{"inputs": [{"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "parameters": {"binary_data_size": 1024}}]}"#.utf8)
+        let bytes = (0..<256).flatMap { i in withUnsafeBytes(of: Float(i % 7).bitPattern.littleEndian) { Array($0) } }
+        let requests = (0..<2).map { _ in
+            FakeRequest("POST", "/v2/models/vit/infer", body: header + bytes, headers: ["Inference-Header-Content-Length": "\(header.count)"])
+        }
+        for r in requests { #expect(s.respond(to: r) == nil) }
+        let answers = requests.map { $0.awaitAnswer()?.status }
+        #expect(answers == [200, 200])
+        #expect(s.respond(to: FakeRequest("POST", "/v2/models/vit/infer", body: Array("{".utf8)))?.status == 400)
+
+        let after = try #require(stats("/v2/models/vit/versions/1/stats"))
+        #expect(after["inference_count"] as? Int == 2 && after["execution_count"] as? Int == 1)
+        #expect((after["last_inference"] as? Int).map { $0 > 1_700_000_000_000 } == true)
+        let inference = try #require(after["inference_stats"] as? [String: [String: Int]])
+        #expect(inference["success"]?["count"] == 2 && inference["fail"]?["count"] == 1)
+        #expect(inference["queue"]?["count"] == 2 && inference["compute_infer"]?["count"] == 2)
+        #expect(inference["compute_input"]?["count"] == 2 && inference["compute_output"]?["count"] == 2)
+        // Both waited for the batch to fill, then were charged its whole forward pass.
+        #expect((inference["success"]?["ns"] ?? 0) >= (inference["compute_infer"]?["ns"] ?? .max))
+        let batches = try #require(after["batch_stats"] as? [[String: Any]])
+        #expect(batches.count == 1 && batches[0]["batch_size"] as? Int == 2)
+        #expect((batches[0]["compute_infer"] as? [String: Int])?["count"] == 1)
+        #expect(stats("/v2/models/stats")?["inference_count"] as? Int == 2)
+    }
+
     /// Should refuse inference with 503 once draining, and say it is not ready.
     @Test func drainingRefuses() throws {
         let s = try server()
         s.drain()
-        #expect(s.respond(to: FakeRequest("GET", "/v2/health/ready"))?.status == 400)
+        let ready = s.respond(to: FakeRequest("GET", "/v2/health/ready"))
+        #expect(ready?.status == 400 && json(ready)["ready"] as? Bool == false)
         let header = Array(#"{"inputs": [{"name": "input", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": [0]}]}"#.utf8)
         // parsed first (a 400 wins over a 503), so a well-formed body
         let data = "[" + Array(repeating: "0", count: 256).joined(separator: ",") + "]"

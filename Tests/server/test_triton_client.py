@@ -195,3 +195,28 @@ def test_errors_through_client(client, mixed, call, status):
         call(client, x)
     assert e.value.status() == status
     assert e.value.message() and 'exception occurred in the client' not in e.value.message()
+
+
+def test_inference_statistics(client, mixed):
+    """Should report Triton's statistics extension as tritonclient reads it: one request of two images adds one
+    success, two inferences, a queue and a compute entry, and a batch of its size; all models at once too."""
+    def stats(model):
+        [s] = client.get_inference_statistics(model)['model_stats']
+        assert s['name'] == model and s['version'] == '1'
+        return s
+
+    before = stats('vit-mixed')
+    x = np.concatenate([mixed['input'][:1], mixed['input'][:1]]).astype(np.float32)
+    infer(client, 'vit-mixed', x)
+    after = stats('vit-mixed')
+    assert after['inference_count'] - before['inference_count'] == 2
+    assert after['execution_count'] - before['execution_count'] >= 1
+    assert after['last_inference'] >= before['last_inference'] > 0 or before['inference_count'] == 0
+    b, a = before['inference_stats'], after['inference_stats']
+    for key in ('success', 'queue', 'compute_input', 'compute_infer', 'compute_output'):
+        assert int(a[key]['count']) - int(b[key]['count']) == 1, key
+        assert int(a[key]['ns']) > int(b[key]['ns']), key
+    assert int(a['fail']['count']) == int(b['fail']['count'])
+    assert any(bs['batch_size'] >= 2 for bs in after['batch_stats'])
+    every = {s['name'] for s in client.get_inference_statistics()['model_stats']}
+    assert every == set(MODELS)

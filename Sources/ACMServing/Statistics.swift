@@ -1,0 +1,82 @@
+import Foundation
+
+/// Per-model counts and cumulative durations in the shape of Triton's statistics extension
+/// (`GET /v2/models[/NAME]/stats`, which tritonclient's `get_inference_statistics` reads; docs/http-api.md).
+/// Durations are nanoseconds. As in Triton, a batched request is charged its whole batch's compute time.
+public final class ModelStatistics: @unchecked Sendable {
+    /// A count and its cumulative duration.
+    public struct Duration: Sendable, Equatable {
+        public var count = 0
+        public var nanoseconds: UInt64 = 0
+
+        public init() {}
+
+        mutating func add(_ seconds: Double) {
+            count += 1
+            nanoseconds &+= UInt64(max(0, seconds) * 1e9)
+        }
+    }
+
+    /// One model's figures.
+    public struct Snapshot: Sendable, Equatable {
+        /// Milliseconds since the epoch of the last batch run; 0 before the first.
+        public var lastInference: UInt64 = 0
+        /// Images (or utterances) run, over all batches.
+        public var inferenceCount = 0
+        /// Batches run.
+        public var executionCount = 0
+        /// Requests answered 200, arrival to answer.
+        public var success = Duration()
+        /// Requests answered with an error, arrival to answer.
+        public var fail = Duration()
+        /// Time in the queue, per request that left it to run.
+        public var queue = Duration()
+        /// Parsing and decoding the request (before it is queued).
+        public var computeInput = Duration()
+        /// The batch's forward pass, per request in it.
+        public var computeInfer = Duration()
+        /// Encoding the answer.
+        public var computeOutput = Duration()
+        /// Per batch size (in items): batches of that size and their forward passes' time.
+        public var batches: [Int: Duration] = [:]
+    }
+
+    private let lock = PThreadMutex()
+    private var models: [String: Snapshot] = [:]
+
+    public init() {}
+
+    /// Adds `model` with zero counts, so that it is listed before its first request.
+    public func register(model: String) {
+        lock.withLock { if models[model] == nil { models[model] = Snapshot() } }
+    }
+
+    private func update(_ model: String, _ body: (inout Snapshot) -> Void) {
+        lock.withLock { body(&models[model, default: Snapshot()]) }
+    }
+
+    public func success(model: String, seconds: Double) { update(model) { $0.success.add(seconds) } }
+    public func failure(model: String, seconds: Double) { update(model) { $0.fail.add(seconds) } }
+    public func queued(model: String, seconds: Double) { update(model) { $0.queue.add(seconds) } }
+    public func parsed(model: String, seconds: Double) { update(model) { $0.computeInput.add(seconds) } }
+    public func rendered(model: String, seconds: Double) { update(model) { $0.computeOutput.add(seconds) } }
+
+    /// One forward pass over `items` images or utterances from `requests` requests.
+    public func batch(model: String, items: Int, requests: Int, seconds: Double, now: Date = Date()) {
+        update(model) { s in
+            s.executionCount += 1
+            s.inferenceCount += items
+            s.batches[items, default: Duration()].add(seconds)
+            for _ in 0..<requests { s.computeInfer.add(seconds) }
+            s.lastInference = UInt64(max(0, now.timeIntervalSince1970 * 1000))
+        }
+    }
+
+    /// The figures of `model`, or nil for a model never registered.
+    public func snapshot(model: String) -> Snapshot? { lock.withLock { models[model] } }
+
+    /// Every model's figures, by name.
+    public func snapshots() -> [(String, Snapshot)] {
+        lock.withLock { models.sorted { $0.key < $1.key } }
+    }
+}
