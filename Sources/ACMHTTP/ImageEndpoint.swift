@@ -5,12 +5,13 @@ import Foundation
 
 /// An image classifier over HTTP (docs/http-api.md): one input, `input` (FP32 [n, C, H, W], preprocessed,
 /// or BYTES [n], encoded images); outputs `logits` (FP32 [n, classes], or Triton's classification strings)
-/// and `labels` (BYTES [n, 5], when the model has labels); the curl route `classify`.
+/// and `labels` (BYTES [n, 5], when the model has labels), and on a model with ACMs, only when asked for by
+/// name, `patch_learners` (FP32 [n, patches]: each patch's mean learner count); the curl route `classify`.
 final class ImageEndpoint: Endpoint, @unchecked Sendable {
     static let curlRoute = "classify"
     static let curlBody = "an image"
     static let kindName = "an image model"
-    static let input = "input", logits = "logits", labels = "labels"
+    static let input = "input", logits = "logits", labels = "labels", patchLearners = "patch_learners"
     /// The top labels returned per image by the `labels` output and the classify route.
     static let labelCount = 5
 
@@ -46,15 +47,24 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
     }
     private var classes: Int { model.vit.config.numClasses }
     private var hasLabels: Bool { model.config.labels != nil }
+    /// Whether the model has ACMs, and so a `patch_learners` output.
+    var hasACMs: Bool { !model.vit.acmPaths.isEmpty }
+    private var patches: Int { model.vit.config.gridSize * model.vit.config.gridSize }
 
     var inputs: [TensorSpec] { [TensorSpec(name: Self.input, datatype: "FP32", dims: imageShape)] }
 
     var outputs: [TensorSpec] {
         [TensorSpec(name: Self.logits, datatype: "FP32", dims: [classes])]
             + (hasLabels ? [TensorSpec(name: Self.labels, datatype: "BYTES", dims: [min(Self.labelCount, classes)])] : [])
+            + (hasACMs ? [TensorSpec(name: Self.patchLearners, datatype: "FP32", dims: [patches])] : [])
     }
 
-    enum Output { case logits, labels }
+    enum Output { case logits, labels, patchLearners }
+
+    /// The 400 for asking a model without ACMs for its patches' learner counts.
+    private var noPatchLearners: ProtocolError {
+        .bad("model '\(name)' is dense (it has no ACM layers), so it has no per-patch learner counts ('\(Self.patchLearners)', heatmap)")
+    }
 
     func parseInfer(_ envelope: inout RequestEnvelope) throws -> Submission<ViTEngine> {
         let dims = imageShape.map(String.init).joined(separator: ", ")
@@ -79,16 +89,27 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
         default:
             throw ProtocolError.bad("input '\(name)' has datatype \(tensor.datatype); the model takes FP32 (or BYTES images)")
         }
+        if !hasACMs, envelope.root["outputs"]?.array?.contains(where: { $0["name"]?.string == Self.patchLearners }) == true {
+            throw noPatchLearners
+        }
         let outputs = try envelope.requestedOutputs(
             kind: { (name: String) -> Output? in
-                name == Self.logits ? .logits : (name == Self.labels && self.hasLabels ? .labels : nil)
+                switch name {
+                case Self.logits: return .logits
+                case Self.labels where self.hasLabels: return .labels
+                case Self.patchLearners where self.hasACMs: return .patchLearners
+                default: return nil
+                }
             },
+            // patch_learners only when asked for by name: existing clients' answers do not change
             defaults: hasLabels ? [.logits, .labels] : [.logits],
-            unknown: "this model has \(hasLabels ? "'logits' and 'labels'" : "'logits'")",
+            unknown: "this model has " + self.outputs.map { "'\($0.name)'" }.joined(separator: ", "),
             classification: { $0 == .logits })
         let (modelName, labels, id, budget) = (self.name, model.config.labels, envelope.id, envelope.budget)
+        let wantsPatches = outputs.contains { $0.kind == .patchLearners }
         var submission = Submission<ViTEngine>(
-            input: images, count: count, budget: budget, timeoutNanoseconds: envelope.timeoutNanoseconds, id: id
+            input: ImageBatchInput(images, patchLearners: wantsPatches), count: count, budget: budget,
+            timeoutNanoseconds: envelope.timeoutNanoseconds, id: id
         ) { result in
             Self.response(model: modelName, id: id, budget: budget, outputs: outputs, result: result, labels: labels)
         }
@@ -100,10 +121,16 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
 
     func parseCurl(_ request: any HTTPRequest) throws -> Submission<ViTEngine> {
         let budget = try queryBudget(request, default: entry.defaultBudget)
+        let heatmap = try queryFlag(request, "heatmap")
+        if heatmap && !hasACMs { throw noPatchLearners }
         guard !request.body.isEmpty else { throw ProtocolError.bad("the body must be a PNG or JPEG image") }
         let image = try decode(request.body, index: 0)
         let (modelName, model) = (self.name, self.model)
-        var submission = Submission<ViTEngine>(input: image, count: 1, budget: budget) { result in
+        let grid = model.vit.config.gridSize
+        let learnersMax = model.vit.acmPaths.map { model.config.acm[$0]!.numLearners }.max() ?? 0
+        let learnersMin = model.vit.acmPaths.map { model.config.acm[$0]!.minChoice }.min() ?? 0
+        var submission = Submission<ViTEngine>(input: ImageBatchInput(image, patchLearners: heatmap), count: 1, budget: budget) {
+            result in
             let p = result.output.probabilities(image: 0)
             let top = result.output.top(min(Self.labelCount, result.classes), image: 0).map { c -> JSON in
                 .object([("label", .string(model.label(c))), ("index", .integer(c)), ("probability", .number(p[c]))])
@@ -113,6 +140,14 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
                 ("compute_fraction", .number(result.computeFraction[0])),
             ]
             if let budget { fields.append(("compute_budget", .number(budget.value))) }
+            if heatmap, let values = result.output.patchLearners {
+                // grid rows of grid columns, the image's patches in reading order
+                let rows = (0..<grid).map { r in JSON.array(values[(r * grid)..<((r + 1) * grid)].map { .number(Double($0)) }) }
+                fields += [
+                    ("patch_learners", .array(rows)), ("learners_min", .integer(learnersMin)),
+                    ("learners_max", .integer(learnersMax)),
+                ]
+            }
             return jsonResponse(200, JSON.object(fields).bytes)
         }
         submission.refusal = Self.nonFinite
@@ -181,6 +216,13 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
                 let k = min(Self.labelCount, classes)
                 let strings = (0..<n).flatMap { b in result.output.top(k, image: b).map { labels?[$0] ?? "\($0)" } }
                 return EncodedOutput(name: Self.labels, shape: [n, k], strings: strings, binary: output.binary)
+            case (.patchLearners, _):
+                // asked for, so the engine recorded it (ViTEngine.run)
+                let values = result.output.patchLearners ?? []
+                return EncodedOutput(
+                    name: Self.patchLearners, datatype: "FP32", shape: [n, values.count / max(n, 1)], values: .floats(values),
+                    bytes: values.withUnsafeBytes { [UInt8]($0) },  // little-endian hosts only (x86-64, arm64)
+                    binary: output.binary)
             }
         }
         return inferResponse(model: model, id: id, parameters: parameters, outputs: encoded)

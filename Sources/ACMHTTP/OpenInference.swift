@@ -152,6 +152,15 @@ func queryBudget(_ request: any HTTPRequest, default defaultBudget: ComputeBudge
     return try parseBudget(value)
 }
 
+/// A curl route's on-off query parameter: `1` or `true` on, `0` or `false` (or absent) off; else 400.
+func queryFlag(_ request: any HTTPRequest, _ name: String) throws -> Bool {
+    switch request.query(name) {
+    case nil, "0", "false": return false
+    case "1", "true", "": return true
+    case let other?: throw ProtocolError.bad("'\(name)' must be 1 or 0 (true or false), got '\(other)'")
+    }
+}
+
 /// A request's batch dimension must be 1...max_batch_size (Triton's rule and message).
 func checkBatch(_ count: Int, _ maxBatchSize: Int, items: String) throws {
     guard count >= 1 else { throw ProtocolError.bad("the input holds no \(items) (batch dimension 0)") }

@@ -44,7 +44,9 @@ public struct ViTOutput: Sendable {
     public var computeFraction: [Double]
     /// Per ACM (in `ViT.acmPaths` order): how many tokens of the batch ran each k = 0...N.
     public var learnerHistogram: [[Int]]
-    /// Per ACM: every token's k, [images × sequenceLength], when asked for.
+    /// Per ACM: every token's k, [images × sequenceLength], when asked for: image b's token t (0 the class
+    /// token, 1 + r·grid + c the patch at row r, column c) is at b·sequenceLength + t, however the batch
+    /// was split into parts.
     public var choices: [[Int32]]?
 }
 
@@ -170,6 +172,18 @@ public final class ViT: @unchecked Sendable {
 
     /// FLOPs per image at a compute fraction.
     public func flops(computeFraction: Double) -> Double { fixedFLOPs + computeFraction * allLearnerFLOPs }
+
+    /// Per patch of image `b` (row-major over the grid, the class token left out): its token's learner
+    /// count k averaged over the ACMs, from a forward pass's `choices`. In [min k_min, max N]; empty without ACMs.
+    public func patchLearners(choices: [[Int32]], image b: Int) -> [Float] {
+        guard !choices.isEmpty else { return [] }
+        let s = config.sequenceLength
+        var sums = [Int](repeating: 0, count: s - 1)
+        for ks in choices {
+            for t in 1..<s { sums[t - 1] += Int(ks[b * s + t]) }
+        }
+        return sums.map { Float(Double($0) / Double(choices.count)) }
+    }
 
     /// Number of input floats per image: [C, H, W].
     public var inputCount: Int { config.numChannels * config.imageSize * config.imageSize }

@@ -47,8 +47,8 @@ private final class Outcomes: @unchecked Sendable {
         timeoutNanoseconds: UInt64? = nil
     ) -> SubmitResult {
         group.enter()
-        let job = BatchJob<[Float], ClassifierOutput>(
-            input: images, count: count, policy: policy, timeoutNanoseconds: timeoutNanoseconds
+        let job = BatchJob<ImageBatchInput, ClassifierOutput>(
+            input: ImageBatchInput(images), count: count, policy: policy, timeoutNanoseconds: timeoutNanoseconds
         ) {
             outcome in
             self.lock.withLock {

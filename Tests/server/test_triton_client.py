@@ -46,7 +46,8 @@ def test_server_metadata(client):
 
 @pytest.mark.parametrize('model', MODELS)
 def test_model_metadata(client, model):
-    """Should describe the input [-1, C, H, W] FP32 and the outputs logits [-1, classes] (and labels with labels)."""
+    """Should describe the input [-1, C, H, W] FP32 and the outputs logits [-1, classes] (and labels with labels, and
+    patch_learners [-1, patches] with ACMs)."""
     cfg = model_config(MODELS[model])
     vit = cfg['vit']
     meta = client.get_model_metadata(model)
@@ -60,8 +61,12 @@ def test_model_metadata(client, model):
     assert outputs['logits'] == {'name': 'logits', 'datatype': 'FP32', 'shape': [-1, vit['num_classes']]}
     if cfg.get('labels'):
         assert outputs['labels'] == {'name': 'labels', 'datatype': 'BYTES', 'shape': [-1, 5]}
-    else:
-        assert set(outputs) == {'logits'}
+    if cfg.get('acm'):
+        # the per-patch learner heatmap (test_patch_learners.py), returned only when asked for by name
+        grid = vit['image_size'] // vit['patch_size']
+        assert outputs['patch_learners'] == {'name': 'patch_learners', 'datatype': 'FP32', 'shape': [-1, grid * grid]}
+    assert set(outputs) == {'logits'} | ({'labels'} if cfg.get('labels') else set()) | (
+        {'patch_learners'} if cfg.get('acm') else set())
     assert client.get_model_metadata(model, '1') == meta
 
 

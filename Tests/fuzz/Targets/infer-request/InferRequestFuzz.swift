@@ -43,7 +43,7 @@ func fuzzInferRequest(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         let submission = try endpoint.parseInfer(&envelope)
         // What reaches the queue must be runnable: one 1×16×16 image per item, within the batch limit.
         precondition((1...endpoint.entry.maxBatchSize).contains(submission.count))
-        precondition(submission.input.count == submission.count * 256)
+        precondition(submission.input.images.count == submission.count * 256)
     } catch is ProtocolError {
         // a 400: the expected answer to a bad request
     } catch {
