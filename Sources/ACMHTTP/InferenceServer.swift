@@ -96,6 +96,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         let parts = request.path.split(separator: "/", omittingEmptySubsequences: true)
         if parts.count == 3, parts[0] == "v2", parts[1] == "health" { return nil }
         if metricsPublic, parts == ["metrics"] { return nil }
+        if parts.isEmpty { return nil }  // the demo page: its model list is left out, and its calls need a key
         let presented = request.header("Authorization")
         if apiKeys.authorizes(presented) { return nil }
         metrics.httpRefused(.unauthorized)
@@ -160,6 +161,8 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             for (name, endpoint) in endpoints { metrics.pending(model: name, endpoint.pendingRequests) }
             return HTTPResponse(
                 status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: metrics.render())
+        case []:
+            return get ? demoPage() : methodNotAllowed("GET")
         default:
             break
         }

@@ -36,7 +36,7 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
     }
 
     /// Whether the model has ACMs, so that a budget applies.
-    private var hasACMs: Bool { !model.whisper.acms.isEmpty }
+    var hasACMs: Bool { !model.whisper.acms.isEmpty }
 
     private var melShape: [Int] { [model.config.whisper.numMelBins, model.config.whisper.inputFrames] }
 

@@ -109,6 +109,34 @@ private func sample(_ s: InferenceServer, _ series: String) -> Double? {
         #expect(sample(s, #"acm_request_failure_total{model="vit",reason="not_found"}"#) == 2)
     }
 
+    /// Should serve the demo page at / as HTML that lists the models, without a key even where keys are
+    /// required, but then without the model list; and refuse other methods.
+    @Test func servesTheDemoPage() throws {
+        let s = try server()
+        defer { s.drain() }
+        let page = try #require(s.respond(to: FakeRequest("GET", "/")))
+        #expect(page.status == 200)
+        #expect(page.headers.contains { $0 == ("Content-Type", "text/html; charset=utf-8") })
+        let text = String(decoding: page.body, as: UTF8.self)
+        #expect(text.hasPrefix("<!doctype html>") && text.contains(#"{"name":"vit","kind":"image","acm":true}"#))
+        #expect(text.contains("\"images\":[{\"index\":"))  // the bundled samples, inline
+        #expect(s.respond(to: FakeRequest("POST", "/"))?.status == 405)
+
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("acm-demo-keys-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let keys = dir.appendingPathComponent("keys.txt").path
+        try "demo-test-key-0123456789abcdef\n".write(toFile: keys, atomically: true, encoding: .utf8)
+        var config = ServerConfig()
+        config.models = ["vit": ServerConfig.ModelEntry(path: fixture)]
+        let guarded = try InferenceServer(config: config, logger: Logger(label: "test"), apiKeys: try APIKeys(path: keys))
+        defer { guarded.drain() }
+        #expect(guarded.authenticate(FakeRequest("GET", "/")) == nil)
+        #expect(guarded.authenticate(FakeRequest("GET", "/v2"))?.status == 401)
+        let keyed = String(decoding: try #require(guarded.respond(to: FakeRequest("GET", "/"))).body, as: UTF8.self)
+        #expect(keyed.contains(#""models":[]"#) && keyed.contains(#""keys":true"#))
+    }
+
     /// Should queue a well-formed infer request (no answer yet), then answer it from the runner with the
     /// logits, the compute fraction and the budget; and refuse a malformed one at once, counted.
     @Test func infersThroughTheRunner() throws {
