@@ -12,9 +12,9 @@ import pytest
 from harness import REPO, Server, png_bytes, request
 from test_patch_learners import ACM, DENSE, MODELS, fashion_test_images
 
-webdriver = pytest.importorskip('selenium.webdriver')
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 SPEECH = 'whisper-tiny.en-acm'
 SPEECH_DIR = os.path.join(REPO, 'build', 'models', SPEECH)
@@ -26,8 +26,7 @@ WAIT = 60  # seconds, for a loaded machine; an image takes milliseconds, Whisper
 def chromium_paths():
     browser = shutil.which('chromium') or shutil.which('chromium-browser')
     driver = shutil.which('chromedriver')
-    if not browser or not driver:
-        pytest.skip('needs Debian chromium and chromium-driver (scripts/setup installs them)')
+    assert browser and driver, 'needs Debian chromium and chromium-driver (scripts/setup installs them)'
     return browser, driver
 
 
@@ -197,8 +196,7 @@ def test_dense_model_in_the_browser(server, browser):
 
 def test_speech_panel(server, browser):
     """Should transcribe an uploaded WAV at the speech slider's budget as /transcribe does."""
-    if not os.path.exists(os.path.join(SPEECH_DIR, 'config.json')):
-        pytest.skip(f'{SPEECH_DIR} is missing: run make whisper-model')
+    assert os.path.exists(os.path.join(SPEECH_DIR, 'config.json')), f'{SPEECH_DIR} is missing: run make whisper-model'
     d = browser
     d.get(f'http://{server.url}/')
     assert d.find_element(By.ID, 'speech-model').get_attribute('value') == SPEECH
