@@ -23,7 +23,7 @@ build: setup
 ## one-minute soak included), and a one-minute run of the fuzz targets.
 test: build whisper-model
 	$(SWIFT) test --disable-xctest
-	PYTHONPATH=tools ACM_SERVE_BIN=$(CURDIR)/.build/release/acm-serve $(PY) -m pytest -q tools/tests Tests/e2e Tests/server
+	PYTHONPATH=tools ACM_SERVE_BIN=$(CURDIR)/.build/release/acm-serve $(PY) -m pytest -q tools/tests Tests/e2e Tests/server Tests/deploy
 	FUZZ_SECONDS=60 scripts/fuzz
 
 FUZZ_SECONDS ?= 60

@@ -36,12 +36,22 @@ public struct ServerOverrides: Sendable, Equatable {
         "METRICS_PUBLIC", "TLS_CERT", "TLS_KEY", "SHUTDOWN_GRACE_SECONDS",
     ]
 
+    /// Whether `name` (without the prefix) and its value are what Kubernetes puts into every pod for a Service
+    /// named `acm-serve` (`ACM_SERVE_SERVICE_HOST`, `ACM_SERVE_PORT=tcp://10.0.0.1:8000`, `ACM_SERVE_PORT_8000_TCP…`),
+    /// not settings: they are skipped.
+    static func isServiceLink(_ name: String, _ value: String) -> Bool {
+        name.hasPrefix("SERVICE_") || name.hasPrefix("PORT_")
+            || (name == "PORT" && (value.hasPrefix("tcp://") || value.hasPrefix("udp://") || value.hasPrefix("sctp://")))
+    }
+
     /// The `ACM_SERVE_*` variables of `environment`. An empty variable counts as unset; one that does not parse
     /// throws with its name, as does an unknown `ACM_SERVE_` name (a typo would otherwise be ignored silently).
+    /// Kubernetes' service links for a Service named `acm-serve` are skipped (`isServiceLink`).
     public init(environment: [String: String]) throws {
         var env: [String: String] = [:]
         for (key, value) in environment where key.hasPrefix(Self.prefix) && !value.isEmpty {
             let name = String(key.dropFirst(Self.prefix.count))
+            if Self.isServiceLink(name, value) { continue }
             guard Self.variables.contains(name) || name == "CONFIG" else {
                 throw ModelError.config(
                     "unknown environment variable \(key); acm-serve reads \(Self.prefix)CONFIG and "

@@ -39,6 +39,22 @@ import Testing
         try c.validate()
     }
 
+    /// Should skip the variables Kubernetes sets in every pod for a Service named acm-serve (service links), which
+    /// are not settings, and still read a real ACM_SERVE_PORT.
+    @Test func skipsKubernetesServiceLinks() throws {
+        let links = [
+            "ACM_SERVE_PORT": "tcp://10.96.0.12:8000", "ACM_SERVE_SERVICE_HOST": "10.96.0.12",
+            "ACM_SERVE_SERVICE_PORT": "8000", "ACM_SERVE_SERVICE_PORT_HTTP": "8000",
+            "ACM_SERVE_PORT_8000_TCP": "tcp://10.96.0.12:8000", "ACM_SERVE_PORT_8000_TCP_PROTO": "tcp",
+            "ACM_SERVE_PORT_8000_TCP_PORT": "8000", "ACM_SERVE_PORT_8000_TCP_ADDR": "10.96.0.12",
+        ]
+        var c = file()
+        try ServerOverrides(environment: links).apply(to: &c)
+        #expect(c == file())
+        try ServerOverrides(environment: ["ACM_SERVE_PORT": "8080"]).apply(to: &c)
+        #expect(c.port == 8080)
+    }
+
     /// Should leave the file alone for unset and empty variables.
     @Test func keepsTheFileWithoutVariables() throws {
         var c = file()
