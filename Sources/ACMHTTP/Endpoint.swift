@@ -20,6 +20,8 @@ protocol Endpoint: AnyObject, Sendable {
     static var kindName: String { get }
     /// What the model's GEMMs run in (its entry's precision where this CPU has it).
     var precision: Precision { get }
+    /// Whether the model has ACM layers, so that a budget applies.
+    var hasACMs: Bool { get }
 
     /// An infer request's job, from its envelope.
     func parseInfer(_ envelope: inout RequestEnvelope) throws -> Submission<Engine>
@@ -34,6 +36,8 @@ struct Submission<Engine: BatchEngine> {
     var input: Engine.Input
     var count: Int
     var budget: ComputeBudget?
+    /// Whether the model's adaptive budget may lower `budget`.
+    var adaptive = false
     var timeoutNanoseconds: UInt64?
     var id: String?
     /// The answer to the request once its batch has run; called on the runner's thread.

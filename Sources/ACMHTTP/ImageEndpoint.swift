@@ -35,7 +35,7 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
         }
         runner = BatchRunner(
             name: name, engine: ViTEngine(model: model), config: entry.batcher,
-            observer: MetricsObserver(metrics: metrics, kind: .image))
+            observer: MetricsObserver(metrics: metrics, kind: .image), adaptive: entry.adaptive)
         metrics.register(
             model: name, kind: .image, acmPaths: model.vit.acmPaths,
             choices: model.vit.acmPaths.map { model.config.acm[$0]!.minChoice...model.config.acm[$0]!.numLearners })
@@ -105,13 +105,17 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
             defaults: hasLabels ? [.logits, .labels] : [.logits],
             unknown: "this model has " + self.outputs.map { "'\($0.name)'" }.joined(separator: ", "),
             classification: { $0 == .logits })
-        let (modelName, labels, id, budget) = (self.name, model.config.labels, envelope.id, envelope.budget)
+        let (modelName, labels, id, budget, adaptive) = (
+            self.name, model.config.labels, envelope.id, envelope.budget, envelope.adaptive
+        )
         let wantsPatches = outputs.contains { $0.kind == .patchLearners }
         var submission = Submission<ViTEngine>(
-            input: ImageBatchInput(images, patchLearners: wantsPatches), count: count, budget: budget,
+            input: ImageBatchInput(images, patchLearners: wantsPatches), count: count, budget: budget, adaptive: adaptive,
             timeoutNanoseconds: envelope.timeoutNanoseconds, id: id
         ) { result in
-            Self.response(model: modelName, id: id, budget: budget, outputs: outputs, result: result, labels: labels)
+            Self.response(
+                model: modelName, id: id, budget: result.loweredBudget ?? budget, adaptive: adaptive, outputs: outputs,
+                result: result, labels: labels)
         }
         if !outputs.allSatisfy(\.binary) {
             submission.refusal = Self.nonFinite
@@ -120,7 +124,7 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
     }
 
     func parseCurl(_ request: any HTTPRequest) throws -> Submission<ViTEngine> {
-        let budget = try queryBudget(request, default: entry.defaultBudget)
+        let (budget, adaptive) = try queryBudget(request, default: entry.defaultBudget, adaptive: entry.adaptive != nil)
         let heatmap = try queryFlag(request, "heatmap")
         if heatmap && !hasACMs { throw noPatchLearners }
         guard !request.body.isEmpty else { throw ProtocolError.bad("the body must be a PNG or JPEG image") }
@@ -129,8 +133,9 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
         let grid = model.vit.config.gridSize
         let learnersMax = model.vit.acmPaths.map { model.config.acm[$0]!.numLearners }.max() ?? 0
         let learnersMin = model.vit.acmPaths.map { model.config.acm[$0]!.minChoice }.min() ?? 0
-        var submission = Submission<ViTEngine>(input: ImageBatchInput(image, patchLearners: heatmap), count: 1, budget: budget) {
-            result in
+        var submission = Submission<ViTEngine>(
+            input: ImageBatchInput(image, patchLearners: heatmap), count: 1, budget: budget, adaptive: adaptive
+        ) { result in
             let p = result.output.probabilities(image: 0)
             let top = result.output.top(min(Self.labelCount, result.classes), image: 0).map { c -> JSON in
                 .object([("label", .string(model.label(c))), ("index", .integer(c)), ("probability", .number(p[c]))])
@@ -139,7 +144,7 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
                 ("model_name", .string(modelName)), ("labels", .array(top)),
                 ("compute_fraction", .number(result.computeFraction[0])),
             ]
-            if let budget { fields.append(("compute_budget", .number(budget.value))) }
+            fields += budgetParameters(result.loweredBudget ?? budget, adaptive: adaptive)
             if heatmap, let values = result.output.patchLearners {
                 // grid rows of grid columns, the image's patches in reading order
                 let rows = (0..<grid).map { r in JSON.array(values[(r * grid)..<((r + 1) * grid)].map { .number(Double($0)) }) }
@@ -189,12 +194,11 @@ final class ImageEndpoint: Endpoint, @unchecked Sendable {
 
     /// The infer response: the compute fraction (and budget), then the outputs asked for.
     static func response(
-        model: String, id: String?, budget: ComputeBudget?, outputs: [RequestedOutput<Output>],
+        model: String, id: String?, budget: ComputeBudget?, adaptive: Bool = false, outputs: [RequestedOutput<Output>],
         result: RunResult<ClassifierOutput>, labels: [String]?
     ) -> HTTPResponse {
         let fraction = result.computeFraction.reduce(0, +) / Double(max(result.computeFraction.count, 1))
-        var parameters: [(String, JSON)] = [("compute_fraction", .number(fraction))]
-        if let budget { parameters.append(("compute_budget", .number(budget.value))) }
+        let parameters: [(String, JSON)] = [("compute_fraction", .number(fraction))] + budgetParameters(budget, adaptive: adaptive)
         let n = result.computeFraction.count, classes = result.classes
         let encoded = outputs.map { output -> EncodedOutput in
             switch (output.kind, output.classification) {

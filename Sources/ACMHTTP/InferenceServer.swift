@@ -41,6 +41,13 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
                 endpoints[name] = try ImageEndpoint(name: name, entry: entry, model: model, metrics: metrics)
                 details = ["acm_layers": "\(model.vit.acmPaths.count)"]
             }
+            if let adaptive = entry.adaptive {
+                guard endpoints[name]!.hasACMs else {
+                    throw ModelError.config("\(name): adaptive_budget needs a model with ACM layers; this one is dense")
+                }
+                metrics.registerAdaptive(model: name, ladder: adaptive.ladder)
+                details["adaptive_budget"] = "target \(adaptive.targetSeconds * 1000) ms, floor \(adaptive.minBudget.value)"
+            }
             let precision = endpoints[name]!.precision
             details.merge([
                 "model": "\(name)", "path": "\(entry.path)", "max_batch_size": "\(entry.maxBatchSize)",
@@ -201,7 +208,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             return submit(endpoint, request) {
                 var envelope = try RequestEnvelope(
                     body: request.body, headerLength: request.header("Inference-Header-Content-Length"),
-                    defaultBudget: endpoint.entry.defaultBudget)
+                    defaultBudget: endpoint.entry.defaultBudget, adaptiveBudget: endpoint.entry.adaptive != nil)
                 return try endpoint.parseInfer(&envelope)
             }
         case [E.curlRoute]:
@@ -243,7 +250,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         let (metrics, logger, id, budget, render) = (self.metrics, self.logger, submission.id, submission.budget, submission.render)
         let refusal = submission.refusal
         let job = BatchJob<E.Engine.Input, E.Engine.Output>(
-            input: submission.input, count: submission.count, policy: submission.policy,
+            input: submission.input, count: submission.count, policy: submission.policy, adaptive: submission.adaptive,
             timeoutNanoseconds: submission.timeoutNanoseconds
         ) { outcome in
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9

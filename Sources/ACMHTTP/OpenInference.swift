@@ -27,12 +27,15 @@ struct RequestEnvelope {
     let id: String?
     /// `compute_budget`, or the model's `default_budget`.
     let budget: ComputeBudget?
+    /// Whether the model's adaptive budget may lower `budget` (docs/adaptive-budget.md): the request set none and
+    /// the model has one, or it asked for `"adaptive"`.
+    let adaptive: Bool
     let timeoutNanoseconds: UInt64?
     /// `binary_data_output`: the outputs' default.
     let binaryOutputs: Bool
 
     /// Parses a request body's JSON header and its parameters.
-    init(body: [UInt8], headerLength: String?, defaultBudget: ComputeBudget?) throws {
+    init(body: [UInt8], headerLength: String?, defaultBudget: ComputeBudget?, adaptiveBudget: Bool = false) throws {
         let jsonLength: Int
         if let headerLength {
             guard let n = Int(headerLength), n >= 0, n <= body.count else {
@@ -57,13 +60,21 @@ struct RequestEnvelope {
             id = nil
         }
         var budget = defaultBudget
+        var adaptive = adaptiveBudget
         var timeout: UInt64?
         var binaryOutputs = false
         if let params = root["parameters"] {
             guard params.isObject else { throw ProtocolError.bad("'parameters' must be an object") }
             if let b = params["compute_budget"] {
-                guard let value = b.number else { throw ProtocolError.bad("'compute_budget' must be a number in (0, 1]") }
-                budget = try parseBudget(value)
+                if b.string == "adaptive" {
+                    try requireAdaptive(adaptiveBudget)
+                } else {
+                    guard let value = b.number else {
+                        throw ProtocolError.bad("'compute_budget' must be a number in (0, 1], or \"adaptive\"")
+                    }
+                    budget = try parseBudget(value)
+                    adaptive = false
+                }
             }
             if let t = params["timeout"] {
                 guard let us = t.integer, us >= 0 else { throw ProtocolError.bad("'timeout' must be a non-negative integer (microseconds)") }
@@ -77,6 +88,7 @@ struct RequestEnvelope {
             }
         }
         self.budget = budget
+        self.adaptive = adaptive
         self.timeoutNanoseconds = timeout
         self.binaryOutputs = binaryOutputs
     }
@@ -145,11 +157,33 @@ func parseBudget(_ value: Double) throws -> ComputeBudget {
     }
 }
 
-/// A curl route's budget: its `compute_budget` query parameter, else `defaultBudget`.
-func queryBudget(_ request: any HTTPRequest, default defaultBudget: ComputeBudget?) throws -> ComputeBudget? {
-    guard let text = request.query("compute_budget") else { return defaultBudget }
-    guard let value = Double(text) else { throw ProtocolError.bad("'compute_budget' must be a number in (0, 1]") }
-    return try parseBudget(value)
+/// A curl route's budget: its `compute_budget` query parameter, else `defaultBudget`; and whether the model's
+/// adaptive budget may lower it (no parameter and `adaptiveBudget`, or `compute_budget=adaptive`).
+func queryBudget(
+    _ request: any HTTPRequest, default defaultBudget: ComputeBudget?, adaptive adaptiveBudget: Bool = false
+) throws -> (budget: ComputeBudget?, adaptive: Bool) {
+    guard let text = request.query("compute_budget") else { return (defaultBudget, adaptiveBudget) }
+    if text == "adaptive" {
+        try requireAdaptive(adaptiveBudget)
+        return (defaultBudget, true)
+    }
+    guard let value = Double(text) else { throw ProtocolError.bad("'compute_budget' must be a number in (0, 1], or \"adaptive\"") }
+    return (try parseBudget(value), false)
+}
+
+/// An answer's budget parameters: `compute_budget`, the budget its learners ran under (none: the gates alone), and
+/// for a request the adaptive budget served, `adaptive_budget: true`.
+func budgetParameters(_ budget: ComputeBudget?, adaptive: Bool) -> [(String, JSON)] {
+    (budget.map { [("compute_budget", JSON.number($0.value))] } ?? []) + (adaptive ? [("adaptive_budget", .bool(true))] : [])
+}
+
+/// `compute_budget: "adaptive"` needs a model whose config turns the adaptive budget on.
+private func requireAdaptive(_ on: Bool) throws {
+    guard on else {
+        throw ProtocolError.bad(
+            "'compute_budget' is \"adaptive\", but this model has no adaptive budget (its config sets adaptive_budget "
+                + "and latency_target_ms)")
+    }
 }
 
 /// A curl route's on-off query parameter: `1` or `true` on, `0` or `false` (or absent) off; else 400.

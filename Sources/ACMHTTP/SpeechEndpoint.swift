@@ -28,7 +28,7 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
         self.metrics = metrics
         runner = BatchRunner(
             name: name, engine: SpeechEngine(model: model), config: entry.batcher,
-            observer: MetricsObserver(metrics: metrics, kind: .speech))
+            observer: MetricsObserver(metrics: metrics, kind: .speech), adaptive: entry.adaptive)
         let whisper = model.whisper
         metrics.register(
             model: name, kind: .speech, acmPaths: whisper.acmPaths,
@@ -93,29 +93,35 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
         let outputs = try envelope.requestedOutputs(
             kind: { (name: String) -> Output? in name == Self.text ? .text : (name == Self.tokens ? .tokens : nil) },
             defaults: [.text, .tokens], unknown: "this model has 'text' and 'tokens'", classification: { _ in false })
-        let (modelName, id, budget, applied) = (self.name, envelope.id, envelope.budget, hasACMs)
+        let (modelName, id, budget, applied, adaptive) = (self.name, envelope.id, envelope.budget, hasACMs, envelope.adaptive)
         return Submission(
-            input: utterances, count: utterances.count, budget: budget, timeoutNanoseconds: envelope.timeoutNanoseconds,
-            id: id
+            input: utterances, count: utterances.count, budget: budget, adaptive: adaptive,
+            timeoutNanoseconds: envelope.timeoutNanoseconds, id: id
         ) { result in
             Self.response(
-                model: modelName, id: id, parameters: Self.parameters(fraction: Self.fraction(result.output), applied: applied, budget: budget),
+                model: modelName, id: id,
+                parameters: Self.parameters(
+                    fraction: Self.fraction(result.output), applied: applied, budget: result.loweredBudget ?? budget,
+                    adaptive: adaptive),
                 outputs: outputs, transcriptions: result.output)
         }
     }
 
     func parseCurl(_ request: any HTTPRequest) throws -> Submission<SpeechEngine> {
-        let budget = try queryBudget(request, default: entry.defaultBudget)
+        let (budget, adaptive) = try queryBudget(request, default: entry.defaultBudget, adaptive: entry.adaptive != nil)
         guard !request.body.isEmpty else { throw ProtocolError.bad("the body must be an audio file (WAV, FLAC, ...)") }
         let windows = try decode(request.body, index: 0)
         let (modelName, applied) = (name, hasACMs)
-        return Submission(input: [windows], count: 1, budget: budget) { result in
+        return Submission(input: [windows], count: 1, budget: budget, adaptive: adaptive) { result in
             let transcription = result.output[0]
             let fields: [(String, JSON)] =
                 [
                     ("model_name", .string(modelName)), ("text", .string(transcription.text)),
                     ("tokens", .array(transcription.tokens.map { .integer($0) })),
-                ] + Self.parameters(fraction: transcription.computeFraction, applied: applied, budget: budget)
+                ]
+                + Self.parameters(
+                    fraction: transcription.computeFraction, applied: applied, budget: result.loweredBudget ?? budget,
+                    adaptive: adaptive)
             return jsonResponse(200, JSON.object(fields).bytes)
         }
     }
@@ -142,10 +148,9 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
 
     /// The parameters of every speech answer: the realized compute fraction, whether a budget can apply
     /// (the model has ACMs; a dense model runs whole whatever the budget), and the budget asked for.
-    static func parameters(fraction: Double, applied: Bool, budget: ComputeBudget?) -> [(String, JSON)] {
-        var params: [(String, JSON)] = [("compute_fraction", .number(fraction)), ("compute_budget_applied", .bool(applied))]
-        if let budget { params.append(("compute_budget", .number(budget.value))) }
-        return params
+    static func parameters(fraction: Double, applied: Bool, budget: ComputeBudget?, adaptive: Bool = false) -> [(String, JSON)] {
+        [("compute_fraction", .number(fraction)), ("compute_budget_applied", .bool(applied))]
+            + budgetParameters(budget, adaptive: adaptive)
     }
 
     /// The infer response: the outputs asked for.

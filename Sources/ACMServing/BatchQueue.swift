@@ -40,6 +40,9 @@ public struct BatchQueue<Job> {
     /// Jobs waiting to run (not counting malformed ones).
     public var count: Int { entries.count }
 
+    /// When the oldest job waiting was queued; nil when none waits.
+    public var oldestEnqueuedAt: UInt64? { entries.first?.request.enqueuedAt }
+
     /// Takes a job of `images` items at time `now`. A malformed job (`problem` says why) is taken too,
     /// to be answered `.reject` by `next`, so that every answer comes from the loop; only well-formed
     /// jobs count against `maxQueueSize`.

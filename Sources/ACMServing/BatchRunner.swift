@@ -42,18 +42,22 @@ public struct BatchJob<Input: Sendable, Output: Sendable>: Sendable {
     /// The request's batch dimension, 1...maxBatchSize.
     public var count: Int
     public var policy: LearnerPolicy
+    /// Whether the runner's adaptive budget may lower `policy` under load (the request set no budget of its own,
+    /// or asked for "adaptive"); ignored by a runner without one.
+    public var adaptive: Bool
     /// How long the job may wait in the queue before it is answered `.timedOut` instead of run; nil: no limit.
     public var timeoutNanoseconds: UInt64?
     /// Called once, on the runner's thread, with the answer. It must not block, nor call `shutdown()`.
     public var completion: @Sendable (BatchOutcome<Output>) -> Void
 
     public init(
-        input: Input, count: Int, policy: LearnerPolicy, timeoutNanoseconds: UInt64? = nil,
+        input: Input, count: Int, policy: LearnerPolicy, adaptive: Bool = false, timeoutNanoseconds: UInt64? = nil,
         completion: @escaping @Sendable (BatchOutcome<Output>) -> Void
     ) {
         self.input = input
         self.count = count
         self.policy = policy
+        self.adaptive = adaptive
         self.timeoutNanoseconds = timeoutNanoseconds
         self.completion = completion
     }
@@ -71,13 +75,19 @@ public struct RunResult<Output: Sendable>: Sendable {
     /// Items (images, utterances) and requests in the batch it ran in.
     public var batchItems: Int
     public var batchRequests: Int
+    /// The budget the adaptive controller ran an adaptive job at, when it lowered it; nil: the job's own policy.
+    public var loweredBudget: ComputeBudget?
 
-    public init(output: Output, queueSeconds: Double, computeSeconds: Double, batchItems: Int, batchRequests: Int) {
+    public init(
+        output: Output, queueSeconds: Double, computeSeconds: Double, batchItems: Int, batchRequests: Int,
+        loweredBudget: ComputeBudget? = nil
+    ) {
         self.output = output
         self.queueSeconds = queueSeconds
         self.computeSeconds = computeSeconds
         self.batchItems = batchItems
         self.batchRequests = batchRequests
+        self.loweredBudget = loweredBudget
     }
 
     public subscript<T>(dynamicMember path: KeyPath<Output, T>) -> T { output[keyPath: path] }
@@ -115,6 +125,16 @@ public protocol RunnerObserver: AnyObject, Sendable {
         acmPaths: [String])
     /// A queued request left the queue: run, or dropped because its timeout passed.
     func requestFinished(model: String, queueSeconds: Double, timedOut: Bool)
+    /// After each batch of a runner with an adaptive budget: the rung it ran at (nil: the requests' own policy)
+    /// for the `seconds` since the last call, how many of its requests ran lowered, and the change made after it.
+    func adaptiveBudget(
+        model: String, budget: ComputeBudget?, seconds: Double, loweredRequests: Int, change: AdaptiveBudget.Change?)
+}
+
+extension RunnerObserver {
+    public func adaptiveBudget(
+        model: String, budget: ComputeBudget?, seconds: Double, loweredRequests: Int, change: AdaptiveBudget.Change?
+    ) {}
 }
 
 /// Owns one model (its engine) and the thread that runs it: jobs are queued by `submit` from any
@@ -138,6 +158,11 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
     private var queue: BatchQueue<Job>
     private var ended = false
 
+    // The adaptive budget, touched only by the loop thread.
+    private var controller: AdaptiveBudget?
+    private var window = LatencyWindow()
+    private var accountedAt: UInt64 = 0
+
     /// Weak: the thread's closure holds the runner, so a strong reference here would be a cycle that keeps the
     /// runner and its model alive after `shutdown()`. Foundation keeps a `Thread` alive while it runs.
     private weak var thread: Thread?
@@ -146,7 +171,7 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
     /// runner alive until `shutdown()`.
     public init(
         name: String, engine: Engine, config: BatcherConfig, clock: any ServingClock = SystemClock(),
-        observer: (any RunnerObserver)? = nil
+        observer: (any RunnerObserver)? = nil, adaptive: AdaptiveBudgetConfig? = nil
     ) {
         self.name = name
         self.engine = engine
@@ -154,6 +179,8 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
         self.queue = BatchQueue(config)
         self.clock = clock
         self.observer = observer
+        self.controller = adaptive.map { AdaptiveBudget($0) }
+        self.accountedAt = clock.now()
         let thread = Thread { [self] in loop() }
         thread.name = String("acm \(name)".prefix(15))  // Linux thread names are at most 15 bytes
         self.thread = thread
@@ -267,9 +294,17 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
     private func runBatch(_ batch: [Job], _ requests: [QueuedRequest]) {
         let items = batch.reduce(0) { $0 + $1.count }
         let start = clock.now()
+        // Adaptive jobs run at the controller's rung, never above their own cap.
+        let rung = controller?.budget
+        let lowered: [ComputeBudget?] = batch.map { job in
+            guard job.adaptive, let rung else { return nil }
+            if case let .cap(own) = job.policy, own <= rung { return nil }
+            return rung
+        }
+        let policies = zip(batch, lowered).map { job, budget in budget.map { LearnerPolicy.cap($0) } ?? job.policy }
         let output: EngineBatch<Engine.Output>
         do {
-            output = try engine.run(batch.map(\.input), counts: batch.map(\.count), policies: batch.map(\.policy))
+            output = try engine.run(batch.map(\.input), counts: batch.map(\.count), policies: policies)
             precondition(output.outputs.count == batch.count, "the engine answered \(output.outputs.count) of \(batch.count) requests")
         } catch {
             for (job, request) in zip(batch, requests) {
@@ -283,16 +318,37 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
             model: name, images: items, requests: batch.count, computeSeconds: computeSeconds,
             learnerHistogram: output.learnerHistogram, acmPaths: output.acmPaths)
 
+        if controller != nil { adapt(batch: batch, requests: requests, start: start, computeSeconds: computeSeconds, lowered: lowered) }
+
         for (i, (job, request)) in zip(batch, requests).enumerated() {
             let result = RunResult(
                 output: output.outputs[i],
                 queueSeconds: seconds(from: request.enqueuedAt, to: start),
                 computeSeconds: computeSeconds,
                 batchItems: items,
-                batchRequests: batch.count)
+                batchRequests: batch.count,
+                loweredBudget: lowered[i])
             observer?.requestFinished(model: name, queueSeconds: result.queueSeconds, timedOut: false)
             job.completion(.success(result))
         }
+    }
+
+    /// The adaptive budget's turn after a batch: the batch's latencies into the window, then one decision on them
+    /// and the queue left behind.
+    private func adapt(batch: [Job], requests: [QueuedRequest], start: UInt64, computeSeconds: Double, lowered: [ComputeBudget?]) {
+        let now = clock.now()
+        for request in requests { window.add(seconds(from: request.enqueuedAt, to: now), at: now) }
+        window.prune(now)
+        let oldest = lock.withLock { queue.oldestEnqueuedAt }
+        let observation = AdaptiveBudget.Observation(
+            windowP95: window.quantile(0.95), oldestWait: oldest.map { seconds(from: $0, to: now) },
+            batchSeconds: computeSeconds)
+        let ranAt = controller!.budget
+        let change = controller!.update(observation, now: now)
+        observer?.adaptiveBudget(
+            model: name, budget: ranAt, seconds: seconds(from: accountedAt, to: now),
+            loweredRequests: lowered.reduce(0) { $0 + ($1 == nil ? 0 : 1) }, change: change)
+        accountedAt = now
     }
 }
 

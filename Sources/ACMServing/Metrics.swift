@@ -1,4 +1,6 @@
+import ACMCore
 import Foundation
+import Logging
 import Prometheus
 
 /// Why a request failed, as the `reason` label of `acm_request_failure_total`.
@@ -169,6 +171,37 @@ public final class ServingMetrics: Sendable {
         statistics.queued(model: model, seconds: seconds)
     }
 
+    private var adaptiveBudgetDescriptor: MetricNameDescriptor {
+        name("adaptive_budget", "ratio", "The budget the adaptive controller runs requests that set none at; 1: their own (auto).")
+    }
+    private var adaptiveSecondsDescriptor: MetricNameDescriptor {
+        name("adaptive_budget", "seconds_total", "Seconds the adaptive controller spent at each budget (auto: the requests' own).")
+    }
+    private var loweredDescriptor: MetricNameDescriptor {
+        name("adaptive_lowered_requests", "total", "Requests the adaptive controller ran below their own budget.")
+    }
+
+    /// A model with an adaptive budget: its series, at the top rung.
+    public func registerAdaptive(model: String, ladder: [ComputeBudget?]) {
+        let m = [("model", model)]
+        registry.makeGauge(descriptor: adaptiveBudgetDescriptor, labels: m).set(Double(1))
+        for budget in ladder {
+            _ = registry.makeCounter(descriptor: adaptiveSecondsDescriptor, labels: m + [("budget", Self.label(budget))])
+        }
+        _ = registry.makeCounter(descriptor: loweredDescriptor, labels: m)
+    }
+
+    /// `seconds` at `budget` (nil: the top rung), `lowered` requests run below their own, and the rung now.
+    public func adaptive(model: String, budget: ComputeBudget?, seconds: Double, lowered: Int, now: ComputeBudget?) {
+        let m = [("model", model)]
+        registry.makeCounter(descriptor: adaptiveSecondsDescriptor, labels: m + [("budget", Self.label(budget))])
+            .increment(by: max(0, seconds))
+        if lowered > 0 { registry.makeCounter(descriptor: loweredDescriptor, labels: m).increment(by: Int64(lowered)) }
+        registry.makeGauge(descriptor: adaptiveBudgetDescriptor, labels: m).set(now?.value ?? 1)
+    }
+
+    static func label(_ budget: ComputeBudget?) -> String { budget.map { "\($0.value)" } ?? "auto" }
+
     public func pending(model: String, _ count: Int) {
         registry.makeGauge(descriptor: pendingDescriptor, labels: [("model", model)]).set(Double(count))
     }
@@ -215,6 +248,8 @@ public final class ServingMetrics: Sendable {
 public final class MetricsObserver: RunnerObserver, Sendable {
     let metrics: ServingMetrics
     let kind: ModelKind
+    /// The adaptive budget's changes, one line each.
+    let logger = Logger(label: "acm-serve")
 
     public init(metrics: ServingMetrics, kind: ModelKind) {
         self.metrics = metrics
@@ -231,5 +266,20 @@ public final class MetricsObserver: RunnerObserver, Sendable {
 
     public func requestFinished(model: String, queueSeconds: Double, timedOut: Bool) {
         metrics.queued(model: model, seconds: queueSeconds)
+    }
+
+    public func adaptiveBudget(
+        model: String, budget: ComputeBudget?, seconds: Double, loweredRequests: Int, change: AdaptiveBudget.Change?
+    ) {
+        metrics.adaptive(model: model, budget: budget, seconds: seconds, lowered: loweredRequests, now: change.map(\.to) ?? budget)
+        if let change {
+            let direction = (change.to?.value ?? 1) < (change.from?.value ?? 1) ? "lowered" : "raised"
+            logger.notice(
+                "adaptive budget \(direction)",
+                metadata: [
+                    "model": "\(model)", "from": "\(ServingMetrics.label(change.from))", "to": "\(ServingMetrics.label(change.to))",
+                    "pressure_ms": "\((change.pressure * 1000).rounded())",
+                ])
+        }
     }
 }

@@ -127,8 +127,21 @@ public struct ServerConfig: Codable, Sendable, Equatable {
         public var maxAudioSeconds = 600.0
         /// What the model's GEMMs run in; bf16 falls back to f32 where the CPU has no bfloat16 instructions.
         public var precision = Precision.f32
+        /// Lower the budget of requests that set none when the latency target is about to be missed
+        /// (docs/adaptive-budget.md).
+        public var adaptiveBudget = false
+        /// The p99 queue-plus-compute time the adaptive budget aims for, in ms; needed with `adaptiveBudget`.
+        public var latencyTargetMilliseconds: Double?
+        /// The adaptive budget's floor.
+        public var minBudget = try! ComputeBudget(0.25)
 
         public init(path: String) { self.path = path }
+
+        /// The adaptive budget's settings, when it is on.
+        public var adaptive: AdaptiveBudgetConfig? {
+            guard adaptiveBudget, let ms = latencyTargetMilliseconds else { return nil }
+            return AdaptiveBudgetConfig(targetSeconds: ms / 1000, minBudget: minBudget)
+        }
 
         /// Its batcher's settings.
         public var batcher: BatcherConfig {
@@ -144,6 +157,9 @@ public struct ServerConfig: Codable, Sendable, Equatable {
             case defaultBudget = "default_budget"
             case maxAudioSeconds = "max_audio_seconds"
             case precision
+            case adaptiveBudget = "adaptive_budget"
+            case latencyTargetMilliseconds = "latency_target_ms"
+            case minBudget = "min_budget"
         }
 
         public init(from decoder: any Decoder) throws {
@@ -155,6 +171,9 @@ public struct ServerConfig: Codable, Sendable, Equatable {
             try c.update(&defaultBudget, .defaultBudget)
             try c.update(&maxAudioSeconds, .maxAudioSeconds)
             try c.update(&precision, .precision)
+            try c.update(&adaptiveBudget, .adaptiveBudget)
+            try c.update(&latencyTargetMilliseconds, .latencyTargetMilliseconds)
+            try c.update(&minBudget, .minBudget)
         }
     }
 
@@ -233,6 +252,11 @@ public struct ServerConfig: Codable, Sendable, Equatable {
             try check(m.maxQueueDelayMicroseconds >= 0, "\(name): max_queue_delay_microseconds must be ≥ 0")
             try check(m.maxQueueSize >= 1, "\(name): max_queue_size must be ≥ 1")
             try check(m.maxAudioSeconds > 0, "\(name): max_audio_seconds must be > 0")
+            try check(
+                !m.adaptiveBudget || (m.latencyTargetMilliseconds.map { $0 > 0 && $0.isFinite } ?? false),
+                "\(name): adaptive_budget needs latency_target_ms > 0")
+            try check(
+                m.latencyTargetMilliseconds.map { $0 > 0 && $0.isFinite } ?? true, "\(name): latency_target_ms must be > 0")
         }
     }
 }

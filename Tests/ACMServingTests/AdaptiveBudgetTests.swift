@@ -1,0 +1,182 @@
+import ACMCore
+import Foundation
+import Testing
+
+@testable import ACMServing
+
+private let ms: UInt64 = 1_000_000
+
+/// A 100-ms target, floor 0.25: the ladder auto, 0.75, 0.5, 0.35, 0.25.
+private func controller(minBudget: Double = 0.25) -> AdaptiveBudget {
+    AdaptiveBudget(AdaptiveBudgetConfig(targetSeconds: 0.1, minBudget: try! ComputeBudget(minBudget)))
+}
+
+private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01) -> AdaptiveBudget.Observation {
+    AdaptiveBudget.Observation(windowP95: p95, oldestWait: oldestWait, batchSeconds: batch)
+}
+
+@Suite struct AdaptiveBudgetTests {
+    /// Should build the ladder from the rungs above the floor, then the floor; a floor of 1 leaves only auto.
+    @Test func laddersEndAtTheFloor() throws {
+        #expect(controller().ladder.map { $0?.value } == [nil, 0.75, 0.5, 0.35, 0.25])
+        #expect(controller(minBudget: 0.4).ladder.map { $0?.value } == [nil, 0.75, 0.5, 0.4])
+        #expect(controller(minBudget: 0.1).ladder.map { $0?.value } == [nil, 0.75, 0.5, 0.35, 0.25, 0.1])
+        #expect(controller(minBudget: 1).ladder.map { $0?.value } == [nil])
+    }
+
+    /// Should step down one rung when the pressure passes 0.7 of the target, not again within the cooldown, and
+    /// again after it while the pressure stays; and stop at the floor.
+    @Test func lowersUnderPressureOneRungPerCooldown() {
+        var c = controller()
+        #expect(c.update(seen(p95: 0.05), now: 1000 * ms) == nil)  // half the target: nothing to do
+        let change = c.update(seen(p95: 0.08), now: 1010 * ms)
+        #expect(change == AdaptiveBudget.Change(from: nil, to: try! ComputeBudget(0.75), pressure: 0.08))
+        #expect(c.update(seen(p95: 0.2), now: 1100 * ms) == nil)  // within the 200-ms cooldown
+        #expect(c.update(seen(p95: 0.2), now: 1210 * ms)?.to?.value == 0.5)
+        #expect(c.update(seen(p95: 0.2), now: 1420 * ms)?.to?.value == 0.35)
+        #expect(c.update(seen(p95: 0.2), now: 1630 * ms)?.to?.value == 0.25)
+        #expect(c.update(seen(p95: 0.2), now: 1840 * ms) == nil)  // the floor
+        #expect(c.budget?.value == 0.25)
+    }
+
+    /// Should read the queue too: an empty window with a request that has waited most of the target is pressure.
+    @Test func countsTheOldestQueuedRequest() {
+        var c = controller()
+        #expect(c.update(seen(p95: nil, oldestWait: 0.065, batch: 0.01), now: 1000 * ms)?.to?.value == 0.75)
+    }
+
+    /// Should wait out a cooldown of two batches when batches are longer than the 200-ms minimum.
+    @Test func cooldownCoversTwoBatches() {
+        var c = controller()
+        #expect(c.update(seen(p95: 0.5, batch: 0.3), now: 1000 * ms) != nil)
+        #expect(c.update(seen(p95: 0.5, batch: 0.3), now: 1500 * ms) == nil)  // 500 ms < 2 × 300 ms
+        #expect(c.update(seen(p95: 0.5, batch: 0.3), now: 1600 * ms)?.to?.value == 0.5)
+    }
+
+    /// Should raise one rung only after the pressure has stayed under 0.35 of the target for 2 s since the last
+    /// change, and hold in between the thresholds (the hysteresis).
+    @Test func raisesAfterAQuietHold() {
+        var c = controller()
+        _ = c.update(seen(p95: 0.09), now: 1000 * ms)
+        _ = c.update(seen(p95: 0.09), now: 1300 * ms)
+        #expect(c.budget?.value == 0.5)
+        #expect(c.update(seen(p95: 0.05), now: 2500 * ms) == nil)  // between 0.35 and 0.7 of the target: hold
+        #expect(c.update(seen(p95: 0.01), now: 3200 * ms) == nil)  // quiet, but under 2 s since the change
+        #expect(c.update(seen(p95: 0.01), now: 3400 * ms)?.to?.value == 0.75)
+        #expect(c.update(seen(p95: 0.01), now: 4000 * ms) == nil)
+        #expect(c.update(seen(p95: nil), now: 5500 * ms)?.to == nil)  // idle: back to the requests' own
+        #expect(c.level == 0 && c.update(seen(p95: nil), now: 9000 * ms) == nil)
+    }
+
+    /// Should keep the window's latencies of the last second only, and give nearest-rank quantiles.
+    @Test func windowKeepsOneSecond() {
+        var w = LatencyWindow()
+        #expect(w.quantile(0.95) == nil)
+        for i in 1...100 { w.add(Double(i) / 1000, at: 1000 * ms + UInt64(i) * ms) }
+        #expect(w.quantile(0.95) == 0.095 && w.quantile(0.5) == 0.05)
+        w.add(0.5, at: 2050 * ms)  // drops the first 49
+        #expect(w.quantile(0) == 0.05 && w.quantile(1) == 0.5)
+        w.prune(5000 * ms)
+        #expect(w.quantile(0.5) == nil)
+    }
+}
+
+/// A stand-in engine: records each batch's policies and takes `seconds(policy)` of a manual clock per batch.
+private final class PolicyEngine: BatchEngine, @unchecked Sendable {
+    static let itemName = "items"
+    let clock: SteppedClock
+    let lock = NSLock()
+    private(set) var batches: [[LearnerPolicy]] = []
+
+    init(clock: SteppedClock) { self.clock = clock }
+
+    func problem(with input: Int, count: Int) -> String? { nil }
+
+    func run(_ inputs: [Int], counts: [Int], policies: [LearnerPolicy]) throws -> EngineBatch<Int> {
+        lock.withLock { batches.append(policies) }
+        // A batch at full compute takes 60 ms of the test's clock, at budget β, 60·β.
+        let fraction = policies.map { p -> Double in if case let .cap(b) = p { return b.value } else { return 1 } }.max() ?? 1
+        clock.advance(UInt64(60 * fraction) * ms)
+        return EngineBatch(outputs: inputs)
+    }
+}
+
+/// A clock that moves only when told.
+private final class SteppedClock: ServingClock, @unchecked Sendable {
+    private let lock = NSLock()
+    private var time: UInt64 = 1_000 * ms
+    func now() -> UInt64 { lock.withLock { time } }
+    func advance(_ ns: UInt64) { lock.withLock { time += ns } }
+}
+
+/// Each job's result by id.
+private final class ResultBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var results: [Int: RunResult<Int>] = [:]
+    func set(_ i: Int, _ r: RunResult<Int>) { lock.withLock { results[i] = r } }
+    var all: [Int: RunResult<Int>] { lock.withLock { results } }
+}
+
+/// Records the adaptive budget's reports.
+private final class AdaptiveObserver: RunnerObserver, @unchecked Sendable {
+    let lock = NSLock()
+    private(set) var changes: [AdaptiveBudget.Change] = []
+    private(set) var lowered = 0
+    func batchExecuted(
+        model: String, images: Int, requests: Int, computeSeconds: Double, learnerHistogram: [[Int]], acmPaths: [String]
+    ) {}
+    func requestFinished(model: String, queueSeconds: Double, timedOut: Bool) {}
+    func adaptiveBudget(
+        model: String, budget: ComputeBudget?, seconds: Double, loweredRequests: Int, change: AdaptiveBudget.Change?
+    ) {
+        lock.withLock {
+            lowered += loweredRequests
+            if let change { changes.append(change) }
+        }
+    }
+}
+
+@Suite struct AdaptiveRunnerTests {
+    /// Should run adaptive jobs at the controller's rung once the queue backs up, never above a job's own cap,
+    /// and leave jobs with their own budget alone; each lowered result says the budget it ran at.
+    @Test func lowersAdaptiveJobsOnly() throws {
+        let clock = SteppedClock()
+        let engine = PolicyEngine(clock: clock)
+        let observer = AdaptiveObserver()
+        let runner = BatchRunner(
+            name: "m", engine: engine, config: BatcherConfig(maxBatchSize: 4, maxQueueDelayMicroseconds: 0, maxQueueSize: 0),
+            clock: clock, observer: observer,
+            adaptive: AdaptiveBudgetConfig(targetSeconds: 0.1, minBudget: try ComputeBudget(0.25)))
+        defer { runner.shutdown() }
+        let box = ResultBox()
+        let group = DispatchGroup()
+        // 40 requests queued at once: each batch of 4 takes 60 ms, so the later ones wait far past the target.
+        for i in 0..<40 {
+            group.enter()
+            let policy: LearnerPolicy = i % 4 == 3 ? .cap(try ComputeBudget(0.9)) : (i % 4 == 2 ? .cap(try ComputeBudget(0.3)) : .auto)
+            let job = BatchJob<Int, Int>(input: i, count: 1, policy: policy, adaptive: i % 4 != 3) { outcome in
+                if case let .success(r) = outcome { box.set(i, r) }
+                group.leave()
+            }
+            #expect(runner.submit(job) == .accepted)
+        }
+        #expect(group.wait(timeout: .now() + 30) == .success)
+        let lowered = observer.lock.withLock { observer.changes }
+        #expect(!lowered.isEmpty && lowered.allSatisfy { ($0.to?.value ?? 1) < ($0.from?.value ?? 1) })
+        let results = box.all
+        do {
+            #expect(results.count == 40)
+            // The first batch runs before any change: every job as it came.
+            #expect((0..<4).allSatisfy { results[$0]?.loweredBudget == nil })
+            let last = results[36]!.loweredBudget
+            #expect(last != nil && last!.value < 1)
+            for (i, r) in results {
+                if i % 4 == 3 { #expect(r.loweredBudget == nil) }  // its own 0.9: not adaptive
+                if i % 4 == 2, let b = r.loweredBudget { #expect(b.value < 0.3) }  // never above its own 0.3
+            }
+        }
+        let policies = engine.lock.withLock { engine.batches }.flatMap { $0 }
+        #expect(policies.contains(.cap(try ComputeBudget(0.9))))
+        #expect(observer.lock.withLock { observer.lowered } == results.values.filter { $0.loweredBudget != nil }.count)
+    }
+}
