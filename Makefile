@@ -10,7 +10,7 @@ BUDGET ?= 0.5
 # MODEL's default above (predict's fixture directory).
 PEERS_MODEL := $(if $(filter file,$(origin MODEL)),fashion,$(MODEL))
 
-.PHONY: setup build test fuzz test-sanitizers test-server serve predict bench bench-server bench-peers fixtures demo-model fashion-models \
+.PHONY: setup build test fuzz test-sanitizers test-server serve predict bench bench-server bench-overload bench-peers fixtures demo-model fashion-models \
 	fashion-report whisper-model whisper-acm whisper-results whisper-fixtures bench-whisper bf16-report speech-data soak clean
 
 setup:
@@ -47,6 +47,12 @@ test-server: build
 SOAK_SECONDS ?= 1800
 soak: build whisper-model
 	ACM_SERVE_BIN=$(CURDIR)/.build/release/acm-serve $(PY) Tests/server/soak.py --seconds $(SOAK_SECONDS)
+
+## The adaptive budget against overload (docs/adaptive-budget.md): fashion-vit-acm at 1x, 1.5x and 2x the rate the
+## full budget sustains, adaptive off and on, and the dense teacher; rewrites BENCHMARKS.md's section and
+## docs/img/adaptive-step.png (about 5 minutes).
+bench-overload: build
+	PYTHONPATH=tools $(PY) Tests/server/bench_overload.py --write
 
 ## perf_analyzer against acm-serve: throughput and p50/p99 latency at concurrency 1, 8, 32.
 bench-server: build
