@@ -44,21 +44,25 @@ public struct ServerOverrides: Sendable, Equatable {
             || (name == "PORT" && (value.hasPrefix("tcp://") || value.hasPrefix("udp://") || value.hasPrefix("sctp://")))
     }
 
+    /// `ACM_SERVE_` variables that are none of `variables` (nor service links): `serve` warns of them, as a typo
+    /// would otherwise go unnoticed; other tools may use the prefix too (the test harness's `ACM_SERVE_BIN`).
+    public private(set) var unknownVariables: [String] = []
+
     /// The `ACM_SERVE_*` variables of `environment`. An empty variable counts as unset; one that does not parse
-    /// throws with its name, as does an unknown `ACM_SERVE_` name (a typo would otherwise be ignored silently).
-    /// Kubernetes' service links for a Service named `acm-serve` are skipped (`isServiceLink`).
+    /// throws with its name. Unknown names are listed in `unknownVariables`, and Kubernetes' service links for a
+    /// Service named `acm-serve` are skipped (`isServiceLink`).
     public init(environment: [String: String]) throws {
         var env: [String: String] = [:]
         for (key, value) in environment where key.hasPrefix(Self.prefix) && !value.isEmpty {
             let name = String(key.dropFirst(Self.prefix.count))
             if Self.isServiceLink(name, value) { continue }
             guard Self.variables.contains(name) || name == "CONFIG" else {
-                throw ModelError.config(
-                    "unknown environment variable \(key); acm-serve reads \(Self.prefix)CONFIG and "
-                        + Self.variables.map { Self.prefix + $0 }.joined(separator: ", "))
+                unknownVariables.append(key)
+                continue
             }
             env[name] = value
         }
+        unknownVariables.sort()
         func int(_ name: String) throws -> Int? {
             guard let text = env[name] else { return nil }
             guard let value = Int(text.trimmingCharacters(in: .whitespaces)) else {

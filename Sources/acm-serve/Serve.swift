@@ -44,11 +44,13 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         var config: ServerConfig
+        let overrides: ServerOverrides
         do {
             let environment = ProcessInfo.processInfo.environment
             let path = self.config ?? environment["ACM_SERVE_CONFIG"].flatMap { $0.isEmpty ? nil : $0 }
             config = try path.map { try ServerConfig.load(path: $0) } ?? ServerConfig()
-            try ServerOverrides(environment: environment).apply(to: &config)
+            overrides = try ServerOverrides(environment: environment)
+            try overrides.apply(to: &config)
             try flags().apply(to: &config)
             if config.models.isEmpty {
                 throw ModelError.config(
@@ -67,6 +69,14 @@ struct Serve: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "acm-serve")
+        if !overrides.unknownVariables.isEmpty {
+            logger.warning(
+                "ignoring environment variables acm-serve does not read (a typo?)",
+                metadata: [
+                    "variables": "\(overrides.unknownVariables.joined(separator: ","))",
+                    "known": "ACM_SERVE_CONFIG,\(ServerOverrides.variables.map { ServerOverrides.prefix + $0 }.joined(separator: ","))",
+                ])
+        }
         if let threads = config.computeThreads { Parallel.workers = threads }
 
         let apiKeys: APIKeys?
