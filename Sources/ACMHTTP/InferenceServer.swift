@@ -238,7 +238,6 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         let parseStart = DispatchTime.now().uptimeNanoseconds
         do {
             submission = try parse()
-            metrics.statistics.parsed(model: name, seconds: Double(DispatchTime.now().uptimeNanoseconds - parseStart) / 1e9)
         } catch {
             let e = error as? ProtocolError ?? ProtocolError(status: 500, message: "\(error)", reason: .internalError)
             return fail(name, e, id: nil)
@@ -247,6 +246,7 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             return fail(name, ProtocolError(status: 503, message: "the server is shutting down", reason: .shuttingDown), id: submission.id)
         }
         let started = request.arrived
+        let parseSeconds = Double(DispatchTime.now().uptimeNanoseconds - parseStart) / 1e9
         let (metrics, logger, id, budget, render) = (self.metrics, self.logger, submission.id, submission.budget, submission.render)
         let refusal = submission.refusal
         let job = BatchJob<E.Engine.Input, E.Engine.Output>(
@@ -265,8 +265,9 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
                 }
                 let renderStart = DispatchTime.now().uptimeNanoseconds
                 response = render(result)
-                metrics.statistics.rendered(
-                    model: name, seconds: Double(DispatchTime.now().uptimeNanoseconds - renderStart) / 1e9)
+                metrics.statistics.answered(
+                    model: name, queue: result.queueSeconds, input: parseSeconds, infer: result.computeSeconds,
+                    output: Double(DispatchTime.now().uptimeNanoseconds - renderStart) / 1e9)
                 let fraction = endpoint.recordSuccess(result, seconds: seconds, budget: budget)
                 logger.debug("infer", metadata: requestMetadata(id, name, 200, seconds, fraction, batch: result.batchItems))
             case .timedOut:

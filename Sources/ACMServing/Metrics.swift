@@ -168,7 +168,6 @@ public final class ServingMetrics: Sendable {
         registry.makeValueHistogram(
             descriptor: queueDurationDescriptor, labels: [("model", model)], buckets: Self.durationBuckets
         ).record(seconds)
-        statistics.queued(model: model, seconds: seconds)
     }
 
     private var adaptiveBudgetDescriptor: MetricNameDescriptor {
@@ -209,11 +208,10 @@ public final class ServingMetrics: Sendable {
     /// One executed batch of `items` images or utterances: its size, its compute time, and how many
     /// tokens ran each k at each ACM.
     public func batch(
-        model: String, kind: ModelKind, items: Int, requests: Int = 1, seconds: Double, acmPaths: [String],
-        histogram: [[Int]]
+        model: String, kind: ModelKind, items: Int, seconds: Double, acmPaths: [String], histogram: [[Int]]
     ) {
         countBatch(model: model, inputs: items, seconds: seconds, sizeDescriptor: batchSizeDescriptor(kind))
-        statistics.batch(model: model, items: items, requests: requests, seconds: seconds)
+        statistics.batch(model: model, items: items, seconds: seconds)
         countLayerTokens(model: model, acmPaths: acmPaths, histogram: histogram)
     }
 
@@ -260,8 +258,7 @@ public final class MetricsObserver: RunnerObserver, Sendable {
         model: String, images: Int, requests: Int, computeSeconds: Double, learnerHistogram: [[Int]], acmPaths: [String]
     ) {
         metrics.batch(
-            model: model, kind: kind, items: images, requests: requests, seconds: computeSeconds, acmPaths: acmPaths,
-            histogram: learnerHistogram)
+            model: model, kind: kind, items: images, seconds: computeSeconds, acmPaths: acmPaths, histogram: learnerHistogram)
     }
 
     public func requestFinished(model: String, queueSeconds: Double, timedOut: Bool) {

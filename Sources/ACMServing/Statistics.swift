@@ -2,7 +2,9 @@ import Foundation
 
 /// Per-model counts and cumulative durations in the shape of Triton's statistics extension
 /// (`GET /v2/models[/NAME]/stats`, which tritonclient's `get_inference_statistics` reads; docs/http-api.md).
-/// Durations are nanoseconds. As in Triton, a batched request is charged its whole batch's compute time.
+/// Durations are nanoseconds. As in Triton, a batched request is charged its whole batch's compute time, and a
+/// request's queue and compute entries are added together once it is answered, so that their counts always agree
+/// (perf_analyzer checks that they do).
 public final class ModelStatistics: @unchecked Sendable {
     /// A count and its cumulative duration.
     public struct Duration: Sendable, Equatable {
@@ -57,17 +59,24 @@ public final class ModelStatistics: @unchecked Sendable {
 
     public func success(model: String, seconds: Double) { update(model) { $0.success.add(seconds) } }
     public func failure(model: String, seconds: Double) { update(model) { $0.fail.add(seconds) } }
-    public func queued(model: String, seconds: Double) { update(model) { $0.queue.add(seconds) } }
-    public func parsed(model: String, seconds: Double) { update(model) { $0.computeInput.add(seconds) } }
-    public func rendered(model: String, seconds: Double) { update(model) { $0.computeOutput.add(seconds) } }
 
-    /// One forward pass over `items` images or utterances from `requests` requests.
-    public func batch(model: String, items: Int, requests: Int, seconds: Double, now: Date = Date()) {
+    /// A request answered from its batch: its time in the queue, parsing it, its batch's forward pass and encoding
+    /// its answer, added at once.
+    public func answered(model: String, queue: Double, input: Double, infer: Double, output: Double) {
+        update(model) { s in
+            s.queue.add(queue)
+            s.computeInput.add(input)
+            s.computeInfer.add(infer)
+            s.computeOutput.add(output)
+        }
+    }
+
+    /// One forward pass over `items` images or utterances.
+    public func batch(model: String, items: Int, seconds: Double, now: Date = Date()) {
         update(model) { s in
             s.executionCount += 1
             s.inferenceCount += items
             s.batches[items, default: Duration()].add(seconds)
-            for _ in 0..<requests { s.computeInfer.add(seconds) }
             s.lastInference = UInt64(max(0, now.timeIntervalSince1970 * 1000))
         }
     }
