@@ -82,10 +82,18 @@ public final class ModelStatistics: @unchecked Sendable {
     }
 
     /// The figures of `model`, or nil for a model never registered.
-    public func snapshot(model: String) -> Snapshot? { lock.withLock { models[model] } }
+    public func snapshot(model: String) -> Snapshot? { lock.withLock { models[model].map(Self.detached) } }
 
     /// Every model's figures, by name.
     public func snapshots() -> [(String, Snapshot)] {
-        lock.withLock { models.sorted { $0.key < $1.key } }
+        lock.withLock { models.sorted { $0.key < $1.key }.map { ($0.key, Self.detached($0.value)) } }
+    }
+
+    /// `s` with a dictionary of its own, built under the lock: a copy that shared the live one's storage would be
+    /// read by the HTTP thread while the runner's next batch updates it (ThreadSanitizer reports that access).
+    private static func detached(_ s: Snapshot) -> Snapshot {
+        var copy = s
+        copy.batches = Dictionary(uniqueKeysWithValues: s.batches.map { ($0.key, $0.value) })
+        return copy
     }
 }

@@ -166,8 +166,9 @@ private final class AdaptiveObserver: RunnerObserver, @unchecked Sendable {
         let results = box.all
         do {
             #expect(results.count == 40)
-            // The first batch runs before any change: every job as it came.
-            #expect((0..<4).allSatisfy { results[$0]?.loweredBudget == nil })
+            // The first batch runs before any change: job 0 (the first queued, so in it) as it came. (How many more
+            // joined it depends on how fast the loop thread woke.)
+            #expect(results[0]?.loweredBudget == nil)
             let last = results[36]!.loweredBudget
             #expect(last != nil && last!.value < 1)
             for (i, r) in results {
