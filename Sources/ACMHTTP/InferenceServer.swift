@@ -242,18 +242,18 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
             let e = error as? ProtocolError ?? ProtocolError(status: 500, message: "\(error)", reason: .internalError)
             return fail(name, e, id: nil)
         }
+        let parseSeconds = secondsSince(parseStart)
         if isDraining {
             return fail(name, ProtocolError(status: 503, message: "the server is shutting down", reason: .shuttingDown), id: submission.id)
         }
         let started = request.arrived
-        let parseSeconds = Double(DispatchTime.now().uptimeNanoseconds - parseStart) / 1e9
         let (metrics, logger, id, budget, render) = (self.metrics, self.logger, submission.id, submission.budget, submission.render)
         let refusal = submission.refusal
         let job = BatchJob<E.Engine.Input, E.Engine.Output>(
             input: submission.input, count: submission.count, policy: submission.policy, adaptive: submission.adaptive,
             timeoutNanoseconds: submission.timeoutNanoseconds
         ) { outcome in
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+            let seconds = secondsSince(started)
             let response: HTTPResponse
             switch outcome {
             case let .success(result):
@@ -266,8 +266,8 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
                 let renderStart = DispatchTime.now().uptimeNanoseconds
                 response = render(result)
                 metrics.statistics.answered(
-                    model: name, queue: result.queueSeconds, input: parseSeconds, infer: result.computeSeconds,
-                    output: Double(DispatchTime.now().uptimeNanoseconds - renderStart) / 1e9)
+                    model: name, total: seconds, queue: result.queueSeconds, input: parseSeconds,
+                    infer: result.computeSeconds, output: secondsSince(renderStart))
                 let fraction = endpoint.recordSuccess(result, seconds: seconds, budget: budget)
                 logger.debug("infer", metadata: requestMetadata(id, name, 200, seconds, fraction, batch: result.batchItems))
             case .timedOut:
@@ -338,9 +338,10 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
                     .array(
                         s.batches.sorted { $0.key < $1.key }.map { size, d in
                             // The forward pass is not split into input, infer and output here: all of it is infer.
-                            .object([
-                                ("batch_size", .integer(size)), ("compute_input", .object([("count", .integer(d.count)), ("ns", .integer(0))])),
-                                ("compute_infer", duration(d)), ("compute_output", .object([("count", .integer(d.count)), ("ns", .integer(0))])),
+                            let untimed = JSON.object([("count", .integer(d.count)), ("ns", .integer(0))])
+                            return .object([
+                                ("batch_size", .integer(size)), ("compute_input", untimed), ("compute_infer", duration(d)),
+                                ("compute_output", untimed),
                             ])
                         })
                 ),
@@ -364,6 +365,9 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
 }
 
 /// The fields of the one log line per request.
+/// Seconds from `start` (a `DispatchTime` reading in nanoseconds) to now.
+private func secondsSince(_ start: UInt64) -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+
 func requestMetadata(_ id: String?, _ model: String, _ status: Int, _ seconds: Double, _ fraction: Double?, batch: Int?)
     -> Logger.Metadata
 {

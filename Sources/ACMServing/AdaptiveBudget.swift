@@ -30,7 +30,7 @@ public struct AdaptiveBudgetConfig: Sendable, Equatable {
 
 /// Recent requests' latencies (queue plus compute, in seconds), each with the time it finished: what the
 /// controller watches. Entries older than `span` are dropped as new ones arrive.
-public struct LatencyWindow: Sendable, Equatable {
+public struct LatencyWindow: Sendable {
     public let spanNanoseconds: UInt64
     private(set) var entries: [(at: UInt64, seconds: Double)] = []
 
@@ -56,10 +56,6 @@ public struct LatencyWindow: Sendable, Equatable {
         let sorted = entries.map(\.seconds).sorted()
         let rank = Int((q * Double(sorted.count)).rounded(.up)) - 1
         return sorted[min(max(rank, 0), sorted.count - 1)]
-    }
-
-    public static func == (a: LatencyWindow, b: LatencyWindow) -> Bool {
-        a.spanNanoseconds == b.spanNanoseconds && a.entries.elementsEqual(b.entries) { $0.at == $1.at && $0.seconds == $1.seconds }
     }
 }
 

@@ -318,7 +318,7 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
             model: name, images: items, requests: batch.count, computeSeconds: computeSeconds,
             learnerHistogram: output.learnerHistogram, acmPaths: output.acmPaths)
 
-        if controller != nil { adapt(batch: batch, requests: requests, start: start, computeSeconds: computeSeconds, lowered: lowered) }
+        if controller != nil { adapt(requests: requests, computeSeconds: computeSeconds, lowered: lowered) }
 
         for (i, (job, request)) in zip(batch, requests).enumerated() {
             let result = RunResult(
@@ -335,10 +335,9 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
 
     /// The adaptive budget's turn after a batch: the batch's latencies into the window, then one decision on them
     /// and the queue left behind.
-    private func adapt(batch: [Job], requests: [QueuedRequest], start: UInt64, computeSeconds: Double, lowered: [ComputeBudget?]) {
+    private func adapt(requests: [QueuedRequest], computeSeconds: Double, lowered: [ComputeBudget?]) {
         let now = clock.now()
-        for request in requests { window.add(seconds(from: request.enqueuedAt, to: now), at: now) }
-        window.prune(now)
+        for request in requests { window.add(seconds(from: request.enqueuedAt, to: now), at: now) }  // add prunes
         let oldest = lock.withLock { queue.oldestEnqueuedAt }
         let observation = AdaptiveBudget.Observation(
             windowP95: window.quantile(0.95), oldestWait: oldest.map { seconds(from: $0, to: now) },
@@ -347,7 +346,7 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
         let change = controller!.update(observation, now: now)
         observer?.adaptiveBudget(
             model: name, budget: ranAt, seconds: seconds(from: accountedAt, to: now),
-            loweredRequests: lowered.reduce(0) { $0 + ($1 == nil ? 0 : 1) }, change: change)
+            loweredRequests: lowered.filter { $0 != nil }.count, change: change)
         accountedAt = now
     }
 }

@@ -130,7 +130,6 @@ public final class ServingMetrics: Sendable {
     public func success(model: String, seconds: Double, fraction: Double, budget: Double?) {
         let m = [("model", model)]
         registry.makeCounter(descriptor: successDescriptor, labels: m).increment()
-        statistics.success(model: model, seconds: seconds)
         registry.makeValueHistogram(descriptor: requestDurationDescriptor, labels: m, buckets: Self.durationBuckets)
             .record(seconds)
         registry.makeValueHistogram(descriptor: fractionDescriptor, labels: m, buckets: Self.fractionBuckets)

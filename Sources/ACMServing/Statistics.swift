@@ -57,13 +57,13 @@ public final class ModelStatistics: @unchecked Sendable {
         lock.withLock { body(&models[model, default: Snapshot()]) }
     }
 
-    public func success(model: String, seconds: Double) { update(model) { $0.success.add(seconds) } }
     public func failure(model: String, seconds: Double) { update(model) { $0.fail.add(seconds) } }
 
-    /// A request answered from its batch: its time in the queue, parsing it, its batch's forward pass and encoding
-    /// its answer, added at once.
-    public func answered(model: String, queue: Double, input: Double, infer: Double, output: Double) {
+    /// A request answered 200 from its batch: arrival to answer, its time in the queue, parsing it, its batch's
+    /// forward pass and encoding its answer, added at once.
+    public func answered(model: String, total: Double, queue: Double, input: Double, infer: Double, output: Double) {
         update(model) { s in
+            s.success.add(total)
             s.queue.add(queue)
             s.computeInput.add(input)
             s.computeInfer.add(infer)
@@ -83,11 +83,6 @@ public final class ModelStatistics: @unchecked Sendable {
 
     /// The figures of `model`, or nil for a model never registered.
     public func snapshot(model: String) -> Snapshot? { lock.withLock { models[model].map(Self.detached) } }
-
-    /// Every model's figures, by name.
-    public func snapshots() -> [(String, Snapshot)] {
-        lock.withLock { models.sorted { $0.key < $1.key }.map { ($0.key, Self.detached($0.value)) } }
-    }
 
     /// `s` with a dictionary of its own, built under the lock: a copy that shared the live one's storage would be
     /// read by the HTTP thread while the runner's next batch updates it (ThreadSanitizer reports that access).
