@@ -168,7 +168,7 @@ public final class ACMLayer: @unchecked Sendable {
     /// - Parameters:
     ///   - x: [tokens, d_in], where tokens = the sum of the sequences' lengths.
     ///   - sequences: disjoint, covering token ranges; `policies[i]` applies to `sequences[i]`.
-    ///   - out: [tokens, d_out], overwritten.
+    ///   - out: [tokens, d_out], overwritten, or added to when `accumulate` (a residual stream).
     ///   - choices: out, each token's k.
     ///   - servedFirst: under a cap, how many leading tokens of each sequence the cap serves before the
     ///     rest (`chooseLearners`); nil: none.
@@ -177,8 +177,8 @@ public final class ACMLayer: @unchecked Sendable {
     ///     when a policy needs the gate. Its learner columns are overwritten.
     public func forward(
         _ x: UnsafePointer<Float>, sequences: [Range<Int>], policies: [LearnerPolicy], servedFirst: [Int]? = nil,
-        out: UnsafeMutablePointer<Float>, choices: UnsafeMutablePointer<Int32>, workspace ws: ACMWorkspace,
-        gateAndFirstOutput: (UnsafeMutablePointer<Float>, ld: Int)? = nil
+        out: UnsafeMutablePointer<Float>, accumulate: Bool = false, choices: UnsafeMutablePointer<Int32>,
+        workspace ws: ACMWorkspace, gateAndFirstOutput: (UnsafeMutablePointer<Float>, ld: Int)? = nil
     ) {
         precondition(sequences.count == policies.count && (servedFirst?.count ?? sequences.count) == sequences.count)
         let tokens = sequences.last?.upperBound ?? 0
@@ -217,7 +217,8 @@ public final class ACMLayer: @unchecked Sendable {
                     servedFirst: servedFirst?[i], ks: choices + seq.lowerBound, scratch: scratch.boundary)
             }
         }
-        runLearners(x, tokens: tokens, choices: choices, out: out, workspace: ws, firstHidden: firstHidden)
+        runLearners(
+            x, tokens: tokens, choices: choices, out: out, accumulate: accumulate, workspace: ws, firstHidden: firstHidden)
     }
 
     /// Runs the learners for every token, each with its own k.
@@ -225,17 +226,21 @@ public final class ACMLayer: @unchecked Sendable {
     /// The tokens are split into one contiguous block per worker, balanced by Σk; within a block,
     /// learner n runs as two dense GEMMs over the block's tokens that chose k > n (see `runBlock`).
     ///
-    /// - Parameter firstHidden: the k_min learners' hidden layer for every token, activation applied, and
-    ///   its row stride, when `forward` computed it with the gate; nil to compute it here.
+    /// - Parameters:
+    ///   - accumulate: add to `out` (a residual stream) rather than overwrite it.
+    ///   - firstHidden: the k_min learners' hidden layer for every token, activation applied, and its row
+    ///     stride, when `forward` computed it with the gate; nil to compute it here.
     public func runLearners(
         _ x: UnsafePointer<Float>, tokens: Int, choices: UnsafePointer<Int32>,
-        out: UnsafeMutablePointer<Float>, workspace ws: ACMWorkspace,
+        out: UnsafeMutablePointer<Float>, accumulate: Bool = false, workspace ws: ACMWorkspace,
         firstHidden: (UnsafeMutablePointer<Float>, Int)? = nil
     ) {
         ws.prepare()
         let workers = max(1, min(Parallel.workers, tokens / Parallel.minimumRowsPerWorker))
         if workers == 1 {
-            runBlock(x, tokens: tokens, choices: choices, out: out, scratch: ws.chunks[0], firstHidden: firstHidden)
+            runBlock(
+                x, tokens: tokens, choices: choices, out: out, accumulate: accumulate, scratch: ws.chunks[0],
+                firstHidden: firstHidden)
             return
         }
         // Cut where the running work (k learners plus a little for the gather and scatter) crosses
@@ -253,7 +258,7 @@ public final class ACMLayer: @unchecked Sendable {
             let block = cuts[i]..<cuts[i + 1]
             runBlock(
                 x + block.lowerBound * inputDim, tokens: block.count, choices: choices + block.lowerBound,
-                out: out + block.lowerBound * outputDim, scratch: ws.chunks[i],
+                out: out + block.lowerBound * outputDim, accumulate: accumulate, scratch: ws.chunks[i],
                 firstHidden: firstHidden.map { ($0.0 + block.lowerBound * $0.1, $0.1) })
         }
     }
@@ -264,10 +269,12 @@ public final class ACMLayer: @unchecked Sendable {
     /// tokens with k > k_min are then ordered by k, high to low (a counting sort), and gathered; the
     /// tokens that run learner n ≥ k_min are exactly the first c_n rows, where c_n = #{t : k_t > n}. The
     /// work is Σ_n c_n = Σ_t k_t learner evaluations. Their sums are scattered back (added to the k_min
-    /// learners' part), with the output bias of each token's k.
+    /// learners' part), with the output bias of each token's k, in one pass. With `accumulate`, everything
+    /// is added to what `out` holds.
     func runBlock(
         _ x: UnsafePointer<Float>, tokens: Int, choices: UnsafePointer<Int32>,
-        out: UnsafeMutablePointer<Float>, scratch ws: LearnerScratch, firstHidden: (UnsafeMutablePointer<Float>, Int)?
+        out: UnsafeMutablePointer<Float>, accumulate accumulateOut: Bool = false, scratch ws: LearnerScratch,
+        firstHidden: (UnsafeMutablePointer<Float>, Int)?
     ) {
         if tokens == 0 { return }
         let n = config.numLearners, h = config.learnerDim, kMin = config.minChoice
@@ -309,9 +316,9 @@ public final class ACMLayer: @unchecked Sendable {
         // the learners every token runs, in place
         for index in 0..<kMin {
             if let (hidden, ld) = firstHidden {
-                project(index, hidden + index * h, ld: ld, out, rows: tokens, accumulate: index > 0)
+                project(index, hidden + index * h, ld: ld, out, rows: tokens, accumulate: index > 0 || accumulateOut)
             } else {
-                learner(index, x, out, rows: tokens, accumulate: index > 0)
+                learner(index, x, out, rows: tokens, accumulate: index > 0 || accumulateOut)
             }
         }
 
@@ -376,19 +383,22 @@ public final class ACMLayer: @unchecked Sendable {
                 if rows == 0 { break }
                 learner(
                     index, xs, rounded: rounded.map { UnsafePointer($0) }, ys, rows: rows,
-                    accumulate: index > kMin || (identity && kMin > 0))
+                    accumulate: index > kMin || (identity && (kMin > 0 || accumulateOut)))
             }
             if !identity {
+                // every token's row: the gathered sums added (or copied) and the output bias of its k; k = 0
+                // tokens (k_min = 0) get zeros, or keep what `out` held
                 ws.position.withUnsafeBufferPointer { position in
                     scatterRows(
                         out, from: ys, position: position.baseAddress!, ks: choices, above: kMin, rows: tokens,
-                        columns: dOut, accumulate: kMin > 0)
+                        columns: dOut, accumulate: kMin > 0 || accumulateOut, table: cumulativeB2?.data)
                 }
+                return
             }
         }
 
-        // k = 0 tokens (k_min = 0) get zeros; then every token the output bias of its k
-        if kMin == 0 {
+        // k = 0 tokens (k_min = 0) get zeros, or keep what `out` held; then every token the output bias of its k
+        if kMin == 0 && !accumulateOut {
             for t in 0..<tokens where choices[t] == 0 { (out + t * dOut).update(repeating: 0, count: dOut) }
         }
         if let cumulativeB2 { addIndexedRows(out, table: cumulativeB2.data, ks: choices, rows: tokens, columns: dOut) }

@@ -31,7 +31,8 @@ public enum DenseOrACM: Sendable {
     ///   - x: [tokens, d_in], where tokens = the sum of the sequences' lengths.
     ///   - sequences: disjoint, covering token ranges; `policies[i]` applies to `sequences[i]`
     ///     (ignored by a dense layer).
-    ///   - out: [tokens, d_out], overwritten.
+    ///   - out: [tokens, d_out], overwritten, or added to when `accumulate` (a residual stream: one pass
+    ///     over it fewer than adding a separate output).
     ///   - learners: where an ACM counts the learners its tokens ran, sequence i for item `items[i]`
     ///     (default i).
     ///   - servedFirst: under a cap, how many leading tokens of each sequence an ACM serves first
@@ -40,22 +41,22 @@ public enum DenseOrACM: Sendable {
     ///   - gateAndFirstOutput: an ACM's part of a stacked gate's output (`ACMLayer.forward`).
     public func forward(
         _ x: UnsafePointer<Float>, sequences: [Range<Int>], policies: [LearnerPolicy], servedFirst: [Int]? = nil,
-        out: UnsafeMutablePointer<Float>, workspace ws: ACMWorkspace,
+        out: UnsafeMutablePointer<Float>, accumulate: Bool = false, workspace ws: ACMWorkspace,
         learners: LearnerCounts? = nil, items: [Int]? = nil, fewRows: FewRows = .oneWorker,
         gateAndFirstOutput: (UnsafeMutablePointer<Float>, ld: Int)? = nil
     ) {
         let tokens = sequences.last?.upperBound ?? 0
         switch self {
         case let .linear(linear):
-            linear.forward(x, rows: tokens, out: out, fewRows: fewRows)
+            linear.forward(x, rows: tokens, out: out, accumulate: accumulate, fewRows: fewRows)
         case let .mlp(mlp):
-            mlp.forward(x, rows: tokens, out: out, scratch: ws.mlpHidden, fewRows: fewRows)
+            mlp.forward(x, rows: tokens, out: out, accumulate: accumulate, scratch: ws.mlpHidden, fewRows: fewRows)
         case let .acm(index, layer):
             if ws.choices.count < tokens { ws.choices = [Int32](repeating: 0, count: tokens) }
             ws.choices.withUnsafeMutableBufferPointer { ks in
                 layer.forward(
-                    x, sequences: sequences, policies: policies, servedFirst: servedFirst, out: out, choices: ks.baseAddress!,
-                    workspace: ws, gateAndFirstOutput: gateAndFirstOutput)
+                    x, sequences: sequences, policies: policies, servedFirst: servedFirst, out: out, accumulate: accumulate,
+                    choices: ks.baseAddress!, workspace: ws, gateAndFirstOutput: gateAndFirstOutput)
                 learners?.add(acm: index, layer: layer, choices: UnsafeBufferPointer(ks), sequences: sequences, items: items)
             }
         }

@@ -117,13 +117,16 @@ func gatherRows(_ out: UnsafeMutablePointer<Float>, from x: UnsafePointer<Float>
     acm_gather_rows(out, x, order, count, columns)
 }
 
-/// For each of `rows` tokens t with ks[t] > kMin: out[t] = ys[position[t]], or += when `accumulate`;
-/// rows of `columns` floats.
+/// The scatter of a gathered block's results and each token's bias by its k, for every token t < rows:
+/// out[t] = (out[t] + ys[position[t]]) + table[ks[t]] where ks[t] > kMin, else out[t] += table[ks[t]]; rows of
+/// `columns` floats. Unless `accumulate` (out holds nothing yet), out[t] on the right is 0; with no table, its
+/// rows are 0.
 func scatterRows(
     _ out: UnsafeMutablePointer<Float>, from ys: UnsafePointer<Float>, position: UnsafePointer<Int32>,
-    ks: UnsafePointer<Int32>, above kMin: Int, rows: Int, columns: Int, accumulate: Bool
+    ks: UnsafePointer<Int32>, above kMin: Int, rows: Int, columns: Int, accumulate: Bool,
+    table: UnsafePointer<Float>? = nil
 ) {
-    acm_scatter_rows(out, ys, position, ks, Int32(kMin), rows, columns, accumulate ? 1 : 0)
+    acm_scatter_rows(out, ys, position, ks, Int32(kMin), rows, columns, accumulate ? 1 : 0, table)
 }
 
 /// out[t] += table[ks[t]] for t < rows: rows of `columns` floats, each token's row of `table` by its k.
@@ -190,15 +193,18 @@ func reachingSurvival(
 }
 
 /// ks[token[r]] += 1 for the `k` best of `count` rows r: the highest survival[r], ties to the smaller r
-/// (the rows being in token order). The k-th best by a branch-free quickselect on a copy of the
-/// survivals, then one pass in order: O(count) on average, where a sort of the boundary level took a
-/// tenth of a capped forward pass. `scratch` holds `count` doubles.
+/// (the rows being in token order). The k-th best by a quickselect on a copy of the survivals (with AVX-512,
+/// partitioned eight at a time by compress), then one pass in order: O(count) on average, where a sort of
+/// the boundary level took a tenth of a capped forward pass. `scratch` holds `giveBestScratch(count)` doubles.
 func giveBest(
     survival: UnsafePointer<Double>, token: UnsafePointer<Int32>, count: Int, _ k: Int,
     scratch: UnsafeMutablePointer<Double>, ks: UnsafeMutablePointer<Int32>
 ) {
     acm_give_best(survival, token, count, k, scratch, ks)
 }
+
+/// The doubles of scratch `giveBest` needs for `count` rows.
+func giveBestScratch(_ count: Int) -> Int { 3 * (count + 8) }
 
 /// LayerNorm over each row: (x − mean)/√(var + eps)·gamma + beta, variance biased as in PyTorch.
 /// `out` may equal `x`.

@@ -139,13 +139,13 @@ private func trimToBoundary(
     // At the boundary level, rank the tokens that reach it by S_t(j) = P(K_t ≥ j) = Σ_{k ≥ j} p_t(k),
     // high to low, ties to the earlier token, and give the first `left` of them their j-th learner.
     // The sums run from the top choice down in double precision, as the reference does.
+    // the buffer: `reachingSurvival`'s scratch, then `giveBest`'s
+    let bufferSize = max(2 * tokens * choices, giveBestScratch(tokens))
     if scratch.token.count < tokens {
         scratch.survival = [Double](repeating: 0, count: tokens)
         scratch.token = [Int32](repeating: 0, count: tokens)
-        scratch.buffer = [Double](repeating: 0, count: 2 * tokens * choices)
-    } else if scratch.buffer.count < 2 * tokens * choices {
-        scratch.buffer = [Double](repeating: 0, count: 2 * tokens * choices)
     }
+    if scratch.buffer.count < bufferSize { scratch.buffer = [Double](repeating: 0, count: bufferSize) }
     scratch.survival.withUnsafeMutableBufferPointer { survival in
         scratch.token.withUnsafeMutableBufferPointer { token in
             scratch.buffer.withUnsafeMutableBufferPointer { buffer in

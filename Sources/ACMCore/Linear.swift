@@ -1,3 +1,5 @@
+import CACMKernels
+
 /// A dense layer in `nn.Linear`'s layout: `weight` [out, in] (key `weight`), `bias` [out] (key `bias`).
 public struct Linear: Sendable {
     public let inputs: Int
@@ -52,12 +54,19 @@ public struct Linear: Sendable {
         return Linear(weight: weight, bias: bias, precision: parts[0].precision)
     }
 
-    /// out = x·Wᵀ + b for `rows` rows; `ldx` and `ldOut` are row strides.
+    /// out = x·Wᵀ + b for `rows` rows, or out += x·Wᵀ + b when `accumulate`; `ldx` and `ldOut` are row strides.
     public func forward(
         _ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil,
-        out: UnsafeMutablePointer<Float>, ldOut: Int? = nil, fewRows: FewRows = .oneWorker
+        out: UnsafeMutablePointer<Float>, ldOut: Int? = nil, accumulate: Bool = false, fewRows: FewRows = .oneWorker
     ) {
         let ldo = ldOut ?? outputs, ldi = ldx ?? inputs
+        if accumulate && fewRows == .splitColumns && rows < Parallel.workers * Parallel.minimumRowsPerWorker {
+            // the few-rows paths write their output: add it from a buffer
+            let sum = Tensor(shape: [rows, outputs])
+            forward(x, rows: rows, ldx: ldi, out: sum.data, fewRows: fewRows)
+            for r in 0..<rows { acm_add(out + r * ldo, sum.data + r * outputs, outputs) }
+            return
+        }
         if fewRows == .splitColumns && rows < Parallel.workers * Parallel.minimumRowsPerWorker, let half {
             half.timesTransposed(x, count: rows, ldx: ldi, out: out, ldOut: ldo, minimumRowsPerWorker: 64)
             if let bias { addBias(out, rows: rows, columns: outputs, ld: ldo, bias: bias.data) }
@@ -71,7 +80,9 @@ public struct Linear: Sendable {
         }
         Parallel.forEachChunk(rows) { _, r in
             // [rows, in] × [in, out]
-            weightT.multiply(m: r.count, a: x + r.lowerBound * ldi, lda: ldi, c: out + r.lowerBound * ldo, ldc: ldo)
+            weightT.multiply(
+                m: r.count, a: x + r.lowerBound * ldi, lda: ldi, beta: accumulate ? 1 : 0, c: out + r.lowerBound * ldo,
+                ldc: ldo)
             if let bias { addBias(out + r.lowerBound * ldo, rows: r.count, columns: outputs, ld: ldo, bias: bias.data) }
         }
     }
@@ -143,11 +154,11 @@ public struct DenseMLP: Sendable {
             fc2: try Linear(inputs: hidden, outputs: d, weights: weights.scoped(fc2), keepHalf: keepHalf))
     }
 
-    /// out = fc2(gelu(fc1(x))) for `rows` rows; each worker runs all three steps on its own rows, or,
-    /// for few rows split by columns, each step is shared out by columns in turn.
+    /// out = fc2(gelu(fc1(x))) for `rows` rows, or out += that when `accumulate`; each worker runs all three
+    /// steps on its own rows, or, for few rows split by columns, each step is shared out by columns in turn.
     public func forward(
-        _ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, scratch: WorkerScratch,
-        fewRows: FewRows = .oneWorker
+        _ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+        scratch: WorkerScratch, fewRows: FewRows = .oneWorker
     ) {
         let d = fc1.inputs, hiddenWidth = fc1.outputs, dOut = fc2.outputs
         scratch.prepare()
@@ -155,7 +166,7 @@ public struct DenseMLP: Sendable {
             let hidden = scratch[0].reserve(rows * hiddenWidth)
             fc1.forward(x, rows: rows, out: hidden, fewRows: .splitColumns)
             Activation.gelu.apply(hidden, count: rows * hiddenWidth)
-            fc2.forward(hidden, rows: rows, out: out, fewRows: .splitColumns)
+            fc2.forward(hidden, rows: rows, out: out, accumulate: accumulate, fewRows: .splitColumns)
             return
         }
         if fc1.precision == .bf16 && fc2.precision == .bf16 && hiddenWidth % 2 == 0 {
@@ -166,7 +177,9 @@ public struct DenseMLP: Sendable {
                 fc1.weightT.multiplyActivated(
                     m: r.count, a: x + r.lowerBound * d, lda: d, bias: fc1.bias?.data, activation: .gelu, c: hidden,
                     ldc: hiddenWidth, hidden: rounded, ldHidden: hiddenWidth)
-                fc2.weightT.multiply(m: r.count, rounded: rounded, lda: hiddenWidth, c: out + r.lowerBound * dOut, ldc: dOut)
+                fc2.weightT.multiply(
+                    m: r.count, rounded: rounded, lda: hiddenWidth, beta: accumulate ? 1 : 0, c: out + r.lowerBound * dOut,
+                    ldc: dOut)
                 if let b = fc2.bias { addBias(out + r.lowerBound * dOut, rows: r.count, columns: dOut, ld: dOut, bias: b.data) }
             }
             return
@@ -177,7 +190,8 @@ public struct DenseMLP: Sendable {
             fc1.weightT.multiply(m: r.count, a: x + r.lowerBound * d, lda: d, c: hidden, ldc: hiddenWidth)
             Activation.gelu.apply(hidden, rows: r.count, columns: hiddenWidth, bias: fc1.bias?.data)
             // [rows, D] × [D, d]
-            fc2.weightT.multiply(m: r.count, a: hidden, lda: hiddenWidth, c: out + r.lowerBound * dOut, ldc: dOut)
+            fc2.weightT.multiply(
+                m: r.count, a: hidden, lda: hiddenWidth, beta: accumulate ? 1 : 0, c: out + r.lowerBound * dOut, ldc: dOut)
             if let b = fc2.bias { addBias(out + r.lowerBound * dOut, rows: r.count, columns: dOut, ld: dOut, bias: b.data) }
         }
     }

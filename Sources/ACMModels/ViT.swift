@@ -287,20 +287,20 @@ public final class ViT: @unchecked Sendable {
             }
         }
 
-        /// Runs `block` on `input` [tokens, in] into `output` [tokens, out]; an ACM with its part of a
-        /// stacked gate's output, if given.
+        /// Runs `block` on `input` [tokens, in] into `output` [tokens, out] (added to it when `accumulate`);
+        /// an ACM with its part of a stacked gate's output, if given.
         func run(
             _ block: DenseOrACM, _ input: UnsafePointer<Float>, _ output: UnsafeMutablePointer<Float>,
-            gateAndFirst: (UnsafeMutablePointer<Float>, ld: Int)? = nil
+            accumulate: Bool = false, gateAndFirst: (UnsafeMutablePointer<Float>, ld: Int)? = nil
         ) {
             block.forward(
                 input, sequences: sequences, policies: block.acmIndex.map { acmPolicies[$0] } ?? policies,
-                out: output, workspace: ws.layers, learners: learners, gateAndFirstOutput: gateAndFirst)
+                out: output, accumulate: accumulate, workspace: ws.layers, learners: learners,
+                gateAndFirstOutput: gateAndFirst)
         }
 
         let q = ws.q.reserve(tokens * d), k = ws.k.reserve(tokens * d), v = ws.v.reserve(tokens * d)
         let attended = ws.attended.reserve(tokens * d)
-        let blockOut = ws.blockOut.reserve(tokens * d)
         for layer in layers {
             // self-attention: x = x + o(attention(q, k, v)), on ln_1(x)
             layer.ln1.forward(x, rows: tokens, out: normed)
@@ -330,13 +330,11 @@ public final class ViT: @unchecked Sendable {
                 q: qs, k: ks, v: vs, ld: ld, out: attended, ldOut: d,
                 sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores,
                 precision: precision)
-            run(layer.o, attended, blockOut)
-            addInPlace(x, blockOut, count: tokens * d)
+            run(layer.o, attended, x, accumulate: true)
 
             // mlp: x = x + mlp(ln_2(x))
             layer.ln2.forward(x, rows: tokens, out: normed)
-            run(layer.mlp, normed, blockOut)
-            addInPlace(x, blockOut, count: tokens * d)
+            run(layer.mlp, normed, x, accumulate: true)
         }
 
         // head on the class tokens: LayerNorm is per row, so only those rows need it

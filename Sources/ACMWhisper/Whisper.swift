@@ -254,7 +254,7 @@ public final class Whisper: @unchecked Sendable {
 
         let normed = ws.normed.reserve(tokens * d)
         let q = ws.q.reserve(tokens * d), k = ws.k.reserve(tokens * d), v = ws.v.reserve(tokens * d)
-        let attended = ws.attended.reserve(tokens * d), blockOut = ws.blockOut.reserve(tokens * d)
+        let attended = ws.attended.reserve(tokens * d)
         let heads = config.encoderAttentionHeads
         for layer in encoderLayers {
             // self-attention: x = x + out(attention(q, k, v)) on self_attn_layer_norm(x)
@@ -265,15 +265,13 @@ public final class Whisper: @unchecked Sendable {
             multiHeadAttention(
                 q: q, k: k, v: v, ld: d, out: attended, ldOut: d,
                 sequences: sequences, heads: heads, headDim: d / heads, scores: ws.scores, precision: precision)
-            layer.selfAttn.out.forward(attended, rows: tokens, out: blockOut)
-            addInPlace(x, blockOut, count: tokens * d)
+            layer.selfAttn.out.forward(attended, rows: tokens, out: x, accumulate: true)
 
             // mlp: x = x + fc2(gelu(fc1(final_layer_norm(x))))
             layer.finalLayerNorm.forward(x, rows: tokens, out: normed)
             layer.mlp.forward(
                 normed, sequences: sequences, policies: layer.mlp.acmIndex.map { acmPolicies[$0] } ?? policies,
-                servedFirst: content, out: blockOut, workspace: ws.layers, learners: learners, items: items)
-            addInPlace(x, blockOut, count: tokens * d)
+                servedFirst: content, out: x, accumulate: true, workspace: ws.layers, learners: learners, items: items)
         }
         let encoded = Tensor(shape: [tokens, d])
         encoderLayerNorm.forward(x, rows: tokens, out: encoded.data)

@@ -295,8 +295,12 @@ static inline double exp_f64(double v) {
     double q = ((3.00198505138664455042E-6 * rr + 2.52448340349684104192E-3) * rr + 2.27265548208155028766E-1) * rr +
                2.00000000000000000009E0;
     double e = 1.0 + 2.0 * (p / (q - p));
-    // 2^k by its bit pattern: k ≥ -1010 here, a normal double
-    int64_t bits = ((int64_t)k + 1023) << 52;
+    // 2^k by its bit pattern: k ≥ -1010 here, a normal double. k is in the low bits of `shifted` (1.5·2^52 + k),
+    // whose own high bits the shift drops: integer arithmetic only, where (int64_t)k has no AVX-512F
+    // instruction and ran element by element
+    int64_t bits;
+    memcpy(&bits, &shifted, 8);
+    bits = (int64_t)((uint64_t)(bits + 1023) << 52);
     double two_to_k;
     memcpy(&two_to_k, &bits, 8);
     return e * two_to_k;
@@ -308,28 +312,46 @@ KERNEL void acm_exp_f64(const double *x, double *out, long n) {
 
 KERNEL long acm_reaching_survival(const float *x, long rows, long choices, long ld, const int *ks, int level,
                                   long top, double *scratch, double *survival, int *token) {
-    // the reaching rows' shifted logits z − max z, then their exponentials, in one pass each
-    double *shifted = scratch, *e = scratch + rows * choices;
-    long reaching = 0;
+    // The reaching rows, then column by column across them (so that every step below is one vector loop over
+    // the rows): e[c·n + r] = exp(z_rc − max_c z_rc), their sums, and the survival sums from the top choice
+    // down, in the same order per row as a row-by-row loop.
+    long n = 0;
     for (long t = 0; t < rows; t++) {
-        if (ks[t] < level) continue;
-        const float *row = x + t * ld;
-        double m = -__builtin_inf();
-        for (long c = 0; c < choices; c++) m = (double)row[c] > m ? (double)row[c] : m;
-        for (long c = 0; c < choices; c++) shifted[reaching * choices + c] = (double)row[c] - m;
-        token[reaching] = (int)t;
-        reaching++;
+        token[n] = (int)t;
+        n += ks[t] >= level;
     }
-    for (long i = 0; i < reaching * choices; i++) e[i] = exp_f64(shifted[i]);
-    for (long r = 0; r < reaching; r++) {
-        const double *er = e + r * choices;
-        double sum = 0.0;
-        for (long c = 0; c < choices; c++) sum += er[c];
-        double s = 0.0;
-        for (long c = choices - 1; c >= top; c--) s += er[c] / sum;
-        survival[r] = s;
+    double *restrict e = scratch, *restrict m = scratch + n * choices;
+    for (long r = 0; r < n; r++) m[r] = -__builtin_inf();
+    for (long c = 0; c < choices; c++) {
+        double *restrict ec = e + c * n;
+        for (long r = 0; r < n; r++) {
+            double v = (double)x[(long)token[r] * ld + c];
+            ec[r] = v;
+            m[r] = v > m[r] ? v : m[r];
+        }
     }
-    return reaching;
+    for (long c = 0; c < choices; c++) {
+        double *restrict ec = e + c * n;
+        for (long r = 0; r < n; r++) ec[r] = exp_f64(ec[r] - m[r]);
+    }
+    double *restrict sum = m, *restrict s = survival;
+    for (long r = 0; r < n; r++) sum[r] = 0.0;
+    for (long c = 0; c < choices; c++) {
+        const double *restrict ec = e + c * n;
+        for (long r = 0; r < n; r++) sum[r] += ec[r];
+    }
+    // p = e·(1/sum), as torch.softmax does: one division per row, where one per element was most of the time
+    for (long r = 0; r < n; r++) {
+        s[r] = 0.0;
+        sum[r] = 1.0 / sum[r];
+    }
+    for (long c = choices - 1; c >= top; c--) {
+        // each p rounded before it is added (no fused multiply-add), as torch's softmax then cumsum
+#pragma clang fp contract(off)
+        const double *restrict ec = e + c * n;
+        for (long r = 0; r < n; r++) s[r] += ec[r] * sum[r];
+    }
+    return n;
 }
 
 KERNEL long acm_argmax_rows(const float *x, long rows, long choices, long ld, int offset, int *best, long *histogram) {
@@ -390,12 +412,7 @@ static double kth_largest(double *a, long n, long k) {
     return a[lo];
 }
 
-void acm_give_best(const double *survival, const int *token, long n, long k, double *scratch, int *ks) {
-    if (k <= 0) return;
-    if (k >= n) {
-        for (long r = 0; r < n; r++) ks[token[r]] += 1;
-        return;
-    }
+static void give_best(const double *survival, const int *token, long n, long k, double *scratch, int *ks) {
     memcpy(scratch, survival, (size_t)n * sizeof(double));
     double v = kth_largest(scratch, n, k);
     long greater = 0;
@@ -409,20 +426,129 @@ void acm_give_best(const double *survival, const int *token, long n, long k, dou
     }
 }
 
-KERNEL void acm_gather_rows(float *restrict out, const float *restrict x, const int *order, long n, long d) {
-    for (long p = 0; p < n; p++) memcpy(out + p * d, x + (long)order[p] * d, (size_t)d * sizeof(float));
+static inline __mmask8 tail_mask8(long left) { return left >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << left) - 1); }
+
+// give_best with AVX-512: the quickselect partitions eight at a time, out of place (the values above the
+// pivot to one buffer, those below to another, by compress: no chain from one element to the next, where the
+// in-place partition waited on each swap's store), and the final pass by mask. The compressed vectors are
+// stored whole (a compress straight to memory is slow on AMD's cores), so each buffer has 8 doubles to spare.
+AVX512 static void give_best_avx512(const double *survival, const int *token, long n, long k, double *scratch, int *ks) {
+    double *buffer[3] = {scratch, scratch + n + 8, scratch + 2 * (n + 8)};
+    memcpy(buffer[0], survival, (size_t)n * sizeof(double));
+    int cur = 0;
+    long size = n, target = k - 1;
+    double v;
+    for (;;) {
+        double *a = buffer[cur];
+        if (size <= 16) {
+            v = kth_largest(a, size, target + 1);
+            break;
+        }
+        double x = a[0], y = a[size / 2], z = a[size - 1];
+        double lo2 = x < y ? x : y, hi2 = x < y ? y : x;
+        double p = z < lo2 ? lo2 : (z > hi2 ? hi2 : z);  // the median of the three
+        int high = (cur + 1) % 3, low = (cur + 2) % 3;
+        double *above = buffer[high], *below = buffer[low];
+        const __m512d vp = _mm512_set1_pd(p);
+        long g = 0, l = 0;
+        for (long i = 0; i < size; i += 8) {
+            __mmask8 m = tail_mask8(size - i);
+            __m512d w = _mm512_maskz_loadu_pd(m, a + i);
+            __mmask8 gt = _mm512_mask_cmp_pd_mask(m, w, vp, _CMP_GT_OQ);
+            __mmask8 lt = _mm512_mask_cmp_pd_mask(m, w, vp, _CMP_LT_OQ);
+            _mm512_storeu_pd(above + g, _mm512_maskz_compress_pd(gt, w));
+            _mm512_storeu_pd(below + l, _mm512_maskz_compress_pd(lt, w));
+            g += __builtin_popcount(gt);
+            l += __builtin_popcount(lt);
+        }
+        // the rest equal p (or are NaN: then p is returned rather than loop)
+        if (target < g) {
+            cur = high;
+            size = g;
+        } else if (target < size - l) {
+            v = p;
+            break;
+        } else {
+            target -= size - l;
+            cur = low;
+            size = l;
+        }
+    }
+    const __m512d vv = _mm512_set1_pd(v);
+    long greater = 0;
+    for (long i = 0; i < n; i += 8)
+        greater += __builtin_popcount(_mm512_mask_cmp_pd_mask(tail_mask8(n - i), _mm512_maskz_loadu_pd(tail_mask8(n - i), survival + i), vv, _CMP_GT_OQ));
+    long ties = k - greater;  // the earliest of those equal to v
+    for (long i = 0; i < n; i += 8) {
+        __mmask8 m = tail_mask8(n - i);
+        __m512d w = _mm512_maskz_loadu_pd(m, survival + i);
+        unsigned take = _mm512_mask_cmp_pd_mask(m, w, vv, _CMP_GT_OQ);
+        unsigned equal = _mm512_mask_cmp_pd_mask(m, w, vv, _CMP_EQ_OQ);
+        while (equal && ties > 0) {
+            take |= equal & -equal;
+            equal &= equal - 1;
+            ties--;
+        }
+        long lanes = n - i < 8 ? n - i : 8;
+        for (long j = 0; j < lanes; j++) ks[token[i + j]] += (take >> j) & 1;
+    }
+}
+
+void acm_give_best(const double *survival, const int *token, long n, long k, double *scratch, int *ks) {
+    if (k <= 0) return;
+    if (k >= n) {
+        for (long r = 0; r < n; r++) ks[token[r]] += 1;
+        return;
+    }
+    if (has_avx512f()) {
+        give_best_avx512(survival, token, n, k, scratch, ks);
+    } else {
+        give_best(survival, token, n, k, scratch, ks);
+    }
+}
+
+// 16 floats, loaded and stored unaligned: one AVX-512 register in that clone, two or four narrower ones in the
+// others
+typedef float floats16 __attribute__((vector_size(64), aligned(4)));
+
+// no_builtin: the compiler would otherwise turn the vector loop back into a memcpy call per row
+KERNEL __attribute__((no_builtin("memcpy"))) void acm_gather_rows(float *restrict out, const float *restrict x,
+                                                                   const int *order, long n, long d) {
+    if (d % 16 != 0) {
+        for (long p = 0; p < n; p++) memcpy(out + p * d, x + (long)order[p] * d, (size_t)d * sizeof(float));
+        return;
+    }
+    // rows of whole vectors, copied inline: a memcpy call per row cost a third of a 512-byte row's copy
+    for (long p = 0; p < n; p++) {
+        const floats16 *src = (const floats16 *)(x + (long)order[p] * d);
+        floats16 *dst = (floats16 *)(out + p * d);
+        for (long i = 0; i < d / 16; i++) dst[i] = src[i];
+    }
 }
 
 KERNEL void acm_scatter_rows(float *restrict out, const float *restrict ys, const int *position, const int *ks,
-                             int kmin, long rows, long d, int accumulate) {
+                             int kmin, long rows, long d, int accumulate, const float *restrict table) {
     for (long t = 0; t < rows; t++) {
-        if (ks[t] <= kmin) continue;
         float *row = out + t * d;
-        const float *y = ys + (long)position[t] * d;
-        if (accumulate) {
-            for (long i = 0; i < d; i++) row[i] += y[i];
+        const float *b = table ? table + (long)ks[t] * d : 0;
+        if (ks[t] > kmin) {
+            const float *y = ys + (long)position[t] * d;
+            // (row + y) + b: the order of the separate scatter and bias passes this replaces
+            if (accumulate && b) {
+                for (long i = 0; i < d; i++) row[i] = (row[i] + y[i]) + b[i];
+            } else if (accumulate) {
+                for (long i = 0; i < d; i++) row[i] += y[i];
+            } else if (b) {
+                for (long i = 0; i < d; i++) row[i] = y[i] + b[i];
+            } else {
+                memcpy(row, y, (size_t)d * sizeof(float));
+            }
+        } else if (accumulate) {
+            if (b) for (long i = 0; i < d; i++) row[i] += b[i];
+        } else if (b) {
+            memcpy(row, b, (size_t)d * sizeof(float));
         } else {
-            memcpy(row, y, (size_t)d * sizeof(float));
+            memset(row, 0, (size_t)d * sizeof(float));
         }
     }
 }

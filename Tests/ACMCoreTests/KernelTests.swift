@@ -190,13 +190,12 @@ import Testing
         }
     }
 
-    /// Should gather rows by index, scatter them back (copied or added) to the tokens above k_min, and
-    /// add each token's row of a table by its k, as naive loops do.
+    /// Should gather rows by index, scatter them back (copied or added) to the tokens above k_min with each
+    /// token's row of a bias table by its k (every token's), and add a table's rows alone, as naive loops do.
     @Test func indexedRowsMatchNaive() {
         var rng = SplitMix64(seed: 13)
-        let tokens = 23, d = 19, kMin = 1
+        let tokens = 23, d = 19
         let x = randomTensor([tokens, d], rng: &rng)
-        let ks = (0..<tokens).map { _ in Int32.random(in: 1...4, using: &rng) }
         let order = (0..<tokens).map(Int32.init).shuffled(using: &rng)
         let position = (0..<tokens).map { t in Int32(order.firstIndex(of: Int32(t))!) }
         let rows = { (t: Tensor, r: Int) in Array(UnsafeBufferPointer(start: t.data + r * d, count: d)) }
@@ -205,18 +204,27 @@ import Testing
         gatherRows(gathered.data, from: x.data, order: order, count: tokens, columns: d)
         for p in 0..<tokens { #expect(rows(gathered, p) == rows(x, Int(order[p]))) }
 
-        for accumulate in [false, true] {
-            let out = randomTensor([tokens, d], rng: &rng)
-            let before = out.array
-            scatterRows(out.data, from: gathered.data, position: position, ks: ks, above: kMin, rows: tokens, columns: d, accumulate: accumulate)
-            for t in 0..<tokens {
-                let old = Array(before[t * d..<(t + 1) * d])
-                let want = ks[t] <= kMin ? old : accumulate ? zip(old, rows(x, t)).map { $0 + $1 } : rows(x, t)
-                #expect(rows(out, t) == want, "token \(t), accumulate \(accumulate)")
+        let table = randomTensor([5, d], rng: &rng)
+        for kMin in [0, 1] {
+            let ks = (0..<tokens).map { _ in Int32.random(in: Int32(kMin)...4, using: &rng) }
+            for accumulate in [false, true] {
+                for withTable in [false, true] {
+                    let out = randomTensor([tokens, d], rng: &rng)
+                    let before = out.array
+                    scatterRows(
+                        out.data, from: gathered.data, position: position, ks: ks, above: kMin, rows: tokens, columns: d,
+                        accumulate: accumulate, table: withTable ? table.data : nil)
+                    for t in 0..<tokens {
+                        let old = accumulate ? Array(before[t * d..<(t + 1) * d]) : [Float](repeating: 0, count: d)
+                        let sum = ks[t] > kMin ? zip(old, rows(x, t)).map { $0 + $1 } : old
+                        let want = withTable ? zip(sum, rows(table, Int(ks[t]))).map { $0 + $1 } : sum
+                        #expect(rows(out, t) == want, "token \(t), k_min \(kMin), accumulate \(accumulate), table \(withTable)")
+                    }
+                }
             }
         }
 
-        let table = randomTensor([5, d], rng: &rng)
+        let ks = (0..<tokens).map { _ in Int32.random(in: 0...4, using: &rng) }
         let out = randomTensor([tokens, d], rng: &rng)
         let before = out.array
         addIndexedRows(out.data, table: table.data, ks: ks, rows: tokens, columns: d)

@@ -38,22 +38,24 @@ void acm_exp_f64(const double *x, double *out, long n);
 long acm_argmax_rows(const float *x, long rows, long choices, long ld, int offset, int *best, long *histogram);
 
 /// The rows t (of `rows` rows of `choices` gate logits, `ld` apart) with ks[t] ≥ `level`, in order:
-/// token[r] = t and survival[r] = Σ_{c ≥ top} p_t(c), p_t the softmax of row t in double precision,
+/// token[r] = t and survival[r] = Σ_{c ≥ top} p_t(c), p_t the softmax of row t in double precision (e·(1/Σe)),
 /// summed from the last choice down. `scratch` holds 2·rows·choices doubles. Returns the number of rows.
 long acm_reaching_survival(const float *x, long rows, long choices, long ld, const int *ks, int level,
                            long top, double *scratch, double *survival, int *token);
 
 /// ks[token[r]] += 1 for the `k` best of `n` rows r: the highest survival[r], ties to the smaller r
-/// (the rows are in token order). `scratch` holds n doubles.
+/// (the rows are in token order). `scratch` holds 3·(n + 8) doubles.
 void acm_give_best(const double *survival, const int *token, long n, long k, double *scratch, int *ks);
 
 /// out[p] = x[order[p]] for p < n, rows of d floats (a gather of tokens into a contiguous block).
 void acm_gather_rows(float *out, const float *x, const int *order, long n, long d);
 
-/// For each token t < rows with ks[t] > kmin: out[t] (+)= ys[position[t]], rows of d floats; added when
-/// `accumulate`, else copied (the scatter of a gathered block's results).
+/// The scatter of a gathered block's results, with each token's bias by its learner count, for every token
+/// t < rows, rows of d floats: out[t] = (out[t] + ys[position[t]]) + table[ks[t]] where ks[t] > kmin, else
+/// out[t] += table[ks[t]]. Without `accumulate` (out[t] holds nothing yet) the out[t] on the right is 0;
+/// without a table (NULL) its rows are 0.
 void acm_scatter_rows(float *out, const float *ys, const int *position, const int *ks, int kmin, long rows, long d,
-                      int accumulate);
+                      int accumulate, const float *table);
 
 /// out[t] += table[ks[t]] for t < rows, rows of d floats (each token's bias by its learner count).
 void acm_add_indexed_rows(float *out, const float *table, const int *ks, long rows, long d);
