@@ -3,6 +3,7 @@
 // (architectures/acm.py at 6760ad64), without its forward_gated's min(k, kmax−1) batch dependence.
 
 import CACMBF16
+import CACMKernels
 
 /// The composition of linear layers with nothing between them, as one layer: x·W₀ᵀ·W₁ᵀ⋯ + the biases
 /// carried through. Multiplied out in double precision, so the folded logits differ from the layer-by-layer
@@ -60,6 +61,8 @@ final class LearnerScratch {
     let rounded = Scratch()
     var order: [Int32] = []
     var position: [Int32] = []
+    /// The grouping's count of tokens per k.
+    var counts: [Int] = []
     /// The cap's ranking scratch (`chooseLearners`).
     let boundary = BoundaryScratch()
 }
@@ -323,33 +326,23 @@ public final class ACMLayer: @unchecked Sendable {
         }
 
         // counting sort of the tokens with k > k_min by k, descending: order[p] is the token at position p
-        var counts = [Int](repeating: 0, count: n + 1)
-        for t in 0..<tokens { counts[Int(choices[t])] += 1 }
-        var start = [Int](repeating: 0, count: n + 1)  // start[k]: first position of the tokens with this k
-        var acc = 0
-        for k in stride(from: n, through: kMin + 1, by: -1) {
-            start[k] = acc
-            acc += counts[k]
-        }
-        let active = acc  // c_{k_min}: tokens that run more than the k_min learners
         if ws.order.count < tokens {
             ws.order = [Int32](repeating: 0, count: tokens)
             ws.position = [Int32](repeating: 0, count: tokens)
         }
-        var identity = active == tokens
-        ws.order.withUnsafeMutableBufferPointer { order in
+        if ws.counts.count < n + 1 { ws.counts = [Int](repeating: 0, count: n + 1) }
+        var same: Int32 = 0
+        let active = ws.order.withUnsafeMutableBufferPointer { order in
             ws.position.withUnsafeMutableBufferPointer { position in
-                for t in 0..<tokens {
-                    let k = Int(choices[t])
-                    if k <= kMin { continue }
-                    let p = start[k]
-                    start[k] += 1
-                    order[p] = Int32(t)
-                    position[t] = Int32(p)
-                    if p != t { identity = false }
+                ws.counts.withUnsafeMutableBufferPointer { counts in
+                    acm_order_by_k(
+                        choices, tokens, Int32(kMin), Int32(n), counts.baseAddress!, order.baseAddress!, position.baseAddress!,
+                        &same)
                 }
             }
         }
+        let identity = same != 0
+        let counts = ws.counts
 
         if active > 0 {
             // When the sort left every token in place (e.g. all chose N), work on x and out directly.

@@ -1,3 +1,5 @@
+import CACMKernels
+
 /// A map of each token that a model may have dense or as an ACM: an attention projection or an MLP
 /// (the ViT's q/k/v/o projections and MLPs, Whisper's MLPs).
 public enum DenseOrACM: Sendable {
@@ -122,12 +124,7 @@ public final class LearnerCounts {
         // check for each
         histogram[index].withUnsafeMutableBufferPointer { counts in
             for (i, seq) in sequences.enumerated() {
-                var sum = 0
-                for t in seq {
-                    let k = Int(ks[t])
-                    sum += k
-                    counts[k] += 1
-                }
+                let sum = seq.isEmpty ? 0 : acm_count_k(ks.baseAddress! + seq.lowerBound, seq.count, Int32(n), counts.baseAddress!)
                 let item = items?[i] ?? i
                 executedFLOPs[item] += cost * Double(sum)
                 possibleFLOPs[item] += cost * Double(seq.count * n)

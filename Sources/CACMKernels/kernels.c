@@ -507,6 +507,45 @@ void acm_give_best(const double *survival, const int *token, long n, long k, dou
     }
 }
 
+long acm_count_k(const int *ks, long tokens, int n, long *histogram) {
+    long partial[4][n + 1];
+    memset(partial, 0, sizeof(partial));
+    long sum = 0;
+    for (long t = 0; t < tokens; t++) {
+        partial[t & 3][ks[t]] += 1;
+        sum += ks[t];
+    }
+    for (int k = 0; k <= n; k++) histogram[k] += partial[0][k] + partial[1][k] + partial[2][k] + partial[3][k];
+    return sum;
+}
+
+long acm_order_by_k(const int *ks, long tokens, int kmin, int n, long *counts, int *order, int *position,
+                    int *identity) {
+    // four histograms, so that consecutive tokens with the same k do not wait on each other's increment (a
+    // store-to-load chain: half of the grouping's time); summed at the end
+    long partial[4][n + 1];
+    memset(partial, 0, sizeof(partial));
+    for (long t = 0; t < tokens; t++) partial[t & 3][ks[t]] += 1;
+    for (int k = 0; k <= n; k++) counts[k] = partial[0][k] + partial[1][k] + partial[2][k] + partial[3][k];
+    long start[n + 1];
+    long active = 0;
+    for (int k = n; k > kmin; k--) {
+        start[k] = active;
+        active += counts[k];
+    }
+    int same = active == tokens;
+    for (long t = 0; t < tokens; t++) {
+        int k = ks[t];
+        if (k <= kmin) continue;
+        long p = start[k]++;
+        order[p] = (int)t;
+        position[t] = (int)p;
+        same &= p == t;
+    }
+    *identity = same;
+    return active;
+}
+
 // 16 floats, loaded and stored unaligned: one AVX-512 register in that clone, two or four narrower ones in the
 // others
 typedef float floats16 __attribute__((vector_size(64), aligned(4)));

@@ -47,6 +47,16 @@ long acm_reaching_survival(const float *x, long rows, long choices, long ld, con
 /// (the rows are in token order). `scratch` holds 3·(n + 8) doubles.
 void acm_give_best(const double *survival, const int *token, long n, long k, double *scratch, int *ks);
 
+/// histogram[k] += #{t : ks[t] = k} for t < tokens (each ks[t] in [0, n], n + 1 entries); returns Σ ks[t].
+long acm_count_k(const int *ks, long tokens, int n, long *histogram);
+
+/// The counting sort of a block's tokens by learner count, high to low, of those with ks[t] > kmin (each
+/// ks[t] in [0, n]): counts[k] (n + 1 entries) = #{t : ks[t] = k}; order[p] = the token at position p and
+/// position[t] = its position, for those tokens; *identity = whether every token is one and stays where it is.
+/// Returns how many there are.
+long acm_order_by_k(const int *ks, long tokens, int kmin, int n, long *counts, int *order, int *position,
+                    int *identity);
+
 /// out[p] = x[order[p]] for p < n, rows of d floats (a gather of tokens into a contiguous block).
 void acm_gather_rows(float *out, const float *x, const int *order, long n, long d);
 
