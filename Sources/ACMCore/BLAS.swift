@@ -4,6 +4,7 @@ import Glibc
 #endif
 import CBLAS
 import CXSMM
+import CACMKernels
 
 /// The one GEMM entry point. Every matrix is row-major; `lda`, `ldb`, `ldc` are row strides in elements,
 /// so a block of columns of a wider matrix is passed as a pointer to its first element plus the wider
@@ -31,6 +32,11 @@ public func gemm(
     if k == 0 {
         // BLAS leaves C untouched when k = 0 only for beta = 1; make the beta = 0 case explicit.
         if beta == 0 { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
+        return
+    }
+    if useXSMM, alpha == 1, !transA, !transB, beta == 0 || beta == 1, n <= 6,
+        acm_gemm_narrow(m, n, k, a, lda, b, ldb, beta == 1 ? 1 : 0, c, ldc) != 0
+    {
         return
     }
     if useXSMM, alpha == 1, !transA, !transB, beta == 0 || beta == 1,

@@ -208,6 +208,84 @@ static int has_avx512f(void) {
     return v;
 }
 
+// Lane 4i of the result: the sum of the 16 lanes of the i-th argument. Three rounds of shuffles and adds for
+// four vectors, where one reduction each takes four.
+AVX512 static inline __m512 sum_lanes4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, 0x44), _mm512_shuffle_f32x4(c, d, 0xEE));
+    __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xDD));
+    v = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4E));
+    return _mm512_add_ps(v, _mm512_permute_ps(v, 0xB1));
+}
+
+// C[m×N] (+)= A[m×k]·Bᵀ for Bᵀ [N×k] (B's columns as rows), N ≤ 6: four rows at a time, each output a dot
+// product held in a vector of 16 partial sums.
+#define NARROW_GEMM(N)                                                                                             \
+    AVX512 static void gemm_narrow_##N(long m, long k, const float *a, long lda, const float *bt, int beta,      \
+                                       float *c, long ldc) {                                                     \
+        long r = 0;                                                                                              \
+        for (; r + 4 <= m; r += 4) {                                                                             \
+            __m512 acc[4][N];                                                                                    \
+            for (int i = 0; i < 4; i++)                                                                          \
+                for (int j = 0; j < N; j++) acc[i][j] = _mm512_setzero_ps();                                     \
+            for (long p = 0; p < k; p += 16) {                                                                   \
+                __mmask16 mask = tail_mask(k - p);                                                               \
+                __m512 x[4];                                                                                     \
+                for (int i = 0; i < 4; i++) x[i] = _mm512_maskz_loadu_ps(mask, a + (r + i) * lda + p);          \
+                for (int j = 0; j < N; j++) {                                                                    \
+                    __m512 w = _mm512_maskz_loadu_ps(mask, bt + j * k + p);                                      \
+                    for (int i = 0; i < 4; i++) acc[i][j] = _mm512_fmadd_ps(x[i], w, acc[i][j]);                 \
+                }                                                                                                \
+            }                                                                                                    \
+            for (int j = 0; j < N; j++) {                                                                        \
+                float sums[16];                                                                                  \
+                _mm512_storeu_ps(sums, sum_lanes4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]));                  \
+                for (int i = 0; i < 4; i++) {                                                                    \
+                    float *out = c + (r + i) * ldc + j;                                                          \
+                    *out = beta ? *out + sums[4 * i] : sums[4 * i];                                              \
+                }                                                                                                \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (; r < m; r++) {                                                                                     \
+            __m512 acc[N];                                                                                       \
+            for (int j = 0; j < N; j++) acc[j] = _mm512_setzero_ps();                                            \
+            for (long p = 0; p < k; p += 16) {                                                                   \
+                __mmask16 mask = tail_mask(k - p);                                                               \
+                __m512 x = _mm512_maskz_loadu_ps(mask, a + r * lda + p);                                         \
+                for (int j = 0; j < N; j++)                                                                      \
+                    acc[j] = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(mask, bt + j * k + p), acc[j]);            \
+            }                                                                                                    \
+            for (int j = 0; j < N; j++) {                                                                        \
+                float *out = c + r * ldc + j;                                                                    \
+                float sum = _mm512_reduce_add_ps(acc[j]);                                                        \
+                *out = beta ? *out + sum : sum;                                                                  \
+            }                                                                                                    \
+        }                                                                                                        \
+    }
+NARROW_GEMM(1)
+NARROW_GEMM(2)
+NARROW_GEMM(3)
+NARROW_GEMM(4)
+NARROW_GEMM(5)
+NARROW_GEMM(6)
+
+int acm_gemm_narrow(long m, long n, long k, const float *a, long lda, const float *b, long ldb, int beta, float *c,
+                    long ldc) {
+    if (n < 1 || n > 6 || k > 1024 || !has_avx512f()) return 0;
+    float bt[6 * 1024];
+    for (long j = 0; j < n; j++)
+        for (long p = 0; p < k; p++) bt[j * k + p] = b[p * ldb + j];
+    switch (n) {
+    case 1: gemm_narrow_1(m, k, a, lda, bt, beta, c, ldc); break;
+    case 2: gemm_narrow_2(m, k, a, lda, bt, beta, c, ldc); break;
+    case 3: gemm_narrow_3(m, k, a, lda, bt, beta, c, ldc); break;
+    case 4: gemm_narrow_4(m, k, a, lda, bt, beta, c, ldc); break;
+    case 5: gemm_narrow_5(m, k, a, lda, bt, beta, c, ldc); break;
+    default: gemm_narrow_6(m, k, a, lda, bt, beta, c, ldc); break;
+    }
+    return 1;
+}
+
 void acm_softmax_rows(float *x, long rows, long n, long ld, float scale) {
     if (has_avx512f()) {
         softmax_rows_avx512(x, rows, n, ld, scale);

@@ -54,6 +54,35 @@ import Testing
         }
     }
 
+    /// Should match a naive loop on the narrow path (n ≤ 6: a gate's logits): every width, depths below, at
+    /// and across a vector's 16 lanes and past the path's 1,024, row counts around its blocks of four, strided
+    /// operands, padding left alone.
+    @Test(arguments: [0, 1] as [Float])
+    func narrowMatchesNaive(beta: Float) {
+        var rng = SplitMix64(seed: 5)
+        let pad = 3
+        for n in 1...7 {
+            for k in [1, 15, 16, 17, 128, 300, 1100] {
+                for m in [1, 3, 4, 5, 9] {
+                    let a = randomTensor([m, k + pad], rng: &rng)
+                    let b = randomTensor([k, n + pad], rng: &rng)
+                    let c = randomTensor([m, n + pad], rng: &rng)
+                    let before = c.array
+                    gemm(m: m, n: n, k: k, a: a.data, lda: k + pad, b: b.data, ldb: n + pad, beta: beta, c: c.data, ldc: n + pad)
+                    let ab = naiveMatmul(
+                        matrix(a.data, rows: m, columns: k, ld: k + pad), matrix(b.data, rows: k, columns: n, ld: n + pad))
+                    for i in 0..<m {
+                        for j in 0..<(n + pad) {
+                            let index = i * (n + pad) + j
+                            let want = j < n ? ab[i][j] + beta * before[index] : before[index]
+                            #expect(abs(c.data[index] - want) < 1e-4 * Float(max(1, k / 100)), "n \(n) k \(k) m \(m) [\(i), \(j)]")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Should match a naive loop where B is large enough to be run in column panels, accumulating too.
     @Test(arguments: [0, 1] as [Float])
     func columnPanelsMatchNaive(beta: Float) {

@@ -57,6 +57,12 @@ long acm_count_k(const int *ks, long tokens, int n, long *histogram);
 long acm_order_by_k(const int *ks, long tokens, int kmin, int n, long *counts, int *order, int *position,
                     int *identity);
 
+/// Row-major C[m×n] = A[m×k]·B[k×n] (+ C when `beta`) for narrow products (n ≤ 6, k ≤ 1024; a gate's logits) with
+/// AVX-512: each output a dot product, four rows at a time, where a GEMM kernel vectorised along n would fill
+/// n of its 16 lanes. Returns 0, having done nothing, where it does not apply (other shapes, no AVX-512).
+int acm_gemm_narrow(long m, long n, long k, const float *a, long lda, const float *b, long ldb, int beta, float *c,
+                    long ldc);
+
 /// out[p] = x[order[p]] for p < n, rows of d floats (a gather of tokens into a contiguous block).
 void acm_gather_rows(float *out, const float *x, const int *order, long n, long d);
 
