@@ -34,7 +34,7 @@ public func gemm(
         if beta == 0 { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: n) } }
         return
     }
-    if useXSMM, alpha == 1, !transA, !transB, beta == 0 || beta == 1, n <= 6,
+    if useXSMM, alpha == 1, !transA, !transB, beta == 0 || beta == 1, n <= narrowGEMMColumns,
         acm_gemm_narrow(m, n, k, a, lda, b, ldb, beta == 1 ? 1 : 0, c, ldc) != 0
     {
         return
@@ -52,6 +52,9 @@ public func gemm(
         alpha, a, Int32(lda), b, Int32(ldb),
         beta, c, Int32(ldc))
 }
+
+/// The widest product `gemm` runs as dot products (`acm_gemm_narrow`): a gate's logits.
+let narrowGEMMColumns = 6
 
 /// Rows per LIBXSMM kernel call: the kernel keeps a block of A's rows and C's in registers and cache while
 /// it streams B.
