@@ -62,19 +62,39 @@ public struct LatencyWindow: Sendable {
 /// The controller: which rung of the ladder the model's adaptive requests run at.
 ///
 /// After every batch it looks at the *pressure*, the larger of the window's p95 latency and what the oldest request
-/// still queued will see at best (its wait so far plus one batch). Above `lowerAt` × target it steps one rung down,
-/// at most once per `cooldown` (long enough for a batch at the new rung to show in the window). Below `raiseAt` ×
-/// target, held for `raiseAfter` since the last change, it steps one rung up. The gap between the two thresholds
-/// and the longer hold upward are the hysteresis: a rung that keeps the latency between them is kept.
+/// still queued will see at best (its wait so far plus one batch), and at how full the queue is. With the pressure
+/// above `lowerAt` × target, or the queue more than `lowerAtFill` full, it steps one rung down, at most once per
+/// `cooldown` (long enough for a batch at the new rung to show in the window): a queue that fills before the
+/// latency reaches the target (`max_queue_size` holding less work than the target's worth) would otherwise answer
+/// 503s while the latency still looked fine. A queue `floorAtFill` full is about to answer 503s: the controller goes
+/// straight to the floor then, cooldown or not. With the pressure below `raiseAt` × target and the queue less than
+/// `raiseAtFill` full, held for `raiseHold` since the last change, it steps one rung up. The gap between the two thresholds
+/// and the longer hold upward are the hysteresis: a rung that keeps the latency between them is kept. A step up
+/// that has to be taken back (the next change is a step down) doubles the hold before the next try, up to
+/// `maxRaiseAfterNanoseconds`, and one that holds (the next change is another step up) resets it: under a steady
+/// overload that the lower rung just carries, the controller stops probing the rung above every two seconds,
+/// each probe a burst of queueing.
 public struct AdaptiveBudget: Sendable, Equatable {
     public let config: AdaptiveBudgetConfig
     public let ladder: [ComputeBudget?]
     /// Fractions of the target.
     public var lowerAt = 0.7, raiseAt = 0.35
+    /// Fractions of the queue's capacity.
+    public var lowerAtFill = 0.5, raiseAtFill = 0.25, floorAtFill = 0.75
     public var cooldownNanoseconds: UInt64 = 200_000_000
     public var raiseAfterNanoseconds: UInt64 = 2_000_000_000
+    public var maxRaiseAfterNanoseconds: UInt64 = 16_000_000_000
     public private(set) var level = 0
     private var lastChange: UInt64?
+    /// Steps up taken back in a row, each doubling the hold before the next; whether the last change was a step up.
+    private var failedRaises = 0
+    private var lastWasRaise = false
+
+    /// How long the pressure must stay low, since the last change, before a step up.
+    public var raiseHold: UInt64 {
+        let cap = max(maxRaiseAfterNanoseconds, raiseAfterNanoseconds)
+        return raiseAfterNanoseconds > cap >> failedRaises ? cap : raiseAfterNanoseconds << failedRaises
+    }
 
     public init(_ config: AdaptiveBudgetConfig) {
         self.config = config
@@ -92,11 +112,14 @@ public struct AdaptiveBudget: Sendable, Equatable {
         public var oldestWait: Double?
         /// The forward pass of the batch just run.
         public var batchSeconds: Double
+        /// The requests waiting over the queue's capacity (`max_queue_size`); nil when it has none.
+        public var queueFill: Double?
 
-        public init(windowP95: Double?, oldestWait: Double?, batchSeconds: Double) {
+        public init(windowP95: Double?, oldestWait: Double?, batchSeconds: Double, queueFill: Double? = nil) {
             self.windowP95 = windowP95
             self.oldestWait = oldestWait
             self.batchSeconds = batchSeconds
+            self.queueFill = queueFill
         }
 
         /// The larger of the window's p95 and the oldest queued request's best case.
@@ -107,6 +130,7 @@ public struct AdaptiveBudget: Sendable, Equatable {
     public struct Change: Sendable, Equatable {
         public var from: ComputeBudget?, to: ComputeBudget?
         public var pressure: Double
+        public var queueFill: Double? = nil
     }
 
     /// Moves at most one rung for `observation` at `now` (nanoseconds), and says so.
@@ -117,13 +141,23 @@ public struct AdaptiveBudget: Sendable, Equatable {
         var next = level
         // The cooldown covers at least two batches, so that one at the new rung has finished before the next look.
         let cooldown = max(cooldownNanoseconds, UInt64(2 * observation.batchSeconds * 1e9))
-        if pressure > lowerAt * target, level < ladder.count - 1, since >= cooldown {
+        let fill = observation.queueFill ?? 0
+        if fill >= floorAtFill, level < ladder.count - 1 {
+            next = ladder.count - 1
+        } else if pressure > lowerAt * target || fill > lowerAtFill, level < ladder.count - 1, since >= cooldown {
             next = level + 1
-        } else if pressure < raiseAt * target, level > 0, since >= raiseAfterNanoseconds {
+        } else if pressure < raiseAt * target, fill < raiseAtFill, level > 0, since >= raiseHold {
             next = level - 1
         }
         guard next != level else { return nil }
-        let change = Change(from: ladder[level], to: ladder[next], pressure: pressure)
+        if next > level {
+            if lastWasRaise { failedRaises = min(failedRaises + 1, 16) }
+            lastWasRaise = false
+        } else {
+            if lastWasRaise { failedRaises = 0 }
+            lastWasRaise = true
+        }
+        let change = Change(from: ladder[level], to: ladder[next], pressure: pressure, queueFill: observation.queueFill)
         level = next
         lastChange = now
         return change

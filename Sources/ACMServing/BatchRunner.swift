@@ -338,10 +338,11 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
     private func adapt(requests: [QueuedRequest], computeSeconds: Double, lowered: [ComputeBudget?]) {
         let now = clock.now()
         for request in requests { window.add(seconds(from: request.enqueuedAt, to: now), at: now) }  // add prunes
-        let oldest = lock.withLock { queue.oldestEnqueuedAt }
+        let (oldest, waiting) = lock.withLock { (queue.oldestEnqueuedAt, queue.count) }
+        let capacity = config.maxQueueSize
         let observation = AdaptiveBudget.Observation(
             windowP95: window.quantile(0.95), oldestWait: oldest.map { seconds(from: $0, to: now) },
-            batchSeconds: computeSeconds)
+            batchSeconds: computeSeconds, queueFill: capacity > 0 ? Double(waiting) / Double(capacity) : nil)
         let ranAt = controller!.budget
         let change = controller!.update(observation, now: now)
         observer?.adaptiveBudget(

@@ -11,8 +11,8 @@ private func controller(minBudget: Double = 0.25) -> AdaptiveBudget {
     AdaptiveBudget(AdaptiveBudgetConfig(targetSeconds: 0.1, minBudget: try! ComputeBudget(minBudget)))
 }
 
-private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01) -> AdaptiveBudget.Observation {
-    AdaptiveBudget.Observation(windowP95: p95, oldestWait: oldestWait, batchSeconds: batch)
+private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01, fill: Double? = nil) -> AdaptiveBudget.Observation {
+    AdaptiveBudget.Observation(windowP95: p95, oldestWait: oldestWait, batchSeconds: batch, queueFill: fill)
 }
 
 @Suite struct AdaptiveBudgetTests {
@@ -66,6 +66,46 @@ private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01)
         #expect(c.update(seen(p95: 0.01), now: 4000 * ms) == nil)
         #expect(c.update(seen(p95: nil), now: 5500 * ms)?.to == nil)  // idle: back to the requests' own
         #expect(c.level == 0 && c.update(seen(p95: nil), now: 9000 * ms) == nil)
+    }
+
+    /// Should read how full the queue is: a step down past half full with the latency still low, straight to the
+    /// floor at three quarters (cooldown or not), and no step up until it is under a quarter full.
+    @Test func readsTheQueuesFill() {
+        var c = controller()
+        #expect(c.update(seen(p95: 0.01, fill: 0.5), now: 1000 * ms) == nil)  // half full: not more than half
+        #expect(c.update(seen(p95: 0.01, fill: 0.55), now: 1010 * ms)?.to?.value == 0.75)
+        #expect(c.update(seen(p95: 0.01, fill: 0.6), now: 1100 * ms) == nil)  // the cooldown
+        let jump = c.update(seen(p95: 0.01, fill: 0.8), now: 1150 * ms)  // about to shed: the floor, at once
+        #expect(jump == AdaptiveBudget.Change(from: try! ComputeBudget(0.75), to: try! ComputeBudget(0.25), pressure: 0.01, queueFill: 0.8))
+        #expect(c.update(seen(p95: 0.01, fill: 0.3), now: 5000 * ms) == nil)  // quiet latency, but the queue is not
+        #expect(c.update(seen(p95: 0.01, fill: 0.2), now: 5100 * ms)?.to?.value == 0.35)
+    }
+
+    /// Should double the hold before the next step up each time one is taken back, up to 16 s, and reset it after
+    /// a step up that held.
+    @Test func backsOffAfterAFailedStepUp() {
+        var c = controller()
+        var t: UInt64 = 1000 * ms
+        for _ in 0..<4 { _ = c.update(seen(p95: 0.2), now: t); t += 300 * ms }  // down to the floor
+        #expect(c.budget?.value == 0.25 && c.raiseHold == 2000 * ms)
+        t += 2000 * ms
+        #expect(c.update(seen(p95: 0.01), now: t)?.to?.value == 0.35)  // a probe
+        t += 300 * ms
+        #expect(c.update(seen(p95: 0.09), now: t)?.to?.value == 0.25)  // taken back
+        #expect(c.raiseHold == 4000 * ms)
+        #expect(c.update(seen(p95: 0.01), now: t + 3900 * ms) == nil)  // the longer hold
+        t += 4000 * ms
+        #expect(c.update(seen(p95: 0.01), now: t)?.to?.value == 0.35)
+        for _ in 0..<4 {
+            t += 300 * ms
+            _ = c.update(seen(p95: 0.09), now: t)  // taken back again (and again, the next times)
+            t += c.raiseHold
+            _ = c.update(seen(p95: 0.01), now: t)
+        }
+        #expect(c.raiseHold == 16000 * ms)  // the cap
+        t += 16000 * ms
+        #expect(c.update(seen(p95: 0.01), now: t)?.to?.value == 0.5)  // the step up held: another
+        #expect(c.raiseHold == 2000 * ms)
     }
 
     /// Should keep the window's latencies of the last second only, and give nearest-rank quantiles.
