@@ -10,12 +10,15 @@ import pytest
 from harness import REPO, Server, infer, metrics, parse_metrics, request, sample_value
 
 MODEL = os.path.join(REPO, 'models', 'fashion-vit-acm')
-TARGET_MS = 20
+# A target the burst below passes however fast the engine is: a 20-ms target stopped being reached once the engine
+# ran a single image in about 0.25 ms, since the burst's 64 Python threads start over a few milliseconds and the
+# queue then drained as fast as it filled (a CI run answered every request before any was lowered).
+TARGET_MS = 5
 
 
 @pytest.fixture(scope='module')
 def server():
-    # One image per batch, so that a burst of 64 queues far past the 20-ms target.
+    # One image per batch, so that a burst of 64 queues past the 5-ms target.
     s = Server(models={
         'adaptive': {'path': MODEL, 'adaptive_budget': True, 'latency_target_ms': TARGET_MS, 'min_budget': 0.25,
                      'max_batch_size': 1, 'max_queue_delay_microseconds': 0},
