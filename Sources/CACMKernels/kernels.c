@@ -586,6 +586,8 @@ void acm_give_best(const double *survival, const int *token, long n, long k, dou
 }
 
 long acm_count_k(const int *ks, long tokens, int n, long *histogram) {
+    // four histograms, so that consecutive tokens with the same k do not wait on each other's increment (a
+    // store-to-load chain: half of the grouping's time); summed at the end
     long partial[4][n + 1];
     memset(partial, 0, sizeof(partial));
     long sum = 0;
@@ -599,12 +601,8 @@ long acm_count_k(const int *ks, long tokens, int n, long *histogram) {
 
 long acm_order_by_k(const int *ks, long tokens, int kmin, int n, long *counts, int *order, int *position,
                     int *identity) {
-    // four histograms, so that consecutive tokens with the same k do not wait on each other's increment (a
-    // store-to-load chain: half of the grouping's time); summed at the end
-    long partial[4][n + 1];
-    memset(partial, 0, sizeof(partial));
-    for (long t = 0; t < tokens; t++) partial[t & 3][ks[t]] += 1;
-    for (int k = 0; k <= n; k++) counts[k] = partial[0][k] + partial[1][k] + partial[2][k] + partial[3][k];
+    memset(counts, 0, (size_t)(n + 1) * sizeof(long));
+    acm_count_k(ks, tokens, n, counts);
     long start[n + 1];
     long active = 0;
     for (int k = n; k > kmin; k--) {
