@@ -268,8 +268,8 @@ public final class HTTPServer: @unchecked Sendable {
             acmRequestCompleted as MHD_RequestCompletedCallback, to: UnsafeRawPointer.self)
         let notify = unsafeBitCast(acmConnectionNotify as MHD_NotifyConnectionCallback, to: UnsafeRawPointer.self)
         // The pool holds a request's line and headers plus MHD's read buffer. Room for twice our own limits, so
-        // that a request over them reaches `admit`'s checks and gets our JSON 414/431; only one more than
-        // about twice as large meets libmicrohttpd's own (HTML) answer.
+        // that a request over them reaches `admit`'s checks and gets our 414/431 with its limit named; only one
+        // more than about twice as large meets libmicrohttpd's own answer (JSON too: `mhdCreateResponseFromBuffer`).
         let memory = max(64 << 10, 2 * (options.maxHeaderBytes + options.maxURIBytes))
 
         var v4 = sockaddr_in()
@@ -484,12 +484,70 @@ public func raiseOpenFileLimit() -> Int {
 /// Queues `response` on the connection; MHD copies the body.
 private func send(_ response: HTTPResponse, on connection: OpaquePointer) -> MHD_Result {
     let r = response.body.withUnsafeBytes { raw in
-        MHD_create_response_from_buffer(raw.count, UnsafeMutableRawPointer(mutating: raw.baseAddress), .RESPMEM_MUST_COPY)
+        responseCopying(UnsafeRawBufferPointer(start: raw.baseAddress, count: raw.count))
     }
     guard let r else { return .NO }
     defer { MHD_destroy_response(r) }
     for (name, value) in response.headers { _ = MHD_add_response_header(r, name, value) }
     return MHD_queue_response(connection, UInt32(response.status), r)
+}
+
+/// An MHD response holding a copy of `body`.
+private func responseCopying(_ body: UnsafeRawBufferPointer) -> OpaquePointer? {
+    guard let copy = malloc(max(body.count, 1)) else { return nil }
+    if let base = body.baseAddress { copy.copyMemory(from: base, byteCount: body.count) }
+    guard let r = MHD_create_response_from_buffer_with_free_callback(body.count, copy, free) else {
+        free(copy)
+        return nil
+    }
+    return r
+}
+
+/// libmicrohttpd's own error pages as JSON.
+///
+/// libmicrohttpd answers a few requests itself, before any handler sees them: a request line and header
+/// fields that overflow its per-connection pool (414 or 431), a request it cannot parse, a bad Content-Length
+/// or chunk size, an HTTP/1.1 request without Host (400), an unsupported HTTP version (505). Its answers are
+/// HTML pages compiled into the library, which it hands to this function as persistent buffers. The library
+/// calls the function through its procedure linkage table, and the dynamic linker binds such a call to the
+/// executable's definition before the library's own: this one, which is exported from every program that links
+/// this module. It turns those pages into `{"error": …}` with `Content-Type: application/json`, and builds any
+/// other response as the library would. (Tests/server/test_security.py sends headers four times the pool's size
+/// and checks the answer is JSON.)
+@_cdecl("MHD_create_response_from_buffer")
+public func mhdCreateResponseFromBuffer(
+    _ size: Int, _ buffer: UnsafeMutableRawPointer?, _ mode: MHD_ResponseMemoryMode
+) -> OpaquePointer? {
+    let body = UnsafeRawBufferPointer(start: buffer, count: buffer == nil ? 0 : size)
+    if mode == .RESPMEM_PERSISTENT, let message = libraryErrorMessage(html: body) {
+        let json = JSON.object([("error", .string(message))]).bytes
+        let r = json.withUnsafeBytes { responseCopying($0) }
+        if let r { _ = MHD_add_response_header(r, "Content-Type", "application/json") }
+        return r
+    }
+    switch mode {
+    case .RESPMEM_PERSISTENT: return MHD_create_response_from_buffer_with_free_callback(size, buffer, nil)
+    case .RESPMEM_MUST_FREE: return MHD_create_response_from_buffer_with_free_callback(size, buffer, free)
+    default: return responseCopying(body)
+    }
+}
+
+/// The text of one of libmicrohttpd's HTML error pages (`<html><head><title>…</title></head><body>…</body></html>`):
+/// its body without tags or entities; nil for anything else.
+func libraryErrorMessage(html: UnsafeRawBufferPointer) -> String? {
+    let page = String(decoding: html, as: UTF8.self)
+    guard page.hasPrefix("<html><head><title>"), let open = page.range(of: "<body>"),
+        let close = page.range(of: "</body>", range: open.upperBound..<page.endIndex)
+    else { return nil }
+    var text = ""
+    var inTag = false
+    for c in page[open.upperBound..<close.lowerBound] {
+        if c == "<" { inTag = true } else if c == ">" { inTag = false } else if !inTag { text.append(c) }
+    }
+    for (entity, c) in [("&quot;", "\""), ("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&")] {
+        text = text.replacingOccurrences(of: entity, with: c)
+    }
+    return text.isEmpty ? nil : text
 }
 
 /// MHD's access handler: called on the first header line, for each piece of the body, once the body

@@ -296,6 +296,24 @@ def test_headers_too_large_are_json(server, size):
     assert sample_value(families, 'acm_http_refused_total', reason='headers_too_large') >= 1
 
 
+def test_headers_beyond_the_connection_pool_are_json(server):
+    """Should answer header fields four times libmicrohttpd's per-connection pool (64 KiB with the default
+    limits), which the library refuses before any handler runs, with a JSON 431 and not its HTML page."""
+    status, rh, body = raw_exchange(server.port, b'GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Padding: '
+                                    + b'p' * (256 << 10) + b'\r\n\r\n')
+    assert status == 431
+    assert 'header' in error_message(status, rh, body)
+    assert request(server.port, 'GET', '/v2/health/live')[0] == 200
+
+
+def test_malformed_chunked_body_is_json(server):
+    """Should answer a chunked body libmicrohttpd cannot parse with a JSON 400."""
+    status, rh, body = raw_exchange(server.port, b'POST /v2/models/vit-mixed/infer HTTP/1.1\r\nHost: x\r\n'
+                                    b'Transfer-Encoding: chunked\r\n\r\nzz\r\n')
+    assert status == 400
+    assert 'chunked' in error_message(status, rh, body)
+
+
 def wait_for(condition, what, timeout=10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
