@@ -59,6 +59,37 @@ public struct LatencyWindow: Sendable {
     }
 }
 
+/// Images offered to a runner per second (accepted or refused), over the last second: counted in eighths of a second,
+/// so that the rate is right whether or not batches ran meanwhile.
+public struct ArrivalRate: Sendable {
+    static let slots = 8
+    static let slotNanoseconds: UInt64 = 125_000_000
+    private var counts = [Int](repeating: 0, count: slots)
+    /// The slot (clock time / `slotNanoseconds`) of the newest count.
+    private var newest: UInt64 = 0
+
+    public init() {}
+
+    public mutating func add(_ images: Int, at now: UInt64) {
+        advance(to: now)
+        counts[Int(newest % UInt64(Self.slots))] += images
+    }
+
+    /// Images per second: the counts of the current slot and the seven before it, over the time they span.
+    public mutating func perSecond(at now: UInt64) -> Double {
+        advance(to: now)
+        let span = Double(Self.slots - 1) * Double(Self.slotNanoseconds) + Double(now % Self.slotNanoseconds)
+        return Double(counts.reduce(0, +)) / (span / 1e9)
+    }
+
+    private mutating func advance(to now: UInt64) {
+        let slot = now / Self.slotNanoseconds
+        guard slot > newest else { return }
+        for i in 1...min(slot - newest, UInt64(Self.slots)) { counts[Int((newest + i) % UInt64(Self.slots))] = 0 }
+        newest = slot
+    }
+}
+
 /// The controller: which rung of the ladder the model's adaptive requests run at.
 ///
 /// After every batch it looks at the *pressure*, the larger of the window's p95 latency and what the oldest request
@@ -74,6 +105,14 @@ public struct LatencyWindow: Sendable {
 /// `maxRaiseAfterNanoseconds`, and one that holds (the next change is another step up) resets it: under a steady
 /// overload that the lower rung just carries, the controller stops probing the rung above every two seconds,
 /// each probe a burst of queueing.
+///
+/// It also learns what each rung costs: the compute seconds per image of the batches that ran at it (all of whose
+/// requests were adaptive), and, given the rate at which images arrive (those refused included), predicts how busy
+/// the loop would be at another rung. A step up to a rung whose cost it knows is taken only when that rung would keep
+/// the loop at most `raiseAtUtilization` busy, and then after the plain `raiseAfterNanoseconds`, however many probes
+/// failed before: under an overload the rung above cannot carry, it is never tried; once the load falls, the budget
+/// climbs back as soon as the rung above fits. A step down goes straight to the highest known rung that fits under
+/// `lowerToUtilization`, rather than one rung per cooldown. Rungs it has not seen run are probed as before.
 public struct AdaptiveBudget: Sendable, Equatable {
     public let config: AdaptiveBudgetConfig
     public let ladder: [ComputeBudget?]
@@ -84,7 +123,15 @@ public struct AdaptiveBudget: Sendable, Equatable {
     public var cooldownNanoseconds: UInt64 = 200_000_000
     public var raiseAfterNanoseconds: UInt64 = 2_000_000_000
     public var maxRaiseAfterNanoseconds: UInt64 = 16_000_000_000
+    /// Predicted busy fractions of the loop (arrival rate × a rung's seconds per image): the most a step up may
+    /// lead to, and what a step down aims under.
+    public var raiseAtUtilization = 0.75, lowerToUtilization = 0.85
     public private(set) var level = 0
+    /// Each rung's compute seconds per image: the median of its last `costSamples` batches' (a batch that paid
+    /// for new kernels or buffers does not move it); nil until one has run.
+    public var costPerImage: [Double?] { ladder.indices.map { cost(at: $0) } }
+    static let costSamples = 9
+    private var recentCosts: [[Double]]
     private var lastChange: UInt64?
     /// Steps up taken back in a row, each doubling the hold before the next; whether the last change was a step up.
     private var failedRaises = 0
@@ -99,6 +146,28 @@ public struct AdaptiveBudget: Sendable, Equatable {
     public init(_ config: AdaptiveBudgetConfig) {
         self.config = config
         ladder = config.ladder
+        recentCosts = Array(repeating: [], count: ladder.count)
+    }
+
+    private func cost(at level: Int) -> Double? {
+        let costs = recentCosts[level]
+        return costs.isEmpty ? nil : costs.sorted()[costs.count / 2]
+    }
+
+    /// How busy the loop would be at `level`, at `arrivalRate` images per second; nil where either is unknown.
+    public func utilization(at level: Int, arrivalRate: Double?) -> Double? {
+        guard let arrivalRate, let cost = cost(at: level) else { return nil }
+        return arrivalRate * cost
+    }
+
+    /// How many images the queue may hold so that the last of them, run at the floor, still finishes within the
+    /// target behind a batch of `batchImages` in flight; nil until the floor has run. The queue is then bounded by
+    /// time, not by a count that may hold less (or more) than the target's worth: a request is refused only when
+    /// even the floor could not run it in time.
+    public func admissibleImages(batchImages: Int) -> Int? {
+        guard let cost = cost(at: ladder.count - 1), cost > 0 else { return nil }
+        let images = config.targetSeconds / cost
+        return images >= Double(Int.max / 2) ? Int.max / 2 : max(batchImages, Int(images) - batchImages)
     }
 
     /// The budget adaptive requests run at now: nil at the top rung (their own policy).
@@ -114,12 +183,22 @@ public struct AdaptiveBudget: Sendable, Equatable {
         public var batchSeconds: Double
         /// The requests waiting over the queue's capacity (`max_queue_size`); nil when it has none.
         public var queueFill: Double?
+        /// Images in the batch just run, when all of its requests ran at the controller's rung (0: not a measure of
+        /// the rung's cost).
+        public var rungImages: Int
+        /// Images arriving per second, refused ones included, over the last second or so; nil when not measured.
+        public var arrivalRate: Double?
 
-        public init(windowP95: Double?, oldestWait: Double?, batchSeconds: Double, queueFill: Double? = nil) {
+        public init(
+            windowP95: Double?, oldestWait: Double?, batchSeconds: Double, queueFill: Double? = nil,
+            rungImages: Int = 0, arrivalRate: Double? = nil
+        ) {
             self.windowP95 = windowP95
             self.oldestWait = oldestWait
             self.batchSeconds = batchSeconds
             self.queueFill = queueFill
+            self.rungImages = rungImages
+            self.arrivalRate = arrivalRate
         }
 
         /// The larger of the window's p95 and the oldest queued request's best case.
@@ -131,23 +210,45 @@ public struct AdaptiveBudget: Sendable, Equatable {
         public var from: ComputeBudget?, to: ComputeBudget?
         public var pressure: Double
         public var queueFill: Double? = nil
+        /// The loop's predicted busy fraction at the new rung, when the change was decided by it.
+        public var predictedUtilization: Double? = nil
     }
 
     /// Moves at most one rung for `observation` at `now` (nanoseconds), and says so.
     public mutating func update(_ observation: Observation, now: UInt64) -> Change? {
+        if observation.rungImages > 0 {
+            if recentCosts[level].count == Self.costSamples { recentCosts[level].removeFirst() }
+            recentCosts[level].append(observation.batchSeconds / Double(observation.rungImages))
+        }
         let pressure = observation.pressure
         let since = lastChange.map { now >= $0 ? now - $0 : 0 } ?? .max
         let target = config.targetSeconds
+        let floor = ladder.count - 1
         var next = level
+        var predicted: Double? = nil
         // The cooldown covers at least two batches, so that one at the new rung has finished before the next look.
         let cooldown = max(cooldownNanoseconds, UInt64(2 * observation.batchSeconds * 1e9))
         let fill = observation.queueFill ?? 0
-        if fill >= floorAtFill, level < ladder.count - 1 {
-            next = ladder.count - 1
-        } else if pressure > lowerAt * target || fill > lowerAtFill, level < ladder.count - 1, since >= cooldown {
+        if fill >= floorAtFill, level < floor {
+            next = floor
+        } else if pressure > lowerAt * target || fill > lowerAtFill
+            || utilization(at: level, arrivalRate: observation.arrivalRate).map({ $0 > 1 }) == true,
+            level < floor, since >= cooldown
+        {
             next = level + 1
-        } else if pressure < raiseAt * target, fill < raiseAtFill, level > 0, since >= raiseHold {
-            next = level - 1
+            // Past rungs known not to fit, to the highest that does (or the floor), in one step.
+            let rate = observation.arrivalRate
+            while next < floor, let u = utilization(at: next, arrivalRate: rate), u > lowerToUtilization { next += 1 }
+            predicted = utilization(at: next, arrivalRate: rate)
+        } else if pressure < raiseAt * target, fill < raiseAtFill, level > 0 {
+            if let u = utilization(at: level - 1, arrivalRate: observation.arrivalRate) {
+                if u <= raiseAtUtilization, since >= raiseAfterNanoseconds {
+                    next = level - 1
+                    predicted = u
+                }
+            } else if since >= raiseHold {
+                next = level - 1
+            }
         }
         guard next != level else { return nil }
         if next > level {
@@ -157,7 +258,9 @@ public struct AdaptiveBudget: Sendable, Equatable {
             if lastWasRaise { failedRaises = 0 }
             lastWasRaise = true
         }
-        let change = Change(from: ladder[level], to: ladder[next], pressure: pressure, queueFill: observation.queueFill)
+        let change = Change(
+            from: ladder[level], to: ladder[next], pressure: pressure, queueFill: observation.queueFill,
+            predictedUtilization: predicted)
         level = next
         lastChange = now
         return change

@@ -39,15 +39,18 @@ public struct BatchQueue<Job> {
 
     /// Jobs waiting to run (not counting malformed ones).
     public var count: Int { entries.count }
+    /// Their images.
+    public private(set) var images = 0
 
     /// When the oldest job waiting was queued; nil when none waits.
     public var oldestEnqueuedAt: UInt64? { entries.first?.request.enqueuedAt }
 
     /// Takes a job of `images` items at time `now`. A malformed job (`problem` says why) is taken too,
     /// to be answered `.reject` by `next`, so that every answer comes from the loop; only well-formed
-    /// jobs count against `maxQueueSize`.
+    /// jobs count against `maxQueueSize`, and against `maxImages` (a job that finds the queue empty is taken
+    /// whatever its size).
     public mutating func submit(
-        _ job: Job, images: Int, timeoutNanoseconds: UInt64?, problem: String?, now: UInt64
+        _ job: Job, images: Int, timeoutNanoseconds: UInt64?, problem: String?, now: UInt64, maxImages: Int? = nil
     ) -> SubmitResult {
         guard isAccepting else { return .shuttingDown }
         if let problem {
@@ -56,8 +59,10 @@ public struct BatchQueue<Job> {
         }
         let limit = policy.config.maxQueueSize
         if limit > 0 && entries.count >= limit { return .queueFull }
+        if let maxImages, !entries.isEmpty, self.images + images > maxImages { return .queueFull }
         let deadline = timeoutNanoseconds.map { now.addingSaturating($0) }
         entries.append(Entry(job: job, request: QueuedRequest(images: images, enqueuedAt: now, deadline: deadline)))
+        self.images += images
         return .accepted
     }
 
@@ -71,6 +76,7 @@ public struct BatchQueue<Job> {
         isAccepting = false
         abandoned += entries
         entries.removeAll()
+        images = 0
         return abandoned.count
     }
 
@@ -87,11 +93,14 @@ public struct BatchQueue<Job> {
         }
         switch policy.decide(queue: entries.map(\.request), now: now, draining: !isAccepting) {
         case let .run(n):
-            defer { entries.removeFirst(n) }
-            return .run(Array(entries.prefix(n)))
+            let batch = Array(entries.prefix(n))
+            entries.removeFirst(n)
+            images -= batch.reduce(0) { $0 + $1.request.images }
+            return .run(batch)
         case let .expire(indices):
             let expired = indices.map { entries[$0] }
             for i in indices.reversed() { entries.remove(at: i) }
+            images -= expired.reduce(0) { $0 + $1.request.images }
             return .expire(expired, now: now)
         case let .wait(until):
             return .wait(until: until)

@@ -157,6 +157,12 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
     private let loopEnded = PThreadCondition()
     private var queue: BatchQueue<Job>
     private var ended = false
+    /// Images offered, refused ones included: the adaptive budget's measure of load.
+    private var arrivals = ArrivalRate()
+    /// Whether the runner has an adaptive budget (`controller` is the loop thread's).
+    private let measuresArrivals: Bool
+    /// With an adaptive budget: the images the queue may hold, from the controller (`admissibleImages`).
+    private var admissibleImages: Int?
 
     // The adaptive budget, touched only by the loop thread.
     private var controller: AdaptiveBudget?
@@ -180,6 +186,7 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
         self.clock = clock
         self.observer = observer
         self.controller = adaptive.map { AdaptiveBudget($0) }
+        self.measuresArrivals = adaptive != nil
         self.accountedAt = clock.now()
         let thread = Thread { [self] in loop() }
         thread.name = String("acm \(name)".prefix(15))  // Linux thread names are at most 15 bytes
@@ -198,8 +205,10 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
         let problem = validate(job)
         return lock.withLock {
             let result = queue.submit(
-                job, images: job.count, timeoutNanoseconds: job.timeoutNanoseconds, problem: problem, now: clock.now())
+                job, images: job.count, timeoutNanoseconds: job.timeoutNanoseconds, problem: problem, now: clock.now(),
+                maxImages: admissibleImages)
             if result == .accepted { workArrived.signal() }
+            if measuresArrivals, result == .accepted || result == .queueFull { arrivals.add(job.count, at: clock.now()) }
             return result
         }
     }
@@ -318,7 +327,10 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
             model: name, images: items, requests: batch.count, computeSeconds: computeSeconds,
             learnerHistogram: output.learnerHistogram, acmPaths: output.acmPaths)
 
-        if controller != nil { adapt(requests: requests, computeSeconds: computeSeconds, lowered: lowered) }
+        if controller != nil {
+            let atRung = batch.allSatisfy(\.adaptive) ? items : 0
+            adapt(requests: requests, computeSeconds: computeSeconds, lowered: lowered, rungImages: atRung)
+        }
 
         for (i, (job, request)) in zip(batch, requests).enumerated() {
             let result = RunResult(
@@ -335,16 +347,25 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
 
     /// The adaptive budget's turn after a batch: the batch's latencies into the window, then one decision on them
     /// and the queue left behind.
-    private func adapt(requests: [QueuedRequest], computeSeconds: Double, lowered: [ComputeBudget?]) {
+    private func adapt(requests: [QueuedRequest], computeSeconds: Double, lowered: [ComputeBudget?], rungImages: Int) {
         let now = clock.now()
         for request in requests { window.add(seconds(from: request.enqueuedAt, to: now), at: now) }  // add prunes
-        let (oldest, waiting) = lock.withLock { (queue.oldestEnqueuedAt, queue.count) }
+        let (oldest, waiting, queuedImages, admissible, rate) = lock.withLock {
+            (queue.oldestEnqueuedAt, queue.count, queue.images, admissibleImages, arrivals.perSecond(at: now))
+        }
+        // How full the queue is: against max_queue_size, or against the images the latency target admits.
         let capacity = config.maxQueueSize
+        let fills = [
+            capacity > 0 ? Double(waiting) / Double(capacity) : nil,
+            admissible.map { Double(queuedImages) / Double(max($0, 1)) },
+        ].compactMap { $0 }
         let observation = AdaptiveBudget.Observation(
             windowP95: window.quantile(0.95), oldestWait: oldest.map { seconds(from: $0, to: now) },
-            batchSeconds: computeSeconds, queueFill: capacity > 0 ? Double(waiting) / Double(capacity) : nil)
+            batchSeconds: computeSeconds, queueFill: fills.max(), rungImages: rungImages, arrivalRate: rate)
         let ranAt = controller!.budget
         let change = controller!.update(observation, now: now)
+        let admits = controller!.admissibleImages(batchImages: config.maxBatchSize)
+        lock.withLock { admissibleImages = admits }
         observer?.adaptiveBudget(
             model: name, budget: ranAt, seconds: seconds(from: accountedAt, to: now),
             loweredRequests: lowered.filter { $0 != nil }.count, change: change)

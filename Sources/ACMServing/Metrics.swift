@@ -276,6 +276,7 @@ public final class MetricsObserver: RunnerObserver, Sendable {
                     "model": "\(model)", "from": "\(ServingMetrics.label(change.from))", "to": "\(ServingMetrics.label(change.to))",
                     "pressure_ms": "\((change.pressure * 1000).rounded())",
                     "queue_fill": "\(change.queueFill.map { "\(($0 * 100).rounded() / 100)" } ?? "-")",
+                    "predicted_load": "\(change.predictedUtilization.map { "\(($0 * 100).rounded() / 100)" } ?? "-")",
                 ])
         }
     }

@@ -108,6 +108,84 @@ private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01,
         #expect(c.raiseHold == 2000 * ms)
     }
 
+    /// Should learn each rung's seconds per image from the batches that ran at it (their median, so that one slow
+    /// batch does not move it), and not from batches with other requests in them.
+    @Test func learnsWhatEachRungCosts() {
+        var c = controller()
+        for (i, seconds) in [0.032, 0.032, 0.5, 0.032].enumerated() {  // the third paid for new kernels
+            _ = c.update(AdaptiveBudget.Observation(windowP95: 0.01, oldestWait: nil, batchSeconds: seconds, rungImages: 32), now: UInt64(1000 + i) * ms)
+        }
+        _ = c.update(AdaptiveBudget.Observation(windowP95: 0.01, oldestWait: nil, batchSeconds: 9, rungImages: 0), now: 1010 * ms)
+        #expect(c.costPerImage[0] == 0.001 && c.costPerImage[1...].allSatisfy { $0 == nil })
+        #expect(c.utilization(at: 0, arrivalRate: 500) == 0.5 && c.utilization(at: 1, arrivalRate: 500) == nil)
+        #expect(c.admissibleImages(batchImages: 32) == nil)  // the floor has not run
+    }
+
+    /// Should not probe a rung whose cost says it cannot carry the load, however long the latency stays low; and,
+    /// once the load falls, step up after the plain 2-s hold even after failed probes.
+    @Test func stepsUpOnlyToARungThatFits() {
+        var c = controller()
+        var t: UInt64 = 1000 * ms
+        func batch(p95: Double, cost: Double, rate: Double, fill: Double = 0) -> AdaptiveBudget.Change? {
+            defer { t += 100 * ms }
+            return c.update(AdaptiveBudget.Observation(
+                windowP95: p95, oldestWait: nil, batchSeconds: cost * 32, queueFill: fill, rungImages: 32,
+                arrivalRate: rate), now: t)
+        }
+        // Each rung down costs less: auto 1 ms an image, 0.75 0.8, 0.5 0.6, 0.35 0.45, 0.25 0.35.
+        let costs = [0.001, 0.0008, 0.0006, 0.00045, 0.00035]
+        for level in 0..<4 {
+            #expect(c.level == level)
+            _ = batch(p95: 0.01, cost: costs[level], rate: 500)
+            t += 300 * ms
+            #expect(batch(p95: 0.09, cost: costs[level], rate: 500)?.to == c.ladder[level + 1])
+        }
+        _ = batch(p95: 0.01, cost: costs[4], rate: 2000)  // the floor: 0.7 busy at 2,000 images/s
+        #expect(c.admissibleImages(batchImages: 32) == Int(0.1 / 0.00035) - 32)
+        // 0.35 would be 0.9 busy (more than 0.75): no step up, 20 s of low latency or not.
+        for _ in 0..<200 { #expect(batch(p95: 0.01, cost: costs[4], rate: 2000) == nil) }
+        // The load falls to 1,200 images/s: 0.35 is then 0.54 busy, 0.5 0.72, 0.75 0.96: up to 0.5, 2 s apart.
+        let up1 = batch(p95: 0.01, cost: costs[4], rate: 1200)
+        #expect(up1?.to?.value == 0.35 && up1?.predictedUtilization.map { abs($0 - 0.54) < 1e-9 } == true)
+        for _ in 0..<19 { #expect(batch(p95: 0.01, cost: costs[3], rate: 1200) == nil) }
+        #expect(batch(p95: 0.01, cost: costs[3], rate: 1200)?.to?.value == 0.5)
+        for _ in 0..<40 { #expect(batch(p95: 0.01, cost: costs[2], rate: 1200) == nil) }
+    }
+
+    /// Should step down past the rungs known not to fit, to the highest that does, in one change; and step down
+    /// when the rung it is at cannot keep up, before the latency shows it.
+    @Test func stepsDownToTheHighestRungThatFits() {
+        var c = controller()
+        var t: UInt64 = 1000 * ms
+        let costs = [0.001, 0.0008, 0.0006, 0.00045, 0.00035]
+        for level in 0..<4 {  // learn every rung's cost on the way down
+            _ = c.update(AdaptiveBudget.Observation(windowP95: 0.09, oldestWait: nil, batchSeconds: costs[level] * 32, rungImages: 32), now: t)
+            t += 300 * ms
+        }
+        _ = c.update(AdaptiveBudget.Observation(windowP95: 0.01, oldestWait: nil, batchSeconds: costs[4] * 32, rungImages: 32), now: t)
+        while c.level > 0 {  // back up at a light load
+            t += 2000 * ms
+            _ = c.update(AdaptiveBudget.Observation(windowP95: 0.01, oldestWait: nil, batchSeconds: 0.01, arrivalRate: 100), now: t)
+        }
+        // 1,500 images/s: auto 1.5 busy, 0.75 1.2, 0.5 0.9, 0.35 0.675: straight to 0.35, with the latency still low.
+        t += 2000 * ms
+        let down = c.update(AdaptiveBudget.Observation(
+            windowP95: 0.01, oldestWait: nil, batchSeconds: 0.032, rungImages: 32, arrivalRate: 1500), now: t)
+        #expect(down?.from == nil && down?.to?.value == 0.35)
+    }
+
+    /// Should count the images offered over the last second, in eighths of a second, whether or not anything
+    /// asked in between.
+    @Test func arrivalRateCountsTheLastSecond() {
+        var r = ArrivalRate()
+        for i in 0..<1000 { r.add(2, at: 10_000 * ms + UInt64(i) * ms) }  // 2,000 images/s for a second
+        #expect(abs(r.perSecond(at: 11_000 * ms) - 2000) < 300)
+        #expect(r.perSecond(at: 11_500 * ms) < 1100)  // half of it has left the window
+        #expect(r.perSecond(at: 13_000 * ms) == 0)
+        r.add(10, at: 20_000 * ms)
+        #expect(r.perSecond(at: 20_000 * ms) == 10 / 0.875)
+    }
+
     /// Should keep the window's latencies of the last second only, and give nearest-rank quantiles.
     @Test func windowKeepsOneSecond() {
         var w = LatencyWindow()

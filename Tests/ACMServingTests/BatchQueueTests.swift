@@ -42,6 +42,21 @@ import Testing
         #expect(ran(q.next(now: 0)) == ["a", "b"])
     }
 
+    /// Should hold at most `maxImages` images (the adaptive budget's limit from its latency target), but always
+    /// take a job into an empty queue; and count the images that leave by running or expiring.
+    @Test func imageLimitRefusesBeyondIt() {
+        var q = queue(size: 100)
+        #expect(q.submit("big", images: 9, timeoutNanoseconds: nil, problem: nil, now: 0, maxImages: 6) == .accepted)
+        #expect(q.submit("a", images: 1, timeoutNanoseconds: nil, problem: nil, now: 0, maxImages: 6) == .queueFull)
+        #expect(q.images == 9 && ran(q.next(now: 0)) == ["big"] && q.images == 0)
+        #expect(q.submit("a", images: 3, timeoutNanoseconds: 10, problem: nil, now: 0, maxImages: 6) == .accepted)
+        #expect(q.submit("b", images: 3, timeoutNanoseconds: nil, problem: nil, now: 0, maxImages: 6) == .accepted)
+        #expect(q.submit("c", images: 1, timeoutNanoseconds: nil, problem: nil, now: 0, maxImages: 6) == .queueFull)
+        #expect(q.submit("c", images: 1, timeoutNanoseconds: nil, problem: nil, now: 0) == .accepted)  // no limit
+        guard case .expire = q.next(now: 20) else { Issue.record("expected an expiry"); return }
+        #expect(q.images == 4)
+    }
+
     /// Should drop a job whose timeout passed, answering it at the time it was found, and run the rest.
     @Test func expiresTimedOutJobs() {
         var q = queue()

@@ -30,6 +30,7 @@ SERVER_CORE, CLIENT_CORE = 0, 1
 # Images per request: 4, so that the load generator (Python, one core) keeps up at 2x with room to spare; its own
 # lag is measured and reported.
 IMAGES_PER_REQUEST = 4
+QUEUE_REQUESTS = 256
 MARK_BEGIN, MARK_END = '<!-- bench-overload:begin -->', '<!-- bench-overload:end -->'
 
 
@@ -63,9 +64,10 @@ class Server:
     def __init__(self, path, adaptive=None, log_dir='build/bench-overload'):
         os.makedirs(os.path.join(REPO, log_dir), exist_ok=True)
         self.port = free_port()
-        # The bundled config's batcher, its queue of 256 images counted in requests of IMAGES_PER_REQUEST.
+        # The bundled config's batcher: batches of up to 32 images, a 2-ms delay, a queue of up to 256 requests (with
+        # the adaptive budget on, the queue also holds no more than the floor can run within the target).
         entry = {'path': path, 'max_batch_size': 32, 'max_queue_delay_microseconds': 2000,
-                 'max_queue_size': 256 // IMAGES_PER_REQUEST}
+                 'max_queue_size': QUEUE_REQUESTS}
         if adaptive:
             entry.update(adaptive_budget=True, latency_target_ms=adaptive, min_budget=0.25)
         config = os.path.join(REPO, log_dir, 'config.json')
@@ -362,8 +364,9 @@ def write_section(probe_lines_, capacity, table, args, step, commit):
             f'`make bench-overload` (`Tests/server/bench_overload.py --seconds {args.seconds:g} --target-ms '
             f'{args.target_ms:g} --write`), at {commit}. The server on one core with one compute thread, the '
             'open-loop load generator (Poisson arrivals, four Fashion-MNIST test images per request, binary tensors; latency from the '
-            'scheduled send) on the other; max_batch_size 32 (images), max_queue_delay 2 ms, max_queue_size 64 (requests, 256 images), '
-            f'latency_target_ms {args.target_ms:g}, min_budget 0.25. The first 3 s of each level are not counted. '
+            'scheduled send) on the other; max_batch_size 32 (images), max_queue_delay 2 ms, max_queue_size {QUEUE_REQUESTS} (requests), '
+            f'latency_target_ms {args.target_ms:g}, min_budget 0.25 (with the adaptive budget on, the queue also holds no '
+            'more images than the floor runs within the target). The first 3 s of each level are not counted. '
             'Expected accuracy: docs/results.md\'s test accuracy at the budget each request ran at, interpolated '
             'between its caps.', '']
     body += [f'- {line}' for line in probe_lines_]
