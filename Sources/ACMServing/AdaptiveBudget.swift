@@ -160,13 +160,14 @@ public struct AdaptiveBudget: Sendable, Equatable {
         return arrivalRate * cost
     }
 
-    /// How many images the queue may hold so that the last of them, run at the floor, still finishes within the
-    /// target behind a batch of `batchImages` in flight; nil until the floor has run. The queue is then bounded by
-    /// time, not by a count that may hold less (or more) than the target's worth: a request is refused only when
-    /// even the floor could not run it in time.
+    /// How many images the queue may hold so that the last of them, run at the floor, still finishes within
+    /// `lowerAt` of the target behind a batch of `batchImages` in flight (the rest of the target is for what the
+    /// batches' compute time does not show: the HTTP work on the same cores, the batching delay); nil until the floor
+    /// has run. The queue is then bounded by time, not by a count that may hold less (or more) than the target's
+    /// worth: a request is refused only when even the floor could not run it in time.
     public func admissibleImages(batchImages: Int) -> Int? {
         guard let cost = cost(at: ladder.count - 1), cost > 0 else { return nil }
-        let images = config.targetSeconds / cost
+        let images = lowerAt * config.targetSeconds / cost
         return images >= Double(Int.max / 2) ? Int.max / 2 : max(batchImages, Int(images) - batchImages)
     }
 
