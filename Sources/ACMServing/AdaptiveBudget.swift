@@ -215,6 +215,18 @@ public struct AdaptiveBudget: Sendable, Equatable {
         public var predictedUtilization: Double? = nil
     }
 
+    /// Whether high latencies in the window are a stall that has passed rather than load: the rung is known to
+    /// fit the load (at most `lowerToUtilization` busy), the queue is under `raiseAtFill` and its oldest request is
+    /// within `lowerAt` of the target. One slow batch would otherwise keep the window's p95 up for a second and
+    /// step the budget down a rung every cooldown meanwhile.
+    func passing(_ observation: Observation) -> Bool {
+        guard let u = utilization(at: level, arrivalRate: observation.arrivalRate), u <= lowerToUtilization else {
+            return false
+        }
+        let waiting = observation.oldestWait.map { $0 + observation.batchSeconds } ?? 0
+        return (observation.queueFill ?? 0) < raiseAtFill && waiting <= lowerAt * config.targetSeconds
+    }
+
     /// Moves at most one rung for `observation` at `now` (nanoseconds), and says so.
     public mutating func update(_ observation: Observation, now: UInt64) -> Change? {
         if observation.rungImages > 0 {
@@ -232,7 +244,7 @@ public struct AdaptiveBudget: Sendable, Equatable {
         let fill = observation.queueFill ?? 0
         if fill >= floorAtFill, level < floor {
             next = floor
-        } else if pressure > lowerAt * target || fill > lowerAtFill
+        } else if (pressure > lowerAt * target && !passing(observation)) || fill > lowerAtFill
             || utilization(at: level, arrivalRate: observation.arrivalRate).map({ $0 > 1 }) == true,
             level < floor, since >= cooldown
         {

@@ -129,7 +129,7 @@ private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01,
         func batch(p95: Double, cost: Double, rate: Double, fill: Double = 0) -> AdaptiveBudget.Change? {
             defer { t += 100 * ms }
             return c.update(AdaptiveBudget.Observation(
-                windowP95: p95, oldestWait: nil, batchSeconds: cost * 32, queueFill: fill, rungImages: 32,
+                windowP95: p95, oldestWait: p95 > 0.07 ? p95 : nil, batchSeconds: cost * 32, queueFill: fill, rungImages: 32,
                 arrivalRate: rate), now: t)
         }
         // Each rung down costs less: auto 1 ms an image, 0.75 0.8, 0.5 0.6, 0.35 0.45, 0.25 0.35.
@@ -172,6 +172,21 @@ private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01,
         let down = c.update(AdaptiveBudget.Observation(
             windowP95: 0.01, oldestWait: nil, batchSeconds: 0.032, rungImages: 32, arrivalRate: 1500), now: t)
         #expect(down?.from == nil && down?.to?.value == 0.35)
+    }
+
+    /// Should hold when the window's latencies are high but the rung is known to fit the load and the queue is
+    /// short and fresh (a stall that has passed); step down when the queue's oldest request is late, or when the
+    /// rung's cost is not known.
+    @Test func holdsThroughAPassedStall() {
+        var c = controller()
+        _ = c.update(AdaptiveBudget.Observation(windowP95: 0.01, oldestWait: nil, batchSeconds: 0.016, rungImages: 32), now: 1000 * ms)
+        func seenAfterStall(oldestWait: Double?, rate: Double?) -> AdaptiveBudget.Observation {
+            AdaptiveBudget.Observation(windowP95: 0.09, oldestWait: oldestWait, batchSeconds: 0.004, queueFill: 0.05, arrivalRate: rate)
+        }
+        #expect(c.update(seenAfterStall(oldestWait: 0.002, rate: 1000), now: 1300 * ms) == nil)  // 0.5 busy
+        #expect(c.update(seenAfterStall(oldestWait: 0.08, rate: 1000), now: 1600 * ms)?.to?.value == 0.75)  // late
+        var d = controller()
+        #expect(d.update(seenAfterStall(oldestWait: 0.002, rate: 1000), now: 1000 * ms)?.to?.value == 0.75)  // no cost
     }
 
     /// Should count the images offered over the last second, in eighths of a second, whether or not anything
