@@ -8,10 +8,11 @@ import Synchronization
 /// mid-sized row blocks that grouped ACM learners produce, and the elementwise work between GEMMs
 /// (GELU, gathers, scatters) is split too.
 public enum Parallel {
-    /// One worker per core by default. The first use also makes OpenBLAS single-threaded.
+    /// One worker per core this process may use (`availableCores`: its CPUs, fewer under a cgroup CPU quota) by
+    /// default. The first use also makes OpenBLAS single-threaded.
     nonisolated(unsafe) private static var configuredWorkers: Int = {
         blasThreads = 1
-        return ProcessInfo.processInfo.activeProcessorCount
+        return availableCores()
     }()
 
     /// Worker threads per operation; set it before the first forward pass. Inside `serially` it is 1.

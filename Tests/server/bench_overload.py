@@ -371,7 +371,7 @@ def write_section(probe_lines_, capacity, floor, table, args, step, commit):
             f'`make bench-overload` (`Tests/server/bench_overload.py --seconds {args.seconds:g} --target-ms '
             f'{args.target_ms:g} --write`), at {commit}. The server on one core with one compute thread, the '
             'open-loop load generator (Poisson arrivals, four Fashion-MNIST test images per request, binary tensors; latency from the '
-            'scheduled send) on the other; max_batch_size 32 (images), max_queue_delay 2 ms, max_queue_size {QUEUE_REQUESTS} (requests), '
+            f'scheduled send) on the other; max_batch_size 32 (images), max_queue_delay 2 ms, max_queue_size {QUEUE_REQUESTS} (requests), '
             f'latency_target_ms {args.target_ms:g}, min_budget {MIN_BUDGET:g} (with the adaptive budget on, the queue also holds no '
             'more images than the floor runs within the target). The first 3 s of each level are not counted. '
             'Expected accuracy: docs/results.md\'s test accuracy at the budget each request ran at, interpolated '
