@@ -26,7 +26,10 @@ func readCGroupCPUQuota() -> Double? {
     func read(_ path: String) -> String? { try? String(contentsOfFile: path, encoding: .utf8) }
     guard let membership = read("/proc/self/cgroup") else { return nil }
     for (version, path) in cgroupCPUPaths(membership) {
-        for dir in ["/sys/fs/cgroup" + (version == 1 ? "/cpu" : "") + path, "/sys/fs/cgroup" + (version == 1 ? "/cpu" : "")] {
+        // The process's own cgroup, then the hierarchy's root: a container's view (v1 without a cgroup namespace)
+        // lists the host's path but mounts its own cgroup at the root.
+        let root = version == 1 ? "/sys/fs/cgroup/cpu" : "/sys/fs/cgroup"
+        for dir in [root + path, root] {
             if version == 2, let max = read(dir + "/cpu.max") { return cpuQuota(cgroupV2Max: max) }
             if version == 1, let quota = read(dir + "/cpu.cfs_quota_us"), let period = read(dir + "/cpu.cfs_period_us") {
                 return cpuQuota(cgroupV1Quota: quota, period: period)

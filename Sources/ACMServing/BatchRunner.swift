@@ -204,11 +204,12 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
     public func submit(_ job: Job) -> SubmitResult {
         let problem = validate(job)
         return lock.withLock {
+            let now = clock.now()
             let result = queue.submit(
-                job, images: job.count, timeoutNanoseconds: job.timeoutNanoseconds, problem: problem, now: clock.now(),
+                job, images: job.count, timeoutNanoseconds: job.timeoutNanoseconds, problem: problem, now: now,
                 maxImages: admissibleImages)
             if result == .accepted { workArrived.signal() }
-            if measuresArrivals, result == .accepted || result == .queueFull { arrivals.add(job.count, at: clock.now()) }
+            if measuresArrivals, result == .accepted || result == .queueFull { arrivals.add(job.count, at: now) }
             return result
         }
     }

@@ -53,33 +53,15 @@ public final class ServingMetrics: Sendable {
         MetricNameDescriptor(namespace: "acm", metricName: metric, unitName: unit, helpText: help)
     }
 
-    /// The series every model has: successes, failures by reason, inferences, batches and durations.
-    private func registerRequestSeries(model: String) {
-        let m = [("model", model)]
-        _ = registry.makeCounter(descriptor: successDescriptor, labels: m)
-        for reason in FailureReason.allCases { failure(model: model, reason: reason, count: 0) }
-        _ = registry.makeCounter(descriptor: inferencesDescriptor, labels: m)
-        _ = registry.makeCounter(descriptor: batchesDescriptor, labels: m)
-        for d in [requestDurationDescriptor, queueDurationDescriptor, computeDurationDescriptor] {
-            _ = registry.makeValueHistogram(descriptor: d, labels: m, buckets: Self.durationBuckets)
-        }
-    }
-
     /// Registers every per-model series at zero, so that dashboards see them before the first request:
     /// those of requests, queue and batches (batch sizes in images or utterances, by `kind`), the compute
     /// fraction, budget and budget mode, and the tokens per k of each ACM (`acmPaths`, each with its
     /// `choices` of k).
     public func register(model: String, kind: ModelKind, acmPaths: [String], choices: [ClosedRange<Int>]) {
-        registerRequestSeries(model: model)
         statistics.register(model: model)
+        for reason in FailureReason.allCases { failure(model: model, reason: reason, count: 0) }
+        // Every other series is registered, at zero, as its collector is looked up.
         let m = [("model", model)]
-        _ = registry.makeValueHistogram(descriptor: batchSizeDescriptor(kind), labels: m, buckets: Self.batchBuckets)
-        _ = registry.makeValueHistogram(descriptor: fractionDescriptor, labels: m, buckets: Self.fractionBuckets)
-        _ = registry.makeValueHistogram(descriptor: budgetDescriptor, labels: m, buckets: Self.fractionBuckets)
-        for mode in ["auto", "budget"] {
-            _ = registry.makeCounter(descriptor: modeDescriptor, labels: m + [("mode", mode)])
-        }
-        // The tokens-per-k series of every ACM are registered here, at zero, as they are looked up.
         let found = ModelCollectors(
             success: registry.makeCounter(descriptor: successDescriptor, labels: m),
             inferences: registry.makeCounter(descriptor: inferencesDescriptor, labels: m),
