@@ -36,30 +36,56 @@ public enum BF16 {
     }
 }
 
-/// A GEMM's right-hand matrix B [k × n], row-major: in float, and, for a layer that runs in bf16, also
-/// rounded to bfloat16 and packed in pairs of rows for the kernels (`acm_pack_bf16_pairs`). Blocks of
-/// rows (starting at an even row) and of columns multiply as the matrix does.
+/// A GEMM's right-hand matrix B [k × n], row-major, stored for the kernels that multiply it:
+/// - in f32, where `gemm` runs LIBXSMM and B is wider than a panel, in column panels (`packPanels`), which the
+///   kernels stream from consecutive addresses, instead of row-major;
+/// - in bf16, rounded to bfloat16 and packed in pairs of rows (`acm_pack_bf16_pairs`), with the float matrix
+///   kept beside it for the few products the packed copy cannot serve.
+/// Blocks of rows (starting at an even row in bf16) and of columns multiply as the matrix does.
 public struct GEMMWeight: @unchecked Sendable {
-    /// B in float: the f32 GEMMs' operand, and the reference the packed copy came from.
-    public let f32: Tensor
+    /// B row-major, where it is not in panels.
+    private let rowMajor: Tensor?
+    /// B in float column panels, `rows · columns` floats; nil where `rowMajor` is kept.
+    private let panels: Tensor?
     /// B in bfloat16 pairs, `bf16PackedCount(k:n:)` values; nil in f32.
     private let packed: PackedStorage?
 
-    public var rows: Int { f32.shape[0] }
-    public var columns: Int { f32.shape[1] }
+    public let rows: Int
+    public let columns: Int
     /// What `multiply` runs in.
     public var precision: Precision { packed == nil ? .f32 : .bf16 }
 
-    /// `matrix` [k × n]; packed for bf16 when `precision.effective` is bf16.
-    public init(_ matrix: Tensor, precision: Precision) {
+    /// B in float, row-major: the matrix itself, or, where it is kept in panels, a copy made on each call (for
+    /// building other weights at load).
+    public var f32: Tensor {
+        if let rowMajor { return rowMajor }
+        let out = Tensor(shape: [rows, columns])
+        unpackPanels(panels!.data, k: rows, n: columns, into: out.data)
+        return out
+    }
+
+    /// `matrix` [k × n]; packed for bf16 when `precision.effective` is bf16, else in panels where `gemm` runs
+    /// LIBXSMM (`inPanels`).
+    public init(_ matrix: Tensor, precision: Precision, inPanels: Bool = useXSMM) {
         precondition(matrix.shape.count == 2)
-        f32 = matrix
+        let (k, n) = (matrix.shape[0], matrix.shape[1])
+        rows = k
+        columns = n
         if precision.effective == .bf16 {
-            let (k, n) = (matrix.shape[0], matrix.shape[1])
+            rowMajor = matrix
+            panels = nil
             let storage = PackedStorage(count: bf16PackedCount(k: k, n: n))
             acm_pack_bf16_pairs(matrix.data, k, n, n, storage.buffer.baseAddress)
             packed = storage
+        } else if inPanels && n > panelWidth && k > 0 {
+            let storage = Tensor(shape: [k * n])
+            packPanels(matrix.data, k: k, n: n, into: storage.data)
+            rowMajor = nil
+            panels = storage
+            packed = nil
         } else {
+            rowMajor = matrix
+            panels = nil
             packed = nil
         }
     }
@@ -83,8 +109,14 @@ public struct GEMMWeight: @unchecked Sendable {
             acm_gemm_bf16(m, cs.count, r.count, a, lda, packedBlock(packed, rows: r, columns: cs), n, beta, c, ldc)
             return
         }
+        if let panels {
+            panelGEMM(
+                m: m, a: a, lda: lda, panels: panels.data, k: self.rows, n: n, rows: r, columns: cs, beta: beta, c: c,
+                ldc: ldc)
+            return
+        }
         gemm(
-            m: m, n: cs.count, k: r.count, a: a, lda: lda, b: f32.data + r.lowerBound * n + cs.lowerBound, ldb: n,
+            m: m, n: cs.count, k: r.count, a: a, lda: lda, b: rowMajor!.data + r.lowerBound * n + cs.lowerBound, ldb: n,
             beta: beta, c: c, ldc: ldc)
     }
 }

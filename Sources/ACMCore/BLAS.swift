@@ -119,6 +119,95 @@ func xsmmGEMM(
     return true
 }
 
+/// Columns per panel of a float weight stored in panels (`GEMMWeight`): each panel [k × w] contiguous, so that a
+/// kernel streams B from consecutive addresses instead of rows `n` floats apart (4-KiB strides for ViT-B's fc1,
+/// whose rows alias in the caches and defeat the prefetcher). Measured on one core with both cores busy, at
+/// ViT-B's shapes (788 rows): fc1 [768→3072] from 180 to 255 GFLOP/s, fc2 [3072→768] from 165–200 to 245, q/k/v
+/// [768→2304] from 200–210 to 250, a projection [768→768] from 210 to 250; Fashion-MNIST's [800×128]×[128×512]
+/// from 245 to 260 (docs/performance.md).
+let panelWidth = 64
+/// Rows per kernel call over panels: the block of A stays in the L1 and L2 caches while B's panels stream past.
+let panelRowBlock = 32
+
+/// `matrix` [k × n] (row stride n) in column panels of `panelWidth`: panel p, columns [p·w, p·w + wₚ) with wₚ =
+/// min(w, n − p·w), is [k × wₚ] row-major at offset p·w·k.
+func packPanels(_ matrix: UnsafePointer<Float>, k: Int, n: Int, into out: UnsafeMutablePointer<Float>) {
+    var start = 0
+    while start < n {
+        let width = min(panelWidth, n - start)
+        let panel = out + start * k
+        for row in 0..<k { (panel + row * width).update(from: matrix + row * n + start, count: width) }
+        start += width
+    }
+}
+
+/// The inverse of `packPanels`.
+func unpackPanels(_ panels: UnsafePointer<Float>, k: Int, n: Int, into out: UnsafeMutablePointer<Float>) {
+    var start = 0
+    while start < n {
+        let width = min(panelWidth, n - start)
+        let panel = panels + start * k
+        for row in 0..<k { (out + row * n + start).update(from: panel + row * width, count: width) }
+        start += width
+    }
+}
+
+/// Row-major C[m × cs] = A[m × rs]·B[rs, cs] + beta·C (beta 0 or 1) for B [k × n] in panels (`packPanels`), rows
+/// `rs` and columns `cs` of it: LIBXSMM's kernels over blocks of `panelRowBlock` rows of A, each block through
+/// every panel that `cs` meets, part-panels at its ends.
+func panelGEMM(
+    m: Int, a: UnsafePointer<Float>, lda: Int, panels: UnsafePointer<Float>, k: Int, n: Int,
+    rows rs: Range<Int>, columns cs: Range<Int>, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+) {
+    if m == 0 || cs.isEmpty { return }
+    if rs.isEmpty {
+        if beta == 0 { for i in 0..<m { (c + i * ldc + 0).update(repeating: 0, count: cs.count) } }
+        return
+    }
+    let depth = rs.count
+    // The kernels of one block size: a segment of `w` columns of a panel of width `ld`. All but the first and
+    // last segments are whole panels of `panelWidth`.
+    struct Kernels {
+        var whole: UnsafeRawPointer?, first: UnsafeRawPointer?, last: UnsafeRawPointer?
+        var block = 0
+    }
+    let firstPanel = cs.lowerBound / panelWidth, lastPanel = (cs.upperBound - 1) / panelWidth
+    func segment(_ p: Int) -> (start: Int, width: Int, ld: Int) {
+        let panelStart = p * panelWidth, ld = min(panelWidth, n - panelStart)
+        let start = max(cs.lowerBound, panelStart), end = min(cs.upperBound, panelStart + ld)
+        return (start, end - start, ld)
+    }
+    func dispatch(_ p: Int, block: Int) -> UnsafeRawPointer? {
+        let s = segment(p)
+        return CXSMM_smmdispatch(Int32(s.width), Int32(block), Int32(depth), Int32(s.ld), Int32(lda), Int32(ldc), beta)
+    }
+    var kernels = Kernels()
+    var row = 0
+    while row < m {
+        let block = min(panelRowBlock, m - row)
+        if kernels.block != block {
+            kernels = Kernels(
+                whole: lastPanel - firstPanel > 1 ? dispatch(firstPanel + 1, block: block) : nil,
+                first: dispatch(firstPanel, block: block),
+                last: lastPanel > firstPanel ? dispatch(lastPanel, block: block) : nil, block: block)
+        }
+        let aBlock = a + row * lda, cBlock = c + row * ldc
+        for p in firstPanel...lastPanel {
+            let s = segment(p)
+            let b = panels + p * panelWidth * k + rs.lowerBound * s.ld + (s.start - p * panelWidth)
+            let kernel = p == firstPanel ? kernels.first : p == lastPanel ? kernels.last : kernels.whole
+            if let kernel {
+                CXSMM_smmcall(kernel, b, aBlock, cBlock + (s.start - cs.lowerBound))
+            } else {
+                openblasGEMM(
+                    m: block, n: s.width, k: depth, a: aBlock, lda: lda, b: b, ldb: s.ld, beta: beta,
+                    c: cBlock + (s.start - cs.lowerBound), ldc: ldc)
+            }
+        }
+        row += block
+    }
+}
+
 /// Row-major C = A·B + beta·C through OpenBLAS: where LIBXSMM has no kernel for part of a product it began.
 @inline(never)
 func openblasGEMM(

@@ -97,6 +97,48 @@ import Testing
         #expect(worst < 1e-3)
     }
 
+    /// A float weight in column panels should multiply as its row-major matrix does, in blocks of its rows and
+    /// columns that start and end inside panels, across whole panels and in the last, narrower panel, with row
+    /// counts around the kernels' row block, accumulating too; and give its matrix back unchanged.
+    @Test(arguments: [0, 1] as [Float])
+    func panelsMatchNaive(beta: Float) {
+        var rng = SplitMix64(seed: 6)
+        let k = 150, n = 3 * panelWidth + 19, pad = 3
+        let b = randomTensor([k, n], rng: &rng)
+        let weight = GEMMWeight(b, precision: .f32, inPanels: true)
+        #expect(weight.f32.array == b.array)
+        let blocks: [(rows: Range<Int>, columns: Range<Int>)] = [
+            (0..<k, 0..<n), (0..<k, 5..<(panelWidth - 3)), (7..<120, 10..<(2 * panelWidth + 1)),
+            (1..<k, panelWidth..<(2 * panelWidth)), (0..<k, (3 * panelWidth - 2)..<n), (40..<41, 0..<n),
+        ]
+        for (rows, columns) in blocks {
+            for m in [1, panelRowBlock - 1, panelRowBlock, 2 * panelRowBlock + 5] {
+                let a = randomTensor([m, rows.count + pad], rng: &rng)
+                let c = randomTensor([m, columns.count + pad], rng: &rng)
+                let before = c.array
+                weight.multiply(
+                    m: m, a: a.data, lda: rows.count + pad, rows: rows, columns: columns, beta: beta, c: c.data,
+                    ldc: columns.count + pad)
+                let ab = naiveMatmul(
+                    matrix(a.data, rows: m, columns: rows.count, ld: rows.count + pad),
+                    matrix(b.data + rows.lowerBound * n + columns.lowerBound, rows: rows.count, columns: columns.count, ld: n))
+                var worst: Float = 0, padding = true
+                for i in 0..<m {
+                    for j in 0..<(columns.count + pad) {
+                        let index = i * (columns.count + pad) + j
+                        if j < columns.count {
+                            worst = max(worst, abs(c.data[index] - (ab[i][j] + beta * before[index])))
+                        } else if c.data[index] != before[index] {
+                            padding = false
+                        }
+                    }
+                }
+                #expect(worst < 1e-4, "rows \(rows) columns \(columns) m \(m)")
+                #expect(padding, "rows \(rows) columns \(columns) m \(m): padding written")
+            }
+        }
+    }
+
     /// Should transpose a strided block into a strided block and leave the padding alone.
     @Test func transposeMatchesNaive() {
         var rng = SplitMix64(seed: 6)
