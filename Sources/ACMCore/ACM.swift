@@ -124,7 +124,12 @@ public final class ACMLayer: @unchecked Sendable {
             let choices = config.numChoices, first = config.minChoice * h
             let weight = Tensor(shape: [choices + first, inputDim]), bias = Tensor(shape: [choices + first])
             weight.data.update(from: gate[0].weight.data, count: choices * inputDim)
-            transpose(w1.f32.data, rows: inputDim, columns: first, lda: n * h, out: weight.data + choices * inputDim, ldOut: inputDim)
+            let w1Matrix = w1.floatMatrix()
+            withExtendedLifetime(w1Matrix) {
+                transpose(
+                    w1Matrix.data, rows: inputDim, columns: first, lda: n * h, out: weight.data + choices * inputDim,
+                    ldOut: inputDim)
+            }
             if let b = gate[0].bias { bias.data.update(from: b.data, count: choices) }
             if let b1 { (bias.data + choices).update(from: b1.data, count: first) }
             gateAndFirst = Linear(weight: weight, bias: bias, precision: precision)

@@ -39,7 +39,8 @@ public enum BF16 {
 /// A GEMM's right-hand matrix B [k × n], row-major, stored for the kernels that multiply it:
 /// - in f32, where `gemm` runs LIBXSMM and B is wider than a panel, in column panels (`packPanels`), which the
 ///   kernels stream from consecutive addresses, instead of row-major;
-/// - in bf16, rounded to bfloat16 and packed in pairs of rows (`acm_pack_bf16_pairs`), with the float matrix
+/// - in bf16, rounded to bfloat16 and packed in column panels, each in pairs of rows (`acm_pack_bf16_panels`),
+///   with the float matrix
 ///   kept beside it for the few products the packed copy cannot serve.
 /// Blocks of rows (starting at an even row in bf16) and of columns multiply as the matrix does.
 public struct GEMMWeight: @unchecked Sendable {
@@ -47,7 +48,7 @@ public struct GEMMWeight: @unchecked Sendable {
     private let rowMajor: Tensor?
     /// B in float column panels, `rows · columns` floats; nil where `rowMajor` is kept.
     private let panels: Tensor?
-    /// B in bfloat16 pairs, `bf16PackedCount(k:n:)` values; nil in f32.
+    /// B in bfloat16 panels of pairs, `bf16PackedCount(k:n:)` values; nil in f32.
     private let packed: PackedStorage?
 
     public let rows: Int
@@ -55,9 +56,9 @@ public struct GEMMWeight: @unchecked Sendable {
     /// What `multiply` runs in.
     public var precision: Precision { packed == nil ? .f32 : .bf16 }
 
-    /// B in float, row-major: the matrix itself, or, where it is kept in panels, a copy made on each call (for
-    /// building other weights at load).
-    public var f32: Tensor {
+    /// B in float, row-major: the matrix itself, or, where it is kept in panels, a new copy (for building other
+    /// weights at load). Keep the tensor alive while its `data` is read.
+    public func floatMatrix() -> Tensor {
         if let rowMajor { return rowMajor }
         let out = Tensor(shape: [rows, columns])
         unpackPanels(panels!.data, k: rows, n: columns, into: out.data)
@@ -75,7 +76,7 @@ public struct GEMMWeight: @unchecked Sendable {
             rowMajor = matrix
             panels = nil
             let storage = PackedStorage(count: bf16PackedCount(k: k, n: n))
-            acm_pack_bf16_pairs(matrix.data, k, n, n, storage.buffer.baseAddress)
+            acm_pack_bf16_panels(matrix.data, k, n, n, storage.buffer.baseAddress)
             packed = storage
         } else if inPanels && n > panelWidth && k > 0 {
             let storage = Tensor(shape: [k * n])
@@ -90,12 +91,6 @@ public struct GEMMWeight: @unchecked Sendable {
         }
     }
 
-    /// The packed block of B at `rows` (an even start) and `columns`, for the kernels with row stride `columns`.
-    @inline(__always)
-    func packedBlock(_ storage: PackedStorage, rows: Range<Int>, columns: Range<Int>) -> UnsafePointer<UInt16> {
-        UnsafePointer(storage.buffer.baseAddress! + rows.lowerBound * self.columns + 2 * columns.lowerBound)
-    }
-
     /// C[m × columns] = A[m × rows]·B[rows, columns] + beta·C: the block of B at `rows` (an even start in
     /// bf16) and `columns` (default all), A with row stride `lda`, C with `ldc`.
     @inline(__always)
@@ -106,7 +101,9 @@ public struct GEMMWeight: @unchecked Sendable {
         let n = self.columns
         let r = rows ?? 0..<self.rows, cs = columns ?? 0..<n
         if let packed, r.lowerBound % 2 == 0, m > 0, !cs.isEmpty, !r.isEmpty {
-            acm_gemm_bf16(m, cs.count, r.count, a, lda, packedBlock(packed, rows: r, columns: cs), n, beta, c, ldc)
+            acm_gemm_bf16_panels(
+                m, cs.count, r.count, a, lda, nil, 0, packed.buffer.baseAddress, self.rows, n, r.lowerBound, cs.lowerBound,
+                beta, c, ldc, nil, 0, nil, 0)
             return
         }
         if let panels {
@@ -134,7 +131,9 @@ extension GEMMWeight {
         guard let packed else { preconditionFailure("a rounded A multiplies only a bf16 weight") }
         precondition(r.lowerBound % 2 == 0 && r.count % 2 == 0 && lda % 2 == 0)
         if m == 0 || cs.isEmpty { return }
-        acm_gemm_bf16_rounded(m, cs.count, r.count, a, lda, packedBlock(packed, rows: r, columns: cs), n, beta, c, ldc)
+        acm_gemm_bf16_panels(
+            m, cs.count, r.count, nil, 0, a, lda, packed.buffer.baseAddress, self.rows, n, r.lowerBound, cs.lowerBound, beta,
+            c, ldc, nil, 0, nil, 0)
     }
 }
 
@@ -156,9 +155,9 @@ extension GEMMWeight {
         precondition(Self.fusesActivation(activation) && cs.count % 2 == 0 && (a != nil) != (rounded != nil))
         precondition(rounded == nil || (self.rows % 2 == 0 && lda % 2 == 0))
         if m == 0 || cs.isEmpty { return }
-        acm_gemm_bf16_activated(
-            m, cs.count, self.rows, a, lda, rounded, lda, packedBlock(packed, rows: 0..<self.rows, columns: cs), n, c,
-            ldc, bias, activation == .gelu ? 1 : 0, hidden, ldHidden)
+        acm_gemm_bf16_panels(
+            m, cs.count, self.rows, rounded == nil ? a : nil, lda, rounded, lda, packed.buffer.baseAddress, self.rows, n, 0,
+            cs.lowerBound, 0, c, ldc, bias, activation == .gelu ? 1 : 0, hidden, ldHidden)
     }
 }
 

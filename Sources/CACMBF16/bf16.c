@@ -151,8 +151,9 @@ void acm_pack_bf16_pairs_transposed(const float *w, long k, long n, long ldw, un
     }
 }
 
-// The blocking, measured on one Zen 5 core with A already bfloat16 (LIBXSMM's kernels take a block of up to
-// ROW_BLOCK rows of A and C in registers and stream a panel of B):
+// The blocking of B stored row-major in pairs (attention's keys and values, packed per head; `gemm_bf16`), measured
+// on one Zen 5 core with A already bfloat16 (LIBXSMM's kernels take a block of up to ROW_BLOCK rows of A and C in
+// registers and stream a panel of B):
 // - B of more than LARGE_B_BYTES runs in panels of PANEL columns, and a deep one (k > DEEP) in chunks of DEPTH
 //   rows, the chunks outermost, then the panels, then the blocks of rows, so that a panel's chunk (192 KiB) stays
 //   in the L2 cache while all of A's rows stream past it: ViT-B's fc2 [768×3072]×[3072×768] from 272 GFLOP/s
@@ -161,6 +162,8 @@ void acm_pack_bf16_pairs_transposed(const float *w, long k, long n, long ldw, un
 // - the small shapes (B under 256 KiB) already run at 445-500 whole;
 // - blocks of 96 rows rather than 64: the dense ViT-B at batch 8 341-349 ms against 349-358 (32: 373; 128:
 //   348-353), the Fashion-MNIST models and Whisper's encoder the same within the noise.
+// The weights are stored in contiguous panels instead (`acm_pack_bf16_panels`, `gemm_bf16_panels`), which the
+// kernels stream from consecutive addresses: the dense ViT-B at batch 8 from 344-361 ms to 336-347.
 enum { ROW_BLOCK = 96, PANEL = 128, LARGE_B_BYTES = 256 * 1024, DEEP = 1024, DEPTH = 768 };
 
 static __thread unsigned short *a_buffer;
@@ -281,11 +284,73 @@ void acm_gemm_bf16_rounded(long m, long n, long k, const unsigned short *a, long
     gemm_bf16(m, n, k, NULL, 0, a, lda, b, ldb, beta, c, ldc, NULL);
 }
 
-void acm_gemm_bf16_activated(long m, long n, long k, const float *a, long lda, const unsigned short *a16, long lda16,
-                             const unsigned short *b, long ldb, float *c, long ldc, const float *bias, int gelu,
-                             unsigned short *out16, long ld16) {
+
+void acm_pack_bf16_panels(const float *w, long k, long n, long ldw, unsigned short *out) {
+    const long kk = (k + 1) & ~1L;
+    for (long j = 0; j < n; j += BF16_PANEL) {
+        const long width = n - j < BF16_PANEL ? n - j : BF16_PANEL;
+        acm_pack_bf16_pairs(w + j, k, width, ldw, out + j * kk);
+    }
+}
+
+// Rows of A per kernel call over B in panels: the dense ViT-B at batch 8 337 ms (median of four interleaved runs) with
+// 32, 336 with 48, 341-347 with 64 and 96; the Fashion-MNIST models the same within the noise.
+enum { PANEL_ROWS = 32 };
+
+// B in panels (acm_pack_bf16_panels) of a matrix [total_k × total_n], the block at rows row0 (even) + k and
+// columns col0 + n. Rows outermost in blocks of PANEL_ROWS, then every panel the columns meet, at full depth:
+// each tile of C is finished (the epilogue) as soon as it is made.
+static void gemm_bf16_panels(long m, long n, long k, const float *a, long lda, const unsigned short *a16, long lda16,
+                             const unsigned short *panels, long total_k, long total_n, long row0, long col0, float beta,
+                             float *c, long ldc, const struct epilogue *e) {
+    if (m <= 0 || n <= 0) return;
+    const long kk = (k + 1) & ~1L, total_kk = (total_k + 1) & ~1L;
+    if (!a16) {
+        unsigned short *buffer = row_buffer((size_t)m * kk);
+        for (long r = 0; r < m; r++) {
+            acm_f32_to_bf16(a + r * lda, buffer + r * kk, k);
+            if (kk != k) buffer[r * kk + k] = 0;
+        }
+        a16 = buffer;
+        lda16 = kk;
+    }
+    const long first = col0 / BF16_PANEL, last = (col0 + n - 1) / BF16_PANEL;
+    const long block = m < PANEL_ROWS ? m : PANEL_ROWS;
+    libxsmm_bsmmfunction kernels[2][3] = {{0}};  // [full block, tail block][first, middle, last segment]
+    long tail_rows = -1;
+    for (long row = 0; row < m; row += block) {
+        const long rows = m - row < block ? m - row : block;
+        const int t = rows != block;
+        if (t && tail_rows != rows) {
+            kernels[1][0] = kernels[1][1] = kernels[1][2] = NULL;
+            tail_rows = rows;
+        }
+        for (long p = first; p <= last; p++) {
+            const long start = p * BF16_PANEL, ld = total_n - start < BF16_PANEL ? total_n - start : BF16_PANEL;
+            const long j = col0 > start ? col0 : start;
+            const long end = col0 + n < start + ld ? col0 + n : start + ld;
+            const int which = p == first ? 0 : p == last ? 2 : 1;
+            if (!kernels[t][which]) kernels[t][which] = kernel(end - j, rows, kk, ld, lda16, ldc, beta);
+            const unsigned short *bj = panels + start * total_kk + row0 * ld + 2 * (j - start);
+            const unsigned short *as = a16 + row * lda16;
+            float *cj = c + row * ldc + (j - col0);
+            if (kernels[t][which])
+                kernels[t][which]((const libxsmm_bfloat16 *)bj, (const libxsmm_bfloat16 *)as, cj);
+            else
+                loops(rows, end - j, kk, as, lda16, bj, ld, beta, cj, ldc);
+            if (e) finish_tile(e, c, ldc, row, rows, j - col0, end - j);
+        }
+    }
+    __asm__ volatile("vzeroupper");
+}
+
+void acm_gemm_bf16_panels(long m, long n, long k, const float *a, long lda, const unsigned short *a16, long lda16,
+                          const unsigned short *panels, long total_k, long total_n, long row0, long col0, float beta,
+                          float *c, long ldc, const float *bias, int gelu, unsigned short *out16, long ld16) {
     const struct epilogue e = {bias, gelu, out16, ld16};
-    gemm_bf16(m, n, k, a16 ? NULL : a, lda, a16, lda16, b, ldb, 0, c, ldc, &e);
+    const int finish = bias || gelu || out16;
+    gemm_bf16_panels(m, n, k, a16 ? NULL : a, lda, a16, lda16, panels, total_k, total_n, row0, col0, beta, c, ldc,
+                     finish ? &e : NULL);
 }
 
 void acm_gather_rows_bf16(unsigned short *out, const float *x, const int *order, long n, long d) {
@@ -296,7 +361,8 @@ static int isa = -1;
 static char description[160];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-// A product with odd sizes, a block of rows and a tail, column panels and a tail, against the loops.
+// A product with odd sizes, a block of rows and a tail, column panels and a tail, against the loops: for B packed
+// row-major in pairs and for B in panels.
 static int self_check(void) {
     const long m = ROW_BLOCK + 6, n = 300, k = 451;  // n·k·2 > LARGE_B_BYTES: panels of PANEL and a tail
     float *a = malloc(sizeof(float) * m * k), *w = malloc(sizeof(float) * k * n);
@@ -313,6 +379,12 @@ static int self_check(void) {
     loops(m, n, k + 1, ab, k + 1, b, n, 0, r, n);
     gemm_bf16(m, n, k, a, k, NULL, 0, b, n, 0, c, n, NULL);
     int ok = 1;
+    for (long i = 0; i < m * n; i++)
+        if (!(fabsf(c[i] - r[i]) <= 1e-4f * (1 + fabsf(r[i])))) ok = 0;
+    // the weights' layout: panels of BF16_PANEL and a narrower last one, blocks of PANEL_ROWS rows and a tail
+    acm_pack_bf16_panels(w, k, n, n, b);
+    memset(c, 0, sizeof(float) * m * n);
+    gemm_bf16_panels(m, n, k, a, k, NULL, 0, b, k, n, 0, 0, 0, c, n, NULL);
     for (long i = 0; i < m * n; i++)
         if (!(fabsf(c[i] - r[i]) <= 1e-4f * (1 + fabsf(r[i])))) ok = 0;
     free(a), free(w), free(c), free(r), free(b), free(ab);

@@ -285,6 +285,9 @@ func naiveCapped(logits: [[Float]], minChoice: Int, cap: Int?) -> [Int] {
         ACMConfig(
             numLearners: 4, learnerDim: 3, activation: .identity, minChoice: 1, hiddenBias: false, outputBias: true),
         ACMConfig(numLearners: 5, learnerDim: 4, activation: .gelu, minChoice: 2, hiddenBias: true, outputBias: true),
+        // w1 wider than a float panel (N·h = 80 > 64): learner 3's columns straddle two panels, and the fused gate
+        // reads learner 0's columns back out of the panels
+        ACMConfig(numLearners: 4, learnerDim: 20, activation: .gelu, minChoice: 1, hiddenBias: true, outputBias: true),
     ]
 
     /// Should equal the per-token definition for any mix of learner counts k_min...N, k = 0 included.
@@ -328,7 +331,7 @@ func naiveCapped(logits: [[Float]], minChoice: Int, cap: Int?) -> [Int] {
     }
 
     /// Should choose as the naive rule does from the gate's own logits, and output the definition.
-    @Test(arguments: [0, 3, 4])
+    @Test(arguments: [0, 3, 4, 5])
     func forwardChoosesAndComputes(index: Int) throws {
         let config = Self.configs[index]
         let dir = TemporaryDirectory()

@@ -69,12 +69,14 @@ import Testing
         check(m: 50, n: 128, k: 128)
         check(m: 200, n: 5, k: 48)
         check(m: 131, n: 37, k: 77)  // odd k: the last pair padded
-        check(m: 70, n: 300, k: 451)  // column panels of 128 and a tail
+        check(m: 70, n: 300, k: 451)  // column panels of 64 and a narrower last one
         check(m: 65, n: 384, k: 1536)  // deep k, panels
         check(m: 90, n: 48, k: 192, rows: 96..<144)  // learner 2's rows of w2 (h = 48)
         check(m: 90, n: 48, k: 64, columns: 48..<96)  // learner 1's columns of w1
         check(m: 90, n: 64, k: 48, rows: 48..<96, beta: 1)  // accumulated into C
         check(m: 33, n: 20, k: 30, rows: 10..<40, columns: 3..<23, beta: 1)
+        check(m: 40, n: 150, k: 64, columns: 30..<140)  // from inside one panel, across one, into the last
+        check(m: 70, n: 200, k: 100, rows: 20..<80, columns: 64..<128, beta: 1)  // exactly one panel, accumulated
     }
 
     /// Should give attention's output from bf16 products: q, k, v and the probabilities rounded to bfloat16,

@@ -30,6 +30,25 @@ void acm_pack_bf16_pairs(const float *w, long k, long n, long ldw, unsigned shor
 /// (row stride ldw), e.g. an attention head's keys [keys × head dim] packed as kᵀ for the scores q·kᵀ.
 void acm_pack_bf16_pairs_transposed(const float *w, long k, long n, long ldw, unsigned short *out);
 
+/// Columns per panel of `acm_pack_bf16_panels`.
+enum { BF16_PANEL = 64 };
+
+/// Packs the row-major float matrix w [k × n] (row stride ldw) in panels of BF16_PANEL columns, each packed in
+/// pairs of rows as `acm_pack_bf16_pairs` packs a matrix of its width: the panel of columns [j, j + w) (j a
+/// multiple of BF16_PANEL, w = min(BF16_PANEL, n − j)) at out + j·kk, kk = k rounded up to even; (k + 1) / 2 · n · 2
+/// values in all. For n ≤ BF16_PANEL this is `acm_pack_bf16_pairs`' layout.
+void acm_pack_bf16_panels(const float *w, long k, long n, long ldw, unsigned short *out);
+
+/// Row-major C[m × n] = A[m × k]·B + beta·C (beta 0 or 1) for B the block of rows [row0, row0 + k) (row0 even) and
+/// columns [col0, col0 + n) of a matrix [total_k × total_n] packed by `acm_pack_bf16_panels`; A float (a, row
+/// stride lda) rounded as it is read, or, when a16 is given, already bfloat16 (row stride lda16, k even). Each tile
+/// of C is then finished while it is in the cache when bias, gelu or out16 is given (beta 0): bias added per column
+/// (bias NULL: none), GELU when `gelu` (the engine's `acm_gelu_rows`), then rounded to bfloat16 into out16 (row stride
+/// ld16, n even) for a product that reads it next; this saves a pass over C, and its rounding.
+void acm_gemm_bf16_panels(long m, long n, long k, const float *a, long lda, const unsigned short *a16, long lda16,
+                          const unsigned short *panels, long total_k, long total_n, long row0, long col0, float beta,
+                          float *c, long ldc, const float *bias, int gelu, unsigned short *out16, long ld16);
+
 /// Row-major C[m × n] = A[m × k]·B[k × n] + beta·C (beta 0 or 1), A float (row stride lda), rounded to
 /// bfloat16 in blocks of rows as it is read; B packed by `acm_pack_bf16_pairs` (b pointing at the block's
 /// first element, ldb the packed matrix's n); products summed in float. Only where `acm_bf16_isa` > 0.
@@ -40,13 +59,6 @@ void acm_gemm_bf16(long m, long n, long k, const float *a, long lda, const unsig
 void acm_gemm_bf16_rounded(long m, long n, long k, const unsigned short *a, long lda, const unsigned short *b, long ldb,
                            float beta, float *c, long ldc);
 
-/// C = act(A·B + bias), act GELU (`gelu` 1, the engine's `acm_gelu_rows`) or none, A float (a16 NULL) or bfloat16
-/// (a16, row stride lda16, k even), bias per column or NULL; and, when out16 is given, C rounded to bfloat16 into
-/// it (row stride ld16, n even), for a product that reads it next. Each tile of C is finished while it is in the
-/// cache, instead of in passes over all of C after the product.
-void acm_gemm_bf16_activated(long m, long n, long k, const float *a, long lda, const unsigned short *a16, long lda16,
-                             const unsigned short *b, long ldb, float *c, long ldc, const float *bias, int gelu,
-                             unsigned short *out16, long ld16);
 
 /// out[p] = x[order[p]] rounded to bfloat16, rows of d values, for p < n (x's first n rows when order is NULL).
 void acm_gather_rows_bf16(unsigned short *out, const float *x, const int *order, long n, long d);
