@@ -65,6 +65,16 @@ public struct GEMMWeight: @unchecked Sendable {
         return out
     }
 
+    /// The column panels `multiply` runs over (one where B is row-major): blocks of columns that start and end on
+    /// them split the product without cutting a panel.
+    public var panelCount: Int { panels == nil && packed == nil ? 1 : (columns + panelWidth - 1) / panelWidth }
+
+    /// The columns of `panels`, a range of `panelCount`.
+    public func columns(ofPanels panels: Range<Int>) -> Range<Int> {
+        if panelCount == 1 { return 0..<columns }
+        return panels.lowerBound * panelWidth..<min(panels.upperBound * panelWidth, columns)
+    }
+
     /// `matrix` [k × n]; packed for bf16 when `precision.effective` is bf16, else in panels where `gemm` runs
     /// LIBXSMM (`inPanels`).
     public init(_ matrix: Tensor, precision: Precision, inPanels: Bool = useXSMM) {

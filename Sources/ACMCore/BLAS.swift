@@ -5,6 +5,7 @@ import Glibc
 import CBLAS
 import CXSMM
 import CACMKernels
+import CACMBF16
 
 /// The one GEMM entry point. Every matrix is row-major; `lda`, `ldb`, `ldc` are row strides in elements,
 /// so a block of columns of a wider matrix is passed as a pointer to its first element plus the wider
@@ -125,9 +126,14 @@ func xsmmGEMM(
 /// ViT-B's shapes (788 rows): fc1 [768→3072] from 180 to 255 GFLOP/s, fc2 [3072→768] from 165–200 to 245, q/k/v
 /// [768→2304] from 200–210 to 250, a projection [768→768] from 210 to 250; Fashion-MNIST's [800×128]×[128×512]
 /// from 245 to 260 (docs/performance.md).
-let panelWidth = 64
+let panelWidth = Int(BF16_PANEL)
 /// Rows per kernel call over panels: the block of A stays in the L1 and L2 caches while B's panels stream past.
 let panelRowBlock = 32
+/// Up to this many rows, `panelGEMM` runs each panel over all the rows before the next (the panel stays in the L2
+/// cache while A's rows pass it); above, each block of rows through all the panels (A's block stays while B streams).
+/// The dense ViT-B at batch 1 (197 rows, each core half the panels): 86–90 ms with blocks of rows outermost, 83
+/// with panels; at batch 8 (788 rows a core) 620–655 ms with blocks outermost, 650–690 with chunks of 128 to 800.
+let panelOuterRows = 256
 
 /// `matrix` [k × n] (row stride n) in column panels of `panelWidth`: panel p, columns [p·w, p·w + wₚ) with wₚ =
 /// min(w, n − p·w), is [k × wₚ] row-major at offset p·w·k.
@@ -181,30 +187,37 @@ func panelGEMM(
         let s = segment(p)
         return CXSMM_smmdispatch(Int32(s.width), Int32(block), Int32(depth), Int32(s.ld), Int32(lda), Int32(ldc), beta)
     }
-    var kernels = Kernels()
-    var row = 0
-    while row < m {
-        let block = min(panelRowBlock, m - row)
-        if kernels.block != block {
-            kernels = Kernels(
-                whole: lastPanel - firstPanel > 1 ? dispatch(firstPanel + 1, block: block) : nil,
-                first: dispatch(firstPanel, block: block),
-                last: lastPanel > firstPanel ? dispatch(lastPanel, block: block) : nil, block: block)
-        }
-        let aBlock = a + row * lda, cBlock = c + row * ldc
+    func kernels(block: Int) -> Kernels {
+        Kernels(
+            whole: lastPanel - firstPanel > 1 ? dispatch(firstPanel + 1, block: block) : nil,
+            first: dispatch(firstPanel, block: block),
+            last: lastPanel > firstPanel ? dispatch(lastPanel, block: block) : nil, block: block)
+    }
+    let full = kernels(block: min(panelRowBlock, m))
+    let tail = m % panelRowBlock != 0 && m > panelRowBlock ? kernels(block: m % panelRowBlock) : full
+    // the rows in chunks (all of them, or one block), within a chunk the panels, within a panel the blocks
+    let chunk = m <= panelOuterRows ? m : panelRowBlock
+    var chunkStart = 0
+    while chunkStart < m {
+        let chunkEnd = min(m, chunkStart + chunk)
         for p in firstPanel...lastPanel {
             let s = segment(p)
             let b = panels + p * panelWidth * k + rs.lowerBound * s.ld + (s.start - p * panelWidth)
-            let kernel = p == firstPanel ? kernels.first : p == lastPanel ? kernels.last : kernels.whole
-            if let kernel {
-                CXSMM_smmcall(kernel, b, aBlock, cBlock + (s.start - cs.lowerBound))
-            } else {
-                openblasGEMM(
-                    m: block, n: s.width, k: depth, a: aBlock, lda: lda, b: b, ldb: s.ld, beta: beta,
-                    c: cBlock + (s.start - cs.lowerBound), ldc: ldc)
+            var row = chunkStart
+            while row < chunkEnd {
+                let block = min(panelRowBlock, chunkEnd - row)
+                let set = block == full.block ? full : tail
+                let kernel = p == firstPanel ? set.first : p == lastPanel ? set.last : set.whole
+                let aBlock = a + row * lda, cBlock = c + row * ldc + (s.start - cs.lowerBound)
+                if let kernel {
+                    CXSMM_smmcall(kernel, b, aBlock, cBlock)
+                } else {
+                    openblasGEMM(m: block, n: s.width, k: depth, a: aBlock, lda: lda, b: b, ldb: s.ld, beta: beta, c: cBlock, ldc: ldc)
+                }
+                row += block
             }
         }
-        row += block
+        chunkStart = chunkEnd
     }
 }
 

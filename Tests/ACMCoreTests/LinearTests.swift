@@ -74,4 +74,38 @@ func naiveLinear(_ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil, w: Tenso
             }
         }
     }
+
+    /// Should compute a projection and a dense MLP whose weights are large enough to be shared out by columns, with
+    /// rows few enough for that (40) and too many (300), in f32 and, where the CPU has it, bf16.
+    @Test(arguments: [40, 300], Precision.allCases)
+    func largeWeightsMatchNaive(rows: Int, precision: Precision) {
+        var rng = SplitMix64(seed: 14)
+        let d = 300, hidden = 900
+        let x = randomTensor([rows, d], rng: &rng)
+        let fc1 = Linear(weight: randomTensor([hidden, d], scale: 0.1, rng: &rng), bias: randomTensor([hidden], rng: &rng), precision: precision)
+        let fc2 = Linear(weight: randomTensor([d, hidden], scale: 0.1, rng: &rng), bias: randomTensor([d], rng: &rng), precision: precision)
+        #expect(fc1.splitsColumns(rows: rows) == (rows < columnSplitRows && Parallel.workers > 1))
+        // bf16 rounds x, the weights and the hidden layer: 2⁻⁸ relative each, over sums of 300 and 900 terms
+        let tolerance = fc1.precision == .bf16 ? 0.05 : 1e-4
+        let projected = Tensor(shape: [rows, hidden])
+        fc1.forward(x.data, rows: rows, out: projected.data)
+        let wantHidden = naiveLinear(x.data, rows: rows, w: fc1.weight, bias: fc1.bias)
+        var worst = 0.0
+        for r in 0..<rows { for j in 0..<hidden { worst = max(worst, abs(Double(projected.data[r * hidden + j]) - wantHidden[r][j])) } }
+        #expect(worst < tolerance, "fc1: \(worst)")
+
+        let out = randomTensor([rows, d], rng: &rng), residual = out.array
+        DenseMLP(fc1: fc1, fc2: fc2).forward(x.data, rows: rows, out: out.data, accumulate: true, scratch: WorkerScratch())
+        worst = 0
+        for r in 0..<rows {
+            let activated = wantHidden[r].map(exactGELU)
+            for c in 0..<d {
+                let want = (0..<hidden).reduce(Double(fc2.bias!.data[c]) + Double(residual[r * d + c])) {
+                    $0 + activated[$1] * Double(fc2.weight.data[c * hidden + $1])
+                }
+                worst = max(worst, abs(Double(out.data[r * d + c]) - want))
+            }
+        }
+        #expect(worst < tolerance, "MLP: \(worst)")
+    }
 }
