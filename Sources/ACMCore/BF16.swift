@@ -1,4 +1,5 @@
 import CACMBF16
+import CACMKernels
 
 /// The arithmetic a model's GEMMs run in.
 ///
@@ -102,39 +103,47 @@ public struct GEMMWeight: @unchecked Sendable {
     }
 
     /// C[m × columns] = A[m × rows]·B[rows, columns] + beta·C: the block of B at `rows` (an even start in
-    /// bf16) and `columns` (default all), A with row stride `lda`, C with `ldc`.
+    /// bf16) and `columns` (default all), A with row stride `lda`, C with `ldc`. Then, when given, `bias` (the
+    /// columns' own, `columns.count` values) added and GELU applied (`gelu`), each tile of C while it is in the
+    /// cache where the weight is in panels.
     @inline(__always)
     public func multiply(
         m: Int, a: UnsafePointer<Float>, lda: Int, rows: Range<Int>? = nil, columns: Range<Int>? = nil,
-        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, bias: UnsafePointer<Float>? = nil, gelu: Bool = false
     ) {
         let n = self.columns
         let r = rows ?? 0..<self.rows, cs = columns ?? 0..<n
         if let packed, r.lowerBound % 2 == 0, m > 0, !cs.isEmpty, !r.isEmpty {
             acm_gemm_bf16_panels(
                 m, cs.count, r.count, a, lda, nil, 0, packed.buffer.baseAddress, self.rows, n, r.lowerBound, cs.lowerBound,
-                beta, c, ldc, nil, 0, nil, 0)
+                beta, c, ldc, bias, gelu ? 1 : 0, nil, 0)
             return
         }
         if let panels {
             panelGEMM(
                 m: m, a: a, lda: lda, panels: panels.data, k: self.rows, n: n, rows: r, columns: cs, beta: beta, c: c,
-                ldc: ldc)
+                ldc: ldc, bias: bias, gelu: gelu)
             return
         }
         gemm(
             m: m, n: cs.count, k: r.count, a: a, lda: lda, b: rowMajor!.data + r.lowerBound * n + cs.lowerBound, ldb: n,
             beta: beta, c: c, ldc: ldc)
+        if gelu {
+            acm_gelu_rows(c, m, cs.count, ldc, bias)
+        } else if let bias {
+            acm_add_bias_rows(c, m, cs.count, ldc, bias)
+        }
     }
 }
 
 extension GEMMWeight {
     /// `multiply` with A already rounded to bfloat16 (`acm_gather_rows_bf16`), row stride `lda` (even): for
-    /// rows that several products read. Only for a bf16 weight and an even block of rows.
+    /// rows that several products read. Only for a bf16 weight and an even block of rows. `bias` (the columns' own),
+    /// when given, is added to each tile as it is made.
     @inline(__always)
     public func multiply(
         m: Int, rounded a: UnsafePointer<UInt16>, lda: Int, rows: Range<Int>? = nil, columns: Range<Int>? = nil,
-        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int
+        beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, bias: UnsafePointer<Float>? = nil
     ) {
         let n = self.columns
         let r = rows ?? 0..<self.rows, cs = columns ?? 0..<n
@@ -143,7 +152,7 @@ extension GEMMWeight {
         if m == 0 || cs.isEmpty { return }
         acm_gemm_bf16_panels(
             m, cs.count, r.count, nil, 0, a, lda, packed.buffer.baseAddress, self.rows, n, r.lowerBound, cs.lowerBound, beta,
-            c, ldc, nil, 0, nil, 0)
+            c, ldc, bias, 0, nil, 0)
     }
 }
 

@@ -160,14 +160,21 @@ func unpackPanels(_ panels: UnsafePointer<Float>, k: Int, n: Int, into out: Unsa
 
 /// Row-major C[m × cs] = A[m × rs]·B[rs, cs] + beta·C (beta 0 or 1) for B [k × n] in panels (`packPanels`), rows
 /// `rs` and columns `cs` of it: LIBXSMM's kernels over blocks of `panelRowBlock` rows of A, each block through
-/// every panel that `cs` meets, part-panels at its ends.
+/// every panel that `cs` meets, part-panels at its ends. Each tile of C then gets `bias` (`cs.count` values) and GELU
+/// (`gelu`), when given, while it is in the L1 cache.
 func panelGEMM(
     m: Int, a: UnsafePointer<Float>, lda: Int, panels: UnsafePointer<Float>, k: Int, n: Int,
-    rows rs: Range<Int>, columns cs: Range<Int>, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    rows rs: Range<Int>, columns cs: Range<Int>, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+    bias: UnsafePointer<Float>? = nil, gelu: Bool = false
 ) {
     if m == 0 || cs.isEmpty { return }
     if rs.isEmpty {
         if beta == 0 { for i in 0..<m { (c + i * ldc + 0).update(repeating: 0, count: cs.count) } }
+        if gelu {
+            acm_gelu_rows(c, m, cs.count, ldc, bias)
+        } else if let bias {
+            acm_add_bias_rows(c, m, cs.count, ldc, bias)
+        }
         return
     }
     let depth = rs.count
@@ -213,6 +220,11 @@ func panelGEMM(
                     CXSMM_smmcall(kernel, b, aBlock, cBlock)
                 } else {
                     openblasGEMM(m: block, n: s.width, k: depth, a: aBlock, lda: lda, b: b, ldb: s.ld, beta: beta, c: cBlock, ldc: ldc)
+                }
+                if gelu {
+                    acm_gelu_rows(cBlock, block, s.width, ldc, bias.map { $0 + (s.start - cs.lowerBound) })
+                } else if let bias {
+                    acm_add_bias_rows(cBlock, block, s.width, ldc, bias + (s.start - cs.lowerBound))
                 }
                 row += block
             }

@@ -68,6 +68,15 @@ public struct Linear: Sendable {
         _ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil,
         out: UnsafeMutablePointer<Float>, ldOut: Int? = nil, accumulate: Bool = false, fewRows: FewRows = .oneWorker
     ) {
+        forward(x, rows: rows, ldx: ldx, out: out, ldOut: ldOut, accumulate: accumulate, fewRows: fewRows, gelu: false)
+    }
+
+    /// `forward`, then GELU on the output (`gelu`; not with `accumulate`), on each tile as it is made where it can.
+    func forward(
+        _ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil, out: UnsafeMutablePointer<Float>, ldOut: Int? = nil,
+        accumulate: Bool = false, fewRows: FewRows = .oneWorker, gelu: Bool
+    ) {
+        precondition(!gelu || (!accumulate && fewRows == .oneWorker))
         let ldo = ldOut ?? outputs, ldi = ldx ?? inputs
         if accumulate && fewRows == .splitColumns && rows < Parallel.workers * Parallel.minimumRowsPerWorker {
             // the few-rows paths write their output: add it from a buffer
@@ -92,10 +101,8 @@ public struct Linear: Sendable {
             Parallel.forEachChunk(weightT.panelCount, minimumPerChunk: 1) { _, panels in
                 let cs = weightT.columns(ofPanels: panels)
                 weightT.multiply(
-                    m: rows, a: x, lda: ldi, columns: cs, beta: accumulate ? 1 : 0, c: out + cs.lowerBound, ldc: ldo)
-                if let bias {
-                    addBias(out + cs.lowerBound, rows: rows, columns: cs.count, ld: ldo, bias: bias.data + cs.lowerBound)
-                }
+                    m: rows, a: x, lda: ldi, columns: cs, beta: accumulate ? 1 : 0, c: out + cs.lowerBound, ldc: ldo,
+                    bias: bias.map { $0.data + cs.lowerBound }, gelu: gelu)
             }
             return
         }
@@ -103,8 +110,7 @@ public struct Linear: Sendable {
             // [rows, in] × [in, out]
             weightT.multiply(
                 m: r.count, a: x + r.lowerBound * ldi, lda: ldi, beta: accumulate ? 1 : 0, c: out + r.lowerBound * ldo,
-                ldc: ldo)
-            if let bias { addBias(out + r.lowerBound * ldo, rows: r.count, columns: outputs, ld: ldo, bias: bias.data) }
+                ldc: ldo, bias: bias?.data, gelu: gelu)
         }
     }
 }
@@ -198,10 +204,7 @@ public struct DenseMLP: Sendable {
         if fc1.splitsColumns(rows: rows) && fc2.splitsColumns(rows: rows) {
             // each step shared out by the weights' columns in turn
             let hidden = scratch[0].reserve(rows * hiddenWidth)
-            fc1.forward(x, rows: rows, out: hidden)
-            Parallel.forEachChunk(rows) { _, r in
-                Activation.gelu.apply(hidden + r.lowerBound * hiddenWidth, count: r.count * hiddenWidth)
-            }
+            fc1.forward(x, rows: rows, out: hidden, gelu: true)
             fc2.forward(hidden, rows: rows, out: out, accumulate: accumulate)
             return
         }
@@ -215,20 +218,19 @@ public struct DenseMLP: Sendable {
                     ldc: hiddenWidth, hidden: rounded, ldHidden: hiddenWidth)
                 fc2.weightT.multiply(
                     m: r.count, rounded: rounded, lda: hiddenWidth, beta: accumulate ? 1 : 0, c: out + r.lowerBound * dOut,
-                    ldc: dOut)
-                if let b = fc2.bias { addBias(out + r.lowerBound * dOut, rows: r.count, columns: dOut, ld: dOut, bias: b.data) }
+                    ldc: dOut, bias: fc2.bias?.data)
             }
             return
         }
         Parallel.forEachChunk(rows) { worker, r in
             let hidden = scratch[worker].reserve(r.count * hiddenWidth)
-            // [rows, d] × [d, D]
-            fc1.weightT.multiply(m: r.count, a: x + r.lowerBound * d, lda: d, c: hidden, ldc: hiddenWidth)
-            Activation.gelu.apply(hidden, rows: r.count, columns: hiddenWidth, bias: fc1.bias?.data)
-            // [rows, D] × [D, d]
+            // [rows, d] × [d, D], then GELU(· + bias) on each tile as it is made
+            fc1.weightT.multiply(
+                m: r.count, a: x + r.lowerBound * d, lda: d, c: hidden, ldc: hiddenWidth, bias: fc1.bias?.data, gelu: true)
+            // [rows, D] × [D, d] + bias
             fc2.weightT.multiply(
-                m: r.count, a: hidden, lda: hiddenWidth, beta: accumulate ? 1 : 0, c: out + r.lowerBound * dOut, ldc: dOut)
-            if let b = fc2.bias { addBias(out + r.lowerBound * dOut, rows: r.count, columns: dOut, ld: dOut, bias: b.data) }
+                m: r.count, a: hidden, lda: hiddenWidth, beta: accumulate ? 1 : 0, c: out + r.lowerBound * dOut, ldc: dOut,
+                bias: fc2.bias?.data)
         }
     }
 }
