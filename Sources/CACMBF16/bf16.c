@@ -293,9 +293,10 @@ void acm_pack_bf16_panels(const float *w, long k, long n, long ldw, unsigned sho
     }
 }
 
-// Rows of A per kernel call over B in panels: the dense ViT-B at batch 8 337 ms (median of four interleaved runs) with
-// 32, 336 with 48, 341-347 with 64 and 96; the Fashion-MNIST models the same within the noise.
-enum { PANEL_ROWS = 32 };
+// Rows of A per kernel call over B in panels: Whisper's bf16 encoder on the 12 fixture clips 0.624-0.631 s with 96,
+// 0.639-0.649 with 32 (four interleaved runs); the dense ViT-B at batch 8 317-320 ms with 96, 320-324 with 32 (three);
+// the Fashion-MNIST models the same within the noise.
+enum { PANEL_ROWS = 96 };
 
 // B in panels (acm_pack_bf16_panels) of a matrix [total_k × total_n], the block at rows row0 (even) + k and
 // columns col0 + n. Rows outermost in blocks of PANEL_ROWS, then every panel the columns meet, at full depth:
