@@ -304,6 +304,11 @@ def bench(table_rows, dirs, onnx_path, shape, batches, seconds, n_passes, bin, s
     return res
 
 
+# How far apart the passes' realized compute fractions may be (acm-bench prints five decimals; the engine's
+# choices on the same input are the same from one process to the next).
+FRACTION_SPREAD = 1e-3
+
+
 def summarize(res):
     """{row: {batch: {best, median, compute_fraction}}}: images/s best and median over the passes."""
     out = {}
@@ -313,7 +318,13 @@ def summarize(res):
             rates = [m['images_per_s'] for m in ms]
             s = dict(best=max(rates), median=statistics.median(rates))
             if 'compute_fraction' in ms[0]:
-                s['compute_fraction'] = statistics.median(m['compute_fraction'] for m in ms)
+                fractions = [m['compute_fraction'] for m in ms]
+                # The same seeded images through the same model: every pass must realize the same fraction. A pass
+                # that does not ran a different network (a bug), and its speed would otherwise stand as the best.
+                if max(fractions) - min(fractions) > FRACTION_SPREAD:
+                    raise RuntimeError(f'{key}, batch {b}: the passes realized different compute fractions '
+                                       f'({", ".join(f"{f:.3f}" for f in fractions)}) on the same input')
+                s['compute_fraction'] = statistics.median(fractions)
             if 'precision' in ms[0]:
                 s['precision'] = ms[0]['precision']
             out[key][b] = s

@@ -73,6 +73,18 @@ def test_goals_are_ratios_of_bests():
     assert got[3]['text'].endswith('not measured')  # the bf16 rows did not run
 
 
+def test_passes_must_realize_the_same_compute_fraction():
+    """Should refuse a row whose passes realized different compute fractions on the same images (the engine ran a
+    different network in one process: its speed must not stand as the best), and accept equal ones."""
+    same = {'ours cap 0.5': {8: [dict(images_per_s=21.0, compute_fraction=0.5),
+                                 dict(images_per_s=22.0, compute_fraction=0.5)]}}
+    assert bench_peers.summarize(same)['ours cap 0.5'][8]['best'] == 22.0
+    odd = {'ours cap 0.5': {1: [dict(images_per_s=20.0, compute_fraction=0.5),
+                                dict(images_per_s=67.0, compute_fraction=0.089)]}}
+    with pytest.raises(RuntimeError, match='different compute fractions'):
+        bench_peers.summarize(odd)
+
+
 def test_bf16_rows_say_when_they_ran_f32():
     """Should time our rows in each precision asked for, and label a bf16 row that ran f32 (a CPU without AVX-512
     BF16) as such rather than as bf16."""
