@@ -231,6 +231,18 @@ static void finish_tile(const struct epilogue *e, float *c, long ldc, long row, 
         for (long r = 0; r < rows; r++) acm_f32_to_bf16(tile + r * ldc, e->out16 + (row + r) * e->ld16 + j, w);
 }
 
+// A's m rows of k floats (row stride lda) rounded to bfloat16 into this thread's buffer, each row padded to an even
+// length with a zero (an odd k runs on the zero pad of the last pair).
+static const unsigned short *rounded_rows(long m, long k, const float *a, long lda) {
+    const long kk = (k + 1) & ~1L;
+    unsigned short *buffer = row_buffer((size_t)m * kk);
+    for (long r = 0; r < m; r++) {
+        acm_f32_to_bf16(a + r * lda, buffer + r * kk, k);
+        if (kk != k) buffer[r * kk + k] = 0;
+    }
+    return buffer;
+}
+
 // A float (rounded here first, into a per-thread buffer) or, when a16 is given, already bfloat16 (row stride
 // lda16, k even).
 static void gemm_bf16(long m, long n, long k, const float *a, long lda, const unsigned short *a16, long lda16,
@@ -238,12 +250,7 @@ static void gemm_bf16(long m, long n, long k, const float *a, long lda, const un
     if (m <= 0 || n <= 0) return;
     const long kk = (k + 1) & ~1L;  // an odd k runs on the zero pad of the last pair
     if (!a16) {
-        unsigned short *buffer = row_buffer((size_t)m * kk);
-        for (long r = 0; r < m; r++) {
-            acm_f32_to_bf16(a + r * lda, buffer + r * kk, k);
-            if (kk != k) buffer[r * kk + k] = 0;
-        }
-        a16 = buffer;
+        a16 = rounded_rows(m, k, a, lda);
         lda16 = kk;
     }
     const int large = n > PANEL && n * kk * 2 > LARGE_B_BYTES;
@@ -307,12 +314,7 @@ static void gemm_bf16_panels(long m, long n, long k, const float *a, long lda, c
     if (m <= 0 || n <= 0) return;
     const long kk = (k + 1) & ~1L, total_kk = (total_k + 1) & ~1L;
     if (!a16) {
-        unsigned short *buffer = row_buffer((size_t)m * kk);
-        for (long r = 0; r < m; r++) {
-            acm_f32_to_bf16(a + r * lda, buffer + r * kk, k);
-            if (kk != k) buffer[r * kk + k] = 0;
-        }
-        a16 = buffer;
+        a16 = rounded_rows(m, k, a, lda);
         lda16 = kk;
     }
     const long first = col0 / BF16_PANEL, last = (col0 + n - 1) / BF16_PANEL;
