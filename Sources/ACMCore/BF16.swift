@@ -1,5 +1,4 @@
 import CACMBF16
-import CACMKernels
 
 /// The arithmetic a model's GEMMs run in.
 ///
@@ -41,8 +40,7 @@ public enum BF16 {
 /// - in f32, where `gemm` runs LIBXSMM and B is wider than a panel, in column panels (`packPanels`), which the
 ///   kernels stream from consecutive addresses, instead of row-major;
 /// - in bf16, rounded to bfloat16 and packed in column panels, each in pairs of rows (`acm_pack_bf16_panels`),
-///   with the float matrix
-///   kept beside it for the few products the packed copy cannot serve.
+///   with the float matrix kept beside it for the few products the packed copy cannot serve.
 /// Blocks of rows (starting at an even row in bf16) and of columns multiply as the matrix does.
 public struct GEMMWeight: @unchecked Sendable {
     /// B row-major, where it is not in panels.
@@ -128,11 +126,7 @@ public struct GEMMWeight: @unchecked Sendable {
         gemm(
             m: m, n: cs.count, k: r.count, a: a, lda: lda, b: rowMajor!.data + r.lowerBound * n + cs.lowerBound, ldb: n,
             beta: beta, c: c, ldc: ldc)
-        if gelu {
-            acm_gelu_rows(c, m, cs.count, ldc, bias)
-        } else if let bias {
-            acm_add_bias_rows(c, m, cs.count, ldc, bias)
-        }
+        (gelu ? Activation.gelu : .identity).apply(c, rows: m, columns: cs.count, bias: bias, ld: ldc)
     }
 }
 

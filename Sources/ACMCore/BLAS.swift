@@ -169,15 +169,12 @@ func panelGEMM(
 ) {
     if m == 0 || cs.isEmpty { return }
     if rs.isEmpty {
-        if beta == 0 { for i in 0..<m { (c + i * ldc + 0).update(repeating: 0, count: cs.count) } }
-        if gelu {
-            acm_gelu_rows(c, m, cs.count, ldc, bias)
-        } else if let bias {
-            acm_add_bias_rows(c, m, cs.count, ldc, bias)
-        }
+        if beta == 0 { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: cs.count) } }
+        (gelu ? Activation.gelu : .identity).apply(c, rows: m, columns: cs.count, bias: bias, ld: ldc)
         return
     }
     let depth = rs.count
+    let epilogue: Activation? = gelu ? .gelu : bias != nil ? .identity : nil
     // The kernels of one block size: a segment of `w` columns of a panel of width `ld`. All but the first and
     // last segments are whole panels of `panelWidth`.
     struct Kernels {
@@ -221,11 +218,8 @@ func panelGEMM(
                 } else {
                     openblasGEMM(m: block, n: s.width, k: depth, a: aBlock, lda: lda, b: b, ldb: s.ld, beta: beta, c: cBlock, ldc: ldc)
                 }
-                if gelu {
-                    acm_gelu_rows(cBlock, block, s.width, ldc, bias.map { $0 + (s.start - cs.lowerBound) })
-                } else if let bias {
-                    acm_add_bias_rows(cBlock, block, s.width, ldc, bias + (s.start - cs.lowerBound))
-                }
+                epilogue?.apply(
+                    cBlock, rows: block, columns: s.width, bias: bias.map { $0 + (s.start - cs.lowerBound) }, ld: ldc)
                 row += block
             }
         }

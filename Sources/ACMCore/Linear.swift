@@ -1,4 +1,3 @@
-import Foundation
 import CACMKernels
 
 /// A dense layer in `nn.Linear`'s layout: `weight` [out, in] (key `weight`), `bias` [out] (key `bias`).

@@ -246,7 +246,7 @@ static const unsigned short *rounded_rows(long m, long k, const float *a, long l
 // A float (rounded here first, into a per-thread buffer) or, when a16 is given, already bfloat16 (row stride
 // lda16, k even).
 static void gemm_bf16(long m, long n, long k, const float *a, long lda, const unsigned short *a16, long lda16,
-                      const unsigned short *b, long ldb, float beta, float *c, long ldc, const struct epilogue *e) {
+                      const unsigned short *b, long ldb, float beta, float *c, long ldc) {
     if (m <= 0 || n <= 0) return;
     const long kk = (k + 1) & ~1L;  // an odd k runs on the zero pad of the last pair
     if (!a16) {
@@ -272,7 +272,6 @@ static void gemm_bf16(long m, long n, long k, const float *a, long lda, const un
                     g((const libxsmm_bfloat16 *)bj, (const libxsmm_bfloat16 *)as, c + row * ldc + j);
                 else
                     loops(rows, w, d, as, lda16, bj, ldb, chunk_beta, c + row * ldc + j, ldc);
-                if (e && p + d == kk) finish_tile(e, c, ldc, row, rows, j, w);
             }
         }
     }
@@ -283,14 +282,13 @@ static void gemm_bf16(long m, long n, long k, const float *a, long lda, const un
 
 void acm_gemm_bf16(long m, long n, long k, const float *a, long lda, const unsigned short *b, long ldb, float beta,
                    float *c, long ldc) {
-    gemm_bf16(m, n, k, a, lda, NULL, 0, b, ldb, beta, c, ldc, NULL);
+    gemm_bf16(m, n, k, a, lda, NULL, 0, b, ldb, beta, c, ldc);
 }
 
 void acm_gemm_bf16_rounded(long m, long n, long k, const unsigned short *a, long lda, const unsigned short *b, long ldb,
                            float beta, float *c, long ldc) {
-    gemm_bf16(m, n, k, NULL, 0, a, lda, b, ldb, beta, c, ldc, NULL);
+    gemm_bf16(m, n, k, NULL, 0, a, lda, b, ldb, beta, c, ldc);
 }
-
 
 void acm_pack_bf16_panels(const float *w, long k, long n, long ldw, unsigned short *out) {
     const long kk = (k + 1) & ~1L;
@@ -380,7 +378,7 @@ static int self_check(void) {
         ab[i * (k + 1) + k] = 0;
     }
     loops(m, n, k + 1, ab, k + 1, b, n, 0, r, n);
-    gemm_bf16(m, n, k, a, k, NULL, 0, b, n, 0, c, n, NULL);
+    gemm_bf16(m, n, k, a, k, NULL, 0, b, n, 0, c, n);
     int ok = 1;
     for (long i = 0; i < m * n; i++)
         if (!(fabsf(c[i] - r[i]) <= 1e-4f * (1 + fabsf(r[i])))) ok = 0;

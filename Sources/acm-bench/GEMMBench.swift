@@ -2,9 +2,10 @@ import ACMCore
 import ArgumentParser
 import Foundation
 
-/// GFLOP/s of one thread's GEMMs on the engine's shapes, through `gemm`'s LIBXSMM path and through
-/// OpenBLAS with B row-major, and through a float `GEMMWeight` (LIBXSMM over B in column panels), alternating, and with --bf16 also through the bf16 path (A in float, rounded as it is read; B
-/// packed once), where the CPU has it (docs/performance.md).
+/// GFLOP/s of one thread's GEMMs on the engine's shapes, through `gemm`'s LIBXSMM path and through OpenBLAS with B
+/// row-major, and through a float `GEMMWeight` (LIBXSMM over B in column panels), alternating, and with --bf16 also
+/// through the bf16 path (A in float, rounded as it is read; B packed once), where the CPU has it
+/// (docs/performance.md).
 struct GEMMBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gemm", abstract: "One thread's GEMM speed on the engine's shapes: LIBXSMM against OpenBLAS.")

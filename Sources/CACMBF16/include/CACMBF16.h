@@ -59,6 +59,5 @@ void acm_gemm_bf16(long m, long n, long k, const float *a, long lda, const unsig
 void acm_gemm_bf16_rounded(long m, long n, long k, const unsigned short *a, long lda, const unsigned short *b, long ldb,
                            float beta, float *c, long ldc);
 
-
 /// out[p] = x[order[p]] rounded to bfloat16, rows of d values, for p < n (x's first n rows when order is NULL).
 void acm_gather_rows_bf16(unsigned short *out, const float *x, const int *order, long n, long d);
