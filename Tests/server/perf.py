@@ -38,7 +38,7 @@ def input_shape(url, model):
 
 
 def command(url, model, shape, concurrency, tensor_format='binary', input_data='random', interval_ms=1500,
-            csv_path=None):
+            csv_path=None, asynchronous=False):
     """perf_analyzer's command line: one concurrency, windows of interval_ms, and a stability threshold so
     loose that three windows always count as stable (a run takes about 3 windows; it exits 0 unless a
     request fails)."""
@@ -51,6 +51,9 @@ def command(url, model, shape, concurrency, tensor_format='binary', input_data='
            '--stability-percentage', '1000', '--max-trials', '5', '--percentile', '99']
     if csv_path:
         cmd += ['-f', csv_path]
+    if asynchronous:
+        # a few threads keep the requests in flight, instead of one blocking thread per request
+        cmd += ['--async']
     return cmd
 
 
@@ -78,26 +81,28 @@ def read_csv(path):
              'avg_us': float(r['Avg latency']) if 'Avg latency' in r else None} for r in rows]
 
 
-def normal_input_file(path, shape, count=16, seed=0):
-    """perf_analyzer's JSON input-data file with `count` images of N(0, 1) values. Its own 'random' data
-    are random bit patterns, NaNs among them, which acm-serve refuses (400)."""
+def normal_input_file(path, shape, count=16, seed=0, uniform=False):
+    """perf_analyzer's JSON input-data file with `count` images of N(0, 1) values, or with `uniform` of U(-1, 1)
+    values, which is what `acm-bench model` runs. Its own 'random' data are random bit patterns, NaNs among
+    them, which acm-serve refuses (400)."""
     import numpy as np
     rng = np.random.default_rng(seed)
-    data = [{'input': {'content': rng.standard_normal(shape).astype(np.float32).ravel().tolist(), 'shape': shape}}
-            for _ in range(count)]
+    def image():
+        return rng.uniform(-1, 1, shape) if uniform else rng.standard_normal(shape)
+    data = [{'input': {'content': image().astype(np.float32).ravel().tolist(), 'shape': shape}} for _ in range(count)]
     with open(path, 'w') as f:
         json.dump({'data': data}, f)
     return path
 
 
 def measure(url, model, concurrency, input_data='normal', **kw):
-    """Run perf_analyzer at one concurrency. input_data: 'normal' (N(0, 1) images), 'zero', or a file.
-    -> (exit code, output, row or None)"""
+    """Run perf_analyzer at one concurrency. input_data: 'normal' (N(0, 1) images), 'uniform' (U(-1, 1),
+    as `acm-bench model`), 'zero', or a file. -> (exit code, output, row or None)"""
     shape = input_shape(url, model)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, 'report.csv')
-        if input_data == 'normal':
-            input_data = normal_input_file(os.path.join(d, 'input.json'), shape)
+        if input_data in ('normal', 'uniform'):
+            input_data = normal_input_file(os.path.join(d, 'input.json'), shape, uniform=input_data == 'uniform')
         cmd = command(url, model, shape, concurrency, csv_path=path, input_data=input_data, **kw)
         code, output = run(cmd)
         rows = read_csv(path) if code == 0 and os.path.exists(path) else []
@@ -105,13 +110,14 @@ def measure(url, model, concurrency, input_data='normal', **kw):
 
 
 def engine_rate(model_dir, batch, seconds=3):
-    """The engine alone (`acm-bench model`, auto) at one batch size -> (images/s, CPU µs per image)."""
+    """The engine alone (`acm-bench model`, auto, on U(-1, 1) images) at one batch size -> (images/s, CPU µs per
+    image, compute fraction)."""
     bench = os.path.join(os.path.dirname(os.environ.get('ACM_SERVE_BIN', '')) or os.path.join(REPO, '.build', 'release'),
                          'acm-bench')
     out = subprocess.run([bench, 'model', '--model', model_dir, '--batch', str(batch), '--budget', '0',
                           '--seconds', str(seconds), '--json'], capture_output=True, text=True, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    return report['images_per_s'], report['cpu_us_per_image']
+    return report['images_per_s'], report['cpu_us_per_image'], report['compute_fraction']
 
 
 def thread_cpu(pid):
@@ -137,19 +143,22 @@ def serve_and_compare(args):
     name, model_dir = args.serve.split('=', 1)
     cores = len(os.sched_getaffinity(0))
     print(f'{name}: perf_analyzer, batch 1 per request, binary tensors, auto; server max_batch_size {args.max_batch}, '
-          f'max_queue_delay 2000 µs; engine alone at batch {args.engine_batch}; {cores} cores\n')
+          f'max_queue_delay 2000 µs; engine alone at batch {args.engine_batch}; both on U(-1, 1) images; {cores} cores\n')
     print('| log level | HTTP threads | concurrency | server infer/s | p50 (ms) | p99 (ms) | engine images/s (before, after) | '
-          'server ÷ engine | perf_analyzer CPU (cores) | CPU µs per request: perf_analyzer, HTTP threads, '
-          'model threads (engine alone) | ceiling ÷ engine |')
-    print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+          'compute fraction: server, engine | server ÷ engine | perf_analyzer CPU (cores) | CPU µs per request: '
+          'perf_analyzer, HTTP threads, model threads (engine alone) | ceiling ÷ engine |')
+    print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
     for level, threads, c in itertools.product(args.log_level, args.http_threads, args.concurrency):
-        before, engine_cpu_before = engine_rate(model_dir, args.engine_batch)
+        before, engine_cpu_before, engine_fraction = engine_rate(model_dir, args.engine_batch)
         server = Server(models={name: {'path': os.path.abspath(model_dir), 'max_batch_size': args.max_batch}},
                         args=('--log-level', level), http_threads=threads)
         try:
             server_cpu_before = thread_cpu(server.proc.pid)
             start = time.monotonic()
-            code, output, row, cmd = measure(server.url, name, c, interval_ms=args.interval_ms)
+            # the engine's own inputs: in auto mode what a pass costs depends on the images (N(0, 1) noise runs at
+            # a higher compute fraction than U(-1, 1))
+            code, output, row, cmd = measure(server.url, name, c, input_data='uniform', interval_ms=args.interval_ms,
+                                             asynchronous=args.asynchronous)
             wall = time.monotonic() - start
             server_cpu = {k: v - server_cpu_before.get(k, 0) for k, v in thread_cpu(server.proc.pid).items()}
             if code != 0 or row is None:
@@ -157,9 +166,10 @@ def serve_and_compare(args):
                 print(output, file=sys.stderr)
                 sys.exit(f'perf_analyzer exited with {code} at concurrency {c}')
             served = server_requests(server.url, name)
+            fraction = server_fraction(server.url, name)
         finally:
             server.close()
-        after, engine_cpu_after = engine_rate(model_dir, args.engine_batch)
+        after, engine_cpu_after, _ = engine_rate(model_dir, args.engine_batch)
         engine = (before + after) / 2
         engine_cpu = (engine_cpu_before + engine_cpu_after) / 2
         # per request over the whole perf_analyzer run, its warm-up included (hence `served`, not
@@ -172,18 +182,30 @@ def serve_and_compare(args):
         # rest cost what it did here: the cores over all that one request costs
         ceiling = cores / (client + http + engine_cpu) * 1e6
         print(f'| {level} | {threads} | {c} | {row["throughput"]:.0f} | {row["p50_us"] / 1000:.2f} | '
-              f'{row["p99_us"] / 1000:.2f} | {before:.0f}, {after:.0f} | {row["throughput"] / engine:.2f} | '
+              f'{row["p99_us"] / 1000:.2f} | {before:.0f}, {after:.0f} | {fraction:.3f}, {engine_fraction:.3f} | '
+              f'{row["throughput"] / engine:.2f} | '
               f'{LAST_CPU_SECONDS / wall:.2f} | {client:.0f}, {http:.0f}, {model:.0f} ({engine_cpu:.0f}) | '
               f'{ceiling / engine:.2f} |', flush=True)
 
 
-def server_requests(url, model):
-    """Images the server has run for `model`, from its /metrics (acm_batch_size_images_sum)."""
+def metric_sum(url, model, metric):
+    """`metric`'s value for `model` in the server's /metrics."""
     with urllib.request.urlopen(f'http://{url}/metrics', timeout=10) as r:
         for line in r.read().decode().splitlines():
-            if line.startswith('acm_batch_size_images_sum{') and f'model="{model}"' in line:
+            if line.startswith(metric + '{') and f'model="{model}"' in line:
                 return float(line.rsplit(' ', 1)[1])
-    raise AssertionError(f'/metrics has no acm_batch_size_images_sum for {model}')
+    raise AssertionError(f'/metrics has no {metric} for {model}')
+
+
+def server_requests(url, model):
+    """Images the server has run for `model`, from its /metrics (acm_batch_size_images_sum)."""
+    return metric_sum(url, model, 'acm_batch_size_images_sum')
+
+
+def server_fraction(url, model):
+    """The mean compute fraction of the requests the server answered for `model`, from its /metrics."""
+    return (metric_sum(url, model, 'acm_compute_fraction_ratio_sum')
+            / metric_sum(url, model, 'acm_compute_fraction_ratio_count'))
 
 
 def table(rows):
@@ -213,6 +235,9 @@ def main(argv=None):
     ap.add_argument('--log-level', nargs='+', default=['info'], help='with --serve: the server\'s log levels to time')
     ap.add_argument('--http-threads', type=int, nargs='+', default=[4], help='with --serve: the server\'s http_threads '
                     'to time (4: config/acm-serve.json\'s)')
+    ap.add_argument('--async', dest='asynchronous', action='store_true',
+                    help='perf_analyzer\'s asynchronous mode (a few threads keep the requests in flight; the default is '
+                    'one thread per concurrent request)')
     args = ap.parse_args(argv)
     if args.serve:
         return serve_and_compare(args)
@@ -230,7 +255,7 @@ def main(argv=None):
         rows = []
         for c in args.concurrency:
             code, output, row, cmd = measure(args.url, args.model, c, tensor_format=args.format,
-                                             interval_ms=args.interval_ms)
+                                             interval_ms=args.interval_ms, asynchronous=args.asynchronous)
             if code != 0 or row is None:
                 print(' '.join(cmd), file=sys.stderr)
                 print(output, file=sys.stderr)

@@ -73,6 +73,13 @@ def test_goals_are_ratios_of_bests():
     assert got[3]['text'].endswith('not measured')  # the bf16 rows did not run
 
 
+def test_table_keeps_three_figures_of_slow_rows():
+    """Should print images/s to three significant figures where a row runs under 100 (ViT-B's 5 to 20 images/s
+    rounded to integers could not tell 6.0 from 6.4), and as integers above."""
+    assert bench_peers.rate(6.44) == '6.44' and bench_peers.rate(11.25) == '11.2' and bench_peers.rate(5.7) == '5.70'
+    assert bench_peers.rate(2101.9) == '2102' and bench_peers.rate(99.94) == '99.9'
+
+
 def test_passes_must_realize_the_same_compute_fraction():
     """Should refuse a row whose passes realized different compute fractions on the same images (the engine ran a
     different network in one process: its speed must not stand as the best), and accept equal ones."""
@@ -99,8 +106,8 @@ def test_bf16_rows_say_when_they_ran_f32():
            'ours cap 0.5 bf16': {1: [dict(images_per_s=15.0, compute_fraction=0.5, precision='bf16')]}}
     skip = {key: 'not run' for key, _, _ in table_rows if key not in res}
     text = bench_peers.table(table_rows, bench_peers.summarize(res), [1], skip)
-    assert 'acm-serve bf16, teacher (ran f32: no bf16 on this CPU) | 9 |' in text
-    assert 'acm-serve bf16 ACM, cap 0.5 | 15 |' in text
+    assert 'acm-serve bf16, teacher (ran f32: no bf16 on this CPU) | 9.00 |' in text
+    assert 'acm-serve bf16 ACM, cap 0.5 | 15.0 |' in text
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):
