@@ -118,6 +118,8 @@ public struct AdaptiveBudget: Sendable, Equatable {
     public let ladder: [ComputeBudget?]
     /// Fractions of the target.
     public var lowerAt = 0.7, raiseAt = 0.35
+    /// The fraction of the target that the queue's images may take to run at the floor (`admissibleImages`).
+    public var admitAt = 0.9
     /// Fractions of the queue's capacity.
     public var lowerAtFill = 0.5, raiseAtFill = 0.25, floorAtFill = 0.75
     public var cooldownNanoseconds: UInt64 = 200_000_000
@@ -161,13 +163,13 @@ public struct AdaptiveBudget: Sendable, Equatable {
     }
 
     /// How many images the queue may hold so that the last of them, run at the floor, still finishes within
-    /// `lowerAt` of the target behind a batch of `batchImages` in flight (the rest of the target is for what the
+    /// `admitAt` of the target behind a batch of `batchImages` in flight (the rest of the target is for what the
     /// batches' compute time does not show: the HTTP work on the same cores, the batching delay); nil until the floor
     /// has run. The queue is then bounded by time, not by a count that may hold less (or more) than the target's
     /// worth: a request is refused only when even the floor could not run it in time.
     public func admissibleImages(batchImages: Int) -> Int? {
         guard let cost = cost(at: ladder.count - 1), cost > 0 else { return nil }
-        let images = lowerAt * config.targetSeconds / cost
+        let images = admitAt * config.targetSeconds / cost
         return images >= Double(Int.max / 2) ? Int.max / 2 : max(batchImages, Int(images) - batchImages)
     }
 

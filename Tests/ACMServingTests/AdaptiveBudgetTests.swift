@@ -141,7 +141,7 @@ private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01,
             #expect(batch(p95: 0.09, cost: costs[level], rate: 500)?.to == c.ladder[level + 1])
         }
         _ = batch(p95: 0.01, cost: costs[4], rate: 2000)  // the floor: 0.7 busy at 2,000 images/s
-        #expect(c.admissibleImages(batchImages: 32) == Int(0.7 * 0.1 / 0.00035) - 32)
+        #expect(c.admissibleImages(batchImages: 32) == Int(0.9 * 0.1 / 0.00035) - 32)  // admitAt of the 100-ms target
         // 0.35 would be 0.9 busy (more than 0.75): no step up, 20 s of low latency or not.
         for _ in 0..<200 { #expect(batch(p95: 0.01, cost: costs[4], rate: 2000) == nil) }
         // The load falls to 1,200 images/s: 0.35 is then 0.54 busy, 0.5 0.72, 0.75 0.96: up to 0.5, 2 s apart.

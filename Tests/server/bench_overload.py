@@ -186,8 +186,10 @@ async def open_loop(port, schedule, images):
 GENERATOR_LAG = []  # ms: the p99 of how late the generator started each request, per open-loop run
 
 
-async def closed_loop(port, seconds, images, connections=32, budget=None):
-    """Requests per second that `connections` clients, each waiting for its answer, get through."""
+async def closed_loop(port, seconds, images, connections=32, budget=None, refused_ok=False):
+    """Requests per second that `connections` clients, each waiting for its answer, get through. With `refused_ok`
+    a 503 (the adaptive budget's queue is bounded by time, and on a slow machine 40 clients' images can be more than
+    it admits) makes that client wait 10 ms and go on; otherwise any answer but 200 is an error."""
     done = 0
     deadline = time.monotonic() + seconds
     payloads = [infer_request(port, group, budget) for group in request_groups(images)]
@@ -197,6 +199,9 @@ async def closed_loop(port, seconds, images, connections=32, budget=None):
         conn = await asyncio.open_connection(HOST, port)
         while time.monotonic() < deadline:
             status, _ = await exchange(*conn, payloads[done % len(payloads)])
+            if status == 503 and refused_ok:
+                await asyncio.sleep(0.01)
+                continue
             assert status == 200, status
             done += 1
         conn[1].close()
@@ -213,8 +218,9 @@ def warm_up(port, images):
     request durations stay under 50 ms then, so that is the load generator's first pass, not the engine.)"""
     for budget in (None, 0.75, 0.5, 0.35, 0.25):
         for connections in (40, 8, 4, 2, 1):
-            asyncio.run(closed_loop(port, 1.5 if connections == 40 else 0.4, images, connections=connections, budget=budget))
-    asyncio.run(closed_loop(port, 1.5, images, connections=40))
+            asyncio.run(closed_loop(port, 1.5 if connections == 40 else 0.4, images, connections=connections, budget=budget,
+                                    refused_ok=True))
+    asyncio.run(closed_loop(port, 1.5, images, connections=40, refused_ok=True))
 
 
 def poisson(rate, seconds, rng, offset=0.0):
