@@ -168,13 +168,14 @@ func panelGEMM(
     bias: UnsafePointer<Float>? = nil, gelu: Bool = false
 ) {
     if m == 0 || cs.isEmpty { return }
+    // the tiles' epilogue: identity without a bias does nothing
+    let epilogue: Activation = gelu ? .gelu : .identity
     if rs.isEmpty {
         if beta == 0 { for i in 0..<m { (c + i * ldc).update(repeating: 0, count: cs.count) } }
-        (gelu ? Activation.gelu : .identity).apply(c, rows: m, columns: cs.count, bias: bias, ld: ldc)
+        epilogue.apply(c, rows: m, columns: cs.count, bias: bias, ld: ldc)
         return
     }
     let depth = rs.count
-    let epilogue: Activation? = gelu ? .gelu : bias != nil ? .identity : nil
     // The kernels of one block size: a segment of `w` columns of a panel of width `ld`. All but the first and
     // last segments are whole panels of `panelWidth`.
     struct Kernels {
@@ -218,7 +219,7 @@ func panelGEMM(
                 } else {
                     openblasGEMM(m: block, n: s.width, k: depth, a: aBlock, lda: lda, b: b, ldb: s.ld, beta: beta, c: cBlock, ldc: ldc)
                 }
-                epilogue?.apply(
+                epilogue.apply(
                     cBlock, rows: block, columns: s.width, bias: bias.map { $0 + (s.start - cs.lowerBound) }, ld: ldc)
                 row += block
             }

@@ -81,14 +81,14 @@ def read_csv(path):
              'avg_us': float(r['Avg latency']) if 'Avg latency' in r else None} for r in rows]
 
 
-def normal_input_file(path, shape, count=16, seed=0, uniform=False):
-    """perf_analyzer's JSON input-data file with `count` images of N(0, 1) values, or with `uniform` of U(-1, 1)
-    values, which is what `acm-bench model` runs. Its own 'random' data are random bit patterns, NaNs among
-    them, which acm-serve refuses (400)."""
+def input_file(path, shape, distribution, count=16, seed=0):
+    """perf_analyzer's JSON input-data file with `count` images of values drawn from `distribution`: 'normal',
+    N(0, 1), or 'uniform', U(-1, 1), which is what `acm-bench model` runs. Its own 'random' data are random bit
+    patterns, NaNs among them, which acm-serve refuses (400)."""
     import numpy as np
     rng = np.random.default_rng(seed)
     def image():
-        return rng.uniform(-1, 1, shape) if uniform else rng.standard_normal(shape)
+        return rng.uniform(-1, 1, shape) if distribution == 'uniform' else rng.standard_normal(shape)
     data = [{'input': {'content': image().astype(np.float32).ravel().tolist(), 'shape': shape}} for _ in range(count)]
     with open(path, 'w') as f:
         json.dump({'data': data}, f)
@@ -102,7 +102,7 @@ def measure(url, model, concurrency, input_data='normal', **kw):
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, 'report.csv')
         if input_data in ('normal', 'uniform'):
-            input_data = normal_input_file(os.path.join(d, 'input.json'), shape, uniform=input_data == 'uniform')
+            input_data = input_file(os.path.join(d, 'input.json'), shape, input_data)
         cmd = command(url, model, shape, concurrency, csv_path=path, input_data=input_data, **kw)
         code, output = run(cmd)
         rows = read_csv(path) if code == 0 and os.path.exists(path) else []
