@@ -106,6 +106,50 @@ let goldenModes: [(String, LearnerPolicy)] = [
         }
     }
 
+    /// Should give each image of a batch cut into more parts than workers (parts running one after another on a
+    /// workspace that an earlier part used, on every core, and on one) its logits and choices alone.
+    @Test(arguments: [false, true])
+    func batchInvarianceAcrossParts(oneCore: Bool) throws {
+        let model = try Model(directory: "\(fixtures)/vit_mixed")
+        let input = try SafeTensorsFile(path: "\(fixtures)/vit_mixed/golden.safetensors").tensor("input")
+        let n = model.vit.inputCount, count = 20
+        #expect(ViT.partCount(images: count, workers: oneCore ? 1 : Parallel.workers) > max(1, oneCore ? 1 : Parallel.workers))
+        // the 4 fixture images, scaled and shifted
+        let batch = Tensor(shape: [count, n])
+        for b in 0..<count {
+            for i in 0..<n { batch.data[b * n + i] = input.data[(b % 4) * n + i] * (1 + Float(b) / 10) - Float(b % 3) / 10 }
+        }
+        let kinds: [LearnerPolicy] = [.auto, .cap(0.5), .cap(0.25), .full, .uniform(2)]
+        let policies = (0..<count).map { kinds[$0 % kinds.count] }
+        let ws = ViTWorkspace()
+        let forward = { model.vit.forward(images: batch.data, count: count, policies: policies, workspace: ws, recordChoices: true) }
+        let together = oneCore ? Parallel.serially(forward) : forward()
+        let s = model.vit.config.sequenceLength
+        for b in 0..<count {
+            let alone = model.vit.forward(
+                images: batch.data + b * n, count: 1, policies: [policies[b]], workspace: ViTWorkspace(), recordChoices: true)
+            #expect(maxAbsDiff(alone.logits.data, together.logits.row(b), count: model.vit.config.numClasses) <= 1e-5, "image \(b)")
+            for layer in model.vit.acmPaths.indices {
+                #expect(alone.choices![layer] == Array(together.choices![layer][b * s..<(b + 1) * s]))
+            }
+        }
+        #expect(together.learnerHistogram.allSatisfy { $0.reduce(0, +) == count * s })
+    }
+
+    /// Should cut a batch into a multiple of the workers, of at most `imagesPerPart` images each, and not cut one
+    /// too small to give each worker two images.
+    @Test func partCounts() {
+        #expect(ViT.imagesPerPart == 8)
+        #expect(ViT.partCount(images: 32, workers: 2) == 4)
+        #expect(ViT.partCount(images: 24, workers: 2) == 4)  // 6 each, not 3 parts of 8
+        #expect(ViT.partCount(images: 8, workers: 2) == 2)
+        #expect(ViT.partCount(images: 3, workers: 2) == 1)
+        #expect(ViT.partCount(images: 32, workers: 1) == 4)
+        #expect(ViT.partCount(images: 8, workers: 1) == 1)
+        #expect(ViT.partCount(images: 9, workers: 1) == 2)
+        #expect(ViT.partCount(images: 4096, workers: 2) == 128)
+    }
+
     /// Should count every token of every ACM in the learner histogram.
     @Test func histogramCountsEveryToken() throws {
         let model = try Model(directory: "\(fixtures)/vit_mixed")
