@@ -60,9 +60,10 @@ class Server:
     free port given by flags); its log goes to a file that is printed when something fails."""
 
     def __init__(self, models=None, limits=None, args=(), http_threads=4, config_file=None, settings=None,
-                 ssl_context=None, ready_headers=None):
+                 ssl_context=None, ready_headers=None, cpus=None):
         """settings: more top-level config entries (auth, tls, shutdown_grace_seconds); ssl_context: the client
-        side of HTTPS, for the readiness check; ready_headers: its headers."""
+        side of HTTPS, for the readiness check; ready_headers: its headers; cpus: the CPUs to run it on (taskset's
+        list, e.g. '0'; the server then starts one compute worker per CPU of that list)."""
         assert os.path.exists(BIN), f'build acm-serve first (swift build -c release); looked for {BIN}'
         self.dir = tempfile.mkdtemp(prefix='acm-serve-test-')
         self.port = free_port()
@@ -82,7 +83,8 @@ class Server:
                 json.dump(config, f, indent=2)
         self.log_path = os.path.join(self.dir, 'server.log')
         self.log = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen([BIN, 'serve', '--config', self.config_path, *args],
+        pin = ['taskset', '-c', cpus] if cpus is not None else []
+        self.proc = subprocess.Popen([*pin, BIN, 'serve', '--config', self.config_path, *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.url = f'{HOST}:{self.port}'
         self.wait_ready()

@@ -9,6 +9,8 @@ throughput and p50/p99 latency by concurrency as a markdown table (for BENCHMARK
 With --serve the server is started here on that model directory (max_batch_size --max-batch, 32 by default); with --engine-batch the
 engine's own throughput at that batch (`acm-bench model`, auto) is measured right before and after each
 perf_analyzer run, and the CPU time perf_analyzer itself used is reported beside it (it shares the cores).
+With --split-cores as well, the server and the engine alone run on the first core, and perf_analyzer on the others,
+as a client on another machine would: the server's own cost against the engine's on the same core.
 
 perf_analyzer comes from scripts/setup (.tools/perf_analyzer, with libcudart in .tools/cuda)."""
 import argparse
@@ -38,11 +40,12 @@ def input_shape(url, model):
 
 
 def command(url, model, shape, concurrency, tensor_format='binary', input_data='random', interval_ms=1500,
-            csv_path=None, asynchronous=False):
+            csv_path=None, asynchronous=False, cpus=None):
     """perf_analyzer's command line: one concurrency, windows of interval_ms, and a stability threshold so
     loose that three windows always count as stable (a run takes about 3 windows; it exits 0 unless a
     request fails)."""
-    cmd = [PERF_ANALYZER, '-m', model, '-u', url, '-i', 'http', '-b', '1',
+    cmd = (['taskset', '-c', cpus] if cpus is not None else []) + [
+           PERF_ANALYZER, '-m', model, '-u', url, '-i', 'http', '-b', '1',
            '--shape', 'input:' + ','.join(str(d) for d in shape),
            '--input-data', input_data,
            f'--input-tensor-format={tensor_format}', f'--output-tensor-format={tensor_format}',
@@ -109,12 +112,13 @@ def measure(url, model, concurrency, input_data='normal', **kw):
     return code, output, (rows[0] if rows else None), cmd
 
 
-def engine_rate(model_dir, batch, seconds=3):
-    """The engine alone (`acm-bench model`, auto, on U(-1, 1) images) at one batch size -> (images/s, CPU µs per
-    image, compute fraction)."""
+def engine_rate(model_dir, batch, seconds=3, cpus=None):
+    """The engine alone (`acm-bench model`, auto, on U(-1, 1) images) at one batch size, on `cpus` (taskset's list;
+    default: this process's) -> (images/s, CPU µs per image, compute fraction)."""
     bench = os.path.join(os.path.dirname(os.environ.get('ACM_SERVE_BIN', '')) or os.path.join(REPO, '.build', 'release'),
                          'acm-bench')
-    out = subprocess.run([bench, 'model', '--model', model_dir, '--batch', str(batch), '--budget', '0',
+    pin = ['taskset', '-c', cpus] if cpus is not None else []
+    out = subprocess.run([*pin, bench, 'model', '--model', model_dir, '--batch', str(batch), '--budget', '0',
                           '--seconds', str(seconds), '--json'], capture_output=True, text=True, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     return report['images_per_s'], report['cpu_us_per_image'], report['compute_fraction']
@@ -141,24 +145,35 @@ def serve_and_compare(args):
     the machine's CPU went: perf_analyzer's, the server's HTTP threads' and its model threads' per request,
     against the engine's CPU per image alone."""
     name, model_dir = args.serve.split('=', 1)
-    cores = len(os.sched_getaffinity(0))
+    mine = sorted(os.sched_getaffinity(0))
+    if args.split_cores:
+        if len(mine) < 2:
+            sys.exit('--split-cores needs 2 cores or more')
+        # the server and the engine alone on the first core, perf_analyzer on the rest: the client off the server's core
+        server_cpus, client_cpus = str(mine[0]), ','.join(map(str, mine[1:]))
+        cores = 1
+        where = f'server and engine alone on core {server_cpus}, perf_analyzer on {client_cpus}'
+    else:
+        server_cpus = client_cpus = None
+        cores = len(mine)
+        where = f'{cores} cores shared'
     print(f'{name}: perf_analyzer, batch 1 per request, binary tensors, auto; server max_batch_size {args.max_batch}, '
-          f'max_queue_delay 2000 µs; engine alone at batch {args.engine_batch}; both on U(-1, 1) images; {cores} cores\n')
+          f'max_queue_delay 2000 µs; engine alone at batch {args.engine_batch}; both on U(-1, 1) images; {where}\n')
     print('| log level | HTTP threads | concurrency | server infer/s | p50 (ms) | p99 (ms) | engine images/s (before, after) | '
           'compute fraction: server, engine | server ÷ engine | perf_analyzer CPU (cores) | CPU µs per request: '
           'perf_analyzer, HTTP threads, model threads (engine alone) | ceiling ÷ engine |')
     print('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
     for level, threads, c in itertools.product(args.log_level, args.http_threads, args.concurrency):
-        before, engine_cpu_before, engine_fraction = engine_rate(model_dir, args.engine_batch)
+        before, engine_cpu_before, engine_fraction = engine_rate(model_dir, args.engine_batch, cpus=server_cpus)
         server = Server(models={name: {'path': os.path.abspath(model_dir), 'max_batch_size': args.max_batch}},
-                        args=('--log-level', level), http_threads=threads)
+                        args=('--log-level', level), http_threads=threads, cpus=server_cpus)
         try:
             server_cpu_before = thread_cpu(server.proc.pid)
             start = time.monotonic()
             # the engine's own inputs: in auto mode what a pass costs depends on the images (N(0, 1) noise runs at
             # a higher compute fraction than U(-1, 1))
             code, output, row, cmd = measure(server.url, name, c, input_data='uniform', interval_ms=args.interval_ms,
-                                             asynchronous=args.asynchronous)
+                                             asynchronous=args.asynchronous, cpus=client_cpus)
             wall = time.monotonic() - start
             server_cpu = {k: v - server_cpu_before.get(k, 0) for k, v in thread_cpu(server.proc.pid).items()}
             if code != 0 or row is None:
@@ -169,7 +184,7 @@ def serve_and_compare(args):
             fraction = server_fraction(server.url, name)
         finally:
             server.close()
-        after, engine_cpu_after, _ = engine_rate(model_dir, args.engine_batch)
+        after, engine_cpu_after, _ = engine_rate(model_dir, args.engine_batch, cpus=server_cpus)
         engine = (before + after) / 2
         engine_cpu = (engine_cpu_before + engine_cpu_after) / 2
         # per request over the whole perf_analyzer run, its warm-up included (hence `served`, not
@@ -179,8 +194,9 @@ def serve_and_compare(args):
         http = sum(v for k, v in server_cpu.items() if k.startswith('MHD-')) / served * 1e6
         model = sum(v for k, v in server_cpu.items() if not k.startswith('MHD-')) / served * 1e6
         # the most a server could serve if its model threads ran at the engine's own CPU per image and the
-        # rest cost what it did here: the cores over all that one request costs
-        ceiling = cores / (client + http + engine_cpu) * 1e6
+        # rest cost what it did here: the cores over all that one request costs on them (perf_analyzer's CPU
+        # too, unless it has cores of its own)
+        ceiling = cores / ((0 if args.split_cores else client) + http + engine_cpu) * 1e6
         print(f'| {level} | {threads} | {c} | {row["throughput"]:.0f} | {row["p50_us"] / 1000:.2f} | '
               f'{row["p99_us"] / 1000:.2f} | {before:.0f}, {after:.0f} | {fraction:.3f}, {engine_fraction:.3f} | '
               f'{row["throughput"] / engine:.2f} | '
@@ -235,6 +251,8 @@ def main(argv=None):
     ap.add_argument('--log-level', nargs='+', default=['info'], help='with --serve: the server\'s log levels to time')
     ap.add_argument('--http-threads', type=int, nargs='+', default=[4], help='with --serve: the server\'s http_threads '
                     'to time (4: config/acm-serve.json\'s)')
+    ap.add_argument('--split-cores', action='store_true', help='with --serve: the server and the engine alone on the '
+                    'first core, perf_analyzer on the others')
     ap.add_argument('--async', dest='asynchronous', action='store_true',
                     help='perf_analyzer\'s asynchronous mode (a few threads keep the requests in flight; the default is '
                     'one thread per concurrent request)')
