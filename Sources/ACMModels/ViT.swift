@@ -238,13 +238,16 @@ public final class ViT: @unchecked Sendable {
         let bounds = (0...parts).map { $0 * count / parts }
         let results = (0..<parts).map { _ in PartResult() }
         let runPart = { (i: Int) in
-            let slot = free.withLock { $0.removeLast() }
-            defer { free.withLock { $0.append(slot) } }
+            // Dispatch, which runs the parts when another model holds the pool, may run more at once than there
+            // are workers: a part beyond them gets a workspace of its own.
+            let slot = free.withLock { $0.popLast() }
+            defer { if let slot { free.withLock { $0.append(slot) } } }
             let range = bounds[i]..<bounds[i + 1]
             results[i].output = Parallel.serially {
                 self.forwardPart(
                     images: images + range.lowerBound * self.inputCount, count: range.count,
-                    policies: Array(policies[range]), workspace: ws.parts[slot], recordChoices: recordChoices)
+                    policies: Array(policies[range]), workspace: slot.map { ws.parts[$0] } ?? ViTWorkspace(),
+                    recordChoices: recordChoices)
             }
         }
         if workers == 1 {
