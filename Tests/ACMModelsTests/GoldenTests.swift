@@ -112,8 +112,10 @@ let goldenModes: [(String, LearnerPolicy)] = [
     func batchInvarianceAcrossParts(oneCore: Bool) throws {
         let model = try Model(directory: "\(fixtures)/vit_mixed")
         let input = try SafeTensorsFile(path: "\(fixtures)/vit_mixed/golden.safetensors").tensor("input")
-        let n = model.vit.inputCount, count = 20
-        #expect(ViT.partCount(images: count, workers: oneCore ? 1 : Parallel.workers) > max(1, oneCore ? 1 : Parallel.workers))
+        // more images than one round of parts takes, on however many cores this machine has
+        let n = model.vit.inputCount, count = Parallel.workers * ViT.imagesPerPart + 4
+        let workers = oneCore ? 1 : Parallel.workers
+        #expect(ViT.partCount(images: count, workers: workers) > workers)
         // the 4 fixture images, scaled and shifted
         let batch = Tensor(shape: [count, n])
         for b in 0..<count {
