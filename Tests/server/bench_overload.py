@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import BIN, HOST, REPO, free_port, request  # noqa: E402
+from harness import BIN, HOST, REPO, free_port, pinned, request  # noqa: E402
 
 ACM = os.path.join(REPO, 'models', 'fashion-vit-acm')
 TEACHER = os.path.join(REPO, 'models', 'fashion-vit-teacher')
@@ -76,7 +76,7 @@ class Server:
             json.dump({'host': HOST, 'port': self.port, 'http_threads': 2, 'compute_threads': 1, 'log_level': 'notice',
                        'models': {'m': entry}}, f)
         self.log = open(os.path.join(REPO, log_dir, 'server.log'), 'ab')
-        self.proc = subprocess.Popen(['taskset', '-c', str(SERVER_CORE), BIN, 'serve', '--config', config],
+        self.proc = subprocess.Popen([*pinned(SERVER_CORE), BIN, 'serve', '--config', config],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -55,6 +55,11 @@ def default_models(**batcher):
     }
 
 
+def pinned(cpus):
+    """The prefix that runs a command on `cpus` (taskset's list, e.g. '0' or '1,2'); none for None."""
+    return ['taskset', '-c', str(cpus)] if cpus is not None else []
+
+
 class Server:
     """One `acm-serve serve` process on 127.0.0.1 with a config file written for it (or `config_file`, on a
     free port given by flags); its log goes to a file that is printed when something fails."""
@@ -83,8 +88,7 @@ class Server:
                 json.dump(config, f, indent=2)
         self.log_path = os.path.join(self.dir, 'server.log')
         self.log = open(self.log_path, 'wb')
-        pin = ['taskset', '-c', cpus] if cpus is not None else []
-        self.proc = subprocess.Popen([*pin, BIN, 'serve', '--config', self.config_path, *args],
+        self.proc = subprocess.Popen([*pinned(cpus), BIN, 'serve', '--config', self.config_path, *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.url = f'{HOST}:{self.port}'
         self.wait_ready()

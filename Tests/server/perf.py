@@ -26,7 +26,7 @@ import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import REPO, Server, default_models  # noqa: E402
+from harness import REPO, Server, default_models, pinned  # noqa: E402
 
 PERF_ANALYZER = os.path.join(REPO, '.tools', 'perf_analyzer', 'perf_analyzer')
 CUDA_LIBS = os.path.join(REPO, '.tools', 'cuda')
@@ -44,8 +44,7 @@ def command(url, model, shape, concurrency, tensor_format='binary', input_data='
     """perf_analyzer's command line: one concurrency, windows of interval_ms, and a stability threshold so
     loose that three windows always count as stable (a run takes about 3 windows; it exits 0 unless a
     request fails)."""
-    cmd = (['taskset', '-c', cpus] if cpus is not None else []) + [
-           PERF_ANALYZER, '-m', model, '-u', url, '-i', 'http', '-b', '1',
+    cmd = [PERF_ANALYZER, '-m', model, '-u', url, '-i', 'http', '-b', '1',
            '--shape', 'input:' + ','.join(str(d) for d in shape),
            '--input-data', input_data,
            f'--input-tensor-format={tensor_format}', f'--output-tensor-format={tensor_format}',
@@ -57,7 +56,7 @@ def command(url, model, shape, concurrency, tensor_format='binary', input_data='
     if asynchronous:
         # a few threads keep the requests in flight, instead of one blocking thread per request
         cmd += ['--async']
-    return cmd
+    return pinned(cpus) + cmd
 
 
 LAST_CPU_SECONDS = None  # perf_analyzer's user + system CPU seconds in the last run()
@@ -117,8 +116,7 @@ def engine_rate(model_dir, batch, seconds=3, cpus=None):
     default: this process's) -> (images/s, CPU µs per image, compute fraction)."""
     bench = os.path.join(os.path.dirname(os.environ.get('ACM_SERVE_BIN', '')) or os.path.join(REPO, '.build', 'release'),
                          'acm-bench')
-    pin = ['taskset', '-c', cpus] if cpus is not None else []
-    out = subprocess.run([*pin, bench, 'model', '--model', model_dir, '--batch', str(batch), '--budget', '0',
+    out = subprocess.run([*pinned(cpus), bench, 'model', '--model', model_dir, '--batch', str(batch), '--budget', '0',
                           '--seconds', str(seconds), '--json'], capture_output=True, text=True, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     return report['images_per_s'], report['cpu_us_per_image'], report['compute_fraction']
