@@ -300,11 +300,10 @@ public final class ACMLayer: @unchecked Sendable {
         ) {
             if w1.precision == .bf16 && h % 2 == 0 && GEMMWeight.fusesActivation(config.activation) {
                 // act(x·W1_n + b1_n) made and rounded tile by tile, then its product with W2_n
-                let (hid, hid16) = bf16Space(ws.hidden, floats: rows * h, count: rows * h)
+                let (_, hid16) = bf16Space(ws.hidden, floats: 0, count: rows * h)
                 w1.multiplyActivated(
                     m: rows, a: rounded == nil ? xs : nil, rounded: rounded, lda: dIn, columns: index * h..<(index + 1) * h,
-                    bias: b1.map { $0.data + index * h }, activation: config.activation, c: hid, ldc: h, hidden: hid16,
-                    ldHidden: h)
+                    bias: b1.map { $0.data + index * h }, activation: config.activation, hidden: hid16, ldHidden: h)
                 w2.multiply(
                     m: rows, rounded: hid16, lda: h, rows: index * h..<(index + 1) * h, beta: accumulate ? 1 : 0, c: ys,
                     ldc: dOut)

@@ -154,23 +154,25 @@ extension GEMMWeight {
     /// Whether `multiplyActivated` runs `activation` (the others go through `Activation.apply`).
     public static func fusesActivation(_ activation: Activation) -> Bool { activation == .gelu || activation == .identity }
 
-    /// In bf16, C = act(A·B[:, columns] + bias) for act GELU or identity (`fusesActivation`), each tile finished
-    /// while it is in the cache, and C also rounded to bfloat16 into `hidden` (row stride `ldHidden`, the block
-    /// of columns even) for the product that reads it next. A float (`a`), or already rounded (`rounded`).
+    /// In bf16, act(A·B[:, columns] + bias) for act GELU or identity (`fusesActivation`), rounded to bfloat16 into
+    /// `hidden` (row stride `ldHidden`, the block of columns even) for the product that reads it next: each tile
+    /// is made, finished and rounded in a buffer of the thread's that stays in the L1 cache, and the float result
+    /// is not kept. A float (`a`), or already rounded (`rounded`).
     @inline(__always)
     public func multiplyActivated(
         m: Int, a: UnsafePointer<Float>? = nil, rounded: UnsafePointer<UInt16>? = nil, lda: Int,
         columns: Range<Int>? = nil, bias: UnsafePointer<Float>?, activation: Activation,
-        c: UnsafeMutablePointer<Float>, ldc: Int, hidden: UnsafeMutablePointer<UInt16>, ldHidden: Int
+        hidden: UnsafeMutablePointer<UInt16>, ldHidden: Int
     ) {
         let n = self.columns, cs = columns ?? 0..<n
         guard let packed else { preconditionFailure("multiplyActivated runs only a bf16 weight") }
         precondition(Self.fusesActivation(activation) && cs.count % 2 == 0 && (a != nil) != (rounded != nil))
+        precondition(cs.lowerBound >= 0 && cs.upperBound <= n)
         precondition(rounded == nil || (self.rows % 2 == 0 && lda % 2 == 0))
         if m == 0 || cs.isEmpty { return }
         acm_gemm_bf16_panels(
             m, cs.count, self.rows, rounded == nil ? a : nil, lda, rounded, lda, packed.buffer.baseAddress, self.rows, n, 0,
-            cs.lowerBound, 0, c, ldc, bias, activation == .gelu ? 1 : 0, hidden, ldHidden)
+            cs.lowerBound, 0, nil, 0, bias, activation == .gelu ? 1 : 0, hidden, ldHidden)
     }
 }
 

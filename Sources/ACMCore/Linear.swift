@@ -211,10 +211,10 @@ public struct DenseMLP: Sendable {
             Parallel.forEachChunk(rows) { worker, r in
                 // [rows, d] × [d, D], GELU(· + bias) and its rounding done on each tile as it is made; then
                 // [rows, D] × [D, d] on the rounded hidden layer
-                let (hidden, rounded) = bf16Space(scratch[worker], floats: r.count * hiddenWidth, count: r.count * hiddenWidth)
+                let (_, rounded) = bf16Space(scratch[worker], floats: 0, count: r.count * hiddenWidth)
                 fc1.weightT.multiplyActivated(
-                    m: r.count, a: x + r.lowerBound * d, lda: d, bias: fc1.bias?.data, activation: .gelu, c: hidden,
-                    ldc: hiddenWidth, hidden: rounded, ldHidden: hiddenWidth)
+                    m: r.count, a: x + r.lowerBound * d, lda: d, bias: fc1.bias?.data, activation: .gelu,
+                    hidden: rounded, ldHidden: hiddenWidth)
                 fc2.weightT.multiply(
                     m: r.count, rounded: rounded, lda: hiddenWidth, beta: accumulate ? 1 : 0, c: out + r.lowerBound * dOut,
                     ldc: dOut, bias: fc2.bias?.data)

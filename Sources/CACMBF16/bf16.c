@@ -210,6 +210,11 @@ static void loops(long rows, long w, long k, const unsigned short *a, long lda, 
         }
 }
 
+// Rows of A per kernel call over B in panels: Whisper's bf16 encoder on the 12 fixture clips 0.624-0.631 s with 96,
+// 0.639-0.649 with 32 (four interleaved runs); the dense ViT-B at batch 8 317-320 ms with 96, 320-324 with 32 (three);
+// the Fashion-MNIST models the same within the noise.
+enum { PANEL_ROWS = 96 };
+
 // What is done to each tile of C once its last chunk of depth is in, while the tile is in the L1 cache: add
 // `bias` (per column) and GELU when `gelu`, then round the tile into `out16` (row stride ld16) when given, for
 // a next product that reads it (an MLP's hidden layer: this saves a pass over it, and its rounding).
@@ -220,8 +225,12 @@ struct epilogue {
     long ld16;
 };
 
-static void finish_tile(const struct epilogue *e, float *c, long ldc, long row, long rows, long j, long w) {
-    float *tile = c + row * ldc + j;
+static void finish_tile(const struct epilogue *e, float *tile, long ldc, long row, long rows, long j, long w) {
+    if (e->out16 && conversion_isa() == 2) {
+        acm_finish_rows_bf16(tile, rows, w, ldc, e->bias ? e->bias + j : NULL, e->gelu, e->out16 + row * e->ld16 + j,
+                             e->ld16);
+        return;
+    }
     if (e->gelu) {
         acm_gelu_rows(tile, rows, w, ldc, e->bias ? e->bias + j : NULL);
     } else if (e->bias) {
@@ -230,6 +239,11 @@ static void finish_tile(const struct epilogue *e, float *c, long ldc, long row, 
     if (e->out16)
         for (long r = 0; r < rows; r++) acm_f32_to_bf16(tile + r * ldc, e->out16 + (row + r) * e->ld16 + j, w);
 }
+
+// Where C goes when only its rounded copy is wanted (c NULL): one tile at a time, [PANEL_ROWS × BF16_PANEL], so
+// that the float tile never leaves the L1 cache (ViT-B's fc1 would otherwise write 9.7 MB of float hidden layer a
+// part of four images, which nothing reads).
+static __thread float c_tile[PANEL_ROWS * BF16_PANEL];
 
 // A's m rows of k floats (row stride lda) rounded to bfloat16 into this thread's buffer, each row padded to an even
 // length with a zero (an odd k runs on the zero pad of the last pair).
@@ -298,11 +312,6 @@ void acm_pack_bf16_panels(const float *w, long k, long n, long ldw, unsigned sho
     }
 }
 
-// Rows of A per kernel call over B in panels: Whisper's bf16 encoder on the 12 fixture clips 0.624-0.631 s with 96,
-// 0.639-0.649 with 32 (four interleaved runs); the dense ViT-B at batch 8 317-320 ms with 96, 320-324 with 32 (three);
-// the Fashion-MNIST models the same within the noise.
-enum { PANEL_ROWS = 96 };
-
 // B in panels (acm_pack_bf16_panels) of a matrix [total_k × total_n], the block at rows row0 (even) + k and
 // columns col0 + n. Rows outermost in blocks of PANEL_ROWS, then every panel the columns meet, at full depth:
 // each tile of C is finished (the epilogue) as soon as it is made.
@@ -317,6 +326,8 @@ static void gemm_bf16_panels(long m, long n, long k, const float *a, long lda, c
     }
     const long first = col0 / BF16_PANEL, last = (col0 + n - 1) / BF16_PANEL;
     const long block = m < PANEL_ROWS ? m : PANEL_ROWS;
+    const int tiled = c == NULL;  // C in c_tile, tile by tile (beta 0, e->out16 given)
+    if (tiled) ldc = BF16_PANEL;
     libxsmm_bsmmfunction kernels[2][3] = {{0}};  // [full block, tail block][first, middle, last segment]
     long tail_rows = -1;
     for (long row = 0; row < m; row += block) {
@@ -334,12 +345,12 @@ static void gemm_bf16_panels(long m, long n, long k, const float *a, long lda, c
             if (!kernels[t][which]) kernels[t][which] = kernel(end - j, rows, kk, ld, lda16, ldc, beta);
             const unsigned short *bj = panels + start * total_kk + row0 * ld + 2 * (j - start);
             const unsigned short *as = a16 + row * lda16;
-            float *cj = c + row * ldc + (j - col0);
+            float *cj = tiled ? c_tile : c + row * ldc + (j - col0);
             if (kernels[t][which])
                 kernels[t][which]((const libxsmm_bfloat16 *)bj, (const libxsmm_bfloat16 *)as, cj);
             else
                 loops(rows, end - j, kk, as, lda16, bj, ld, beta, cj, ldc);
-            if (e) finish_tile(e, c, ldc, row, rows, j - col0, end - j);
+            if (e) finish_tile(e, cj, ldc, row, rows, j - col0, end - j);
         }
     }
     __asm__ volatile("vzeroupper");
@@ -350,6 +361,8 @@ void acm_gemm_bf16_panels(long m, long n, long k, const float *a, long lda, cons
                           float *c, long ldc, const float *bias, int gelu, unsigned short *out16, long ld16) {
     const struct epilogue e = {bias, gelu, out16, ld16};
     const int finish = bias || gelu || out16;
+    // C is not kept exactly when its rounded copy is all that is wanted (finish_tile may then write only that)
+    if ((c == NULL) != (out16 != NULL) || (out16 && beta != 0)) abort();
     gemm_bf16_panels(m, n, k, a16 ? NULL : a, lda, a16, lda16, panels, total_k, total_n, row0, col0, beta, c, ldc,
                      finish ? &e : NULL);
 }

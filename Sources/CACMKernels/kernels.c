@@ -183,6 +183,23 @@ void acm_softmax_rows_bf16(const float *x, long rows, long n, long ld, float sca
     SOFTMAX_ROWS_BODY(STORE_BF16)
 }
 
+// One pass over the tile where GELU in place and the rounding after it took two, with a function call per row
+// for the rounding.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+void acm_finish_rows_bf16(const float *x, long rows, long columns, long ld, const float *bias, int gelu,
+                          unsigned short *out16, long ld16) {
+    for (long r = 0; r < rows; r++) {
+        const float *row = x + r * ld;
+        for (long c = 0; c < columns; c += 16) {
+            __mmask16 k = tail_mask(columns - c);
+            __m512 v = _mm512_maskz_loadu_ps(k, row + c);
+            if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + c));
+            if (gelu) v = gelu512(v);
+            _mm256_mask_storeu_epi16(out16 + r * ld16 + c, k, (__m256i)_mm512_cvtneps_pbh(v));
+        }
+    }
+}
+
 AVX512 static void gelu_rows_avx512(float *x, long rows, long columns, long ld, const float *bias) {
     for (long r = 0; r < rows; r++) {
         float *row = x + r * ld;

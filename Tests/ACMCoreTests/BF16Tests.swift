@@ -79,6 +79,55 @@ import Testing
         check(m: 70, n: 200, k: 100, rows: 20..<80, columns: 64..<128, beta: 1)  // exactly one panel, accumulated
     }
 
+    /// Should give act(A·B[:, columns] + bias) rounded to bfloat16, as the hidden layer of an MLP or a learner, with
+    /// the float tiles made in the thread's own buffer: against Double arithmetic on the bf16-rounded inputs, then
+    /// GELU and the rounding, within one bfloat16 step of the value (a float and a Double sum can round to
+    /// neighbouring bfloat16s) or 2e-6. Blocks of 96 rows and a tail, column panels entered and left midway, an odd k,
+    /// and A already rounded; `bias` is the block of columns' own; the columns of `hidden` outside the block stay
+    /// untouched.
+    @Test(.enabled(if: BF16.available, "no AVX-512 BF16 on this CPU"), arguments: [
+        (200, 250, 77, 30..<190, Activation.gelu, false), (70, 64, 128, 0..<64, .identity, false),
+        (131, 300, 64, 64..<300, .gelu, true), (96, 40, 48, 8..<24, .gelu, true),
+    ])
+    func activatedMatchesRoundedFloat(m: Int, n: Int, k: Int, columns: Range<Int>, activation: Activation, rounded: Bool) {
+        var rng = SeededGenerator(seed: UInt64(m * 7 + n + k))
+        let b = randomTensor([k, n], rng: &rng), bias = randomTensor([n], rng: &rng)
+        let weight = GEMMWeight(b, precision: .bf16)
+        let lda = k + 6
+        let a = randomTensor([m, lda], rng: &rng)
+        let a16 = (0..<m * lda).map { UInt16(BF16.rounded(a.data[$0]).bitPattern >> 16) }
+        let ldHidden = columns.count + 4
+        var hidden = [UInt16](repeating: 0xabcd, count: m * ldHidden)
+        hidden.withUnsafeMutableBufferPointer { out in
+            if rounded {
+                a16.withUnsafeBufferPointer {
+                    weight.multiplyActivated(
+                        m: m, rounded: $0.baseAddress, lda: lda, columns: columns, bias: bias.data + columns.lowerBound,
+                        activation: activation,
+                        hidden: out.baseAddress!, ldHidden: ldHidden)
+                }
+            } else {
+                weight.multiplyActivated(
+                    m: m, a: a.data, lda: lda, columns: columns, bias: bias.data + columns.lowerBound, activation: activation,
+                    hidden: out.baseAddress!, ldHidden: ldHidden)
+            }
+        }
+        var worst = 0.0
+        for i in 0..<m {
+            for (j, col) in columns.enumerated() {
+                var z = Double(bias.data[col])
+                for p in 0..<k { z += Double(BF16.rounded(a.data[i * lda + p])) * Double(BF16.rounded(b.data[p * n + col])) }
+                let want = activation == .gelu ? exactGELU(z) : z
+                let got = Double(Float(bitPattern: UInt32(hidden[i * ldHidden + j]) << 16))
+                // a bfloat16 step is at most 2⁻⁷ of the value; 2e-6 absolute for the GELU's own error far in the negative
+                // tail (1.0e-6 at x = -5.4, where GELU is -1.4e-7; the float GELU's test allows 1e-6)
+                worst = max(worst, abs(got - want) / (abs(want) * 0x1p-7 + 2e-6))
+            }
+            for j in columns.count..<ldHidden { #expect(hidden[i * ldHidden + j] == 0xabcd) }
+        }
+        #expect(worst <= 1, "\(m)×\(columns.count)×\(k): error \(worst) bfloat16 steps")
+    }
+
     /// Should give attention's output from bf16 products: q, k, v and the probabilities rounded to bfloat16,
     /// the softmax in float; against Double arithmetic on the rounded values, within 1e-4 (measured 1.5e-7; a
     /// probability whose float and Double values rounded to neighbouring bfloat16s would move an output by up to

@@ -368,6 +368,8 @@ def goals(m, table_rows, summary):
     labels = {key: label.replace(', ', ' ') for key, label, _ in table_rows}
     out = []
     for number, key, base, b, at_least in m['goals']:
+        if key not in labels or base not in labels:
+            continue  # a row that --precision left out
         text = f'({number}) {labels[key]} ≥ {at_least:.2f}× {labels[base]} at batch {b}'
         if b not in summary.get(key, {}) or b not in summary.get(base, {}):
             out.append(dict(text=f'{text}: not measured', figure=None, met=None))

@@ -73,6 +73,17 @@ def test_goals_are_ratios_of_bests():
     assert got[3]['text'].endswith('not measured')  # the bf16 rows did not run
 
 
+def test_goals_leave_out_the_rows_not_run():
+    """Should give only the goals whose rows --precision kept (`--precision bf16` leaves out our f32 rows, which the
+    f32 goals compare), instead of failing on the missing rows' labels."""
+    m = bench_peers.models['vit-b']
+    table_rows = bench_peers.rows(m, precisions=('bf16',))
+    summary = bench_peers.summarize({'ov bf16': {8: [dict(images_per_s=11.0)]},
+                                     'ours dense bf16': {8: [dict(images_per_s=11.5, compute_fraction=1.0)]}})
+    got = bench_peers.goals(m, table_rows, summary)
+    assert len(got) == 1 and got[0]['met'] and 'acm-serve bf16 dense' in got[0]['text']
+
+
 def test_table_keeps_three_figures_of_slow_rows():
     """Should print images/s to three significant figures where a row runs under 100 (ViT-B's 5 to 20 images/s
     rounded to integers could not tell 6.0 from 6.4), and as integers above."""

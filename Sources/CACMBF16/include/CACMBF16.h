@@ -44,7 +44,8 @@ void acm_pack_bf16_panels(const float *w, long k, long n, long ldw, unsigned sho
 /// stride lda) rounded as it is read, or, when a16 is given, already bfloat16 (row stride lda16, k even). Each tile
 /// of C is then finished while it is in the cache when bias, gelu or out16 is given (beta 0): bias added per column
 /// (bias NULL: none), GELU when `gelu` (the engine's `acm_gelu_rows`), then rounded to bfloat16 into out16 (row stride
-/// ld16, n even) for a product that reads it next; this saves a pass over C, and its rounding.
+/// ld16, n even) for a product that reads it next. out16 goes with c NULL (and beta 0): C is then not kept, each
+/// tile made and finished in a buffer of the thread's, and only out16 written; this saves passes over C.
 void acm_gemm_bf16_panels(long m, long n, long k, const float *a, long lda, const unsigned short *a16, long lda16,
                           const unsigned short *panels, long total_k, long total_n, long row0, long col0, float beta,
                           float *c, long ldc, const float *bias, int gelu, unsigned short *out16, long ld16);

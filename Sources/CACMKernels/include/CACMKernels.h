@@ -21,6 +21,12 @@ void acm_layer_norm_rows(const float *x, long rows, long d, const float *gamma, 
 /// may be NULL.
 void acm_gelu_rows(float *x, long rows, long columns, long ld, const float *bias);
 
+/// x + bias (bias NULL: none), then GELU when `gelu`, for `rows` rows of `columns` (row stride `ld`), written rounded
+/// to bfloat16 (ties to even, as acm_f32_to_bf16 with the conversion instruction) into out16 (row stride ld16)
+/// and not back into x: a hidden layer's tile that only a bf16 product reads. Only on CPUs with AVX-512 BF16.
+void acm_finish_rows_bf16(const float *x, long rows, long columns, long ld, const float *bias, int gelu,
+                          unsigned short *out16, long ld16);
+
 /// x += bias for `rows` rows of `columns` (row stride `ld`).
 void acm_add_bias_rows(float *x, long rows, long columns, long ld, const float *bias);
 
