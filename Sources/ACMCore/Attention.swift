@@ -20,7 +20,42 @@ public func multiHeadAttention(
     sequences: [Range<Int>], keys: [Range<Int>]? = nil, causal: Bool = false,
     heads: Int, headDim: Int, scores: WorkerScratch, precision: Precision = .f32
 ) {
-    let bf16 = precision.effective == .bf16
+    attend(
+        .float(q: q, k: k, v: v, ld: ld), out: out, ldOut: ldOut, sequences: sequences, keys: keys, causal: causal,
+        heads: heads, headDim: headDim, scores: scores, bf16: precision.effective == .bf16)
+}
+
+/// Self-attention in bf16 on q, k and v already rounded to bfloat16 (a dense q/k/v projection's output, rounded as
+/// its tiles were made: `Linear.forwardRounded`), with row stride `ld` (even; `headDim` even): the same arithmetic
+/// as `multiHeadAttention` in bf16 on the float q, k and v they round, without the float copies or their rounding.
+/// Every sequence must have more than `fewQueries` and at most `maxRoundedSoftmaxKeys` rows (`takesRounded`).
+public func multiHeadAttention(
+    rounded q: UnsafePointer<UInt16>, k: UnsafePointer<UInt16>, v: UnsafePointer<UInt16>, ld: Int,
+    out: UnsafeMutablePointer<Float>, ldOut: Int, sequences: [Range<Int>], heads: Int, headDim: Int,
+    scores: WorkerScratch
+) {
+    precondition(BF16.available && ld % 2 == 0 && headDim % 2 == 0)
+    precondition(sequences.allSatisfy(attentionTakesRounded))
+    attend(
+        .rounded(q: q, k: k, v: v, ld: ld), out: out, ldOut: ldOut, sequences: sequences, keys: nil, causal: false,
+        heads: heads, headDim: headDim, scores: scores, bf16: true)
+}
+
+/// Whether `multiHeadAttention(rounded:...)` takes a sequence of these rows: the GEMM path, and probabilities
+/// rounded by the softmax.
+public func attentionTakesRounded(_ rows: Range<Int>) -> Bool {
+    rows.count > fewQueries && rows.count <= maxRoundedSoftmaxKeys
+}
+
+private enum AttentionInput {
+    case float(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ld: Int)
+    case rounded(q: UnsafePointer<UInt16>, k: UnsafePointer<UInt16>, v: UnsafePointer<UInt16>, ld: Int)
+}
+
+private func attend(
+    _ input: AttentionInput, out: UnsafeMutablePointer<Float>, ldOut: Int, sequences: [Range<Int>], keys: [Range<Int>]?,
+    causal: Bool, heads: Int, headDim: Int, scores: WorkerScratch, bf16: Bool
+) {
     precondition(keys == nil || keys!.count == sequences.count)
     let scale = 1 / Float(headDim).squareRoot()
     scores.prepare()
@@ -30,8 +65,16 @@ public func multiHeadAttention(
             let queries = sequences[i], keyRows = keys?[i] ?? queries
             let count = queries.count, keyCount = keyRows.count
             precondition(!causal || keyCount >= count)
-            let qh = q + queries.lowerBound * ld + col
-            let kh = k + keyRows.lowerBound * ld + col, vh = v + keyRows.lowerBound * ld + col
+            // the head's columns: float (qh, kh, vh), or already bfloat16 (`rounded`, which takes only the bf16 GEMM path)
+            var qh, kh, vh: UnsafePointer<Float>!, ld = 0
+            var rounded: (q: UnsafePointer<UInt16>, k: UnsafePointer<UInt16>, v: UnsafePointer<UInt16>, ld: Int)?
+            switch input {
+            case let .float(q, k, v, ldf):
+                ld = ldf
+                (qh, kh, vh) = (q + queries.lowerBound * ld + col, k + keyRows.lowerBound * ld + col, v + keyRows.lowerBound * ld + col)
+            case let .rounded(q, k, v, ld16):
+                rounded = (q + queries.lowerBound * ld16 + col, k + keyRows.lowerBound * ld16 + col, v + keyRows.lowerBound * ld16 + col, ld16)
+            }
             let transposeKeys = count > fewQueries
             // Long sequences run in blocks of queries, so that a block's scores stay in the core's cache from
             // the product through the softmax to the product with v (Whisper's encoder: 1,500 keys, 9 MB of
@@ -49,7 +92,10 @@ public func multiHeadAttention(
             let packedK = packed, packedV = packed.map { $0 + packedKCount }
             let probabilities = packedV.map { $0 + packedVCount }
             let roundedProbabilities = packed != nil && !causal && keyCount <= maxRoundedSoftmaxKeys
-            if let packedK, let packedV {
+            if let packedK, let packedV, let rounded {
+                acm_pack_bf16_pairs_transposed_rounded(rounded.k, headDim, keyCount, rounded.ld, packedK)
+                acm_pack_bf16_pairs_rounded(rounded.v, keyCount, headDim, rounded.ld, packedV)
+            } else if let packedK, let packedV {
                 // k packed as kᵀ [dh, keys], v as [keys, dh], once per head
                 acm_pack_bf16_pairs_transposed(kh, headDim, keyCount, ld, packedK)
                 acm_pack_bf16_pairs(vh, keyCount, headDim, ld, packedV)
@@ -58,8 +104,16 @@ public func multiHeadAttention(
                 transpose(kh, rows: keyCount, columns: headDim, lda: ld, out: kT, ldOut: keyCount)
             }
             for first in stride(from: 0, to: count, by: block) {
-                let rows = min(block, count - first), qb = qh + first * ld
+                let rows = min(block, count - first)
                 // scores = q·kᵀ: [rows, dh] × [dh, keys]; the 1/√dh goes into the softmax
+                if let packedK, let rounded {
+                    acm_gemm_bf16_rounded(rows, keyCount, headDim, rounded.q + first * rounded.ld, rounded.ld, packedK, keyCount, 0, s, keyCount)
+                    acm_softmax_rows_bf16(s, rows, keyCount, keyCount, scale, probabilities!, evenKeys)
+                    acm_gemm_bf16_rounded(
+                        rows, headDim, evenKeys, probabilities!, evenKeys, packedV!, headDim, 0, out + (queries.lowerBound + first) * ldOut + col, ldOut)
+                    continue
+                }
+                let qb = qh + first * ld
                 if let packedK {
                     acm_gemm_bf16(rows, keyCount, headDim, qb, ld, packedK, keyCount, 0, s, keyCount)
                 } else if transposeKeys {

@@ -62,6 +62,28 @@ public struct Linear: Sendable {
             && weightT.panelCount >= Parallel.workers
     }
 
+    /// In bf16 (a layer of even `outputs`), x·Wᵀ + b rounded to bfloat16 into `out` (row stride `ldOut`, even), each
+    /// tile rounded as it is made and no float output kept: for products that read only the rounded values
+    /// (`multiHeadAttention(rounded:...)`). Rows and workers are shared out as `forward` shares them.
+    public func forwardRounded(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<UInt16>, ldOut: Int? = nil) {
+        let ldo = ldOut ?? outputs
+        precondition(precision == .bf16 && outputs % 2 == 0 && ldo % 2 == 0)
+        if splitsColumns(rows: rows) {
+            Parallel.forEachChunk(weightT.panelCount, minimumPerChunk: 1) { _, panels in
+                let cs = weightT.columns(ofPanels: panels)
+                weightT.multiplyActivated(
+                    m: rows, a: x, lda: inputs, columns: cs, bias: bias.map { $0.data + cs.lowerBound }, activation: .identity,
+                    hidden: out + cs.lowerBound, ldHidden: ldo)
+            }
+            return
+        }
+        Parallel.forEachChunk(rows) { _, r in
+            weightT.multiplyActivated(
+                m: r.count, a: x + r.lowerBound * inputs, lda: inputs, bias: bias?.data, activation: .identity,
+                hidden: out + r.lowerBound * ldo, ldHidden: ldo)
+        }
+    }
+
     /// out = x·Wᵀ + b for `rows` rows, or out += x·Wᵀ + b when `accumulate`; `ldx` and `ldOut` are row strides.
     public func forward(
         _ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil,

@@ -346,16 +346,27 @@ public final class ViT: @unchecked Sendable {
                 run(layer.v, normed, v)
             }
             var (qs, ks, vs, ld) = (q, k, v, d)
-            if let qkv = layer.qkv {
-                // [tokens, d] × [d, 3d]: row t is q_t, k_t, v_t
-                let f = ws.qkv.reserve(tokens * 3 * d)
-                qkv.forward(normed, rows: tokens, out: f)
-                (qs, ks, vs, ld) = (f, f + d, f + 2 * d, 3 * d)
+            let headDim = d / config.numHeads
+            if let qkv = layer.qkv, qkv.precision == .bf16, headDim % 2 == 0, attentionTakesRounded(0..<s) {
+                // in bf16, q, k and v rounded as the GEMM makes them: attention reads nothing else
+                let f = ws.qkv.reserve((tokens * 3 * d + 1) / 2)
+                let rounded = UnsafeMutableRawPointer(f).bindMemory(to: UInt16.self, capacity: tokens * 3 * d)
+                qkv.forwardRounded(normed, rows: tokens, out: rounded)
+                multiHeadAttention(
+                    rounded: rounded, k: rounded + d, v: rounded + 2 * d, ld: 3 * d, out: attended, ldOut: d,
+                    sequences: sequences, heads: config.numHeads, headDim: headDim, scores: ws.scores)
+            } else {
+                if let qkv = layer.qkv {
+                    // [tokens, d] × [d, 3d]: row t is q_t, k_t, v_t
+                    let f = ws.qkv.reserve(tokens * 3 * d)
+                    qkv.forward(normed, rows: tokens, out: f)
+                    (qs, ks, vs, ld) = (f, f + d, f + 2 * d, 3 * d)
+                }
+                multiHeadAttention(
+                    q: qs, k: ks, v: vs, ld: ld, out: attended, ldOut: d,
+                    sequences: sequences, heads: config.numHeads, headDim: headDim, scores: ws.scores,
+                    precision: precision)
             }
-            multiHeadAttention(
-                q: qs, k: ks, v: vs, ld: ld, out: attended, ldOut: d,
-                sequences: sequences, heads: config.numHeads, headDim: d / config.numHeads, scores: ws.scores,
-                precision: precision)
             run(layer.o, attended, x, accumulate: true)
 
             // mlp: x = x + mlp(ln_2(x))

@@ -151,6 +151,41 @@ void acm_pack_bf16_pairs_transposed(const float *w, long k, long n, long ldw, un
     }
 }
 
+void acm_pack_bf16_pairs_transposed_rounded(const unsigned short *w, long k, long n, long ldw, unsigned short *out) {
+    if (k % 2 || ldw % 2) abort();
+    // row j of w is already its k / 2 pairs: the packed matrix is the transpose of those rows, of 4-byte pairs
+    libxsmm_otrans(out, w, 4, (libxsmm_blasint)(k / 2), (libxsmm_blasint)n, (libxsmm_blasint)(ldw / 2),
+                   (libxsmm_blasint)n);
+}
+
+// Rows p and p + 1 of w, 16 columns at a time, widened to 32 bits: row p's value in the lower half, row p + 1's
+// in the upper (zero past an odd k's last row).
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void pack_pairs_rounded_avx512(const unsigned short *w, long k, long n, long ldw, unsigned short *out) {
+    for (long p = 0; p < k; p += 2) {
+        const unsigned short *r0 = w + p * ldw, *r1 = p + 1 < k ? w + (p + 1) * ldw : NULL;
+        uint32_t *o = (uint32_t *)(out + (p / 2) * n * 2);
+        for (long j = 0; j < n; j += 16) {
+            __mmask16 m = (__mmask16)(n - j >= 16 ? 0xffff : (1u << (n - j)) - 1);
+            __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r0 + j));
+            __m512i hi = r1 ? _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, r1 + j)), 16)
+                            : _mm512_setzero_si512();
+            _mm512_mask_storeu_epi32(o + j, m, _mm512_or_si512(hi, lo));
+        }
+    }
+}
+
+void acm_pack_bf16_pairs_rounded(const unsigned short *w, long k, long n, long ldw, unsigned short *out) {
+    if (conversion_isa() == 2) {  // AVX-512 BF16 implies the BW/VL masked 16-bit loads
+        pack_pairs_rounded_avx512(w, k, n, ldw, out);
+        return;
+    }
+    for (long p = 0; p < k; p++)
+        for (long j = 0; j < n; j++) out[((p / 2) * n + j) * 2 + p % 2] = w[p * ldw + j];
+    if (k % 2)
+        for (long j = 0; j < n; j++) out[((k / 2) * n + j) * 2 + 1] = 0;
+}
+
 // The blocking of B stored row-major in pairs (attention's keys and values, packed per head; `gemm_bf16`), measured
 // on one Zen 5 core with A already bfloat16 (LIBXSMM's kernels take a block of up to ROW_BLOCK rows of A and C in
 // registers and stream a panel of B):

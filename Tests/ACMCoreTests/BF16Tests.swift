@@ -166,6 +166,38 @@ import Testing
         #expect(fromFloat > 1e-4, "the output equals float attention's (\(fromFloat)): not bf16")
     }
 
+    /// Should give, from a projection's output already rounded to bfloat16 (`Linear.forwardRounded`, then
+    /// `multiHeadAttention(rounded:...)`), exactly what the float output and the float attention in bf16 give: the
+    /// same roundings of the same sums. q, k and v side by side in one row of 3d (the ViT's stacked projection),
+    /// sequences of 70, 11 and 14 rows (11: an odd row of probabilities), rows shared out by rows and, for a
+    /// weight too large for few rows (on more than one core), by columns.
+    @Test(.enabled(if: BF16.available, "no AVX-512 BF16 on this CPU"), arguments: [(2, 32, 40), (4, 64, 384)])
+    func attentionOnRoundedProjections(heads: Int, headDim: Int, inputs: Int) {
+        var rng = SeededGenerator(seed: UInt64(heads * 100 + inputs))
+        let d = heads * headDim, tokens = 95
+        let sequences = [0..<70, 70..<81, 81..<95]
+        let qkv = Linear(
+            weight: randomTensor([3 * d, inputs], scale: 0.3, rng: &rng), bias: randomTensor([3 * d], rng: &rng),
+            precision: .bf16)
+        let x = randomTensor([tokens, inputs], rng: &rng)
+        let float = Tensor(shape: [tokens, 3 * d]), want = Tensor(shape: [tokens, d]), got = Tensor(shape: [tokens, d])
+        qkv.forward(x.data, rows: tokens, out: float.data)
+        multiHeadAttention(
+            q: float.data, k: float.data + d, v: float.data + 2 * d, ld: 3 * d, out: want.data, ldOut: d,
+            sequences: sequences, heads: heads, headDim: headDim, scores: WorkerScratch(), precision: .bf16)
+        var rounded = [UInt16](repeating: 0, count: tokens * 3 * d)
+        rounded.withUnsafeMutableBufferPointer { r in
+            qkv.forwardRounded(x.data, rows: tokens, out: r.baseAddress!)
+            multiHeadAttention(
+                rounded: r.baseAddress!, k: r.baseAddress! + d, v: r.baseAddress! + 2 * d, ld: 3 * d, out: got.data,
+                ldOut: d, sequences: sequences, heads: heads, headDim: headDim, scores: WorkerScratch())
+        }
+        let projected = (0..<tokens * 3 * d).count { rounded[$0] != UInt16(BF16.rounded(float.data[$0]).bitPattern >> 16) }
+        #expect(projected == 0, "rounded outputs that differ from the float output's rounding")
+        let differ = (0..<tokens * d).count { got.data[$0] != want.data[$0] }
+        #expect(differ == 0, "attention outputs that differ")
+    }
+
     /// In bf16, should run each token's k learners as the definition does on bf16-rounded x, weights and
     /// hidden activations with float sums: within 2e-4 of the largest output (measured: 2.6e-6 with GELU, where a
     /// hidden value's float and Double forms may round to neighbouring bfloat16s, 7.5e-8 without; bf16 against

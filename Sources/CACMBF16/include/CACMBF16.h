@@ -29,6 +29,11 @@ void acm_pack_bf16_pairs(const float *w, long k, long n, long ldw, unsigned shor
 /// The same packing of the matrix whose transpose is stored: element (p, j) is w[j·ldw + p], for w [n × k]
 /// (row stride ldw), e.g. an attention head's keys [keys × head dim] packed as kᵀ for the scores q·kᵀ.
 void acm_pack_bf16_pairs_transposed(const float *w, long k, long n, long ldw, unsigned short *out);
+/// `acm_pack_bf16_pairs` of w [k × n] already bfloat16 (row stride ldw): only the interleaving of row pairs.
+void acm_pack_bf16_pairs_rounded(const unsigned short *w, long k, long n, long ldw, unsigned short *out);
+/// `acm_pack_bf16_pairs_transposed` of w [n × k] already bfloat16 (row stride ldw; k and ldw even): a transpose
+/// of 4-byte pairs.
+void acm_pack_bf16_pairs_transposed_rounded(const unsigned short *w, long k, long n, long ldw, unsigned short *out);
 
 /// Columns per panel of `acm_pack_bf16_panels`.
 enum { BF16_PANEL = 64 };
