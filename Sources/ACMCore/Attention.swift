@@ -28,7 +28,8 @@ public func multiHeadAttention(
 /// Self-attention in bf16 on q, k and v already rounded to bfloat16 (a dense q/k/v projection's output, rounded as
 /// its tiles were made: `Linear.forwardRounded`), with row stride `ld` (even; `headDim` even): the same arithmetic
 /// as `multiHeadAttention` in bf16 on the float q, k and v they round, without the float copies or their rounding.
-/// Every sequence must have more than `fewQueries` and at most `maxRoundedSoftmaxKeys` rows (`takesRounded`).
+/// Every sequence must have more than `fewQueries` and at most `maxRoundedSoftmaxKeys` rows
+/// (`attentionTakesRounded`).
 public func multiHeadAttention(
     rounded q: UnsafePointer<UInt16>, k: UnsafePointer<UInt16>, v: UnsafePointer<UInt16>, ld: Int,
     out: UnsafeMutablePointer<Float>, ldOut: Int, sequences: [Range<Int>], heads: Int, headDim: Int,
@@ -65,15 +66,16 @@ private func attend(
             let queries = sequences[i], keyRows = keys?[i] ?? queries
             let count = queries.count, keyCount = keyRows.count
             precondition(!causal || keyCount >= count)
-            // the head's columns: float (qh, kh, vh), or already bfloat16 (`rounded`, which takes only the bf16 GEMM path)
+            // the head's columns: float (qh, kh, vh), or already bfloat16 (`rounded`: only the bf16 GEMM path)
+            let q0 = queries.lowerBound, k0 = keyRows.lowerBound
             var qh, kh, vh: UnsafePointer<Float>!, ld = 0
             var rounded: (q: UnsafePointer<UInt16>, k: UnsafePointer<UInt16>, v: UnsafePointer<UInt16>, ld: Int)?
             switch input {
             case let .float(q, k, v, ldf):
                 ld = ldf
-                (qh, kh, vh) = (q + queries.lowerBound * ld + col, k + keyRows.lowerBound * ld + col, v + keyRows.lowerBound * ld + col)
+                (qh, kh, vh) = (q + q0 * ld + col, k + k0 * ld + col, v + k0 * ld + col)
             case let .rounded(q, k, v, ld16):
-                rounded = (q + queries.lowerBound * ld16 + col, k + keyRows.lowerBound * ld16 + col, v + keyRows.lowerBound * ld16 + col, ld16)
+                rounded = (q + q0 * ld16 + col, k + k0 * ld16 + col, v + k0 * ld16 + col, ld16)
             }
             let transposeKeys = count > fewQueries
             // Long sequences run in blocks of queries, so that a block's scores stay in the core's cache from
@@ -106,11 +108,11 @@ private func attend(
             for first in stride(from: 0, to: count, by: block) {
                 let rows = min(block, count - first)
                 // scores = q·kᵀ: [rows, dh] × [dh, keys]; the 1/√dh goes into the softmax
-                if let packedK, let rounded {
-                    acm_gemm_bf16_rounded(rows, keyCount, headDim, rounded.q + first * rounded.ld, rounded.ld, packedK, keyCount, 0, s, keyCount)
-                    acm_softmax_rows_bf16(s, rows, keyCount, keyCount, scale, probabilities!, evenKeys)
-                    acm_gemm_bf16_rounded(
-                        rows, headDim, evenKeys, probabilities!, evenKeys, packedV!, headDim, 0, out + (queries.lowerBound + first) * ldOut + col, ldOut)
+                if let packedK, let packedV, let probabilities, let rounded {
+                    let qb = rounded.q + first * rounded.ld, o = out + (queries.lowerBound + first) * ldOut + col
+                    acm_gemm_bf16_rounded(rows, keyCount, headDim, qb, rounded.ld, packedK, keyCount, 0, s, keyCount)
+                    acm_softmax_rows_bf16(s, rows, keyCount, keyCount, scale, probabilities, evenKeys)
+                    acm_gemm_bf16_rounded(rows, headDim, evenKeys, probabilities, evenKeys, packedV, headDim, 0, o, ldOut)
                     continue
                 }
                 let qb = qh + first * ld

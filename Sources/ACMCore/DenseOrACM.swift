@@ -65,6 +65,24 @@ public enum DenseOrACM: Sendable {
     }
 }
 
+extension DenseOrACM {
+    /// Whether `forward(rounded:...)` takes `rows` rows: a dense MLP in bf16 that takes them (`DenseMLP.takesRounded`).
+    public func takesRounded(rows: Int) -> Bool {
+        if case let .mlp(mlp) = self { return mlp.takesRounded(rows: rows) }
+        return false
+    }
+
+    /// `forward` on rows already rounded to bfloat16 (e.g. a LayerNorm's output, rounded as it was made), where
+    /// `takesRounded`.
+    public func forward(
+        rounded x: UnsafePointer<UInt16>, rows: Int, out: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+        workspace ws: ACMWorkspace
+    ) {
+        guard case let .mlp(mlp) = self else { preconditionFailure("only a dense MLP takes rounded rows") }
+        mlp.forward(rounded: x, rows: rows, out: out, accumulate: accumulate, scratch: ws.mlpHidden)
+    }
+}
+
 /// A model's ACMs, gathered as its init builds its layers: the config's `acm` entries, checked against
 /// the model's modules, and each ACM found, in execution order.
 public struct ModelACMs {

@@ -1,3 +1,4 @@
+import CACMBF16
 import CACMKernels
 
 /// A dense layer in `nn.Linear`'s layout: `weight` [out, in] (key `weight`), `bias` [out] (key `bias`).
@@ -65,22 +66,26 @@ public struct Linear: Sendable {
     /// In bf16 (a layer of even `outputs`), x·Wᵀ + b rounded to bfloat16 into `out` (row stride `ldOut`, even), each
     /// tile rounded as it is made and no float output kept: for products that read only the rounded values
     /// (`multiHeadAttention(rounded:...)`). Rows and workers are shared out as `forward` shares them.
-    public func forwardRounded(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<UInt16>, ldOut: Int? = nil) {
+    /// x float, or (`rounded`) already bfloat16 (`inputs` even).
+    public func forwardRounded(
+        _ x: UnsafePointer<Float>? = nil, rounded: UnsafePointer<UInt16>? = nil, rows: Int,
+        out: UnsafeMutablePointer<UInt16>, ldOut: Int? = nil
+    ) {
         let ldo = ldOut ?? outputs
-        precondition(precision == .bf16 && outputs % 2 == 0 && ldo % 2 == 0)
+        precondition(precision == .bf16 && outputs % 2 == 0 && ldo % 2 == 0 && (x != nil) != (rounded != nil))
         if splitsColumns(rows: rows) {
             Parallel.forEachChunk(weightT.panelCount, minimumPerChunk: 1) { _, panels in
                 let cs = weightT.columns(ofPanels: panels)
                 weightT.multiplyActivated(
-                    m: rows, a: x, lda: inputs, columns: cs, bias: bias.map { $0.data + cs.lowerBound }, activation: .identity,
-                    hidden: out + cs.lowerBound, ldHidden: ldo)
+                    m: rows, a: x, rounded: rounded, lda: inputs, columns: cs, bias: bias.map { $0.data + cs.lowerBound },
+                    activation: .identity, hidden: out + cs.lowerBound, ldHidden: ldo)
             }
             return
         }
         Parallel.forEachChunk(rows) { _, r in
             weightT.multiplyActivated(
-                m: r.count, a: x + r.lowerBound * inputs, lda: inputs, bias: bias?.data, activation: .identity,
-                hidden: out + r.lowerBound * ldo, ldHidden: ldo)
+                m: r.count, a: x.map { $0 + r.lowerBound * inputs }, rounded: rounded.map { $0 + r.lowerBound * inputs },
+                lda: inputs, bias: bias?.data, activation: .identity, hidden: out + r.lowerBound * ldo, ldHidden: ldo)
         }
     }
 
@@ -207,6 +212,41 @@ public struct DenseMLP: Sendable {
             fc2: try Linear(inputs: hidden, outputs: d, weights: weights.scoped(fc2), keepHalf: keepHalf))
     }
 
+    /// Whether `forward(rounded:...)` takes `rows` rows: both layers in bf16 (even widths), and rows that
+    /// `forward` shares out by rows.
+    public func takesRounded(rows: Int) -> Bool {
+        fc1.precision == .bf16 && fc2.precision == .bf16 && fc1.outputs % 2 == 0 && fc1.inputs % 2 == 0
+            && !(fc1.splitsColumns(rows: rows) && fc2.splitsColumns(rows: rows))
+    }
+
+    /// `forward` on x already rounded to bfloat16 (`takesRounded`): the same products on the same rounded rows.
+    public func forward(
+        rounded x: UnsafePointer<UInt16>, rows: Int, out: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+        scratch: WorkerScratch
+    ) {
+        precondition(takesRounded(rows: rows))
+        scratch.prepare()
+        bf16Rows(nil, rounded: x, rows: rows, out: out, accumulate: accumulate, scratch: scratch)
+    }
+
+    /// The bf16 path, each worker on its own rows: [rows, d] × [d, D], GELU(· + bias) and its rounding done on each
+    /// tile as it is made; then [rows, D] × [D, d] on the rounded hidden layer. x float, or already rounded.
+    private func bf16Rows(
+        _ x: UnsafePointer<Float>?, rounded: UnsafePointer<UInt16>?, rows: Int, out: UnsafeMutablePointer<Float>,
+        accumulate: Bool, scratch: WorkerScratch
+    ) {
+        let d = fc1.inputs, hiddenWidth = fc1.outputs, dOut = fc2.outputs
+        Parallel.forEachChunk(rows) { worker, r in
+            let (_, hidden) = bf16Space(scratch[worker], floats: 0, count: r.count * hiddenWidth)
+            fc1.weightT.multiplyActivated(
+                m: r.count, a: x.map { $0 + r.lowerBound * d }, rounded: rounded.map { $0 + r.lowerBound * d }, lda: d,
+                bias: fc1.bias?.data, activation: .gelu, hidden: hidden, ldHidden: hiddenWidth)
+            fc2.weightT.multiply(
+                m: r.count, rounded: hidden, lda: hiddenWidth, beta: accumulate ? 1 : 0, c: out + r.lowerBound * dOut,
+                ldc: dOut, bias: fc2.bias?.data)
+        }
+    }
+
     /// out = fc2(gelu(fc1(x))) for `rows` rows, or out += that when `accumulate`; each worker runs all three
     /// steps on its own rows, or, for few rows split by columns, each step is shared out by columns in turn.
     public func forward(
@@ -230,17 +270,7 @@ public struct DenseMLP: Sendable {
             return
         }
         if fc1.precision == .bf16 && fc2.precision == .bf16 && hiddenWidth % 2 == 0 {
-            Parallel.forEachChunk(rows) { worker, r in
-                // [rows, d] × [d, D], GELU(· + bias) and its rounding done on each tile as it is made; then
-                // [rows, D] × [D, d] on the rounded hidden layer
-                let (_, rounded) = bf16Space(scratch[worker], floats: 0, count: r.count * hiddenWidth)
-                fc1.weightT.multiplyActivated(
-                    m: r.count, a: x + r.lowerBound * d, lda: d, bias: fc1.bias?.data, activation: .gelu,
-                    hidden: rounded, ldHidden: hiddenWidth)
-                fc2.weightT.multiply(
-                    m: r.count, rounded: rounded, lda: hiddenWidth, beta: accumulate ? 1 : 0, c: out + r.lowerBound * dOut,
-                    ldc: dOut, bias: fc2.bias?.data)
-            }
+            bf16Rows(x, rounded: nil, rows: rows, out: out, accumulate: accumulate, scratch: scratch)
             return
         }
         Parallel.forEachChunk(rows) { worker, r in
@@ -271,5 +301,14 @@ public struct LayerNorm: Sendable {
     /// x [rows, d] → out [rows, d]; out may be x.
     public func forward(_ x: UnsafePointer<Float>, rows: Int, out: UnsafeMutablePointer<Float>) {
         layerNorm(x, rows: rows, columns: weight.count, gamma: weight.data, beta: bias.data, eps: eps, out: out)
+    }
+
+    /// x [rows, d] → out [rows, d] rounded to bfloat16 (the float output's rounding), with no float output.
+    public func forward(_ x: UnsafePointer<Float>, rows: Int, rounded out: UnsafeMutablePointer<UInt16>) {
+        let d = weight.count
+        Parallel.forEachChunk(rows, minimumPerChunk: 64) { _, chunk in
+            acm_layer_norm_rows_bf16(
+                x + chunk.lowerBound * d, chunk.count, d, weight.data, bias.data, eps, out + chunk.lowerBound * d)
+        }
     }
 }

@@ -402,6 +402,19 @@ void acm_gemm_bf16_panels(long m, long n, long k, const float *a, long lda, cons
                      finish ? &e : NULL);
 }
 
+void acm_layer_norm_rows_bf16(const float *x, long rows, long d, const float *gamma, const float *beta, float eps,
+                              unsigned short *out16) {
+    // each row normalised into a float row in the L1 cache, then rounded: the float LayerNorm's values, rounded
+    float stack[2048];
+    float *row = d <= 2048 ? stack : malloc(sizeof(float) * (size_t)d);
+    if (!row) abort();
+    for (long r = 0; r < rows; r++) {
+        acm_layer_norm_rows(x + r * d, 1, d, gamma, beta, eps, row);
+        acm_f32_to_bf16(row, out16 + r * d, d);
+    }
+    if (row != stack) free(row);
+}
+
 void acm_gather_rows_bf16(unsigned short *out, const float *x, const int *order, long n, long d) {
     for (long p = 0; p < n; p++) acm_f32_to_bf16(x + (long)(order ? order[p] : p) * d, out + p * d, d);
 }

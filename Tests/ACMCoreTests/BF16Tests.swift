@@ -198,6 +198,43 @@ import Testing
         #expect(differ == 0, "attention outputs that differ")
     }
 
+    /// Should give, from a LayerNorm written rounded (`LayerNorm.forward(rounded:)`), the float LayerNorm's values
+    /// rounded, and a dense MLP on those rows (`DenseMLP.forward(rounded:)`) exactly what it gives on the float rows,
+    /// which it rounds the same way: the ViT's ln_2 and MLP in bf16. Rows shared out among the workers (300) and
+    /// accumulated into the output, as the residual is.
+    @Test(.enabled(if: BF16.available, "no AVX-512 BF16 on this CPU"))
+    func layerNormAndMLPOnRoundedRows() throws {
+        let dir = try TemporaryDirectory()
+        var rng = SeededGenerator(seed: 21)
+        let d = 96, hidden = 160, rows = 300
+        let tensors: [String: Tensor] = [
+            "ln.weight": randomTensor([d], rng: &rng), "ln.bias": randomTensor([d], rng: &rng),
+            "fc1.weight": randomTensor([hidden, d], scale: 0.2, rng: &rng), "fc1.bias": randomTensor([hidden], rng: &rng),
+            "fc2.weight": randomTensor([d, hidden], scale: 0.2, rng: &rng), "fc2.bias": randomTensor([d], rng: &rng),
+        ]
+        let path = dir.path + "/w.safetensors"
+        try SafeTensorsFile.write(tensors, to: path)
+        let weights = Weights(file: try SafeTensorsFile(path: path), prefix: "", precision: .bf16)
+        let ln = try LayerNorm(dim: d, eps: 1e-6, weights: weights.scoped("ln"))
+        let mlp = try DenseMLP(dim: d, hidden: hidden, weights: weights, fc1: "fc1", fc2: "fc2")
+        #expect(mlp.takesRounded(rows: rows))
+        let x = randomTensor([rows, d], scale: 3, rng: &rng)
+        let normed = Tensor(shape: [rows, d])
+        ln.forward(x.data, rows: rows, out: normed.data)
+        var rounded = [UInt16](repeating: 0, count: rows * d)
+        rounded.withUnsafeMutableBufferPointer { ln.forward(x.data, rows: rows, rounded: $0.baseAddress!) }
+        let wrong = (0..<rows * d).count { rounded[$0] != UInt16(BF16.rounded(normed.data[$0]).bitPattern >> 16) }
+        #expect(wrong == 0, "rounded LayerNorm values that are not the float values' rounding")
+        let want = randomTensor([rows, d], rng: &rng), got = Tensor(shape: [rows, d])
+        got.data.update(from: want.data, count: rows * d)
+        mlp.forward(normed.data, rows: rows, out: want.data, accumulate: true, scratch: WorkerScratch())
+        rounded.withUnsafeBufferPointer {
+            mlp.forward(rounded: $0.baseAddress!, rows: rows, out: got.data, accumulate: true, scratch: WorkerScratch())
+        }
+        let differ = (0..<rows * d).count { got.data[$0] != want.data[$0] }
+        #expect(differ == 0, "MLP outputs that differ")
+    }
+
     /// In bf16, should run each token's k learners as the definition does on bf16-rounded x, weights and
     /// hidden activations with float sums: within 2e-4 of the largest output (measured: 2.6e-6 with GELU, where a
     /// hidden value's float and Double forms may round to neighbouring bfloat16s, 7.5e-8 without; bf16 against

@@ -65,5 +65,9 @@ void acm_gemm_bf16(long m, long n, long k, const float *a, long lda, const unsig
 void acm_gemm_bf16_rounded(long m, long n, long k, const unsigned short *a, long lda, const unsigned short *b, long ldb,
                            float beta, float *c, long ldc);
 
+/// LayerNorm of `rows` rows of d (the engine's acm_layer_norm_rows) written rounded to bfloat16 into out16 [rows × d],
+/// with no float output: for products that read only the rounded rows.
+void acm_layer_norm_rows_bf16(const float *x, long rows, long d, const float *gamma, const float *beta, float eps,
+                              unsigned short *out16);
 /// out[p] = x[order[p]] rounded to bfloat16, rows of d values, for p < n (x's first n rows when order is NULL).
 void acm_gather_rows_bf16(unsigned short *out, const float *x, const int *order, long n, long d);
