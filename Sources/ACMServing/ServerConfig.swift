@@ -133,7 +133,7 @@ public struct ServerConfig: Codable, Sendable, Equatable {
         /// The p99 queue-plus-compute time the adaptive budget aims for, in ms; needed with `adaptiveBudget`.
         public var latencyTargetMilliseconds: Double?
         /// The adaptive budget's floor.
-        public var minBudget = try! ComputeBudget(0.25)
+        public var minBudget: ComputeBudget = 0.25
 
         public init(path: String) { self.path = path }
 
