@@ -25,7 +25,7 @@ import time
 from . import report as fashion_report
 from . import whisper_tiny_en
 from .machine import cpu_name, git_commit
-from .speech_wer import table as wer_table
+from .speech_wer import loops, table as wer_table
 from .whisper_results import read_rows
 
 # -----------------------------------------------------------------------------
@@ -102,8 +102,15 @@ def speech(binary, manifest):
                                   wer=wer_table(rows, [x['text'] for x in lines])['all']['wer'],
                                   seconds=round(time.time() - t0, 1))
         differ = sum(a != b for a, b in zip(res['f32']['tokens'], res['bf16']['tokens']))
+        # greedy decoding that loops on a clip in either precision (a phrase repeated to the token limit) moves the
+        # WER by points on its own: the WER over the other clips too
+        looping = {p: [loops(r['text'], h) for r, h in zip(rows, res[p]['texts'])] for p in res}
+        keep = [i for i in range(len(rows)) if not (looping['f32'][i] or looping['bf16'][i])]
+        steady = {p: wer_table([rows[i] for i in keep], [res[p]['texts'][i] for i in keep])['all']['wer'] for p in res}
         row = dict(name=name, clips=len(rows), f32=res['f32']['wer'], bf16=res['bf16']['wer'], clips_differ=differ,
-                   difference_points=100 * (res['bf16']['wer'] - res['f32']['wer']))
+                   difference_points=100 * (res['bf16']['wer'] - res['f32']['wer']),
+                   loops_f32=sum(looping['f32']), loops_bf16=sum(looping['bf16']), steady_clips=len(keep),
+                   steady_f32=steady['f32'], steady_bf16=steady['bf16'])
         print(f'{name}: WER f32 {100 * row["f32"]:.2f}%, bf16 {100 * row["bf16"]:.2f}% '
               f'({row["difference_points"]:+.2f} pt); {differ} of {len(rows)} clips transcribed differently',
               flush=True)
@@ -154,13 +161,20 @@ def markdown(res):
     if res.get('speech'):
         s = res['speech']
         lines += ['', f'## Whisper tiny.en: the speech validation set ({s[0]["clips"]} clips)', '',
-                  'Word error rate against the corpus\'s text (acm_tools.wer, as `make whisper-results`).', '',
-                  '| model, policy | WER f32 | WER bf16 | difference | goal | clips transcribed differently |',
-                  '| --- | ---: | ---: | ---: | --- | ---: |']
+                  'Word error rate against the corpus\'s text (acm_tools.wer, as `make whisper-results`). A clip '
+                  'loops when greedy decoding repeats a phrase to the token limit (more than twice the text\'s words, '
+                  'plus 5; `speech_wer.loops`): one such clip moves the WER by a point or more, so the last columns '
+                  'give the WER over the clips that loop in neither precision.', '',
+                  '| model, policy | WER f32 | WER bf16 | difference | goal | clips transcribed differently | '
+                  'looping clips f32 / bf16 | WER f32 / bf16 without them | difference without them |',
+                  '| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |']
         for r in s:
+            steady = (f'{100 * r["steady_f32"]:.2f}% / {100 * r["steady_bf16"]:.2f}% ({r["steady_clips"]} clips) | '
+                      f'{100 * (r["steady_bf16"] - r["steady_f32"]):+.2f} pt') if 'steady_f32' in r else '– | –'
+            looping = f'{r["loops_f32"]} / {r["loops_bf16"]}' if 'loops_f32' in r else '–'
             lines.append(f'| {r["name"]} | {100 * r["f32"]:.2f}% | {100 * r["bf16"]:.2f}% | '
                          f'{r["difference_points"]:+.2f} pt | {verdict(r["difference_points"], goals["wer_points"])} | '
-                         f'{r["clips_differ"]} |')
+                         f'{r["clips_differ"]} | {looping} | {steady} |')
     lines += ['', '## Whisper tiny.en: the fixture clips', '',
               '| model, policy | clips | tokens identical |', '| --- | ---: | ---: |']
     for r in res['fixtures']:

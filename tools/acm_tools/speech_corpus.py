@@ -88,6 +88,8 @@ def plan(split, n, seed=seed, texts=None, voices=None, variants=None):
     """The clips of a split: which passage, in which voice, with which augmentation -> [Clip]. texts, voices and
     variants default to speech_text.pool()'s passages of the split, speech_voices.voices() and
     speech_voices.espeak_variants()."""
+    if n == 0:
+        return []  # e.g. --train 0: the validation set alone
     rng = np.random.default_rng([seed, SPLITS[split]])
     if texts is None:
         train, val = speech_text.pool()

@@ -17,7 +17,7 @@ def test_page_says_met_within_the_goals():
     """Should say met where bf16 is within 0.15 pt (Fashion-MNIST) and 0.3 pt (WER) of f32."""
     page = bf16_report.markdown(result())
     assert '| teacher | 1.000 | 90.25% | 90.27% | +0.02 pt | met | 0.000% | 0.11% |' in page
-    assert '| dense | 25.00% | 25.40% | +0.40 pt | missed | 7 |' in page
+    assert '| dense | 25.00% | 25.40% | +0.40 pt | missed | 7 | – | – | – |' in page
     assert '| dense | 12 | 12 |' in page and 'Where bf16' not in page
 
 
@@ -31,3 +31,12 @@ def test_page_says_missed_and_lists_differing_clips():
     assert '- dense, espeak_us_fox: f32 "a b"; bf16 "a c"' in page
     better = bf16_report.markdown(result(fashion_diff=0.002, wer_bf16=0.2460))
     assert "+0.20 pt | outside, in bf16's favour" in better and "-0.40 pt | outside, in bf16's favour" in better
+
+
+def test_page_gives_the_wer_without_looping_clips():
+    """Should count the clips that loop in each precision and give both WERs over the clips that loop in neither, so
+    that a goal missed on one clip's loop shows as such."""
+    res = result(wer_bf16=0.2660)
+    res['speech'][0].update(loops_f32=2, loops_bf16=3, steady_clips=297, steady_f32=0.2415, steady_bf16=0.2392)
+    page = bf16_report.markdown(res)
+    assert '| dense | 25.00% | 26.60% | +1.60 pt | missed | 7 | 2 / 3 | 24.15% / 23.92% (297 clips) | -0.23 pt |' in page

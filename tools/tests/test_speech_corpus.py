@@ -88,6 +88,8 @@ def test_plans_keep_the_split(pool):
     # more clips than passages: each passage is used before any is used again
     small = st.Passage('a b c', 'x#0', 'k'), st.Passage('d e f', 'x#1', 'l')
     assert sorted(c.text for c in sc.plan('train', 4, texts=small)) == ['a b c', 'a b c', 'd e f', 'd e f']
+    # no clips of a split (`--train 0`: the validation set alone, as `make bf16-report` needs it)
+    assert sc.plan('train', 0) == []
 
 
 def test_committed_validation_list_matches_the_plan():
