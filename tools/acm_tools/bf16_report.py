@@ -192,6 +192,10 @@ def main(argv=None):
     ap.add_argument('--manifest', default=speech_manifest, help='validation clips (default: %(default)s)')
     ap.add_argument('--write', action='store_true', help=f'rewrite {page}')
     args = ap.parse_args(argv)
+    if args.write and not os.path.exists(args.manifest):
+        # the page would lose its Whisper WER section, one of the goals it reports
+        raise SystemExit(f'{args.manifest} is missing: make it first (PYTHONPATH=tools .venv/bin/python -m '
+                         'acm_tools.speech_corpus --out build/speech --train 0, the validation set alone, about 30 s)')
     version = subprocess.run([args.bin, 'version'], capture_output=True, text=True, check=True).stdout
     bf16 = next(line.split(':', 1)[1].strip() for line in version.splitlines() if line.startswith('bf16 GEMM'))
     if bf16.startswith('none'):
@@ -201,7 +205,7 @@ def main(argv=None):
     if os.path.exists(args.manifest):
         res['speech'] = speech(args.bin, args.manifest)
     else:
-        print(f'{args.manifest} is missing (make speech-data): the validation set is left out')
+        print(f'{args.manifest} is missing (speech_corpus --train 0 makes it): the validation set is left out')
     os.makedirs(os.path.dirname(out_json), exist_ok=True)
     with open(out_json, 'w') as f:
         json.dump(res, f, indent=1)

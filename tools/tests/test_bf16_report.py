@@ -1,5 +1,7 @@
 """make bf16-report's page: the goals met or missed from the measured differences, and the fixture clips whose
 bf16 tokens differ, listed."""
+import pytest
+
 from acm_tools import bf16_report
 
 
@@ -40,3 +42,10 @@ def test_page_gives_the_wer_without_looping_clips():
     res['speech'][0].update(loops_f32=2, loops_bf16=3, steady_clips=297, steady_f32=0.2415, steady_bf16=0.2392)
     page = bf16_report.markdown(res)
     assert '| dense | 25.00% | 26.60% | +1.60 pt | missed | 7 | 2 / 3 | 24.15% / 23.92% (297 clips) | -0.23 pt |' in page
+
+
+def test_write_refuses_without_the_validation_set(tmp_path):
+    """Should refuse to rewrite the page when the validation clips are missing (the page would lose its Whisper WER
+    section), before running anything."""
+    with pytest.raises(SystemExit, match='missing'):
+        bf16_report.main(['--write', '--manifest', str(tmp_path / 'val.jsonl'), '--bin', '/nonexistent'])
