@@ -66,7 +66,8 @@ private func attend(
             let queries = sequences[i], keyRows = keys?[i] ?? queries
             let count = queries.count, keyCount = keyRows.count
             precondition(!causal || keyCount >= count)
-            // the head's columns: float (qh, kh, vh), or already bfloat16 (`rounded`: only the bf16 GEMM path)
+            // the head's columns: float (qh, kh, vh), or already bfloat16 (`rounded`: only the bf16 GEMM path with
+            // rounded probabilities, which `attentionTakesRounded` ensures)
             let q0 = queries.lowerBound, k0 = keyRows.lowerBound
             var qh, kh, vh: UnsafePointer<Float>!, ld = 0
             var rounded: (q: UnsafePointer<UInt16>, k: UnsafePointer<UInt16>, v: UnsafePointer<UInt16>, ld: Int)?
@@ -108,22 +109,21 @@ private func attend(
             for first in stride(from: 0, to: count, by: block) {
                 let rows = min(block, count - first)
                 // scores = q·kᵀ: [rows, dh] × [dh, keys]; the 1/√dh goes into the softmax
-                if let packedK, let packedV, let probabilities, let rounded {
-                    let qb = rounded.q + first * rounded.ld, o = out + (queries.lowerBound + first) * ldOut + col
+                if let packedK, let rounded {
+                    let qb = rounded.q + first * rounded.ld
                     acm_gemm_bf16_rounded(rows, keyCount, headDim, qb, rounded.ld, packedK, keyCount, 0, s, keyCount)
-                    acm_softmax_rows_bf16(s, rows, keyCount, keyCount, scale, probabilities, evenKeys)
-                    acm_gemm_bf16_rounded(rows, headDim, evenKeys, probabilities, evenKeys, packedV, headDim, 0, o, ldOut)
-                    continue
-                }
-                let qb = qh + first * ld
-                if let packedK {
-                    acm_gemm_bf16(rows, keyCount, headDim, qb, ld, packedK, keyCount, 0, s, keyCount)
+                } else if let packedK {
+                    acm_gemm_bf16(rows, keyCount, headDim, qh + first * ld, ld, packedK, keyCount, 0, s, keyCount)
                 } else if transposeKeys {
-                    gemm(m: rows, n: keyCount, k: headDim, a: qb, lda: ld, b: kT, ldb: keyCount, c: s, ldc: keyCount)
+                    gemm(
+                        m: rows, n: keyCount, k: headDim, a: qh + first * ld, lda: ld, b: kT, ldb: keyCount, c: s,
+                        ldc: keyCount)
                 } else {
                     // a decoder step's few queries: dot products against the keys where they lie (a GEMM would
                     // copy them all, which costs more than the arithmetic)
-                    dotRows(qb, rows: rows, ldx: ld, w: kh, ldw: ld, outputs: keyCount, k: headDim, out: s, ldOut: keyCount)
+                    dotRows(
+                        qh + first * ld, rows: rows, ldx: ld, w: kh, ldw: ld, outputs: keyCount, k: headDim, out: s,
+                        ldOut: keyCount)
                 }
                 if causal {
                     for j in 0..<rows {

@@ -215,9 +215,11 @@ public struct DenseMLP: Sendable {
     /// Whether `forward(rounded:...)` takes `rows` rows: both layers in bf16 (even widths), and rows that
     /// `forward` shares out by rows.
     public func takesRounded(rows: Int) -> Bool {
-        fc1.precision == .bf16 && fc2.precision == .bf16 && fc1.outputs % 2 == 0 && fc1.inputs % 2 == 0
-            && !(fc1.splitsColumns(rows: rows) && fc2.splitsColumns(rows: rows))
+        runsBF16Rows && fc1.inputs % 2 == 0 && !(fc1.splitsColumns(rows: rows) && fc2.splitsColumns(rows: rows))
     }
+
+    /// Whether rows shared out by rows run `bf16Rows`: both layers in bf16, the hidden layer of even width.
+    private var runsBF16Rows: Bool { fc1.precision == .bf16 && fc2.precision == .bf16 && fc1.outputs % 2 == 0 }
 
     /// `forward` on x already rounded to bfloat16 (`takesRounded`): the same products on the same rounded rows.
     public func forward(
@@ -269,7 +271,7 @@ public struct DenseMLP: Sendable {
             fc2.forward(hidden, rows: rows, out: out, accumulate: accumulate)
             return
         }
-        if fc1.precision == .bf16 && fc2.precision == .bf16 && hiddenWidth % 2 == 0 {
+        if runsBF16Rows {
             bf16Rows(x, rounded: nil, rows: rows, out: out, accumulate: accumulate, scratch: scratch)
             return
         }

@@ -332,23 +332,12 @@ public final class ViT: @unchecked Sendable {
             ? UnsafeMutableRawPointer(ws.normed16.reserve((tokens * d + 1) / 2))
                 .bindMemory(to: UInt16.self, capacity: tokens * d)
             : nil
-        /// x = x + mlp(ln_2(x)); in bf16, for a dense MLP, ln_2(x) rounded as it is made (the MLP reads nothing else)
-        func mlp(_ layer: EncoderLayer) {
-            if let normed16, layer.mlp.takesRounded(rows: tokens) {
-                layer.ln2.forward(x, rows: tokens, rounded: normed16)
-                layer.mlp.forward(rounded: normed16, rows: tokens, out: x, accumulate: true, workspace: ws.layers)
-            } else {
-                layer.ln2.forward(x, rows: tokens, out: normed)
-                run(layer.mlp, normed, x, accumulate: true)
-            }
-        }
-
         let q = ws.q.reserve(tokens * d), k = ws.k.reserve(tokens * d), v = ws.v.reserve(tokens * d)
         let attended = ws.attended.reserve(tokens * d)
         let headDim = d / config.numHeads
         for layer in layers {
             // self-attention: x = x + o(attention(q, k, v)), on ln_1(x)
-            if let normed16, let qkv = layer.qkv, qkv.precision == .bf16, d % 2 == 0, headDim % 2 == 0,
+            if let normed16, let qkv = layer.qkv, qkv.precision == .bf16, headDim % 2 == 0,
                 attentionTakesRounded(0..<s)
             {
                 // in bf16, ln_1(x) and then q, k and v rounded as they are made: each product reads nothing else
@@ -359,39 +348,46 @@ public final class ViT: @unchecked Sendable {
                 multiHeadAttention(
                     rounded: rounded, k: rounded + d, v: rounded + 2 * d, ld: 3 * d, out: attended, ldOut: d,
                     sequences: sequences, heads: config.numHeads, headDim: headDim, scores: ws.scores)
-                run(layer.o, attended, x, accumulate: true)
-                mlp(layer)
-                continue
+            } else {
+                layer.ln1.forward(x, rows: tokens, out: normed)
+                if let stacked = layer.qkvGate, case let .acm(qIndex, qLayer) = layer.q, case let .acm(_, kLayer) = layer.k,
+                    acmPolicies[qIndex].contains(where: \.usesGate)
+                {
+                    // the three gates (and learner 0 of each) in one GEMM over ln_1's output
+                    let width = stacked.outputs, f = ws.qkvGate.reserve(tokens * width)
+                    stacked.forward(normed, rows: tokens, out: f)
+                    let kOffset = qLayer.gateAndFirstWidth!, vOffset = kOffset + kLayer.gateAndFirstWidth!
+                    run(layer.q, normed, q, gateAndFirst: (f, width))
+                    run(layer.k, normed, k, gateAndFirst: (f + kOffset, width))
+                    run(layer.v, normed, v, gateAndFirst: (f + vOffset, width))
+                } else if layer.qkv == nil {
+                    run(layer.q, normed, q)
+                    run(layer.k, normed, k)
+                    run(layer.v, normed, v)
+                }
+                var (qs, ks, vs, ld) = (q, k, v, d)
+                if let qkv = layer.qkv {
+                    // [tokens, d] × [d, 3d]: row t is q_t, k_t, v_t
+                    let f = ws.qkv.reserve(tokens * 3 * d)
+                    qkv.forward(normed, rows: tokens, out: f)
+                    (qs, ks, vs, ld) = (f, f + d, f + 2 * d, 3 * d)
+                }
+                multiHeadAttention(
+                    q: qs, k: ks, v: vs, ld: ld, out: attended, ldOut: d,
+                    sequences: sequences, heads: config.numHeads, headDim: headDim, scores: ws.scores,
+                    precision: precision)
             }
-            layer.ln1.forward(x, rows: tokens, out: normed)
-            if let stacked = layer.qkvGate, case let .acm(qIndex, qLayer) = layer.q, case let .acm(_, kLayer) = layer.k,
-                acmPolicies[qIndex].contains(where: \.usesGate)
-            {
-                // the three gates (and learner 0 of each) in one GEMM over ln_1's output
-                let width = stacked.outputs, f = ws.qkvGate.reserve(tokens * width)
-                stacked.forward(normed, rows: tokens, out: f)
-                let kOffset = qLayer.gateAndFirstWidth!, vOffset = kOffset + kLayer.gateAndFirstWidth!
-                run(layer.q, normed, q, gateAndFirst: (f, width))
-                run(layer.k, normed, k, gateAndFirst: (f + kOffset, width))
-                run(layer.v, normed, v, gateAndFirst: (f + vOffset, width))
-            } else if layer.qkv == nil {
-                run(layer.q, normed, q)
-                run(layer.k, normed, k)
-                run(layer.v, normed, v)
-            }
-            var (qs, ks, vs, ld) = (q, k, v, d)
-            if let qkv = layer.qkv {
-                // [tokens, d] × [d, 3d]: row t is q_t, k_t, v_t
-                let f = ws.qkv.reserve(tokens * 3 * d)
-                qkv.forward(normed, rows: tokens, out: f)
-                (qs, ks, vs, ld) = (f, f + d, f + 2 * d, 3 * d)
-            }
-            multiHeadAttention(
-                q: qs, k: ks, v: vs, ld: ld, out: attended, ldOut: d,
-                sequences: sequences, heads: config.numHeads, headDim: headDim, scores: ws.scores,
-                precision: precision)
             run(layer.o, attended, x, accumulate: true)
-            mlp(layer)
+
+            // mlp: x = x + mlp(ln_2(x)); in bf16, for a dense MLP, ln_2(x) rounded as it is made (the MLP reads nothing
+            // else)
+            if let normed16, layer.mlp.takesRounded(rows: tokens) {
+                layer.ln2.forward(x, rows: tokens, rounded: normed16)
+                layer.mlp.forward(rounded: normed16, rows: tokens, out: x, accumulate: true, workspace: ws.layers)
+            } else {
+                layer.ln2.forward(x, rows: tokens, out: normed)
+                run(layer.mlp, normed, x, accumulate: true)
+            }
         }
 
         // head on the class tokens: LayerNorm is per row, so only those rows need it
