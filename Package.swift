@@ -48,6 +48,9 @@ let package = Package(
         .systemLibrary(
             name: "CSoxr", pkgConfig: "soxr",
             providers: [.apt(["libsoxr-dev"])]),
+        .systemLibrary(
+            name: "CZlib", pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]),
 
         // Row kernels (softmax, LayerNorm, GELU) compiled per instruction set and picked at run time.
         .target(name: "CACMKernels"),
@@ -59,9 +62,10 @@ let package = Package(
         // Models built from the core: the ViT and its config.
         .target(name: "ACMModels", dependencies: ["ACMCore"], swiftSettings: swiftSettings),
         // Whisper speech recognition on the core: audio decoding (libsndfile, libsoxr), the log-mel
-        // front end, the encoder-decoder with ACM-capable MLPs, greedy decoding and the BPE detokenizer.
+        // front end, the encoder-decoder with ACM-capable MLPs, greedy decoding with Whisper's temperature fallback
+        // (zlib for the compression ratio) and the BPE detokenizer.
         .target(
-            name: "ACMWhisper", dependencies: ["ACMCore", "CSndFile", "CSoxr"],
+            name: "ACMWhisper", dependencies: ["ACMCore", "CACMKernels", "CSndFile", "CSoxr", "CZlib"],
             swiftSettings: swiftSettings),
         // Serving without HTTP: the dynamic batcher and the model's loop thread, image decoding and
         // preprocessing, metrics, server configuration.

@@ -33,6 +33,7 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
         metrics.register(
             model: name, kind: .speech, acmPaths: whisper.acmPaths,
             choices: whisper.acms.map { $0.config.minChoice...$0.config.numLearners })
+        metrics.registerDecoding(model: name, temperatures: model.config.generation.temperatureFallback)
     }
 
     /// Whether the model has ACMs, so that a budget applies.
@@ -101,8 +102,8 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
             Self.response(
                 model: modelName, id: id,
                 parameters: Self.parameters(
-                    fraction: Self.fraction(result.output), applied: applied, budget: result.loweredBudget ?? budget,
-                    adaptive: adaptive),
+                    fraction: Self.fraction(result.output), temperature: Self.temperature(result.output),
+                    applied: applied, budget: result.loweredBudget ?? budget, adaptive: adaptive),
                 outputs: outputs, transcriptions: result.output)
         }
     }
@@ -120,14 +121,15 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
                     ("tokens", .array(transcription.tokens.map { .integer($0) })),
                 ]
                 + Self.parameters(
-                    fraction: transcription.computeFraction, applied: applied, budget: result.loweredBudget ?? budget,
-                    adaptive: adaptive)
+                    fraction: transcription.computeFraction, temperature: transcription.temperature, applied: applied,
+                    budget: result.loweredBudget ?? budget, adaptive: adaptive)
             return jsonResponse(200, JSON.object(fields).bytes)
         }
     }
 
     func recordSuccess(_ result: RunResult<[Transcription]>, seconds: Double, budget: ComputeBudget?) -> Double? {
         let fraction = Self.fraction(result.output)
+        for t in result.output { metrics.decoded(model: name, temperature: t.temperature) }
         metrics.success(model: name, seconds: seconds, fraction: fraction, budget: budget?.value)
         return fraction
     }
@@ -146,11 +148,22 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
         }
     }
 
-    /// The parameters of every speech answer: the realized compute fraction, whether a budget can apply
-    /// (the model has ACMs; a dense model runs whole whatever the budget), and the budget asked for.
-    static func parameters(fraction: Double, applied: Bool, budget: ComputeBudget?, adaptive: Bool = false) -> [(String, JSON)] {
-        [("compute_fraction", .number(fraction)), ("compute_budget_applied", .bool(applied))]
-            + budgetParameters(budget, adaptive: adaptive)
+    /// A request's decoding temperature: the highest any of its windows was decoded at (0: greedy for all).
+    static func temperature(_ transcriptions: [Transcription]) -> Float {
+        transcriptions.map(\.temperature).max() ?? 0
+    }
+
+    /// The parameters of every speech answer: the realized compute fraction, the temperature the fallback
+    /// reached (docs/whisper.md#decoding), whether a budget can apply (the model has ACMs; a dense model
+    /// runs whole whatever the budget), and the budget asked for.
+    static func parameters(
+        fraction: Double, temperature: Float, applied: Bool, budget: ComputeBudget?, adaptive: Bool = false
+    ) -> [(String, JSON)] {
+        [
+            // Float's shortest decimal (0.2, not 0.20000000298…)
+            ("compute_fraction", .number(fraction)), ("temperature", .number(Double("\(temperature)") ?? 0)),
+            ("compute_budget_applied", .bool(applied)),
+        ] + budgetParameters(budget, adaptive: adaptive)
     }
 
     /// The infer response: the outputs asked for.

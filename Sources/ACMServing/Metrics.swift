@@ -208,6 +208,23 @@ public final class ServingMetrics: Sendable {
 
     static func label(_ budget: ComputeBudget?) -> String { budget.map { "\($0.value)" } ?? "auto" }
 
+    private var decodesDescriptor: MetricNameDescriptor {
+        name("speech_decodes", "total",
+             "Utterances by the highest temperature their windows were decoded at: 0 greedy; above, the fallback sampled again.")
+    }
+
+    /// A speech model's decoding series, at zero: greedy (0) and each of its fallback temperatures.
+    public func registerDecoding(model: String, temperatures: [Float]) {
+        for t in [0] + temperatures { decoded(model: model, temperature: t, count: 0) }
+    }
+
+    /// `count` utterances of `model` whose windows were decoded at `temperature` at most.
+    public func decoded(model: String, temperature: Float, count: Int = 1) {
+        let label = temperature == 0 ? "0" : "\(temperature)"
+        registry.makeCounter(descriptor: decodesDescriptor, labels: [("model", model), ("temperature", label)])
+            .increment(by: Int64(count))
+    }
+
     public func pending(model: String, _ count: Int) {
         if let c = collectors(model) { return c.pending.set(Double(count)) }
         registry.makeGauge(descriptor: pendingDescriptor, labels: [("model", model)]).set(Double(count))

@@ -124,7 +124,8 @@ public struct WhisperConfig: Codable, Sendable, Equatable {
     }
 }
 
-/// How greedy decoding starts, what it may not emit, and when it stops (Whisper's English-only rules).
+/// How decoding starts, what it may not emit, when it stops (Whisper's English-only rules), and when a
+/// window is decoded again at a higher temperature (openai-whisper's fallback, docs/whisper.md#decoding).
 public struct GenerationConfig: Codable, Sendable, Equatable {
     public var decoderStartTokenId: Int
     public var eosTokenId: Int
@@ -137,10 +138,24 @@ public struct GenerationConfig: Codable, Sendable, Equatable {
     public var beginSuppressTokens: [Int]
     /// Generated tokens at most, the end token included.
     public var maxNewTokens: Int
+    /// The temperatures a window is sampled at, in turn, while its greedy decoding (and each sample
+    /// before) fails a check below; empty: greedy only. openai-whisper's 0.2, 0.4, …, 1.0 by default.
+    public var temperatureFallback: [Float]
+    /// Decode again when the text's compression ratio (`DecodedWindow.compressionRatio`) is above this:
+    /// a repetition loop. nil: no such check. 2.4 by default, as openai-whisper.
+    public var compressionRatioThreshold: Double?
+    /// Decode again when the average log-probability of the tokens is below this. nil (the default): no
+    /// such check.
+    public var logprobThreshold: Double?
+
+    public static let defaultTemperatureFallback: [Float] = [0.2, 0.4, 0.6, 0.8, 1.0]
+    public static let defaultCompressionRatioThreshold = 2.4
 
     public init(
         decoderStartTokenId: Int, eosTokenId: Int, noTimestampsTokenId: Int, prompt: [Int],
-        suppressTokens: [Int], beginSuppressTokens: [Int], maxNewTokens: Int
+        suppressTokens: [Int], beginSuppressTokens: [Int], maxNewTokens: Int,
+        temperatureFallback: [Float] = Self.defaultTemperatureFallback,
+        compressionRatioThreshold: Double? = Self.defaultCompressionRatioThreshold, logprobThreshold: Double? = nil
     ) {
         self.decoderStartTokenId = decoderStartTokenId
         self.eosTokenId = eosTokenId
@@ -149,6 +164,9 @@ public struct GenerationConfig: Codable, Sendable, Equatable {
         self.suppressTokens = suppressTokens
         self.beginSuppressTokens = beginSuppressTokens
         self.maxNewTokens = maxNewTokens
+        self.temperatureFallback = temperatureFallback
+        self.compressionRatioThreshold = compressionRatioThreshold
+        self.logprobThreshold = logprobThreshold
     }
 
     enum CodingKeys: String, CodingKey {
@@ -159,6 +177,43 @@ public struct GenerationConfig: Codable, Sendable, Equatable {
         case suppressTokens = "suppress_tokens"
         case beginSuppressTokens = "begin_suppress_tokens"
         case maxNewTokens = "max_new_tokens"
+        case temperatureFallback = "temperature_fallback"
+        case compressionRatioThreshold = "compression_ratio_threshold"
+        case logprobThreshold = "logprob_threshold"
+    }
+
+    /// The fallback's keys may be absent (the defaults) or null (no such check), so configs written
+    /// before the fallback existed decode unchanged.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        decoderStartTokenId = try c.decode(Int.self, forKey: .decoderStartTokenId)
+        eosTokenId = try c.decode(Int.self, forKey: .eosTokenId)
+        noTimestampsTokenId = try c.decode(Int.self, forKey: .noTimestampsTokenId)
+        prompt = try c.decode([Int].self, forKey: .prompt)
+        suppressTokens = try c.decode([Int].self, forKey: .suppressTokens)
+        beginSuppressTokens = try c.decode([Int].self, forKey: .beginSuppressTokens)
+        maxNewTokens = try c.decode(Int.self, forKey: .maxNewTokens)
+        temperatureFallback =
+            try c.decodeIfPresent([Float].self, forKey: .temperatureFallback) ?? Self.defaultTemperatureFallback
+        compressionRatioThreshold =
+            c.contains(.compressionRatioThreshold)
+            ? try c.decodeIfPresent(Double.self, forKey: .compressionRatioThreshold)
+            : Self.defaultCompressionRatioThreshold
+        logprobThreshold = try c.decodeIfPresent(Double.self, forKey: .logprobThreshold)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(decoderStartTokenId, forKey: .decoderStartTokenId)
+        try c.encode(eosTokenId, forKey: .eosTokenId)
+        try c.encode(noTimestampsTokenId, forKey: .noTimestampsTokenId)
+        try c.encode(prompt, forKey: .prompt)
+        try c.encode(suppressTokens, forKey: .suppressTokens)
+        try c.encode(beginSuppressTokens, forKey: .beginSuppressTokens)
+        try c.encode(maxNewTokens, forKey: .maxNewTokens)
+        try c.encode(temperatureFallback, forKey: .temperatureFallback)
+        try c.encode(compressionRatioThreshold, forKey: .compressionRatioThreshold)
+        try c.encode(logprobThreshold, forKey: .logprobThreshold)
     }
 
     func validate(_ model: WhisperConfig) throws {
@@ -172,6 +227,13 @@ public struct GenerationConfig: Codable, Sendable, Equatable {
         guard maxNewTokens >= 1, maxNewTokens <= model.maxTargetPositions - prompt.count else {
             throw ModelError.config(
                 "generation: \(prompt.count) prompt tokens + max_new_tokens \(maxNewTokens) must fit in max_target_positions \(model.maxTargetPositions)")
+        }
+        guard temperatureFallback.allSatisfy({ $0 > 0 && $0 <= 10 }), zip(temperatureFallback, temperatureFallback.dropFirst()).allSatisfy({ $0 < $1 })
+        else {
+            throw ModelError.config("generation: temperature_fallback must rise, each in (0, 10]; got \(temperatureFallback)")
+        }
+        guard (compressionRatioThreshold.map { $0.isFinite && $0 > 0 } ?? true), (logprobThreshold?.isFinite ?? true) else {
+            throw ModelError.config("generation: compression_ratio_threshold must be positive and logprob_threshold finite")
         }
     }
 }

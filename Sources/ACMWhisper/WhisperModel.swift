@@ -1,4 +1,5 @@
 import ACMCore
+import CZlib
 import Foundation
 
 /// A Whisper model directory loaded for serving (docs/whisper.md): `config.json`, `model.safetensors`
@@ -38,7 +39,7 @@ public final class WhisperModel: @unchecked Sendable {
     }
 
     /// Transcribes a batch of log-mel spectrograms, each [num_mel_bins, 2·max_source_positions] (one 30-s
-    /// window), by greedy decoding; the encoder and every decoder step run over the whole batch.
+    /// window), by greedy decoding with the temperature fallback (`decode`); the encoder and every decoder step run over the whole batch.
     ///
     /// - Parameters:
     ///   - policies: each utterance's learner policy at the ACMs, a cap spread over them as for the ViT
@@ -85,15 +86,90 @@ public final class WhisperModel: @unchecked Sendable {
         let encoded = whisper.encode(
             logMels: batch.data, count: mels.count, policies: windowPolicies, workspace: workspace, learners: counts,
             items: owner)
-        let perWindow = whisper.greedyDecode(
-            encoded: encoded, count: mels.count, generation: config.generation, policies: windowPolicies,
-            workspace: workspace, learners: counts, items: owner)
+        let perWindow = decode(
+            encoded: encoded, count: mels.count, policies: windowPolicies, workspace: workspace, learners: counts,
+            items: owner)
         var tokens = [[Int]](repeating: [], count: windows.count)
-        for (b, u) in owner.enumerated() { tokens[u] += perWindow[b] }
+        var temperatures = [Float](repeating: 0, count: windows.count)
+        for (b, u) in owner.enumerated() {
+            tokens[u] += perWindow[b].tokens
+            temperatures[u] = max(temperatures[u], perWindow[b].temperature)
+        }
         let fractions = counts.computeFraction
         return tokens.enumerated().map { u, ids in
-            Transcription(tokens: ids, text: tokenizer.decode(ids), computeFraction: fractions[u])
+            Transcription(
+                tokens: ids, text: tokenizer.decode(ids), computeFraction: fractions[u], temperature: temperatures[u])
         }
+    }
+
+    /// Decodes a batch of encoded windows as openai-whisper's transcribe does each window: greedily, then
+    /// each window that fails a check of `config.generation` (a compression ratio above its threshold: a
+    /// repetition loop; an average log-probability below its threshold) again from the prompt, sampled at
+    /// each fallback temperature in turn, until one passes. The windows decoded again at a temperature
+    /// run together, in the same decoder passes. When every attempt fails, a window keeps the attempt
+    /// with the highest average log-probability among those that pass the compression check, or the
+    /// least repetitive one when none does (openai-whisper keeps its last attempt).
+    ///
+    /// - Parameters:
+    ///   - encoded: [count·S, d] from `Whisper.encode`.
+    ///   - policies: each window's learner policy at the decoder's ACMs.
+    ///   - learners: where the ACMs count their learners (every attempt's steps count), window b as item
+    ///     `items[b]` (default b).
+    ///   - temperatures: the temperatures to try, in turn (default 0, then `temperatureFallback`).
+    public func decode(
+        encoded: Tensor, count: Int, policies: [LearnerPolicy], workspace: WhisperWorkspace,
+        learners: LearnerCounts? = nil, items: [Int]? = nil, temperatures: [Float]? = nil
+    ) -> [DecodedWindow] {
+        let generation = config.generation
+        let state = whisper.makeDecoderState(encoded: encoded, count: count)
+        var attempts = [[DecodedWindow]](repeating: [], count: count)
+        var pending = Array(0..<count)
+        for temperature in temperatures ?? [0] + generation.temperatureFallback where !pending.isEmpty {
+            let result = whisper.search(
+                state: state, slots: pending, generation: generation, temperature: temperature, policies: policies,
+                workspace: workspace, learners: learners, items: items)
+            pending = pending.filter { slot in
+                let ids = result.tokens[slot]
+                let window = DecodedWindow(
+                    tokens: ids, temperature: temperature,
+                    averageLogprob: result.sumLogprobs[slot] / Double(ids.count + 1),
+                    compressionRatio: Self.compressionRatio(tokenizer.decode(ids)))
+                attempts[slot].append(window)
+                return !passesFallbackChecks(window)
+            }
+        }
+        return attempts.map { tried in
+            var kept: DecodedWindow
+            let unrepeated = tried.filter(passesCompressionCheck)
+            if let last = tried.last, passesFallbackChecks(last) {
+                kept = last
+            } else if unrepeated.isEmpty {
+                kept = tried.min { $0.compressionRatio < $1.compressionRatio }!
+            } else {
+                kept = unrepeated.max { $0.averageLogprob < $1.averageLogprob }!
+            }
+            kept.attempts = tried.count
+            return kept
+        }
+    }
+
+    private func passesCompressionCheck(_ window: DecodedWindow) -> Bool {
+        window.compressionRatio <= config.generation.compressionRatioThreshold ?? .infinity
+    }
+
+    private func passesFallbackChecks(_ window: DecodedWindow) -> Bool {
+        passesCompressionCheck(window) && window.averageLogprob >= config.generation.logprobThreshold ?? -.infinity
+    }
+
+    /// openai-whisper's compression ratio of a window's text: its UTF-8 bytes (whitespace trimmed) over
+    /// their size compressed by zlib at the default level; 0 for no text.
+    public static func compressionRatio(_ text: String) -> Double {
+        let bytes = Array(text.trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+        var size = compressBound(uLong(bytes.count))
+        var out = [UInt8](repeating: 0, count: Int(size))
+        let status = compress2(&out, &size, bytes, uLong(bytes.count), Z_DEFAULT_COMPRESSION)
+        precondition(status == Z_OK, "zlib compress2 failed: \(status)")
+        return Double(bytes.count) / Double(size)
     }
 
     /// Transcribes 16-kHz mono signals (e.g. from `decodeAudio(bytes:)`) of any length, window by window.

@@ -375,6 +375,13 @@ KERNEL void acm_add(float *restrict x, const float *restrict y, long n) {
     for (long i = 0; i < n; i++) x[i] += y[i];
 }
 
+KERNEL float acm_sum_exp(const float *restrict x, long n, float shift) {
+#pragma clang fp reassociate(on)
+    float sum = 0;
+    for (long i = 0; i < n; i++) sum += exp_approx(x[i] - shift);
+    return sum;
+}
+
 // e^v for v in [-700, 0] (Cephes); inlined into each instruction set's clone of its callers.
 static inline double exp_f64(double v) {
     v = v < -700.0 ? -700.0 : v;

@@ -17,14 +17,23 @@ struct Transcribe: ParsableCommand {
     @OptionGroup var policy: PolicyOptions
     @OptionGroup var precision: PrecisionOption
     @Flag(help: "Print the seconds spent in each stage to standard error.") var timing = false
-    @Flag(help: "Print one JSON object per input (input, text, tokens, compute_fraction) instead of text lines.")
+    @Flag(help: "Print one JSON object per input (input, text, tokens, compute_fraction, temperature, avg_logprob, compression_ratio, attempts) instead of text lines.")
     var json = false
     @Option(help: "Run the batch this many times, reusing the buffers, and time the last run (steady state).")
     var repeats = 1
+    @Option(
+        help: ArgumentHelp(
+            "The temperature to decode at first: 0 is greedy, above 0 samples (the same draws on every run).",
+            discussion: "A window that fails the model's fallback checks is decoded again at each of its fallback "
+                + "temperatures above this one (docs/whisper.md#decoding)."))
+    var temperature: Float = 0
+    @Flag(help: "Decode at --temperature only: no fallback for repetitive or unlikely text.")
+    var noFallback = false
 
     func validate() throws {
         if audio.isEmpty && logMel.isEmpty { throw ValidationError("give at least one --audio or --log-mel input") }
         if repeats < 1 { throw ValidationError("--repeats must be ≥ 1") }
+        if !(0...10).contains(temperature) { throw ValidationError("--temperature must be in [0, 10]") }
     }
 
     func run() throws {
@@ -65,7 +74,8 @@ struct Transcribe: ParsableCommand {
         for (b, mel) in mels.enumerated() { batch.row(b).update(from: mel.data, count: m.whisper.inputCount) }
         let policies = Array(repeating: policy.policy, count: count)
         let ws = WhisperWorkspace()
-        var tokens: [[Int]] = []
+        let temperatures = [temperature] + (noFallback ? [] : m.config.generation.temperatureFallback.filter { $0 > temperature })
+        var windows: [DecodedWindow] = []
         var encodeSeconds = 0.0, decodeSeconds = 0.0
         var learners = LearnerCounts(acms: m.whisper.acms, items: count)
         for _ in 0..<repeats {
@@ -75,16 +85,19 @@ struct Transcribe: ParsableCommand {
                 logMels: batch.data, count: count, policies: policies, workspace: ws, learners: learners)
             encodeSeconds = seconds(since: t0)
             t0 = DispatchTime.now().uptimeNanoseconds
-            tokens = m.whisper.greedyDecode(
-                encoded: encoded, count: count, generation: m.config.generation, policies: policies, workspace: ws,
-                learners: learners)
+            windows = m.decode(
+                encoded: encoded, count: count, policies: policies, workspace: ws, learners: learners,
+                temperatures: temperatures)
             decodeSeconds = seconds(since: t0)
         }
+        let tokens = windows.map(\.tokens)
         let names = audio + logMel
         for (b, ids) in tokens.enumerated() where json {
             let line = TranscriptLine(
                 input: names[b], text: m.tokenizer.decode(ids).trimmingCharacters(in: .whitespaces), tokens: ids,
-                computeFraction: m.whisper.acms.isEmpty ? nil : learners.computeFraction[b])
+                computeFraction: m.whisper.acms.isEmpty ? nil : learners.computeFraction[b],
+                temperature: windows[b].temperature, averageLogprob: windows[b].averageLogprob,
+                compressionRatio: windows[b].compressionRatio, attempts: windows[b].attempts)
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             print(String(decoding: try encoder.encode(line), as: UTF8.self))
@@ -92,6 +105,9 @@ struct Transcribe: ParsableCommand {
         for (b, ids) in tokens.enumerated() where !json {
             print("\(names[b]): \(m.tokenizer.decode(ids).trimmingCharacters(in: .whitespaces))")
             print("  tokens: \(ids)")
+            if windows[b].attempts > 1 {
+                print("  decoded \(windows[b].attempts) times; kept the decoding at temperature \(windows[b].temperature)")
+            }
             if !m.whisper.acms.isEmpty { print(String(format: "  compute fraction: %.4f", learners.computeFraction[b])) }
         }
         if timing {
@@ -111,9 +127,15 @@ private struct TranscriptLine: Encodable {
     let text: String
     let tokens: [Int]
     let computeFraction: Double?
+    let temperature: Float
+    let averageLogprob: Double
+    let compressionRatio: Double
+    let attempts: Int
 
     enum CodingKeys: String, CodingKey {
-        case input, text, tokens
+        case input, text, tokens, temperature, attempts
         case computeFraction = "compute_fraction"
+        case averageLogprob = "avg_logprob"
+        case compressionRatio = "compression_ratio"
     }
 }

@@ -338,37 +338,6 @@ struct TinyModel {
         config.maxSourcePositions = .max
         #expect(throws: ModelError.config("whisper sizes must be in 1...16777216")) { try config.validate() }
     }
-
-    /// Should suppress tokens, the blank ones only first, stop at the end token or the length limit, and
-    /// drop finished sequences from the next step.
-    @Test func greedyRules() {
-        var generation = tinyGeneration
-        generation.maxNewTokens = 3
-        var search = GreedySearch(count: 3, generation: generation)
-        #expect(search.nextTokens == Array(repeating: generation.prompt, count: 3))
-        func logits(_ best: [[Int]]) -> Tensor {
-            // each row ranks `best` from highest to lowest, above everything else
-            let t = Tensor(shape: [best.count, TinyTokens.vocab])
-            for (r, ids) in best.enumerated() { for (rank, id) in ids.enumerated() { t.row(r)[id] = Float(10 - rank) } }
-            return t
-        }
-        // slot 0 wants eos first (begin-suppressed) → 2; slot 1 wants a suppressed 1 → 3; slot 2: 0 is begin-suppressed → 4
-        search.advance(logits: logits([[TinyTokens.eos, 2], [1, 3], [0, 4]]))
-        #expect(search.generated == [[2], [3], [4]])
-        #expect(search.nextTokens == [[2], [3], [4]])
-        // slot 1 ends; 0 is allowed now
-        search.advance(logits: logits([[0], [TinyTokens.eos], [9]]))
-        #expect(search.live == [0, 2])
-        #expect(search.nextTokens == [[0], [9]])
-        // ties go to the lower id; then the length limit ends both
-        let tied = Tensor(shape: [2, TinyTokens.vocab])
-        tied.row(0)[5] = 1
-        tied.row(0)[7] = 1
-        tied.row(1)[TinyTokens.eos] = 1
-        search.advance(logits: tied)
-        #expect(search.generated == [[2, 0, 5], [3], [4, 9]])
-        #expect(search.finished)
-    }
 }
 
 extension TinyModel {

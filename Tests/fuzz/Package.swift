@@ -37,11 +37,12 @@ let package = Package(
         .systemLibrary(name: "CTurboJPEG", pkgConfig: "libturbojpeg"),
         .systemLibrary(name: "CSndFile", pkgConfig: "sndfile"),
         .systemLibrary(name: "CSoxr", pkgConfig: "soxr"),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib"),
         .target(name: "CACMKernels"),
         .target(name: "CACMBF16", dependencies: ["CXSMM", "CACMKernels"]),
         .target(name: "ACMCore", dependencies: ["CBLAS", "CXSMM", "CACMKernels", "CACMBF16"], swiftSettings: swiftSettings),
         .target(name: "ACMModels", dependencies: ["ACMCore"], swiftSettings: swiftSettings),
-        .target(name: "ACMWhisper", dependencies: ["ACMCore", "CSndFile", "CSoxr"], swiftSettings: swiftSettings),
+        .target(name: "ACMWhisper", dependencies: ["ACMCore", "CACMKernels", "CSndFile", "CSoxr", "CZlib"], swiftSettings: swiftSettings),
         .target(
             name: "ACMServing",
             dependencies: [

@@ -115,7 +115,7 @@ def test_curl_budget(server, alone):
     answer = json.loads(body)
     text, ids, params = alone[name, 'wav', 0.25]
     assert answer == {'model_name': MODEL, 'text': text, 'tokens': ids, 'compute_fraction': params['compute_fraction'],
-                      'compute_budget_applied': True, 'compute_budget': 0.25}
+                      'temperature': params['temperature'], 'compute_budget_applied': True, 'compute_budget': 0.25}
 
 
 @pytest.mark.parametrize('budget', [0, -0.5, 1.5, 'abc', None])

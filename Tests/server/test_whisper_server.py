@@ -19,6 +19,7 @@ from harness import (FIXTURES, REPO, Server, error_message, infer, infer_path, m
                      run_clients, sample_value)
 
 MODEL = 'whisper-tiny.en'
+FALLBACK = 'whisper-fallback'
 MODEL_DIR = os.path.join(REPO, 'build', 'models', 'whisper-tiny.en')
 SPEECH_FIXTURES = os.path.join(REPO, 'Tests', 'ACMWhisperTests', 'Fixtures')
 # Four clips: 16 kHz mono from both synthesizers, and the 22050 Hz stereo one (downmix and resampling).
@@ -29,12 +30,30 @@ MAX_AUDIO_SECONDS = 130  # this server's max_audio_seconds (600 by default): roo
 
 
 @pytest.fixture(scope='module')
-def server():
-    """acm-serve with Whisper (batches of up to 8 utterances, 20 ms to fill) and an image model beside it."""
+def fallback_dir(tmp_path_factory):
+    """The same Whisper with a log-probability threshold no decoding meets: every window runs the whole temperature
+    fallback and keeps its likeliest attempt (docs/whisper.md#decoding)."""
+    directory = tmp_path_factory.mktemp('models') / FALLBACK
+    os.makedirs(directory)
+    for name in ('model.safetensors', 'tokenizer.json'):
+        os.symlink(os.path.join(MODEL_DIR, name), os.path.join(directory, name))
+    with open(os.path.join(MODEL_DIR, 'config.json')) as f:
+        config = json.load(f)
+    config['generation']['logprob_threshold'] = 0.0
+    with open(os.path.join(directory, 'config.json'), 'w') as f:
+        json.dump(config, f)
+    return str(directory)
+
+
+@pytest.fixture(scope='module')
+def server(fallback_dir):
+    """acm-serve with Whisper (batches of up to 8 utterances, 20 ms to fill), the same Whisper decoding every window
+    at every fallback temperature, and an image model beside them."""
     assert os.path.isdir(MODEL_DIR), f'build the Whisper model first (make whisper-model); looked for {MODEL_DIR}'
     s = Server(models={
         MODEL: {'path': MODEL_DIR, 'max_batch_size': MAX_BATCH, 'max_queue_delay_microseconds': 20000,
                 'max_audio_seconds': MAX_AUDIO_SECONDS},
+        FALLBACK: {'path': fallback_dir},
         'vit-mixed': {'path': os.path.join(FIXTURES, 'vit_mixed')},
     })
     yield s
@@ -90,7 +109,7 @@ def alone(client, clips):
     out = {}
     for name, (wav, _) in clips.items():
         texts, rows, params = speech_infer(client, audio=[wav], binary=False)
-        assert params == {'compute_fraction': 1.0, 'compute_budget_applied': False}
+        assert params == {'compute_fraction': 1.0, 'temperature': 0.0, 'compute_budget_applied': False}
         out[name] = (texts[0], rows[0])
     return out
 
@@ -201,7 +220,29 @@ def test_curl_transcribe(server, clips):
     answer = json.loads(body)
     ct2 = clips[name][1]
     assert answer == {'model_name': MODEL, 'text': ct2['text'], 'tokens': ct2['ids'], 'compute_fraction': 1.0,
-                      'compute_budget_applied': False, 'compute_budget': 0.5}
+                      'temperature': 0.0, 'compute_budget_applied': False, 'compute_budget': 0.5}
+
+
+def test_fallback_temperature(server, client, clips, fallback_dir):
+    """Should answer with the highest temperature the request's utterances were decoded at, the engine's tokens
+    (acm-serve transcribe on the same model), and count each utterance under its temperature in the metrics."""
+    from harness import BIN
+    names = list(clips)
+    texts, rows, params = speech_infer(client, audio=[clips[n][0] for n in names], model=FALLBACK)
+    args = [BIN, 'transcribe', '--model', fallback_dir, '--json']
+    for n in names:
+        args += ['--audio', os.path.join(SPEECH_FIXTURES, 'clips', f'{n}.wav')]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=300).stdout
+    engine = [json.loads(line) for line in out.splitlines()]
+    assert rows == [e['tokens'] for e in engine]
+    assert [t.strip() for t in texts] == [e['text'] for e in engine]
+    temperatures = [e['temperature'] for e in engine]
+    assert params['temperature'] == max(temperatures) > 0, (params, temperatures)
+    families = parse_metrics(metrics(server.port))
+    for t in [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]:
+        label = '0' if t == 0 else str(t)
+        want = sum(x == pytest.approx(t) for x in temperatures)
+        assert sample_value(families, 'acm_speech_decodes_total', model=FALLBACK, temperature=label) == want, label
 
 
 # -----------------------------------------------------------------------------

@@ -22,10 +22,13 @@ import os
 import subprocess
 import time
 
+import numpy as np
+
 from . import report as fashion_report
 from . import whisper_tiny_en
 from .machine import cpu_name, git_commit
 from .speech_wer import loops, table as wer_table
+from .wer import edits
 from .whisper_results import read_rows
 
 # -----------------------------------------------------------------------------
@@ -88,6 +91,18 @@ def transcribe(binary, model, files, options, precision):
     return lines
 
 
+def difference_interval(rows, f32_texts, bf16_texts, draws=2000, seed=0):
+    """A 95% paired bootstrap interval of WER(bf16) - WER(f32), in points: the clips resampled with replacement,
+    each draw's corpus WERs from the same clips in both precisions."""
+    f32 = [edits(r['text'], h) for r, h in zip(rows, f32_texts)]
+    bf16 = [edits(r['text'], h) for r, h in zip(rows, bf16_texts)]
+    words = np.array([e.ref_words for e in f32], dtype=np.float64)
+    gap = np.array([b.errors - a.errors for a, b in zip(f32, bf16)], dtype=np.float64)
+    pick = np.random.default_rng(seed).integers(0, len(rows), (draws, len(rows)))
+    diffs = 100 * gap[pick].sum(1) / words[pick].sum(1)
+    return [round(float(x), 2) for x in np.percentile(diffs, [2.5, 97.5])]
+
+
 def speech(binary, manifest):
     rows = read_rows(manifest)
     out = []
@@ -99,20 +114,24 @@ def speech(binary, manifest):
             for i in range(0, len(rows), whisper_batch):
                 lines += transcribe(binary, model, [r['path'] for r in rows[i:i + whisper_batch]], options, precision)
             res[precision] = dict(texts=[x['text'] for x in lines], tokens=[x['tokens'] for x in lines],
+                                  fallbacks=sum(x['attempts'] > 1 for x in lines),
                                   wer=wer_table(rows, [x['text'] for x in lines])['all']['wer'],
                                   seconds=round(time.time() - t0, 1))
         differ = sum(a != b for a, b in zip(res['f32']['tokens'], res['bf16']['tokens']))
-        # greedy decoding that loops on a clip in either precision (a phrase repeated to the token limit) moves the
+        # a clip that still loops (a phrase repeated to the token limit, in every attempt of the fallback) moves the
         # WER by points on its own: the WER over the other clips too
         looping = {p: [loops(r['text'], h) for r, h in zip(rows, res[p]['texts'])] for p in res}
         keep = [i for i in range(len(rows)) if not (looping['f32'][i] or looping['bf16'][i])]
         steady = {p: wer_table([rows[i] for i in keep], [res[p]['texts'][i] for i in keep])['all']['wer'] for p in res}
         row = dict(name=name, clips=len(rows), f32=res['f32']['wer'], bf16=res['bf16']['wer'], clips_differ=differ,
                    difference_points=100 * (res['bf16']['wer'] - res['f32']['wer']),
+                   interval_points=difference_interval(rows, res['f32']['texts'], res['bf16']['texts']),
+                   fallbacks_f32=res['f32']['fallbacks'], fallbacks_bf16=res['bf16']['fallbacks'],
                    loops_f32=sum(looping['f32']), loops_bf16=sum(looping['bf16']), steady_clips=len(keep),
                    steady_f32=steady['f32'], steady_bf16=steady['bf16'])
         print(f'{name}: WER f32 {100 * row["f32"]:.2f}%, bf16 {100 * row["bf16"]:.2f}% '
-              f'({row["difference_points"]:+.2f} pt); {differ} of {len(rows)} clips transcribed differently',
+              f'({row["difference_points"]:+.2f} pt, 95% interval {row["interval_points"]}); {differ} of {len(rows)} '
+              f'clips transcribed differently; decoded again f32 {row["fallbacks_f32"]}, bf16 {row["fallbacks_bf16"]}',
               flush=True)
         out.append(row)
     return out
@@ -161,20 +180,24 @@ def markdown(res):
     if res.get('speech'):
         s = res['speech']
         lines += ['', f'## Whisper tiny.en: the speech validation set ({s[0]["clips"]} clips)', '',
-                  'Word error rate against the corpus\'s text (acm_tools.wer, as `make whisper-results`). A clip '
-                  'loops when greedy decoding repeats a phrase to the token limit (more than twice the text\'s words, '
-                  'plus 5; `speech_wer.loops`): one such clip moves the WER by a point or more, so the last columns '
-                  'give the WER over the clips that loop in neither precision.', '',
-                  '| model, policy | WER f32 | WER bf16 | difference | goal | clips transcribed differently | '
-                  'looping clips f32 / bf16 | WER f32 / bf16 without them | difference without them |',
-                  '| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |']
+                  'Word error rate against the corpus\'s text (acm_tools.wer, as `make whisper-results`), each clip '
+                  'decoded greedily with the temperature fallback ([whisper.md](whisper.md#decoding)). The interval '
+                  'is a 95% paired bootstrap over the clips (2000 draws): how far the difference moves with the '
+                  'choice of clips. A clip decoded again failed the repetition check greedily; a clip that loops '
+                  'repeats a phrase to the token limit even so (more than twice the text\'s words, plus 5; '
+                  '`speech_wer.loops`), and the last columns give the WER without the clips that loop in either '
+                  'precision.', '',
+                  '| model, policy | WER f32 | WER bf16 | difference | 95% interval | goal | clips transcribed '
+                  'differently | clips decoded again f32 / bf16 | looping clips f32 / bf16 | WER f32 / bf16 without '
+                  'them |',
+                  '| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |']
         for r in s:
-            steady = (f'{100 * r["steady_f32"]:.2f}% / {100 * r["steady_bf16"]:.2f}% ({r["steady_clips"]} clips) | '
-                      f'{100 * (r["steady_bf16"] - r["steady_f32"]):+.2f} pt') if 'steady_f32' in r else '– | –'
-            looping = f'{r["loops_f32"]} / {r["loops_bf16"]}' if 'loops_f32' in r else '–'
             lines.append(f'| {r["name"]} | {100 * r["f32"]:.2f}% | {100 * r["bf16"]:.2f}% | '
-                         f'{r["difference_points"]:+.2f} pt | {verdict(r["difference_points"], goals["wer_points"])} | '
-                         f'{r["clips_differ"]} | {looping} | {steady} |')
+                         f'{r["difference_points"]:+.2f} pt | {r["interval_points"][0]:+.2f} to '
+                         f'{r["interval_points"][1]:+.2f} pt | {verdict(r["difference_points"], goals["wer_points"])} '
+                         f'| {r["clips_differ"]} | {r["fallbacks_f32"]} / {r["fallbacks_bf16"]} | '
+                         f'{r["loops_f32"]} / {r["loops_bf16"]} | {100 * r["steady_f32"]:.2f}% / '
+                         f'{100 * r["steady_bf16"]:.2f}% ({r["steady_clips"]} clips) |')
     lines += ['', '## Whisper tiny.en: the fixture clips', '',
               '| model, policy | clips | tokens identical |', '| --- | ---: | ---: |']
     for r in res['fixtures']:

@@ -65,7 +65,8 @@ WHISPER_FIELDS = [f.name for f in fields(WhisperConfig) if f.name != 'acm']
 
 @dataclass
 class Generation:
-    """How to decode: the forced prompt, the tokens never generated, those not generated first."""
+    """How to decode: the forced prompt, the tokens never generated, those not generated first, and when to decode a
+    window again at a higher temperature. Configs without the fallback's keys get its defaults."""
     decoder_start_token_id: int
     eos_token_id: int
     no_timestamps_token_id: int
@@ -73,6 +74,12 @@ class Generation:
     suppress_tokens: list
     begin_suppress_tokens: list
     max_new_tokens: int
+    # openai-whisper's fallback (docs/whisper.md#decoding): the temperatures a window is sampled at, in turn, while
+    # its text is more repetitive than compression_ratio_threshold or less likely than logprob_threshold (None: no
+    # such check)
+    temperature_fallback: list = field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8, 1.0])
+    compression_ratio_threshold: float = 2.4
+    logprob_threshold: float = None
 
 
 # -----------------------------------------------------------------------------
@@ -143,11 +150,14 @@ def config_to_json(cfg: WhisperConfig, gen: Generation):
 
 
 def config_from_json(obj):
-    """config.json object -> (WhisperConfig, Generation), strictly."""
+    """config.json object -> (WhisperConfig, Generation), strictly; the fallback's keys may be absent (their
+    defaults) or null (no such check), as in the engine."""
     check_fields(obj, 'config', ['format', 'format_version', 'architecture', 'whisper', 'acm', 'generation'])
     check_header(obj, ARCHITECTURE)
     check_fields(obj['whisper'], 'whisper', WHISPER_FIELDS)
-    check_fields(obj['generation'], 'generation', [f.name for f in fields(Generation)])
+    fallback = ['temperature_fallback', 'compression_ratio_threshold', 'logprob_threshold']
+    check_fields(obj['generation'], 'generation', [f.name for f in fields(Generation) if f.name not in fallback],
+                 optional=fallback)
     try:
         cfg = WhisperConfig(**obj['whisper'], acm=acm_from_json(obj['acm']))
     except ValueError as e:

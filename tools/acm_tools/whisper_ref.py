@@ -1,14 +1,18 @@
 """
 An independent PyTorch reference of Whisper that reads our model directory (docs/whisper.md): the log-mel
 front end in NumPy (and, to check it, in torch.stft as openai-whisper computes it), the encoder, the decoder
-with a KV cache, greedy decoding with Whisper's suppression rules, and byte-level BPE detokenisation.
+with a KV cache, greedy decoding with Whisper's suppression rules and its temperature fallback (sampled with the
+engine's noise, so both draw the same tokens), and byte-level BPE detokenisation.
 
     PYTHONPATH=tools .venv/bin/python -m acm_tools.whisper_ref --model build/models/whisper-tiny.en clip.wav
 
 Upstream code it mirrors:
 - https://github.com/openai/whisper/blob/v20240930/whisper/audio.py (log_mel_spectrogram, pad_or_trim)
 - https://github.com/openai/whisper/blob/v20240930/whisper/model.py (AudioEncoder, TextDecoder)
-- https://github.com/openai/whisper/blob/v20240930/whisper/decoding.py (SuppressBlank, SuppressTokens)
+- https://github.com/openai/whisper/blob/v20240930/whisper/decoding.py (SuppressBlank, SuppressTokens, GreedyDecoder's
+  sum_logprobs, avg_logprob)
+- https://github.com/openai/whisper/blob/v20240930/whisper/transcribe.py (decode_with_fallback) and utils.py
+  (compression_ratio)
 - https://github.com/librosa/librosa/blob/0.10.2/librosa/filters.py (mel, slaney scale and norm)
 - https://github.com/OpenNMT/CTranslate2/blob/v4.8.5/src/models/whisper.cc (WhisperReplica::generate, whose
   greedy output this reproduces: the prompt before its last token is a prefix, at most max_length / 2 new
@@ -27,6 +31,7 @@ import argparse
 import json
 import math
 import wave
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -319,30 +324,65 @@ class Whisper:
         return self.generate(self.cross_kv(self.encode(mel, policy)), margins, policy)
 
     @torch.no_grad()
-    def generate(self, cross, margins=None, policy=None):
-        """greedy's decoding, from the cross-attention keys and values (cross_kv)."""
+    def generate(self, cross, margins=None, policy=None, temperature=0.0, stats=None):
+        """greedy's decoding, from the cross-attention keys and values (cross_kv); above temperature 0, a draw from
+        softmax(logits / temperature) by the Gumbel-max trick with gumbel()'s noise, the engine's draws. stats: a
+        dict to set sum_logprob in (Σ log p of the tokens and the end token, under the untempered softmax)."""
         g = self.gen
         policy = Policy() if policy is None else policy
         cache = []
         logits = self.decode(torch.tensor(g.prompt), cross, cache, policy)[-1]
         out = []
+        sum_logprob = 0.0
         while len(out) < g.max_new_tokens:
             logits[g.suppress_tokens] = float('-inf')
             if not out:
                 logits[g.begin_suppress_tokens] = float('-inf')  # SuppressBlank: no space or eot first
             top = torch.topk(logits, 2)
             token = int(top.indices[0])
+            if temperature > 0:
+                token = sample(logits.double().numpy(), temperature, step=len(out))
             if margins is not None:
                 margins.append(float(top.values[0] - top.values[1]))
+            sum_logprob += float(torch.log_softmax(logits.double(), -1)[token])
             if token == g.eos_token_id:
                 break
             out.append(token)
             logits = self.decode(torch.tensor([token]), cross, cache, policy)[-1]
+        if stats is not None:
+            stats['sum_logprob'] = sum_logprob
         return out
 
-    def transcribe(self, audio, margins=None, policy=None):
-        """16 kHz mono audio (up to 30 s) -> (token ids, text)."""
-        ids = self.greedy(log_mel(audio, self.cfg.num_mel_bins), margins, policy)
+    @torch.no_grad()
+    def decode_window(self, mel, policy=None, temperatures=None):
+        """One 30-s window as the engine decodes it (WhisperModel.decode): greedily, then sampled at each fallback
+        temperature in turn while the text fails a check. -> dict(tokens, temperature, avg_logprob,
+        compression_ratio, attempts: the decodings run)."""
+        g = self.gen
+        cross = self.cross_kv(self.encode(mel, policy))
+        temperatures = [0.0, *g.temperature_fallback] if temperatures is None else temperatures
+        ratio_limit = math.inf if g.compression_ratio_threshold is None else g.compression_ratio_threshold
+        logprob_floor = -math.inf if g.logprob_threshold is None else g.logprob_threshold
+        tried = []
+        for t in temperatures:
+            stats = {}
+            ids = self.generate(cross, policy=policy, temperature=t, stats=stats)
+            w = dict(tokens=ids, temperature=t, avg_logprob=stats['sum_logprob'] / (len(ids) + 1),
+                     compression_ratio=compression_ratio(self.tokenizer.decode(ids)))
+            tried.append(w)
+            if w['compression_ratio'] <= ratio_limit and w['avg_logprob'] >= logprob_floor:
+                return dict(w, attempts=len(tried))
+        # every attempt failed: the likeliest of those that do not repeat, else the least repetitive
+        unrepeated = [w for w in tried if w['compression_ratio'] <= ratio_limit]
+        if not unrepeated:
+            return dict(min(tried, key=lambda w: w['compression_ratio']), attempts=len(tried))
+        return dict(max(unrepeated, key=lambda w: w['avg_logprob']), attempts=len(tried))
+
+    def transcribe(self, audio, margins=None, policy=None, fallback=True):
+        """16 kHz mono audio (up to 30 s) -> (token ids, text): greedy decoding with the temperature fallback, or
+        greedy alone (with margins, each step's lead of the chosen token over the runner-up)."""
+        mel = log_mel(audio, self.cfg.num_mel_bins)
+        ids = self.decode_window(mel, policy)['tokens'] if fallback else self.greedy(mel, margins, policy)
         return ids, self.tokenizer.decode(ids)
 
     def compute_fraction(self, policy):
@@ -357,6 +397,39 @@ class Whisper:
                 executed += float(k.double().sum()) * f
                 possible += k.numel() * c.num_learners * f
         return executed / possible if possible else 1.0
+
+
+def gumbel(temperature, step, tokens):
+    """Standard Gumbel noise -log(-log u) for token ids at a decoding step, the engine's (TokenSearch.gumbel): u in
+    (0, 1) from SplitMix64's output for the key milli-temperature << 40 | step << 20 | token, (top 53 bits + ½)·2⁻⁵³."""
+    key = (np.uint64(round(temperature * 1000)) << np.uint64(40)) | (np.uint64(step) << np.uint64(20)) \
+        | np.asarray(tokens, dtype=np.uint64)
+    with np.errstate(over='ignore'):
+        z = key + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    u = ((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+    return -np.log(-np.log(u))
+
+
+# the width of gumbel's range, [-log(-log 2^-54), -log(-log(1 - 2^-54))], rounded up: only tokens within it (times
+# the temperature) of the largest logit can win a draw
+gumbel_range = 41.1
+
+
+def sample(logits, temperature, step):
+    """argmax of logits / temperature + gumbel(): a draw from softmax(logits / temperature); float64 logits."""
+    t = float(np.float32(temperature))  # the engine's temperatures are Float
+    candidates = np.flatnonzero(logits >= logits.max() - gumbel_range * t)
+    scores = logits[candidates] / t + gumbel(temperature, step, candidates)
+    return int(candidates[np.argmax(scores)])
+
+
+def compression_ratio(text):
+    """openai-whisper's: the UTF-8 bytes of the stripped text over their zlib-compressed size; 0 for no text."""
+    data = text.strip().encode('utf-8')
+    return len(data) / len(zlib.compress(data))
 
 
 def runs(lengths):

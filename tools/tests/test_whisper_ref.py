@@ -112,3 +112,46 @@ def test_detokenizer(model):
     vocab = {t: i for i, t in tok.tokens.items()}
     assert tok.decode([383, 2068, 7586, 21831, 50256]) == ' The quick brown fox'
     assert tok.decode([50257, vocab['Ġcaf'], vocab['Ã©'], 50362]) == ' café'
+
+
+def splitmix64(seed):
+    """SplitMix64's first output from seed, in Python integers (Steele, Lea and Flood 2014)."""
+    z = (seed + 0x9E3779B97F4A7C15) % 2 ** 64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2 ** 64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2 ** 64
+    return z ^ (z >> 31)
+
+
+def test_gumbel_noise_is_keyed_splitmix64():
+    """Should be -log(-log u) of SplitMix64 keyed by milli-temperature, step and token, u from the top 53 bits + 1/2,
+    as the engine's TokenSearch.gumbel (whose test checks the same first output, 0xE220A8397B1DCDAF)."""
+    assert splitmix64(0) == 0xE220A8397B1DCDAF
+    for t, step, token in [(0.2, 0, 0), (0.6, 17, 50256), (1.0, 447, 3), (0.4, (1 << 20) - 1, (1 << 20) - 1)]:
+        key = round(t * 1000) << 40 | step << 20 | token
+        u = ((splitmix64(key) >> 11) + 0.5) * 2.0 ** -53
+        assert wr.gumbel(t, step, [token])[0] == -np.log(-np.log(u))
+    g = wr.gumbel(0.4, 3, np.arange(200000))
+    assert abs(g.mean() - 0.5772156649) < 0.01 and abs(g.var() - np.pi ** 2 / 6) < 0.05  # standard Gumbel
+
+
+def test_sample_is_gumbel_max_over_every_token():
+    """Should draw what argmax(logits / T + noise) over the whole vocabulary draws, though it draws noise only for
+    the tokens within gumbel_range·T of the top; and draw softmax(logits / T)'s frequencies."""
+    rng = np.random.default_rng(0)
+    for t in (0.2, 1.0, 3.0):
+        for step in range(300):
+            logits = rng.uniform(-45, 0, 1000) * t
+            logits[rng.integers(1000)] = 0
+            want = int(np.argmax(logits / float(np.float32(t)) + wr.gumbel(t, step, np.arange(1000))))
+            assert wr.sample(logits, t, step) == want
+    logits = np.array([1.0, 0.2, -0.5, 0.8, -3.0])
+    draws = np.bincount([wr.sample(logits, 0.5, step) for step in range(20000)], minlength=5) / 20000
+    p = np.exp(logits / 0.5) / np.exp(logits / 0.5).sum()
+    assert np.all(np.abs(draws - p) <= 4.5 * np.sqrt(p * (1 - p) / 20000) + 1e-4), (draws, p)
+
+
+def test_compression_ratio():
+    """Should be openai-whisper's: bytes of the stripped text over zlib's size; high for a loop, 0 for no text."""
+    assert wr.compression_ratio('') == 0
+    assert wr.compression_ratio(' the quick brown fox jumps over the lazy dog\n') == 43 / 50
+    assert wr.compression_ratio('A-2-B-' + '1-' * 100) == 206 / 17 > 2.4

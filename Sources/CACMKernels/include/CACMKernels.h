@@ -33,6 +33,10 @@ void acm_add_bias_rows(float *x, long rows, long columns, long ld, const float *
 /// x[i] += y[i] for i < n.
 void acm_add(float *x, const float *y, long n);
 
+/// Σ e^{x[i] − shift} over n floats, with exp_approx (about 2 float ulps each) and the sum kept in vector lanes:
+/// a log-softmax's normaliser, log(Σ) + shift, with shift the row's maximum. An x[i] of −∞ adds about 1e-38.
+float acm_sum_exp(const float *x, long n, float shift);
+
 /// out[i] = e^{x[i]} for n doubles in [-700, 0] (a softmax's shifted logits), to about 1 ulp: Cephes'
 /// exp (range reduction to 2^n·e^r and a Padé approximant of e^r), vectorised over the array.
 void acm_exp_f64(const double *x, double *out, long n);
