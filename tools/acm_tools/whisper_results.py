@@ -4,7 +4,7 @@ Word error rate against compute for the ACMized Whisper tiny.en, measured throug
 
     PYTHONPATH=tools .venv/bin/python -m acm_tools.whisper_results [--write]   # = make whisper-results
 
-Each policy transcribes every validation clip greedily: the dense model; the ACM model at full compute, in auto
+Each policy transcribes every validation clip greedily, with the temperature fallback (docs/whisper.md#decoding): the dense model; the ACM model at full compute, in auto
 mode (its gates alone), under caps (compute budgets) and at uniform k learners per frame (the static baseline
 of the same compute). A clip's compute fraction is the engine's (over all of the model's ACM layers, encoder
 frames and decoder steps); a policy's is the mean over clips. The WER (acm_tools.wer: Whisper's English
@@ -374,8 +374,9 @@ def write_page(res, bench, path, svg):
         'steps ([compute-budget.md](compute-budget.md#the-compute-fraction)); a cap is the request\'s '
         '`compute_budget`; uniform f runs the same k = f·N learners for every frame, the static baseline of a cap '
         'of f; uniform 1 is full compute. WER is corpus-level, through Whisper\'s English normaliser (`acm_tools.wer`); the dense '
-        'model\'s own WER is high on the espeak-ng voices, and a few clips make greedy decoding loop (counted in '
-        'the last column), as [speech-data.md](speech-data.md) explains.',
+        'model\'s own WER is high on the espeak-ng voices, as [speech-data.md](speech-data.md) explains. Greedy '
+        'decoding loops on a few clips; the temperature fallback decodes those again ([whisper.md](whisper.md#decoding)), '
+        'and a clip that loops even so is counted in the last column.',
         '',
         '![WER against compute fraction](whisper-results.svg)',
         '',
