@@ -149,7 +149,7 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
     }
 
     /// A request's decoding temperature: the highest any of its windows was decoded at (0: greedy for all).
-    static func temperature(_ transcriptions: [Transcription]) -> Float {
+    static func temperature(_ transcriptions: [Transcription]) -> Double {
         transcriptions.map(\.temperature).max() ?? 0
     }
 
@@ -157,11 +157,10 @@ final class SpeechEndpoint: Endpoint, @unchecked Sendable {
     /// reached (docs/whisper.md#decoding), whether a budget can apply (the model has ACMs; a dense model
     /// runs whole whatever the budget), and the budget asked for.
     static func parameters(
-        fraction: Double, temperature: Float, applied: Bool, budget: ComputeBudget?, adaptive: Bool = false
+        fraction: Double, temperature: Double, applied: Bool, budget: ComputeBudget?, adaptive: Bool = false
     ) -> [(String, JSON)] {
         [
-            // Float's shortest decimal (0.2, not 0.20000000298…)
-            ("compute_fraction", .number(fraction)), ("temperature", .number(Double("\(temperature)") ?? 0)),
+            ("compute_fraction", .number(fraction)), ("temperature", .number(temperature)),
             ("compute_budget_applied", .bool(applied)),
         ] + budgetParameters(budget, adaptive: adaptive)
     }

@@ -214,12 +214,12 @@ public final class ServingMetrics: Sendable {
     }
 
     /// A speech model's decoding series, at zero: greedy (0) and each of its fallback temperatures.
-    public func registerDecoding(model: String, temperatures: [Float]) {
+    public func registerDecoding(model: String, temperatures: [Double]) {
         for t in [0] + temperatures { decoded(model: model, temperature: t, count: 0) }
     }
 
     /// `count` utterances of `model` whose windows were decoded at `temperature` at most.
-    public func decoded(model: String, temperature: Float, count: Int = 1) {
+    public func decoded(model: String, temperature: Double, count: Int = 1) {
         let label = temperature == 0 ? "0" : "\(temperature)"
         registry.makeCounter(descriptor: decodesDescriptor, labels: [("model", model), ("temperature", label)])
             .increment(by: Int64(count))

@@ -14,7 +14,7 @@ import Foundation
 /// its batch or the run, and the PyTorch reference draws the same (tools/acm_tools/whisper_ref.py).
 struct TokenSearch {
     let generation: GenerationConfig
-    let temperature: Float
+    let temperature: Double
     /// Each slot's generated tokens so far, the end token not included.
     private(set) var generated: [[Int]]
     /// Each slot's Σ log p(token) under the untempered softmax, over its generated tokens and the end
@@ -26,7 +26,7 @@ struct TokenSearch {
 
     /// - Parameters:
     ///   - count: slots in the batch; `slots` (default all) are searched, the others left as they are.
-    init(count: Int, slots: [Int]? = nil, generation: GenerationConfig, temperature: Float = 0) {
+    init(count: Int, slots: [Int]? = nil, generation: GenerationConfig, temperature: Double = 0) {
         precondition(temperature >= 0 && temperature.isFinite)
         self.generation = generation
         self.temperature = temperature
@@ -71,7 +71,7 @@ struct TokenSearch {
     /// the noise's range (`TokenSearch.gumbelRange`) of the largest scaled logit can win, so the noise is
     /// drawn for those alone; ties go to the lower id.
     private func sample(_ row: UnsafeMutablePointer<Float>, vocab: Int, largest: Float) -> Int {
-        let t = Double(temperature)
+        let t = temperature
         let floor = Double(largest) - Self.gumbelRange * t
         var best = -1
         var bestScore = -Double.infinity
@@ -90,8 +90,8 @@ struct TokenSearch {
 
     /// Standard Gumbel noise, −log(−log u), with u in (0, 1) from SplitMix64's output for the key
     /// milli-temperature << 40 | step << 20 | token: (top 53 bits + ½) · 2⁻⁵³.
-    static func gumbel(temperature: Float, step: Int, token: Int) -> Double {
-        let milli = UInt64((Double(temperature) * 1000).rounded())
+    static func gumbel(temperature: Double, step: Int, token: Int) -> Double {
+        let milli = UInt64((temperature * 1000).rounded())
         let key = milli << 40 | UInt64(step) << 20 | UInt64(token)
         var generator = SeededGenerator(seed: key)
         let u = (Double(generator.next() >> 11) + 0.5) * 0x1p-53
@@ -104,7 +104,7 @@ public struct DecodedWindow: Sendable, Equatable {
     /// The generated token ids, the end token excluded.
     public var tokens: [Int]
     /// The temperature they were decoded at: 0 for greedy, else the fallback that was kept.
-    public var temperature: Float
+    public var temperature: Double
     /// Σ log p over the tokens and the end token, divided by their count (openai-whisper's avg_logprob).
     public var averageLogprob: Double
     /// The UTF-8 bytes of the window's text over their zlib-compressed size; high for repetitive text.
@@ -123,9 +123,9 @@ public struct Transcription: Sendable, Equatable {
     public var computeFraction: Double
     /// The highest temperature any of its windows was decoded at: 0 when greedy decoding was kept for
     /// every window.
-    public var temperature: Float
+    public var temperature: Double
 
-    public init(tokens: [Int], text: String, computeFraction: Double = 1, temperature: Float = 0) {
+    public init(tokens: [Int], text: String, computeFraction: Double = 1, temperature: Double = 0) {
         self.tokens = tokens
         self.text = text
         self.computeFraction = computeFraction
@@ -145,7 +145,7 @@ extension Whisper {
     /// - Returns: each slot's generated tokens (the end token excluded) and Σ log p, indexed by slot;
     ///   empty for slots not searched.
     func search(
-        state: WhisperDecoderState, slots: [Int]? = nil, generation: GenerationConfig, temperature: Float = 0,
+        state: WhisperDecoderState, slots: [Int]? = nil, generation: GenerationConfig, temperature: Double = 0,
         policies: [LearnerPolicy], workspace ws: WhisperWorkspace, learners: LearnerCounts? = nil,
         items: [Int]? = nil
     ) -> (tokens: [[Int]], sumLogprobs: [Double]) {

@@ -140,7 +140,7 @@ public struct GenerationConfig: Codable, Sendable, Equatable {
     public var maxNewTokens: Int
     /// The temperatures a window is sampled at, in turn, while its greedy decoding (and each sample
     /// before) fails a check below; empty: greedy only. openai-whisper's 0.2, 0.4, …, 1.0 by default.
-    public var temperatureFallback: [Float]
+    public var temperatureFallback: [Double]
     /// Decode again when the text's compression ratio (`DecodedWindow.compressionRatio`) is above this:
     /// a repetition loop. nil: no such check. 2.4 by default, as openai-whisper.
     public var compressionRatioThreshold: Double?
@@ -148,13 +148,13 @@ public struct GenerationConfig: Codable, Sendable, Equatable {
     /// such check.
     public var logprobThreshold: Double?
 
-    public static let defaultTemperatureFallback: [Float] = [0.2, 0.4, 0.6, 0.8, 1.0]
+    public static let defaultTemperatureFallback: [Double] = [0.2, 0.4, 0.6, 0.8, 1.0]
     public static let defaultCompressionRatioThreshold = 2.4
 
     public init(
         decoderStartTokenId: Int, eosTokenId: Int, noTimestampsTokenId: Int, prompt: [Int],
         suppressTokens: [Int], beginSuppressTokens: [Int], maxNewTokens: Int,
-        temperatureFallback: [Float] = Self.defaultTemperatureFallback,
+        temperatureFallback: [Double] = Self.defaultTemperatureFallback,
         compressionRatioThreshold: Double? = Self.defaultCompressionRatioThreshold, logprobThreshold: Double? = nil
     ) {
         self.decoderStartTokenId = decoderStartTokenId
@@ -194,7 +194,7 @@ public struct GenerationConfig: Codable, Sendable, Equatable {
         beginSuppressTokens = try c.decode([Int].self, forKey: .beginSuppressTokens)
         maxNewTokens = try c.decode(Int.self, forKey: .maxNewTokens)
         temperatureFallback =
-            try c.decodeIfPresent([Float].self, forKey: .temperatureFallback) ?? Self.defaultTemperatureFallback
+            try c.decodeIfPresent([Double].self, forKey: .temperatureFallback) ?? Self.defaultTemperatureFallback
         compressionRatioThreshold =
             c.contains(.compressionRatioThreshold)
             ? try c.decodeIfPresent(Double.self, forKey: .compressionRatioThreshold)

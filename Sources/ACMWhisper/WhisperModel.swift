@@ -90,7 +90,7 @@ public final class WhisperModel: @unchecked Sendable {
             encoded: encoded, count: mels.count, policies: windowPolicies, workspace: workspace, learners: counts,
             items: owner)
         var tokens = [[Int]](repeating: [], count: windows.count)
-        var temperatures = [Float](repeating: 0, count: windows.count)
+        var temperatures = [Double](repeating: 0, count: windows.count)
         for (b, u) in owner.enumerated() {
             tokens[u] += perWindow[b].tokens
             temperatures[u] = max(temperatures[u], perWindow[b].temperature)
@@ -118,7 +118,7 @@ public final class WhisperModel: @unchecked Sendable {
     ///   - temperatures: the temperatures to try, in turn (default 0, then `temperatureFallback`).
     public func decode(
         encoded: Tensor, count: Int, policies: [LearnerPolicy], workspace: WhisperWorkspace,
-        learners: LearnerCounts? = nil, items: [Int]? = nil, temperatures: [Float]? = nil
+        learners: LearnerCounts? = nil, items: [Int]? = nil, temperatures: [Double]? = nil
     ) -> [DecodedWindow] {
         let generation = config.generation
         let state = whisper.makeDecoderState(encoded: encoded, count: count)

@@ -26,7 +26,7 @@ struct Transcribe: ParsableCommand {
             "The temperature to decode at first: 0 is greedy, above 0 samples (the same draws on every run).",
             discussion: "A window that fails the model's fallback checks is decoded again at each of its fallback "
                 + "temperatures above this one (docs/whisper.md#decoding)."))
-    var temperature: Float = 0
+    var temperature: Double = 0
     @Flag(help: "Decode at --temperature only: no fallback for repetitive or unlikely text.")
     var noFallback = false
 
@@ -127,7 +127,7 @@ private struct TranscriptLine: Encodable {
     let text: String
     let tokens: [Int]
     let computeFraction: Double?
-    let temperature: Float
+    let temperature: Double
     let averageLogprob: Double
     let compressionRatio: Double
     let attempts: Int

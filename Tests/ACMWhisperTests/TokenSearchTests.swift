@@ -71,8 +71,8 @@ private func logitsTensor(_ rows: [[Float]]) -> Tensor {
 
     /// Should draw each token about as often as softmax(logits / T) says, over many steps (the noise is a
     /// function of the step), for temperatures below and at 1.
-    @Test(arguments: [Float(0.5), 1])
-    func samplesTheTemperedSoftmax(temperature: Float) {
+    @Test(arguments: [0.5, 1.0])
+    func samplesTheTemperedSoftmax(temperature: Double) {
         let steps = 20000
         var generation = tinyGeneration
         generation.suppressTokens = []
@@ -82,7 +82,7 @@ private func logitsTensor(_ rows: [[Float]]) -> Tensor {
         var search = TokenSearch(count: 1, generation: generation, temperature: temperature)
         for _ in 0..<steps { search.advance(logits: logitsTensor([logits])) }
         #expect(search.generated[0].count == steps, "the end token (logit −60) was drawn")
-        let scaled = logits.map { Double($0 / temperature) }
+        let scaled = logits.map { Double($0) / temperature }
         let total = scaled.map { exp($0) }.reduce(0, +)
         for id in 0..<logits.count where id != TinyTokens.eos {
             let p = exp(scaled[id]) / total
@@ -99,21 +99,21 @@ private func logitsTensor(_ rows: [[Float]]) -> Tensor {
         generation.suppressTokens = []
         generation.beginSuppressTokens = []
         generation.maxNewTokens = 1000
-        for temperature: Float in [0.2, 1, 3] {
+        for temperature in [0.2, 1.0, 3.0] {
             var rng = SeededGenerator(seed: 17)
             var search = TokenSearch(count: 1, generation: generation, temperature: temperature)
             var near = 0
             for step in 0..<400 {
                 // logits spread over about ±45·T, so that the range cut-off (41.1·T) falls inside them
-                var row = (0..<TinyTokens.vocab).map { _ in Float.random(in: -45...0, using: &rng) * temperature }
+                var row = (0..<TinyTokens.vocab).map { _ in Float(Double(Float.random(in: -45...0, using: &rng)) * temperature) }
                 row[TinyTokens.eos] = -1e4
                 row[Int.random(in: 0..<TinyTokens.eos, using: &rng)] = 0
                 let want = (0..<TinyTokens.vocab).max { a, b in
-                    let sa = Double(row[a]) / Double(temperature) + TokenSearch.gumbel(temperature: temperature, step: step, token: a)
-                    let sb = Double(row[b]) / Double(temperature) + TokenSearch.gumbel(temperature: temperature, step: step, token: b)
+                    let sa = Double(row[a]) / temperature + TokenSearch.gumbel(temperature: temperature, step: step, token: a)
+                    let sb = Double(row[b]) / temperature + TokenSearch.gumbel(temperature: temperature, step: step, token: b)
                     return sa < sb
                 }!
-                if row.filter({ Double($0) < -TokenSearch.gumbelRange * Double(temperature) }).count > 0 { near += 1 }
+                if row.filter({ Double($0) < -TokenSearch.gumbelRange * temperature }).count > 0 { near += 1 }
                 search.advance(logits: logitsTensor([row]))
                 #expect(search.generated[0].last == want, "T \(temperature), step \(step)")
             }
@@ -193,7 +193,7 @@ private func logitsTensor(_ rows: [[Float]]) -> Tensor {
     /// fallback temperature until one passes, else keep the likeliest attempt that is not repetitive
     /// (the least repetitive when all are); and decode each window alike alone and in a batch.
     @Test func fallbackRule() throws {
-        let temperatures: [Float] = [0, 2, 5, 9]  // the random model is sure of itself: only high ones change its tokens
+        let temperatures: [Double] = [0, 2, 5, 9]  // the random model is sure of itself: only high ones change its tokens
         let mels = (0..<6).map { randomLogMels(tinyConfig, count: 1, seed: 300 + UInt64($0)) }
         let batch = Tensor(shape: [6, mels[0].count])
         for (b, m) in mels.enumerated() { batch.row(b).update(from: m.data, count: m.count) }

@@ -420,9 +420,8 @@ gumbel_range = 41.1
 
 def sample(logits, temperature, step):
     """argmax of logits / temperature + gumbel(): a draw from softmax(logits / temperature); float64 logits."""
-    t = float(np.float32(temperature))  # the engine's temperatures are Float
-    candidates = np.flatnonzero(logits >= logits.max() - gumbel_range * t)
-    scores = logits[candidates] / t + gumbel(temperature, step, candidates)
+    candidates = np.flatnonzero(logits >= logits.max() - gumbel_range * temperature)
+    scores = logits[candidates] / temperature + gumbel(temperature, step, candidates)
     return int(candidates[np.argmax(scores)])
 
 

@@ -142,7 +142,7 @@ def test_sample_is_gumbel_max_over_every_token():
         for step in range(300):
             logits = rng.uniform(-45, 0, 1000) * t
             logits[rng.integers(1000)] = 0
-            want = int(np.argmax(logits / float(np.float32(t)) + wr.gumbel(t, step, np.arange(1000))))
+            want = int(np.argmax(logits / t + wr.gumbel(t, step, np.arange(1000))))
             assert wr.sample(logits, t, step) == want
     logits = np.array([1.0, 0.2, -0.5, 0.8, -3.0])
     draws = np.bincount([wr.sample(logits, 0.5, step) for step in range(20000)], minlength=5) / 20000
