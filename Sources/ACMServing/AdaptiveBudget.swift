@@ -107,10 +107,10 @@ public struct ArrivalRate: Sendable {
 /// each probe a burst of queueing.
 ///
 /// It also learns what each rung costs: the compute seconds per image of the batches that ran at it (all of whose
-/// requests were adaptive), and, given the rate at which images arrive (those refused included), predicts how busy
-/// the loop would be at another rung. A step up to a rung whose cost it knows is taken only when that rung would keep
-/// the loop at most `raiseAtUtilization` busy, and then after the plain `raiseAfterNanoseconds`, however many probes
-/// failed before: under an overload the rung above cannot carry, it is never tried; once the load falls, the budget
+/// requests were adaptive, or all of which set that rung's budget themselves), and, given the rate at which images
+/// arrive (those refused included), predicts how busy the loop would be at another rung. A step up to a rung whose
+/// cost it knows is taken only when that rung would keep the loop at most `raiseAtUtilization` busy, and then after
+/// the plain `raiseAfterNanoseconds`, however many probes failed before: under an overload the rung above cannot carry, it is never tried; once the load falls, the budget
 /// climbs back as soon as the rung above fits. A step down goes straight to the highest known rung that fits under
 /// `lowerToUtilization`, rather than one rung per cooldown. Rungs it has not seen run are probed as before.
 public struct AdaptiveBudget: Sendable, Equatable {
@@ -130,9 +130,12 @@ public struct AdaptiveBudget: Sendable, Equatable {
     public var raiseAtUtilization = 0.75, lowerToUtilization = 0.85
     public private(set) var level = 0
     /// Each rung's compute seconds per image: the median of its last `costSamples` batches' (a batch that paid
-    /// for new kernels or buffers does not move it); nil until one has run.
+    /// for new kernels or buffers does not move it; of an even count, the lower of the middle two); nil until two
+    /// have run. One batch alone is no measure: a server's first batch at a rung pays for its kernels (68 ms for
+    /// 32 images that `acm-bench model` runs in 18-22), and a rung the controller then left under load would keep
+    /// that cost and never be tried again.
     public var costPerImage: [Double?] { ladder.indices.map { cost(at: $0) } }
-    static let costSamples = 9
+    static let costSamples = 9, minCostSamples = 2
     private var recentCosts: [[Double]]
     private var lastChange: UInt64?
     /// Steps up taken back in a row, each doubling the hold before the next; whether the last change was a step up.
@@ -153,7 +156,7 @@ public struct AdaptiveBudget: Sendable, Equatable {
 
     private func cost(at level: Int) -> Double? {
         let costs = recentCosts[level]
-        return costs.isEmpty ? nil : costs.sorted()[costs.count / 2]
+        return costs.count < Self.minCostSamples ? nil : costs.sorted()[(costs.count - 1) / 2]
     }
 
     /// How busy the loop would be at `level`, at `arrivalRate` images per second; nil where either is unknown.
@@ -186,21 +189,25 @@ public struct AdaptiveBudget: Sendable, Equatable {
         public var batchSeconds: Double
         /// The requests waiting over the queue's capacity (`max_queue_size`); nil when it has none.
         public var queueFill: Double?
-        /// Images in the batch just run, when all of its requests ran at the controller's rung (0: not a measure of
-        /// the rung's cost).
+        /// Images in the batch just run, when all of its requests ran at one rung's policy (0: not a measure of a
+        /// rung's cost).
         public var rungImages: Int
+        /// The rung those images ran at, when not the controller's own: a batch of requests that set that rung's
+        /// budget themselves measures its cost as well as one the controller lowered.
+        public var rungLevel: Int?
         /// Images arriving per second, refused ones included, over the last second or so; nil when not measured.
         public var arrivalRate: Double?
 
         public init(
             windowP95: Double?, oldestWait: Double?, batchSeconds: Double, queueFill: Double? = nil,
-            rungImages: Int = 0, arrivalRate: Double? = nil
+            rungImages: Int = 0, rungLevel: Int? = nil, arrivalRate: Double? = nil
         ) {
             self.windowP95 = windowP95
             self.oldestWait = oldestWait
             self.batchSeconds = batchSeconds
             self.queueFill = queueFill
             self.rungImages = rungImages
+            self.rungLevel = rungLevel
             self.arrivalRate = arrivalRate
         }
 
@@ -232,8 +239,9 @@ public struct AdaptiveBudget: Sendable, Equatable {
     /// Moves at most one rung for `observation` at `now` (nanoseconds), and says so.
     public mutating func update(_ observation: Observation, now: UInt64) -> Change? {
         if observation.rungImages > 0 {
-            if recentCosts[level].count == Self.costSamples { recentCosts[level].removeFirst() }
-            recentCosts[level].append(observation.batchSeconds / Double(observation.rungImages))
+            let measured = observation.rungLevel.map { min(max($0, 0), ladder.count - 1) } ?? level
+            if recentCosts[measured].count == Self.costSamples { recentCosts[measured].removeFirst() }
+            recentCosts[measured].append(observation.batchSeconds / Double(observation.rungImages))
         }
         let pressure = observation.pressure
         let since = lastChange.map { now >= $0 ? now - $0 : 0 } ?? .max

@@ -194,6 +194,11 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
         thread.start()
     }
 
+    /// With an adaptive budget, the images the queue admits now (nil: no bound yet but `max_queue_size`).
+    var admissibleQueueImages: Int? {
+        lock.withLock { admissibleImages }
+    }
+
     /// Requests waiting in the queue, not counting the batch running.
     public var pendingRequests: Int {
         lock.withLock { queue.count }
@@ -328,9 +333,21 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
             model: name, images: items, requests: batch.count, computeSeconds: computeSeconds,
             learnerHistogram: output.learnerHistogram, acmPaths: output.acmPaths)
 
-        if controller != nil {
-            let atRung = batch.allSatisfy(\.adaptive) ? items : 0
-            adapt(requests: requests, computeSeconds: computeSeconds, lowered: lowered, rungImages: atRung)
+        if let controller {
+            // The rung this batch measures: the controller's, when every request was adaptive; else a rung whose
+            // budget every request set itself.
+            var atRung = 0, rungLevel: Int? = nil
+            if batch.allSatisfy(\.adaptive) {
+                atRung = items
+            } else if case let .cap(budget) = policies[0], policies.allSatisfy({ $0 == policies[0] }),
+                let level = controller.ladder.indices.dropFirst().first(where: { controller.ladder[$0] == budget })
+            {
+                atRung = items
+                rungLevel = level
+            }
+            adapt(
+                requests: requests, computeSeconds: computeSeconds, lowered: lowered, rungImages: atRung,
+                rungLevel: rungLevel)
         }
 
         for (i, (job, request)) in zip(batch, requests).enumerated() {
@@ -348,7 +365,9 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
 
     /// The adaptive budget's turn after a batch: the batch's latencies into the window, then one decision on them
     /// and the queue left behind.
-    private func adapt(requests: [QueuedRequest], computeSeconds: Double, lowered: [ComputeBudget?], rungImages: Int) {
+    private func adapt(
+        requests: [QueuedRequest], computeSeconds: Double, lowered: [ComputeBudget?], rungImages: Int, rungLevel: Int?
+    ) {
         let now = clock.now()
         for request in requests { window.add(seconds(from: request.enqueuedAt, to: now), at: now) }  // add prunes
         let (oldest, waiting, queuedImages, admissible, rate) = lock.withLock {
@@ -362,7 +381,8 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
         ].compactMap { $0 }
         let observation = AdaptiveBudget.Observation(
             windowP95: window.quantile(0.95), oldestWait: oldest.map { seconds(from: $0, to: now) },
-            batchSeconds: computeSeconds, queueFill: fills.max(), rungImages: rungImages, arrivalRate: rate)
+            batchSeconds: computeSeconds, queueFill: fills.max(), rungImages: rungImages, rungLevel: rungLevel,
+            arrivalRate: rate)
         let ranAt = controller!.budget
         let change = controller!.update(observation, now: now)
         let admits = controller!.admissibleImages(batchImages: config.maxBatchSize)

@@ -15,6 +15,14 @@ private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01,
     AdaptiveBudget.Observation(windowP95: p95, oldestWait: oldestWait, batchSeconds: batch, queueFill: fill)
 }
 
+/// A batch of `images` that ran at a rung (the controller's, or `level`) in `seconds`, with low latency.
+private func ran(
+    _ seconds: Double, images: Int = 32, level: Int? = nil, p95: Double = 0.01
+) -> AdaptiveBudget.Observation {
+    AdaptiveBudget.Observation(
+        windowP95: p95, oldestWait: nil, batchSeconds: seconds, rungImages: images, rungLevel: level)
+}
+
 @Suite struct AdaptiveBudgetTests {
     /// Should build the ladder from the rungs above the floor, then the floor; a floor of 1 leaves only auto.
     @Test func laddersEndAtTheFloor() throws {
@@ -113,12 +121,33 @@ private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01,
     @Test func learnsWhatEachRungCosts() {
         var c = controller()
         for (i, seconds) in [0.032, 0.032, 0.5, 0.032].enumerated() {  // the third paid for new kernels
-            _ = c.update(AdaptiveBudget.Observation(windowP95: 0.01, oldestWait: nil, batchSeconds: seconds, rungImages: 32), now: UInt64(1000 + i) * ms)
+            _ = c.update(ran(seconds), now: UInt64(1000 + i) * ms)
         }
-        _ = c.update(AdaptiveBudget.Observation(windowP95: 0.01, oldestWait: nil, batchSeconds: 9, rungImages: 0), now: 1010 * ms)
+        _ = c.update(ran(9, images: 0), now: 1010 * ms)
         #expect(c.costPerImage[0] == 0.001 && c.costPerImage[1...].allSatisfy { $0 == nil })
         #expect(c.utilization(at: 0, arrivalRate: 500) == 0.5 && c.utilization(at: 1, arrivalRate: 500) == nil)
         #expect(c.admissibleImages(batchImages: 32) == nil)  // the floor has not run
+    }
+
+    /// Should not take one batch for a rung's cost: a server's first batch at a rung pays for its kernels, and had
+    /// that cost stuck, a rung left under load would never be tried again. Two batches give the cheaper of them.
+    @Test func oneBatchIsNoMeasure() {
+        var c = controller()
+        _ = c.update(ran(0.068), now: 1000 * ms)
+        #expect(c.costPerImage[0] == nil && c.utilization(at: 0, arrivalRate: 500) == nil)
+        _ = c.update(ran(0.032), now: 1001 * ms)
+        #expect(c.costPerImage[0] == 0.001)
+    }
+
+    /// Should learn a rung's cost from batches of requests that set its budget themselves (`rungLevel`), at
+    /// whatever rung the controller is.
+    @Test func learnsFromRequestsThatSetARungsBudget() {
+        var c = controller()
+        for i in 0..<3 {
+            _ = c.update(ran(0.0112, level: 4), now: UInt64(1000 + i) * ms)
+        }
+        #expect(c.level == 0 && c.costPerImage[0] == nil && c.costPerImage[4] == 0.00035)
+        #expect(c.admissibleImages(batchImages: 32) == Int(0.9 * 0.1 / 0.00035) - 32)
     }
 
     /// Should not probe a rung whose cost says it cannot carry the load, however long the latency stays low; and,
@@ -141,6 +170,8 @@ private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01,
             #expect(batch(p95: 0.09, cost: costs[level], rate: 500)?.to == c.ladder[level + 1])
         }
         _ = batch(p95: 0.01, cost: costs[4], rate: 2000)  // the floor: 0.7 busy at 2,000 images/s
+        #expect(c.admissibleImages(batchImages: 32) == nil)  // one batch is no measure
+        _ = batch(p95: 0.01, cost: costs[4], rate: 2000)
         #expect(c.admissibleImages(batchImages: 32) == Int(0.9 * 0.1 / 0.00035) - 32)  // admitAt of the 100-ms target
         // 0.35 would be 0.9 busy (more than 0.75): no step up, 20 s of low latency or not.
         for _ in 0..<200 { #expect(batch(p95: 0.01, cost: costs[4], rate: 2000) == nil) }
@@ -158,11 +189,14 @@ private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01,
         var c = controller()
         var t: UInt64 = 1000 * ms
         let costs = [0.001, 0.0008, 0.0006, 0.00045, 0.00035]
-        for level in 0..<4 {  // learn every rung's cost on the way down
-            _ = c.update(AdaptiveBudget.Observation(windowP95: 0.09, oldestWait: nil, batchSeconds: costs[level] * 32, rungImages: 32), now: t)
+        for level in 0..<4 {  // learn every rung's cost on the way down, two batches each
+            _ = c.update(ran(costs[level] * 32), now: t)
+            _ = c.update(ran(costs[level] * 32, p95: 0.09), now: t)
             t += 300 * ms
         }
-        _ = c.update(AdaptiveBudget.Observation(windowP95: 0.01, oldestWait: nil, batchSeconds: costs[4] * 32, rungImages: 32), now: t)
+        for _ in 0..<2 {
+            _ = c.update(ran(costs[4] * 32), now: t)
+        }
         while c.level > 0 {  // back up at a light load
             t += 2000 * ms
             _ = c.update(AdaptiveBudget.Observation(windowP95: 0.01, oldestWait: nil, batchSeconds: 0.01, arrivalRate: 100), now: t)
@@ -179,7 +213,9 @@ private func seen(p95: Double?, oldestWait: Double? = nil, batch: Double = 0.01,
     /// rung's cost is not known.
     @Test func holdsThroughAPassedStall() {
         var c = controller()
-        _ = c.update(AdaptiveBudget.Observation(windowP95: 0.01, oldestWait: nil, batchSeconds: 0.016, rungImages: 32), now: 1000 * ms)
+        for _ in 0..<2 {
+            _ = c.update(ran(0.016), now: 1000 * ms)
+        }
         func seenAfterStall(oldestWait: Double?, rate: Double?) -> AdaptiveBudget.Observation {
             AdaptiveBudget.Observation(windowP95: 0.09, oldestWait: oldestWait, batchSeconds: 0.004, queueFill: 0.05, arrivalRate: rate)
         }
@@ -270,6 +306,31 @@ private final class AdaptiveObserver: RunnerObserver, @unchecked Sendable {
 }
 
 @Suite struct AdaptiveRunnerTests {
+    /// Should measure a rung's cost from batches of requests that set its budget themselves, and only those: the
+    /// floor's cost bounds the queue.
+    @Test func requestsAtARungsBudgetMeasureIt() throws {
+        let clock = SteppedClock()
+        let runner = BatchRunner(
+            name: "m", engine: PolicyEngine(clock: clock),
+            config: BatcherConfig(maxBatchSize: 4, maxQueueDelayMicroseconds: 0, maxQueueSize: 0), clock: clock,
+            adaptive: AdaptiveBudgetConfig(targetSeconds: 0.1, minBudget: try ComputeBudget(0.25)))
+        defer { runner.shutdown() }
+        func runAlone(_ budget: Double) throws {
+            let done = DispatchSemaphore(value: 0)
+            let policy = LearnerPolicy.cap(try ComputeBudget(budget))
+            let job = BatchJob<Int, Int>(input: 0, count: 4, policy: policy, adaptive: false) { _ in done.signal() }
+            #expect(runner.submit(job) == .accepted)
+            #expect(done.wait(timeout: .now() + 10) == .success)
+        }
+        for _ in 0..<3 { try runAlone(0.3) }  // not a rung
+        #expect(runner.admissibleQueueImages == nil)
+        try runAlone(0.25)
+        #expect(runner.admissibleQueueImages == nil)  // one batch is no measure
+        try runAlone(0.25)
+        // 15 ms a batch of 4 at the floor: 3.75 ms an image, 0.9 of the 100-ms target for 24, less a batch in flight.
+        #expect(runner.admissibleQueueImages == 20)
+    }
+
     /// Should run adaptive jobs at the controller's rung once the queue backs up, never above a job's own cap,
     /// and leave jobs with their own budget alone; each lowered result says the budget it ran at.
     @Test func lowersAdaptiveJobsOnly() throws {

@@ -299,6 +299,10 @@ def soak(seconds, warmup, concurrency, interval, out=print):
         start_rss = statistics.median(s['rss'] for s in after[:third])
         end_rss = statistics.median(s['rss'] for s in after[-third:])
         report['rss_growth'] = end_rss / start_rss - 1
+        # A leak lifts both the least and the most a third's samples read; which phase of a Whisper batch the few
+        # samples of a short run fall in moves only one of them at a time.
+        report['rss_growth_least_most'] = tuple(
+            pick(s['rss'] for s in after[-third:]) / pick(s['rss'] for s in after[:third]) - 1 for pick in (min, max))
         report['rss_after_warmup_min_max'] = (min(s['rss'] for s in after), max(s['rss'] for s in after))
         goals['rss_growth_below_5pct'] = report['rss_growth'] < 0.05
         for kind in ('image', 'audio'):
@@ -320,7 +324,8 @@ def soak(seconds, warmup, concurrency, interval, out=print):
     if 'rss_growth' in report:
         low, high = report['rss_after_warmup_min_max']
         out(f'RSS growth after warm-up: {report["rss_growth"] * 100:+.2f}% (median of the last third of the samples '
-            f'against the first third; samples from {low / 2**20:.0f} to {high / 2**20:.0f} MiB)')
+            f'against the first third; samples from {low / 2**20:.0f} to {high / 2**20:.0f} MiB); least and most of '
+            'the thirds: ' + ', '.join(f'{g * 100:+.2f}%' for g in report['rss_growth_least_most']))
     for kind in ('image', 'audio'):
         if f'{kind}_p99_first_third_ms' in report:
             out(f'{kind} p99: {report[f"{kind}_p99_first_third_ms"]:.1f} ms in the first third after warm-up, '
