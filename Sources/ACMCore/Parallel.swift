@@ -182,6 +182,7 @@ final class WorkerPool: @unchecked Sendable {
     }
 
     private func loop() {
+        flushDenormalsToZero()
         // 0, not the current state: the first job may be published before this thread gets here.
         var seen = 0
         while true {

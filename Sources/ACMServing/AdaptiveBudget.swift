@@ -222,6 +222,10 @@ public struct AdaptiveBudget: Sendable, Equatable {
         public var queueFill: Double? = nil
         /// The loop's predicted busy fraction at the new rung, when the change was decided by it.
         public var predictedUtilization: Double? = nil
+        /// Images arriving per second, and the two rungs' seconds per image, where known: what the prediction
+        /// read, for the log.
+        public var arrivalRate: Double? = nil
+        public var fromCost: Double? = nil, toCost: Double? = nil
     }
 
     /// Whether high latencies in the window are a stall that has passed rather than load: the rung is known to
@@ -283,7 +287,8 @@ public struct AdaptiveBudget: Sendable, Equatable {
         }
         let change = Change(
             from: ladder[level], to: ladder[next], pressure: pressure, queueFill: observation.queueFill,
-            predictedUtilization: predicted)
+            predictedUtilization: predicted, arrivalRate: observation.arrivalRate, fromCost: cost(at: level),
+            toCost: cost(at: next))
         level = next
         lastChange = now
         return change

@@ -262,6 +262,7 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
     /// The loop thread's body: take the next action off the queue under the lock, and carry it out
     /// outside it.
     private func loop() {
+        flushDenormalsToZero()
         while let action = nextAction() {
             switch action {
             case let .run(entries):

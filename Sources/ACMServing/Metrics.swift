@@ -341,6 +341,7 @@ public final class MetricsObserver: RunnerObserver, Sendable {
     public func adaptiveBudget(
         model: String, budget: ComputeBudget?, seconds: Double, loweredRequests: Int, change: AdaptiveBudget.Change?
     ) {
+        func micros(_ seconds: Double?) -> String { seconds.map { "\(Int(($0 * 1e6).rounded()))" } ?? "-" }
         metrics.adaptive(model: model, budget: budget, seconds: seconds, lowered: loweredRequests, now: change.map(\.to) ?? budget)
         if let change {
             let direction = (change.to?.value ?? 1) < (change.from?.value ?? 1) ? "lowered" : "raised"
@@ -351,6 +352,8 @@ public final class MetricsObserver: RunnerObserver, Sendable {
                     "pressure_ms": "\((change.pressure * 1000).rounded())",
                     "queue_fill": "\(change.queueFill.map { "\(($0 * 100).rounded() / 100)" } ?? "-")",
                     "predicted_load": "\(change.predictedUtilization.map { "\(($0 * 100).rounded() / 100)" } ?? "-")",
+                    "images_per_s": "\(change.arrivalRate.map { "\(Int($0.rounded()))" } ?? "-")",
+                    "us_per_image": "\(micros(change.fromCost))->\(micros(change.toCost))",
                 ])
         }
     }

@@ -749,3 +749,7 @@ KERNEL void acm_dot_rows_f16(const float *x, long rows, long ldx, const unsigned
         }
     }
 }
+
+void acm_flush_denormals(void) {
+    _mm_setcsr(_mm_getcsr() | 0x8040);  // FTZ (bit 15) | DAZ (bit 6)
+}

@@ -4,6 +4,11 @@ import Foundation
 
 @main
 struct ACMBench: ParsableCommand {
+    static func main() {
+        flushDenormalsToZero()  // as acm-serve does
+        Self.main(nil)
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "acm-bench", abstract: "acm-serve's benchmarks (BENCHMARKS.md).",
         subcommands: [LayerBench.self, ModelBench.self, GEMMBench.self], defaultSubcommand: LayerBench.self)

@@ -8,6 +8,7 @@ import Foundation
 struct ACMServe: ParsableCommand {
     static func main() {
         reexecWithTunedBLASIfNeeded()
+        flushDenormalsToZero()  // before any thread starts, so that every thread inherits it
         Self.main(nil)
     }
 

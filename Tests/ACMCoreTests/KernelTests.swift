@@ -519,3 +519,38 @@ func naiveAttention(
         }
     }
 }
+
+@Suite struct DenormalTests {
+    /// Kept out of the optimiser's sight, so that the products are computed at run time, under the thread's MXCSR.
+    nonisolated(unsafe) static var operands: [Float] = [1e-20, 1e-20, Float.leastNonzeroMagnitude, 1]
+
+    @inline(never) static func products() -> (denormalResult: Float, denormalInput: Float) {
+        (operands[0] * operands[1], operands[2] * operands[3])
+    }
+
+    /// Runs `body` on a new thread and returns its result.
+    static func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) -> T {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: T?
+        let thread = Thread {
+            result = body()
+            done.signal()
+        }
+        thread.start()
+        done.wait()
+        return result!
+    }
+
+    /// Should keep denormals on a thread that has not asked, and, once it has, flush a denormal result to zero and
+    /// read a denormal input as zero, on that thread and on the threads it starts afterwards.
+    @Test func flushesOnTheThreadAndThoseItStarts() {
+        let (before, after, child) = Self.onThread {
+            let before = Self.products()
+            flushDenormalsToZero()
+            return (before, Self.products(), Self.onThread { Self.products() })
+        }
+        #expect(before.denormalResult > 0 && before.denormalInput > 0)
+        #expect(after.denormalResult == 0 && after.denormalInput == 0)
+        #expect(child.denormalResult == 0 && child.denormalInput == 0)
+    }
+}

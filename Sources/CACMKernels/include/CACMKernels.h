@@ -104,3 +104,6 @@ void acm_dot_rows(const float *x, long rows, long ldx, const float *w, long ldw,
 /// a few queries' attention-weighted sums of values read where they lie.
 void acm_weighted_rows(const float *p, long rows, long ldp, const float *v, long ldv, long n, long k, float *out,
                        long ld_out);
+
+/// Sets the calling thread's SSE control word to flush denormal results to zero and read denormal inputs as zero.
+void acm_flush_denormals(void);
