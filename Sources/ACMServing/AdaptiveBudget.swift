@@ -110,9 +110,10 @@ public struct ArrivalRate: Sendable {
 /// requests were adaptive, or all of which set that rung's budget themselves), and, given the rate at which images
 /// arrive (those refused included), predicts how busy the loop would be at another rung. A step up to a rung whose
 /// cost it knows is taken only when that rung would keep the loop at most `raiseAtUtilization` busy, and then after
-/// the plain `raiseAfterNanoseconds`, however many probes failed before: under an overload the rung above cannot carry, it is never tried; once the load falls, the budget
-/// climbs back as soon as the rung above fits. A step down goes straight to the highest known rung that fits under
-/// `lowerToUtilization`, rather than one rung per cooldown. Rungs it has not seen run are probed as before.
+/// the plain `raiseAfterNanoseconds`, however many probes failed before: under an overload the rung above cannot
+/// carry, it is never tried; once the load falls, the budget climbs back as soon as the rung above fits. A step down
+/// goes straight to the highest known rung that fits under `lowerToUtilization`, rather than one rung per cooldown.
+/// Rungs it has not seen run are probed as before.
 public struct AdaptiveBudget: Sendable, Equatable {
     public let config: AdaptiveBudgetConfig
     public let ladder: [ComputeBudget?]

@@ -341,7 +341,7 @@ public final class BatchRunner<Engine: BatchEngine>: @unchecked Sendable {
             if batch.allSatisfy(\.adaptive) {
                 atRung = items
             } else if case let .cap(budget) = policies[0], policies.allSatisfy({ $0 == policies[0] }),
-                let level = controller.ladder.indices.dropFirst().first(where: { controller.ladder[$0] == budget })
+                let level = controller.ladder.firstIndex(of: budget)  // never the top rung: that one is nil
             {
                 atRung = items
                 rungLevel = level

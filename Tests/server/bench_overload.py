@@ -8,8 +8,8 @@ and 2x the request rate that the full budget sustains, three ways: the adaptive 
 teacher. The server runs on core 0 with one compute thread and the load generator on core 1, so that they do not
 share a core. The full budget's rate is measured first, closed-loop at 32 connections (the median of three runs
 interleaved with the floor's). Expected accuracy per request comes from docs/results.md's test accuracy at the
-budget it ran at. With --write it rewrites that section of BENCHMARKS.md and draws a load step (0.5x, 1.5x, 0.5x) with the adaptive budget on into
-docs/img/adaptive-step.png."""
+budget it ran at. With --write it rewrites that section of BENCHMARKS.md and draws a load step (0.5x, 1.5x, 0.5x)
+with the adaptive budget on into docs/img/adaptive-step.png."""
 import argparse
 import asyncio
 import json
