@@ -7,6 +7,13 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
 ]
 
+/// The C kernels are optimized in debug builds too: `swift test` then checks the code that ships (the kernels
+/// reassociate sums under a pragma, which -O0 ignores), and the Whisper tests' transcriptions do not run the
+/// unoptimized row kernels.
+let kernelSettings: [CSetting] = [
+    .unsafeFlags(["-O2"], .when(configuration: .debug)),
+]
+
 let package = Package(
     name: "acm-serve",
     platforms: [.macOS(.v13)],
@@ -53,9 +60,9 @@ let package = Package(
             providers: [.apt(["zlib1g-dev"])]),
 
         // Row kernels (softmax, LayerNorm, GELU) compiled per instruction set and picked at run time.
-        .target(name: "CACMKernels"),
+        .target(name: "CACMKernels", cSettings: kernelSettings),
         // The bf16 GEMM: LIBXSMM's JIT kernels on AVX-512 BF16 or AMX, the activations rounded as they are read.
-        .target(name: "CACMBF16", dependencies: ["CXSMM", "CACMKernels"]),
+        .target(name: "CACMBF16", dependencies: ["CXSMM", "CACMKernels"], cSettings: kernelSettings),
         // Numeric core: tensors, GEMM (LIBXSMM, OpenBLAS), kernels, attention, the ACM layer and the dense-or-ACM
         // layer both models build on, safetensors and .npy readers.
         .target(name: "ACMCore", dependencies: ["CBLAS", "CXSMM", "CACMKernels", "CACMBF16"], swiftSettings: swiftSettings),
