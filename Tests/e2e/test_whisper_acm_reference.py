@@ -51,7 +51,8 @@ def fraction(model, policy):
 @pytest.mark.parametrize('beta', BUDGETS)
 def test_engine_matches_reference_under_a_cap(reference, beta, monkeypatch):
     """Should give each clip the reference's tokens and compute fraction (within 1e-9) under cap beta, and the
-    fraction never above it; the whole-window ranking must give other tokens on at least a third of the clips."""
+    fraction never above it; under the lowest cap, the whole-window ranking must give other tokens on at least a
+    third of the clips (one cap shows the test tells the rules apart; each costs a reference transcription a clip)."""
     assert len(CLIPS) >= 9
     results = engine(beta)
     assert [r['input'] for r in results] == CLIPS
@@ -64,9 +65,10 @@ def test_engine_matches_reference_under_a_cap(reference, beta, monkeypatch):
         assert got['tokens'] == ids, name
         assert abs(got['compute_fraction'] - fraction(reference, policy)) < 1e-9, name
         assert got['compute_fraction'] <= beta + 1e-9, name
-        # the rule before: one ranking of the window, audio and padding alike
-        with monkeypatch.context() as m:
-            m.setattr(wr, 'content_frames', lambda mel: None)
-            whole, _ = reference.transcribe(audio, policy=wr.Policy('cap', beta=beta))
-        differs += whole != ids
-    assert differs >= len(CLIPS) / 3, f'the two rules differ on only {differs} of {len(CLIPS)} clips'
+        if beta == min(BUDGETS):  # the rule before: one ranking of the window, audio and padding alike
+            with monkeypatch.context() as m:
+                m.setattr(wr, 'content_frames', lambda mel: None)
+                whole, _ = reference.transcribe(audio, policy=wr.Policy('cap', beta=beta))
+            differs += whole != ids
+    if beta == min(BUDGETS):
+        assert differs >= len(CLIPS) / 3, f'the two rules differ on only {differs} of {len(CLIPS)} clips'

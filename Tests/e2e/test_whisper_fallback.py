@@ -41,7 +41,7 @@ def test_sampling_matches_reference(reference):
     average log-probability (within 2e-3) and compression ratio; and not the greedy tokens on every clip."""
     assert len(CLIPS) >= 9
     results = engine(DENSE, CLIPS, '--temperature', '0.6', '--no-fallback')
-    changed = 0
+    changed = False
     for clip, got in zip(CLIPS, results):
         mel = wr.log_mel(wr.load_audio(clip), reference.cfg.num_mel_bins)
         want = reference.decode_window(mel, temperatures=[0.6])
@@ -51,8 +51,8 @@ def test_sampling_matches_reference(reference):
         assert got['attempts'] == want['attempts'] == 1, name
         assert got['avg_logprob'] == pytest.approx(want['avg_logprob'], abs=2e-3), name
         assert got['compression_ratio'] == pytest.approx(want['compression_ratio'], rel=1e-12), name
-        changed += got['tokens'] != reference.greedy(mel)
-    assert changed >= 1, 'sampling at 0.6 gave the greedy tokens on every clip'
+        changed = changed or got['tokens'] != reference.greedy(mel)  # one clip shows it: greedy costs a decode
+    assert changed, 'sampling at 0.6 gave the greedy tokens on every clip'
 
 
 def test_fallback_to_the_end_matches_reference(reference, tmp_path, monkeypatch):

@@ -93,9 +93,9 @@ report_budgets = ['full', 'auto', 'cap 0.75', 'cap 0.5', 'cap 0.375', 'cap 0.25'
 # one thread: on a shared 2-core machine, two OpenMP threads spin against each other and the other processes,
 # and a decoder step's small ops take 15x longer (measured: 15 ms -> 250 ms)
 threads = 1
-# --quick (CI): a few dozen utterances, a handful of steps per phase
-quick = dict(clips=24, val_clips=4, phase1_steps=6, phase2_steps=4, phase3_steps=2, phase3_clips=2,
-             calibration_clips=4, fidelity_clips=4, report_budgets=['full', 'auto', 'cap 0.5'])
+# --quick (CI): a few utterances, a handful of steps per phase
+quick = dict(clips=6, val_clips=2, phase1_steps=6, phase2_steps=4, phase3_steps=1, phase3_clips=2,
+             calibration_clips=2, fidelity_clips=3, report_budgets=['full', 'auto', 'cap 0.5'])
 # -----------------------------------------------------------------------------
 
 TARGETS = ('encoder-mlp', 'decoder-mlp')
@@ -452,7 +452,7 @@ def main(argv=None):
     ap.add_argument('--out', default=out, help='where the ACM layers go (default: %(default)s)')
     ap.add_argument('--work', default=work, help='captured activations, train.log, the assembled model '
                                                  '(default: %(default)s)')
-    ap.add_argument('--quick', action='store_true', help='CI: a few dozen clips, a handful of steps per phase')
+    ap.add_argument('--quick', action='store_true', help='CI: a few clips, a handful of steps per phase')
     ap.add_argument('--targets', default=targets, help=f'comma-separated: {", ".join(TARGETS)}')
     ap.add_argument('--num-learners', type=int, default=num_learners)
     ap.add_argument('--steps', type=int, nargs=3, metavar=('P1', 'P2', 'P3'),
