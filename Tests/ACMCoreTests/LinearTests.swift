@@ -100,9 +100,10 @@ func naiveLinear(_ x: UnsafePointer<Float>, rows: Int, ldx: Int? = nil, w: Tenso
         for r in 0..<rows {
             let activated = wantHidden[r].map(exactGELU)
             for c in 0..<d {
-                let want = (0..<hidden).reduce(Double(fc2.bias!.data[c]) + Double(residual[r * d + c])) {
-                    $0 + activated[$1] * Double(fc2.weight.data[c * hidden + $1])
-                }
+                // A plain loop, not a reduce with a closure: the suite runs unoptimized, and this is 81 M terms.
+                var want = Double(fc2.bias!.data[c]) + Double(residual[r * d + c])
+                let w = fc2.weight.data + c * hidden
+                for i in 0..<hidden { want += activated[i] * Double(w[i]) }
                 worst = max(worst, abs(Double(out.data[r * d + c]) - want))
             }
         }

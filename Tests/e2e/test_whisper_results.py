@@ -59,6 +59,8 @@ def test_measure_and_page(fixture_manifest, tmp_path, monkeypatch):
                                                                  'uniform 0.25', 'uniform 0.5')]
     monkeypatch.setattr(whisper_results, 'policies', policies)
     monkeypatch.setattr(whisper_results, 'joined_seconds', 12.0)  # the six clips (2-5 s) make a few recordings
+    # three policies on the joined recordings: each is an engine run over every recording
+    monkeypatch.setattr(whisper_results, 'joined_policies', ['dense', 'cap 0.5', 'uniform 0.25'])
     args = type('Args', (), dict(manifest=path, dense=DENSE, model=ACM, bin=BIN, batch=4,
                                  joined_dir=str(tmp_path / 'joined')))
     res = whisper_results.measure(args)
