@@ -273,12 +273,13 @@ public final class ACMLayer: @unchecked Sendable {
 
     /// Runs learner n as two dense GEMMs over the contiguous block of tokens whose k > n.
     ///
-    /// The first k_min learners run for every token, so they run on `x` and into `out` as they are. The
-    /// tokens with k > k_min are then ordered by k, high to low (a counting sort), and gathered; the
-    /// tokens that run learner n ≥ k_min are exactly the first c_n rows, where c_n = #{t : k_t > n}. The
-    /// work is Σ_n c_n = Σ_t k_t learner evaluations. Their sums are scattered back (added to the k_min
-    /// learners' part), with the output bias of each token's k, in one pass. With `accumulate`, everything
-    /// is added to what `out` holds.
+    /// The learners that every token of the block runs (the first k_min, or more where no token chose
+    /// fewer: the block's k_floor) run on `x` and into `out` as they are. The tokens with k > k_floor are
+    /// then ordered by k, high to low (a counting sort), and gathered; the tokens that run learner
+    /// n ≥ k_floor are exactly the first c_n rows, where c_n = #{t : k_t > n}. The work is Σ_n c_n = Σ_t k_t
+    /// learner evaluations. Their sums are scattered back (added to the k_floor learners' part), with the
+    /// output bias of each token's k, in one pass. With `accumulate`, everything is added to what `out`
+    /// holds.
     func runBlock(
         _ x: UnsafePointer<Float>, tokens: Int, choices: UnsafePointer<Int32>,
         out: UnsafeMutablePointer<Float>, accumulate accumulateOut: Bool = false, scratch ws: LearnerScratch,
@@ -320,31 +321,36 @@ public final class ACMLayer: @unchecked Sendable {
             project(index, hid, ld: h, ys, rows: rows, accumulate: accumulate)
         }
 
-        // the learners every token runs, in place
-        for index in 0..<kMin {
-            if let (hidden, ld) = firstHidden {
-                project(index, hidden + index * h, ld: ld, out, rows: tokens, accumulate: index > 0 || accumulateOut)
-            } else {
-                learner(index, x, out, rows: tokens, accumulate: index > 0 || accumulateOut)
-            }
-        }
-
-        // counting sort of the tokens with k > k_min by k, descending: order[p] is the token at position p
+        // counting sort of the tokens with k > kFloor by k, descending: order[p] is the token at position p.
+        // kFloor is k_min raised to the fewest learners any token of the block chose: every token runs those.
         if ws.order.count < tokens {
             ws.order = [Int32](repeating: 0, count: tokens)
             ws.position = [Int32](repeating: 0, count: tokens)
         }
         if ws.counts.count < n + 1 { ws.counts = [Int](repeating: 0, count: n + 1) }
         var same: Int32 = 0
+        var floor = Int32(kMin)
         let active = ws.order.withUnsafeMutableBufferPointer { order in
             ws.position.withUnsafeMutableBufferPointer { position in
                 ws.counts.withUnsafeMutableBufferPointer { counts in
                     acm_order_by_k(
-                        choices, tokens, Int32(kMin), Int32(n), counts.baseAddress!, order.baseAddress!, position.baseAddress!,
+                        choices, tokens, &floor, Int32(n), counts.baseAddress!, order.baseAddress!, position.baseAddress!,
                         &same)
                 }
             }
         }
+        let kFloor = Int(floor)
+
+        // the learners every token runs, in place: where every token chose more than k_min (at a low cap, most
+        // MLP blocks' tokens all run one learner), those rows are neither gathered nor scattered
+        for index in 0..<kFloor {
+            if index < kMin, let (hidden, ld) = firstHidden {
+                project(index, hidden + index * h, ld: ld, out, rows: tokens, accumulate: index > 0 || accumulateOut)
+            } else {
+                learner(index, x, out, rows: tokens, accumulate: index > 0 || accumulateOut)
+            }
+        }
+
         let identity = same != 0
         let counts = ws.counts
 
@@ -375,27 +381,27 @@ public final class ACMLayer: @unchecked Sendable {
                 ys = ws.output.reserve(active * dOut)
             }
             var rows = active
-            for index in kMin..<n {
-                if index > kMin { rows -= counts[index] }  // drop the tokens with k = index
+            for index in kFloor..<n {
+                if index > kFloor { rows -= counts[index] }  // drop the tokens with k = index
                 if rows == 0 { break }
                 learner(
                     index, xs, rounded: rounded.map { UnsafePointer($0) }, ys, rows: rows,
-                    accumulate: index > kMin || (identity && (kMin > 0 || accumulateOut)))
+                    accumulate: index > kFloor || (identity && (kFloor > 0 || accumulateOut)))
             }
             if !identity {
                 // every token's row: the gathered sums added (or copied) and the output bias of its k; k = 0
                 // tokens (k_min = 0) get zeros, or keep what `out` held
                 ws.position.withUnsafeBufferPointer { position in
                     scatterRows(
-                        out, from: ys, position: position.baseAddress!, ks: choices, above: kMin, rows: tokens,
-                        columns: dOut, accumulate: kMin > 0 || accumulateOut, table: cumulativeB2?.data)
+                        out, from: ys, position: position.baseAddress!, ks: choices, above: kFloor, rows: tokens,
+                        columns: dOut, accumulate: kFloor > 0 || accumulateOut, table: cumulativeB2?.data)
                 }
                 return
             }
         }
 
         // k = 0 tokens (k_min = 0) get zeros, or keep what `out` held; then every token the output bias of its k
-        if kMin == 0 && !accumulateOut {
+        if kFloor == 0 && !accumulateOut {
             for t in 0..<tokens where choices[t] == 0 { (out + t * dOut).update(repeating: 0, count: dOut) }
         }
         if let cumulativeB2 { addIndexedRows(out, table: cumulativeB2.data, ks: choices, rows: tokens, columns: dOut) }

@@ -74,6 +74,12 @@ func chooseLearners(
         break
     case let .cap(beta):
         cap = max(minChoice * tokens, Int((beta.value * Double(numLearners * tokens) + 1e-9).rounded(.down)))
+        if cap == minChoice * tokens {
+            // no unit above the floor fits (an attention projection's share of a cap of 0.25 with N = 4): every
+            // token gets k_min, which is what ranking the gate's choices would leave
+            ks.update(repeating: Int32(minChoice), count: tokens)
+            return
+        }
     }
     if let cap, let first = servedFirst, first > 0 && first < tokens {
         let used = chooseUnderCap(

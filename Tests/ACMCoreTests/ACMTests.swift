@@ -290,7 +290,8 @@ func naiveCapped(logits: [[Float]], minChoice: Int, cap: Int?) -> [Int] {
         ACMConfig(numLearners: 4, learnerDim: 20, activation: .gelu, minChoice: 1, hiddenBias: true, outputBias: true),
     ]
 
-    /// Should equal the per-token definition for any mix of learner counts k_min...N, k = 0 included.
+    /// Should equal the per-token definition for any mix of learner counts k_min...N, k = 0 included, and where
+    /// no token chose as few as k_min.
     @Test(arguments: configs.indices, [29, 77])
     func groupedMatchesDefinition(index: Int, tokens: Int) throws {
         let config = Self.configs[index]
@@ -299,13 +300,15 @@ func naiveCapped(logits: [[Float]], minChoice: Int, cap: Int?) -> [Int] {
         let (layer, w) = try makeACM(config, inputDim: dIn, outputDim: dOut, seed: UInt64(10 + index), dir: dir)
         var rng = SplitMix64(seed: 99)
         let x = randomTensor([tokens, dIn], rng: &rng)
-        for pattern in 0..<4 {
+        for pattern in 0..<5 {
             let ks: [Int32] = (0..<tokens).map { t in
                 let kMin = config.minChoice, n = config.numLearners
                 switch pattern {
                 case 0: return Int32.random(in: Int32(kMin)...Int32(n), using: &rng)
                 case 1: return Int32(n)  // already in order: the no-gather path
                 case 2: return Int32(kMin + t % (n + 1 - kMin))
+                // none at k_min: the learners every token chose run in place, the rest gathered
+                case 3: return Int32.random(in: Int32(kMin + 1)...Int32(n), using: &rng)
                 default: return Int32(kMin)
                 }
             }

@@ -224,11 +224,12 @@ import Testing
 
 @Suite struct RowKernelTests {
     /// Should normalise each row as PyTorch's LayerNorm does (biased variance, eps inside the root),
-    /// also in place.
-    @Test(arguments: [false, true])
-    func layerNormMatchesNaive(inPlace: Bool) {
+    /// also in place; rows of whole vectors (16, the Fashion-MNIST ViT's 128, Whisper's 384, an odd count of
+    /// them) and not.
+    @Test(arguments: [false, true], [37, 16, 128, 384, 80])
+    func layerNormMatchesNaive(inPlace: Bool, d: Int) {
         var rng = SplitMix64(seed: 2)
-        let rows = 5, d = 37
+        let rows = 5
         let x = randomTensor([rows, d], scale: 3, rng: &rng)
         let gamma = randomTensor([d], rng: &rng), beta = randomTensor([d], rng: &rng)
         let original = x.array
@@ -245,10 +246,13 @@ import Testing
         }
     }
 
-    /// Should turn each row into probabilities equal to the naive softmax, also with huge logits.
-    @Test func softmaxMatchesNaive() {
+    /// Should turn each row into probabilities equal to the naive softmax, also with huge logits: rows of one to
+    /// four vectors with a partial last one (the kernels that keep a row in registers: 50 is the Fashion-MNIST
+    /// ViT's keys), exactly four (64), and longer rows (the kernel through a buffer); one row and several.
+    @Test(arguments: [(4, 21), (1, 5), (3, 16), (7, 50), (4, 64), (5, 65), (2, 200)])
+    func softmaxMatchesNaive(rows: Int, n: Int) {
         var rng = SplitMix64(seed: 3)
-        let rows = 4, n = 21, ld = 25
+        let ld = n + 4
         let x = randomTensor([rows, ld], scale: 8, rng: &rng)
         x.data[3] = 1000  // overflow guard: the max is subtracted first
         let before = matrix(x.data, rows: rows, columns: n, ld: ld)

@@ -61,10 +61,11 @@ void acm_give_best(const double *survival, const int *token, long n, long k, dou
 long acm_count_k(const int *ks, long tokens, int n, long *histogram);
 
 /// The counting sort of a block's tokens by learner count, high to low, of those with ks[t] > kmin (each
-/// ks[t] in [0, n]): counts[k] (n + 1 entries) = #{t : ks[t] = k}; order[p] = the token at position p and
+/// ks[t] in [*floor, n]), where kmin is *floor raised to the smallest ks[t] (the learners every token runs), and
+/// written back to *floor: counts[k] (n + 1 entries) = #{t : ks[t] = k}; order[p] = the token at position p and
 /// position[t] = its position, for those tokens; *identity = whether every token is one and stays where it is.
 /// Returns how many there are.
-long acm_order_by_k(const int *ks, long tokens, int kmin, int n, long *counts, int *order, int *position,
+long acm_order_by_k(const int *ks, long tokens, int *floor, int n, long *counts, int *order, int *position,
                     int *identity);
 
 /// Row-major C[m×n] = A[m×k]·B[k×n] (+ C when `beta`) for narrow products (n ≤ 6, k ≤ 1024; a gate's logits) with
