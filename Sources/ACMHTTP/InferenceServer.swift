@@ -129,6 +129,9 @@ public final class InferenceServer: HTTPHandler, @unchecked Sendable {
         case .bodyTooLarge:
             if let name = modelName(in: exchange.path) { metrics.failure(model: name, reason: .tooLarge) }
             r = errorResponse(413, "request body is larger than the server's max_body_bytes limit")
+        case .missingHost:
+            metrics.httpRefused(.missingHost)
+            r = errorResponse(400, "an HTTP/1.1 request must carry a Host header field")
         case .bodyBudgetExhausted:
             metrics.httpRefused(.bodyBudgetExhausted)
             r = errorResponse(

@@ -156,6 +156,9 @@ public enum HTTPRefusal: Sendable {
     case bodyTooLarge
     /// Buffering the body would cross `maxInflightBodyBytes`, the cap over all requests (503).
     case bodyBudgetExhausted
+    /// An HTTP/1.1 request without a Host header field (400, RFC 9112 section 3.2). libmicrohttpd refuses these
+    /// itself only in its strict mode, and 0.9.75 then writes its answer's header block twice; the check is here.
+    case missingHost
 }
 
 /// What the server calls for each request.
@@ -507,7 +510,7 @@ private func responseCopying(_ body: UnsafeRawBufferPointer) -> OpaquePointer? {
 ///
 /// libmicrohttpd answers a few requests itself, before any handler sees them: a request line and header
 /// fields that overflow its per-connection pool (414 or 431), a request it cannot parse, a bad Content-Length
-/// or chunk size, an HTTP/1.1 request without Host (400), an unsupported HTTP version (505). Its answers are
+/// or chunk size, an unsupported HTTP version (505). Its answers are
 /// HTML pages compiled into the library, which it hands to this function as persistent buffers. The library
 /// calls the function through its procedure linkage table, and the dynamic linker binds such a call to the
 /// executable's definition before the library's own: this one, which is exported from every program that links
@@ -567,7 +570,7 @@ func acmAccessHandler(
             connection: connection, method: method.map { String(cString: $0) } ?? "",
             path: url.map { String(cString: $0) } ?? "/", server: server)
         conCls.pointee = Unmanaged.passRetained(exchange).toOpaque()
-        if let refusal = admit(exchange, url: url, server: server) {
+        if let refusal = admit(exchange, url: url, version: version, server: server) {
             // MHD closes the connection instead of reading a body.
             exchange.queued = true
             return send(refusal, on: connection)
@@ -613,7 +616,9 @@ func acmAccessHandler(
 /// The checks on a request's line and headers, before its body: our size limits, the handler's (authentication),
 /// the declared body size, and the budget for buffered bodies, which the declared length takes at once. The
 /// refusal to send now, or nil: the request goes on, or its refusal waits for its body (`refusalAfterBody`).
-private func admit(_ exchange: HTTPExchange, url: UnsafePointer<CChar>?, server: HTTPServer) -> HTTPResponse? {
+private func admit(
+    _ exchange: HTTPExchange, url: UnsafePointer<CChar>?, version: UnsafePointer<CChar>?, server: HTTPServer
+) -> HTTPResponse? {
     let connection = exchange.connection
     let options = server.options
     exchange.inHandler = true
@@ -627,6 +632,9 @@ private func admit(_ exchange: HTTPExchange, url: UnsafePointer<CChar>?, server:
         guard sendsBodyAtOnce else { return response }
         exchange.refusalAfterBody = response
         return nil
+    }
+    if let version, strcmp(version, "HTTP/1.1") == 0, exchange.header("Host") == nil {
+        return refuse(server.handler.refuse(exchange, .missingHost))
     }
     let uriBytes = (url.map { strlen($0) } ?? 0) + valueBytes(connection, .GET_ARGUMENT_KIND)
     if uriBytes > options.maxURIBytes { return refuse(server.handler.refuse(exchange, .uriTooLong)) }

@@ -24,6 +24,8 @@ public enum HTTPRefusalReason: String, Sendable, CaseIterable {
     case bodyBudgetExhausted = "body_budget"
     /// A connection's request headers did not arrive in time; it was closed.
     case headerTimeout = "header_timeout"
+    /// An HTTP/1.1 request without a Host header field (400).
+    case missingHost = "missing_host"
 }
 
 /// The server's Prometheus metrics (docs/metrics.md): one registry, every name prefixed `acm_`, every

@@ -314,6 +314,18 @@ def test_malformed_chunked_body_is_json(server):
     assert 'chunked' in error_message(status, rh, body)
 
 
+def test_http11_without_host_is_json_400(server):
+    """Should refuse an HTTP/1.1 request without Host with a JSON 400 (RFC 9112, section 3.2), and still serve
+    HTTP/1.0 requests, which need none."""
+    status, rh, body = raw_exchange(server.port, b'GET /v2/health/ready HTTP/1.1\r\n\r\n')
+    assert status == 400
+    assert 'Host' in error_message(status, rh, body)
+    families = parse_metrics(metrics(server.port))
+    assert sample_value(families, 'acm_http_refused_total', reason='missing_host') >= 1
+    assert raw_exchange(server.port, b'GET /v2/health/ready HTTP/1.0\r\n\r\n')[0] == 200
+    assert raw_exchange(server.port, b'GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')[0] == 200
+
+
 def wait_for(condition, what, timeout=10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
