@@ -341,8 +341,8 @@ public final class ACMLayer: @unchecked Sendable {
         }
         let kFloor = Int(floor)
 
-        // the learners every token runs, in place: where every token chose more than k_min (at a low cap, most
-        // MLP blocks' tokens all run one learner), those rows are neither gathered nor scattered
+        // the learners every token runs, in place: where every token chose more than k_min (an MLP block with no
+        // token at k = 0), those learners' rows are neither gathered nor scattered
         for index in 0..<kFloor {
             if index < kMin, let (hidden, ld) = firstHidden {
                 project(index, hidden + index * h, ld: ld, out, rows: tokens, accumulate: index > 0 || accumulateOut)
