@@ -5,7 +5,7 @@
 // attention split into q/k/v/o projections, each of which, and each MLP, may be an ACM.
 
 import ACMCore
-import Synchronization
+import Foundation
 
 /// `encoder.layers.encoder_layer_{i}`
 struct EncoderLayer {
@@ -236,14 +236,14 @@ public final class ViT: @unchecked Sendable {
         // One workspace per core, not per part: a part starts on buffers the core's previous part left in its cache.
         let slots = min(workers, parts)
         while ws.parts.count < slots { ws.parts.append(ViTWorkspace()) }
-        let free = Mutex(Array(0..<slots))
+        let free = FreeSlots(slots)
         let bounds = (0...parts).map { $0 * count / parts }
         let results = (0..<parts).map { _ in PartResult() }
         let runPart = { (i: Int) in
             // Dispatch, which runs the parts when another model holds the pool, may run more at once than there
             // are workers: a part beyond them gets a workspace of its own.
-            let slot = free.withLock { $0.popLast() }
-            defer { if let slot { free.withLock { $0.append(slot) } } }
+            let slot = free.take()
+            defer { if let slot { free.give(slot) } }
             let range = bounds[i]..<bounds[i + 1]
             results[i].output = Parallel.serially {
                 self.forwardPart(
@@ -399,5 +399,27 @@ public final class ViT: @unchecked Sendable {
         return ViTOutput(
             logits: logits, computeFraction: learners.computeFraction, learnerHistogram: learners.histogram,
             choices: learners.choices)
+    }
+}
+
+/// The workspace slots `ViT.forward`'s parts take and give back, under a pthread mutex (NSLock). The standard
+/// library's `Mutex` hands a contended lock over inside a Linux futex, where ThreadSanitizer cannot see it, so
+/// `make test-sanitizers` reported these updates as a race.
+private final class FreeSlots: @unchecked Sendable {
+    private let lock = NSLock()
+    private var slots: [Int]
+
+    init(_ count: Int) { slots = Array(0..<count) }
+
+    func take() -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        return slots.popLast()
+    }
+
+    func give(_ slot: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        slots.append(slot)
     }
 }
