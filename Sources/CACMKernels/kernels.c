@@ -393,6 +393,9 @@ KERNEL void acm_layer_norm_rows(const float *x, long rows, long d, const float *
         float sq = 0;
         for (long c = 0; c < d; c++) sq += (xr[c] - mean) * (xr[c] - mean);
         float rstd = 1 / __builtin_sqrtf(sq / (float)d + eps);
+        // an empty asm hides that rstd is a reciprocal: under reassociate(on) the compiler turns
+        // (x - mean) * (1 / s) back into a division per element, which costs most of the loop
+        __asm__("" : "+x"(rstd));
         for (long c = 0; c < d; c++) yr[c] = (xr[c] - mean) * rstd * gamma[c] + beta[c];
     }
 }
