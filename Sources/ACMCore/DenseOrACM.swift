@@ -179,13 +179,19 @@ public struct BudgetSplit: Sendable {
     }
 
     /// The policy of each sequence at each ACM, `[acm][sequence]`: a cap becomes that ACM's share of it,
-    /// any other policy stays as it is.
+    /// any other policy stays as it is. A share at the ACM's k_min floor becomes `.uniform(k_min)`.
     public func layerPolicies(_ policies: [LearnerPolicy]) -> [[LearnerPolicy]] {
         var splits: [ComputeBudget: [LearnerPolicy]] = [:]
         for case let .cap(beta) in policies where splits[beta] == nil {
-            // An ACM's share is 0 only when the k_min floors alone exceed the budget; a cap of 0 keeps
-            // every token at k_min, which is what `.uniform(0)` does (it is clamped to k_min).
-            splits[beta] = shares(beta.value).map { share in (try? ComputeBudget(share)).map { .cap($0) } ?? .uniform(0) }
+            // A share at or below the floor k_min/N (the split raises every share to it; below it only when
+            // the floors alone exceed the budget, as a share of 0) leaves no learner above k_min: the cap
+            // max(k_min·T, ⌊β·N·T⌋) is k_min·T, and every token runs k_min learners. `.uniform(k_min)` gives
+            // the same, without the gate's logits or the choice.
+            splits[beta] = zip(shares(beta.value), acms).map { share, acm in
+                let minChoice = acm.config.minChoice
+                if share * Double(acm.config.numLearners) <= Double(minChoice) { return .uniform(minChoice) }
+                return (try? ComputeBudget(share)).map { .cap($0) } ?? .uniform(minChoice)
+            }
         }
         return acms.indices.map { l in
             policies.map { policy in

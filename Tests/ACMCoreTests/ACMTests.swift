@@ -195,6 +195,47 @@ func naiveCapped(logits: [[Float]], minChoice: Int, cap: Int?) -> [Int] {
         }
     }
 
+    /// Should give an ACM whose share of a cap is its k_min floor `.uniform(k_min)`, which skips the gate, and
+    /// that should choose what the cap at the floor chooses: k_min for every token, whatever the gate says.
+    @Test func capShareAtTheFloorRunsUniform() throws {
+        let dir = TemporaryDirectory()
+        // a projection (k_min = 1 of 4) with half the MLP's share, which a cap of 0.3 leaves at its floor (the
+        // MLP, 4 times its cost, then gets 0.3125)
+        let projection = try makeACM(
+            ACMConfig(numLearners: 4, learnerDim: 4, activation: .identity, minChoice: 1, budgetShare: 0.5),
+            inputDim: 8, outputDim: 8, seed: 1, dir: dir).0
+        let mlp = try makeACM(
+            ACMConfig(numLearners: 4, learnerDim: 16, activation: .gelu, minChoice: 0, budgetShare: 1),
+            inputDim: 8, outputDim: 8, seed: 2, dir: dir).0
+        let split = BudgetSplit(paths: ["a.proj", "b.mlp"], acms: [projection, mlp])
+        #expect(split.shares(0.3)[0] == 0.25)
+        let policies = split.layerPolicies([.cap(0.3), .auto, .cap(1.0), .uniform(2)])
+        #expect(policies[0] == [LearnerPolicy.uniform(1), .auto, .cap(1.0), .uniform(2)])
+        #expect(Array(policies[1][1...]) == [LearnerPolicy.auto, .cap(1.0), .uniform(2)])
+        guard case let .cap(mlpShare) = policies[1][0] else {
+            Issue.record("the MLP's share of cap 0.3 should stay a cap: \(policies[1][0])")
+            return
+        }
+        #expect(abs(mlpShare.value - 0.3125) < 1e-9)
+        // the cap at the floor and uniform k_min agree token for token, for any gate logits
+        var rng = SplitMix64(seed: 5)
+        for _ in 0..<200 {
+            let numLearners = Int.random(in: 2...6, using: &rng), minChoice = Int.random(in: 1...2, using: &rng)
+            let tokens = Int.random(in: 1...120, using: &rng), choices = numLearners + 1 - minChoice
+            var logits = (0..<tokens * choices).map { _ in Float.random(in: -3...3, using: &rng) }
+            let beta = try ComputeBudget(Double(minChoice) / Double(numLearners))
+            var capped = [Int32](repeating: -1, count: tokens), uniform = capped
+            chooseLearners(
+                policy: .cap(beta), logits: &logits, tokens: tokens, minChoice: minChoice, numLearners: numLearners,
+                ks: &capped, scratch: BoundaryScratch())
+            chooseLearners(
+                policy: .uniform(minChoice), logits: &logits, tokens: tokens, minChoice: minChoice,
+                numLearners: numLearners, ks: &uniform, scratch: BoundaryScratch())
+            #expect(capped == uniform, "N \(numLearners) k_min \(minChoice) T \(tokens)")
+            #expect(uniform.allSatisfy { $0 == Int32(minChoice) })
+        }
+    }
+
     /// Should serve a sequence's first tokens before the rest under a cap: the first get the cap less the
     /// rest's k_min floor, by the cap's rule among themselves, the rest what they leave; one ranking of the
     /// whole sequence when none or all come first; and the other policies as they are.
