@@ -1,4 +1,5 @@
 import CACMKernels
+import Foundation
 
 /// A map of each token that a model may have dense or as an ACM: an attention projection or an MLP
 /// (the ViT's q/k/v/o projections and MLPs, Whisper's MLPs).
@@ -152,6 +153,25 @@ public final class LearnerCounts {
     }
 }
 
+/// The per-ACM policies of the caps a `BudgetSplit` has split, shared by the threads that run its model. Caps
+/// come from requests, so there may be many: past `capacity` the cache starts again.
+private final class PolicyCache: @unchecked Sendable {
+    private let lock = NSLock()
+    private var entries: [ComputeBudget: [LearnerPolicy]] = [:]
+    static let capacity = 256
+
+    func policies(_ beta: ComputeBudget) -> [LearnerPolicy]? {
+        lock.withLock { entries[beta] }
+    }
+
+    func insert(_ beta: ComputeBudget, _ policies: [LearnerPolicy]) {
+        lock.withLock {
+            if entries.count >= Self.capacity { entries.removeAll(keepingCapacity: true) }
+            entries[beta] = policies
+        }
+    }
+}
+
 /// A cap spread over a model's ACMs (docs/compute-budget.md, "Spreading the budget"): each ACM gets
 /// its share of a request's β by its `budget_share`, its k_min floor and its cost. The same for every
 /// kind of model; an ACM's cost is its learners' FLOPs per token.
@@ -159,6 +179,9 @@ public struct BudgetSplit: Sendable {
     /// In the model's ACM order; `order` lists them by path, the order the reference sums in.
     let acms: [ACMLayer]
     let order: [Int]
+    /// Each cap's policies per ACM, as `layerPolicies` made them: the split's bisection runs once per cap,
+    /// not once for every batch (at batch 1 it cost about 2% of a pass).
+    private let cache = PolicyCache()
 
     public init(paths: [String], acms: [ACMLayer]) {
         precondition(paths.count == acms.count)
@@ -183,6 +206,10 @@ public struct BudgetSplit: Sendable {
     public func layerPolicies(_ policies: [LearnerPolicy]) -> [[LearnerPolicy]] {
         var splits: [ComputeBudget: [LearnerPolicy]] = [:]
         for case let .cap(beta) in policies where splits[beta] == nil {
+            if let known = cache.policies(beta) {
+                splits[beta] = known
+                continue
+            }
             // A share at or below the floor k_min/N (the split raises every share to it; below it only when
             // the floors alone exceed the budget, as a share of 0) leaves no learner above k_min: the cap
             // max(k_min·T, ⌊β·N·T⌋) is k_min·T, and every token runs k_min learners. `.uniform(k_min)` gives
@@ -192,6 +219,7 @@ public struct BudgetSplit: Sendable {
                 if share * Double(acm.config.numLearners) <= Double(minChoice) { return .uniform(minChoice) }
                 return (try? ComputeBudget(share)).map { .cap($0) } ?? .uniform(minChoice)
             }
+            cache.insert(beta, splits[beta]!)
         }
         return acms.indices.map { l in
             policies.map { policy in

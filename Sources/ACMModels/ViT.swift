@@ -58,6 +58,8 @@ public final class ViT: @unchecked Sendable {
     /// Module path of each ACM, in execution order.
     public let acmPaths: [String]
     let acms: [ACMLayer]
+    /// How a cap is spread over the ACMs.
+    public let budgetSplit: BudgetSplit
     /// What the GEMMs run in (the weights' precision, `Weights.precision`).
     public let precision: Precision
     let patchWeight: GEMMWeight  // conv_proj.weight [d, C, p, p], kept transposed as [C·p·p, d]
@@ -135,6 +137,7 @@ public final class ViT: @unchecked Sendable {
         self.head = head
         self.acmPaths = acms.paths
         self.acms = acms.layers
+        self.budgetSplit = BudgetSplit(paths: acms.paths, acms: acms.layers)
     }
 
     /// The stacked gate of three ACM projections (`EncoderLayer.qkvGate`), or nil.
@@ -169,9 +172,6 @@ public final class ViT: @unchecked Sendable {
     public var allLearnerFLOPs: Double {
         acms.reduce(0.0) { $0 + $1.learnerFLOPs * Double(config.sequenceLength * $1.config.numLearners) }
     }
-
-    /// How a cap is spread over the ACMs.
-    public var budgetSplit: BudgetSplit { BudgetSplit(paths: acmPaths, acms: acms) }
 
     /// FLOPs per image at a compute fraction.
     public func flops(computeFraction: Double) -> Double { fixedFLOPs + computeFraction * allLearnerFLOPs }

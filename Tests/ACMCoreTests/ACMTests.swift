@@ -236,6 +236,29 @@ func naiveCapped(logits: [[Float]], minChoice: Int, cap: Int?) -> [Int] {
         }
     }
 
+    /// Should give the same policies from its cache of splits as a fresh split does, for more caps than the
+    /// cache holds, asked for in a batch and one at a time.
+    @Test func layerPoliciesFromTheCacheMatchAFreshSplit() throws {
+        let dir = TemporaryDirectory()
+        let acms = try (0..<3).map { i in
+            try makeACM(
+                ACMConfig(numLearners: 4, learnerDim: 4 << i, activation: .gelu, minChoice: i % 2,
+                          budgetShare: [0.3, 1, 0.6][i]),
+                inputDim: 8, outputDim: 8, seed: UInt64(10 + i), dir: dir).0
+        }
+        let paths = ["b.mlp", "a.q_proj", "c.mlp"]
+        let cached = BudgetSplit(paths: paths, acms: acms)
+        var rng = SplitMix64(seed: 3)
+        let caps = try (0..<300).map { _ in try ComputeBudget(Double(Int.random(in: 1...1000, using: &rng)) / 1000) }
+        for round in 0..<2 {
+            for (i, beta) in caps.enumerated() {
+                let policies: [LearnerPolicy] = [.cap(beta), .auto, .cap(caps[(i + 1) % caps.count])]
+                let fresh = BudgetSplit(paths: paths, acms: acms).layerPolicies(policies)
+                #expect(cached.layerPolicies(policies) == fresh, "round \(round), cap \(beta)")
+            }
+        }
+    }
+
     /// Should serve a sequence's first tokens before the rest under a cap: the first get the cap less the
     /// rest's k_min floor, by the cap's rule among themselves, the rest what they leave; one ranking of the
     /// whole sequence when none or all come first; and the other policies as they are.
