@@ -102,7 +102,7 @@ func xsmmGEMM(
         return true
     }
     let block = min(m, xsmmRowBlock)
-    guard let kernel = CXSMM_smmdispatch(Int32(n), Int32(block), Int32(k), Int32(ldb), Int32(lda), Int32(ldc), beta)
+    guard let kernel = acm_smm_kernel(Int32(n), Int32(block), Int32(k), Int32(ldb), Int32(lda), Int32(ldc), beta)
     else { return false }
     var row = 0
     while row + block <= m {
@@ -111,7 +111,7 @@ func xsmmGEMM(
     }
     if row < m {
         // the last rows, fewer than a block: their own kernel, or OpenBLAS where LIBXSMM has none
-        if let tail = CXSMM_smmdispatch(Int32(n), Int32(m - row), Int32(k), Int32(ldb), Int32(lda), Int32(ldc), beta) {
+        if let tail = acm_smm_kernel(Int32(n), Int32(m - row), Int32(k), Int32(ldb), Int32(lda), Int32(ldc), beta) {
             CXSMM_smmcall(tail, b, a + row * lda, c + row * ldc)
         } else {
             openblasGEMM(m: m - row, n: n, k: k, a: a + row * lda, lda: lda, b: b, ldb: ldb, beta: beta, c: c + row * ldc, ldc: ldc)
@@ -190,7 +190,7 @@ func panelGEMM(
     }
     func dispatch(_ p: Int, block: Int) -> UnsafeRawPointer? {
         let s = segment(p)
-        return CXSMM_smmdispatch(Int32(s.width), Int32(block), Int32(depth), Int32(s.ld), Int32(lda), Int32(ldc), beta)
+        return acm_smm_kernel(Int32(s.width), Int32(block), Int32(depth), Int32(s.ld), Int32(lda), Int32(ldc), beta)
     }
     func kernels(block: Int) -> Kernels {
         Kernels(

@@ -224,13 +224,53 @@ static unsigned short *row_buffer(size_t count) {
     return a_buffer;
 }
 
+// A thread's memo of the kernels LIBXSMM gave it, by shape: a direct-mapped table in front of
+// libxsmm_smmdispatch and libxsmm_bsmmdispatch, whose lookup (a descriptor built, hashed and compared in its
+// own thread-local cache) took 3-4% of a Fashion-MNIST ViT pass at batch 1, where the GEMMs are many and small.
+// LIBXSMM keeps its kernels until libxsmm_finalize, which nothing here calls, so a cached pointer stays valid;
+// a NULL (no kernel for the shape) is cached too.
+struct kernel_entry {
+    int m, n, k, lda, ldb, ldc, bf16, used;
+    float beta;
+    const void *kernel;
+};
+enum { KERNEL_CACHE = 256 };
+// initial-exec: this library is linked into the program, so the table is reached without a call to __tls_get_addr
+static __thread struct kernel_entry kernel_cache[KERNEL_CACHE] __attribute__((tls_model("initial-exec")));
+
+static const void *cached_kernel(int bf16, int m, int n, int k, int lda, int ldb, int ldc, float beta) {
+    uint32_t h = (uint32_t)m * 0x9E3779B1u;
+    h = (h ^ (uint32_t)n) * 0x85EBCA77u;
+    h = (h ^ (uint32_t)k) * 0xC2B2AE3Du;
+    h = (h ^ (uint32_t)lda) * 0x27D4EB2Fu;
+    h = (h ^ (uint32_t)ldb) * 0x165667B1u;
+    h = (h ^ (uint32_t)ldc ^ ((uint32_t)(beta != 0) << 30) ^ ((uint32_t)bf16 << 31)) * 0x9E3779B1u;
+    struct kernel_entry *e = &kernel_cache[(h >> 16) % KERNEL_CACHE];
+    if (e->used && e->m == m && e->n == n && e->k == k && e->lda == lda && e->ldb == ldb && e->ldc == ldc &&
+        e->bf16 == bf16 && e->beta == beta)
+        return e->kernel;
+    const libxsmm_blasint m_ = m, n_ = n, k_ = k, lda_ = lda, ldb_ = ldb, ldc_ = ldc;
+    const float alpha = 1;
+    const void *found;
+    if (bf16) {
+        const int flags = LIBXSMM_GEMM_FLAG_VNNI_A;
+        found = (const void *)libxsmm_bsmmdispatch(m_, n_, k_, &lda_, &ldb_, &ldc_, &alpha, &beta, &flags, NULL);
+    } else {
+        const int flags = LIBXSMM_GEMM_FLAG_NONE;
+        found = (const void *)libxsmm_smmdispatch(m_, n_, k_, &lda_, &ldb_, &ldc_, &alpha, &beta, &flags, NULL);
+    }
+    *e = (struct kernel_entry){m, n, k, lda, ldb, ldc, bf16, 1, beta, found};
+    return found;
+}
+
+const void *acm_smm_kernel(int m, int n, int k, int lda, int ldb, int ldc, float beta) {
+    return cached_kernel(0, m, n, k, lda, ldb, ldc, beta);
+}
+
 // LIBXSMM is column-major: the row-major C[rows × w] = A·B is its Cᵀ[w × rows] = Bᵀ·Aᵀ, with B (packed in
 // pairs of k) as its "A" in VNNI layout.
 static libxsmm_bsmmfunction kernel(long w, long rows, long k, long ldb, long lda, long ldc, float beta) {
-    const libxsmm_blasint m_ = w, n_ = rows, k_ = k, lda_ = ldb, ldb_ = lda, ldc_ = ldc;
-    const float alpha = 1;
-    const int flags = LIBXSMM_GEMM_FLAG_VNNI_A;
-    return libxsmm_bsmmdispatch(m_, n_, k_, &lda_, &ldb_, &ldc_, &alpha, &beta, &flags, NULL);
+    return (libxsmm_bsmmfunction)cached_kernel(1, (int)w, (int)rows, (int)k, (int)ldb, (int)lda, (int)ldc, beta);
 }
 
 // The same product in plain loops, for a shape LIBXSMM has no kernel for (none seen) and for the self-check.

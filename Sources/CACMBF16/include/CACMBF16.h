@@ -71,3 +71,7 @@ void acm_layer_norm_rows_bf16(const float *x, long rows, long d, const float *ga
                               unsigned short *out16);
 /// out[p] = x[order[p]] rounded to bfloat16, rows of d values, for p < n (x's first n rows when order is NULL).
 void acm_gather_rows_bf16(unsigned short *out, const float *x, const int *order, long n, long d);
+
+/// LIBXSMM's column-major f32 kernel C[m×n] = A[m×k]·B[k×n] + beta·C (alpha 1, beta 0 or 1), or NULL where it has
+/// none: libxsmm_smmdispatch behind a per-thread table of the shapes already asked for.
+const void *acm_smm_kernel(int m, int n, int k, int lda, int ldb, int ldc, float beta);
