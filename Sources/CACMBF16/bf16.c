@@ -6,8 +6,6 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 static inline unsigned short round_bf16(float f) {
@@ -224,19 +222,25 @@ static unsigned short *row_buffer(size_t count) {
     return a_buffer;
 }
 
-// A thread's memo of the kernels LIBXSMM gave it, by shape: a direct-mapped table in front of
-// libxsmm_smmdispatch and libxsmm_bsmmdispatch, whose lookup (a descriptor built, hashed and compared in its
-// own thread-local cache) took 3-4% of a Fashion-MNIST ViT pass at batch 1, where the GEMMs are many and small.
-// LIBXSMM keeps its kernels until libxsmm_finalize, which nothing here calls, so a cached pointer stays valid;
-// a NULL (no kernel for the shape) is cached too.
+// A thread's memo of the kernels LIBXSMM gave it, by shape: a table in front of libxsmm_smmdispatch and
+// libxsmm_bsmmdispatch, whose lookup (a descriptor built, hashed and compared in its own thread-local cache) took
+// 3-4% of a Fashion-MNIST ViT pass at batch 1, where the GEMMs are many and small. The ACM model in auto mode asks
+// for about 160 shapes (each learner's rows end in a partial block of its own size), so the table is 4-way set
+// associative: direct-mapped, colliding shapes evicted each other at every call. LIBXSMM keeps its kernels until
+// libxsmm_finalize, which nothing here calls, so a cached pointer stays valid; a NULL (no kernel for the shape) is
+// cached too.
 struct kernel_entry {
     int m, n, k, lda, ldb, ldc, bf16, used;
     float beta;
     const void *kernel;
 };
-enum { KERNEL_CACHE = 256 };
+enum { KERNEL_SET_BITS = 8, KERNEL_WAYS = 4 };
 // initial-exec: this library is linked into the program, so the table is reached without a call to __tls_get_addr
-static __thread struct kernel_entry kernel_cache[KERNEL_CACHE] __attribute__((tls_model("initial-exec")));
+static __thread struct kernel_entry kernel_cache[1 << KERNEL_SET_BITS][KERNEL_WAYS]
+    __attribute__((tls_model("initial-exec")));
+static __thread long kernel_cache_misses __attribute__((tls_model("initial-exec")));
+
+long acm_smm_kernel_misses(void) { return kernel_cache_misses; }
 
 static const void *cached_kernel(int bf16, int m, int n, int k, int lda, int ldb, int ldc, float beta) {
     uint32_t h = (uint32_t)m * 0x9E3779B1u;
@@ -244,11 +248,20 @@ static const void *cached_kernel(int bf16, int m, int n, int k, int lda, int ldb
     h = (h ^ (uint32_t)k) * 0xC2B2AE3Du;
     h = (h ^ (uint32_t)lda) * 0x27D4EB2Fu;
     h = (h ^ (uint32_t)ldb) * 0x165667B1u;
-    h = (h ^ (uint32_t)ldc ^ ((uint32_t)(beta != 0) << 30) ^ ((uint32_t)bf16 << 31)) * 0x9E3779B1u;
-    struct kernel_entry *e = &kernel_cache[(h >> 16) % KERNEL_CACHE];
-    if (e->used && e->m == m && e->n == n && e->k == k && e->lda == lda && e->ldb == ldb && e->ldc == ldc &&
-        e->bf16 == bf16 && e->beta == beta)
-        return e->kernel;
+    h = (h ^ (uint32_t)ldc) * 0x9E3779B1u;
+    // beta and bf16 into the low bits, which the multiplication carries up into the set's bits: a shape asked for
+    // with beta 0 and 1 (a learner's first product, then those it adds) must not always land in the same set (it
+    // did, and with one way the two evicted each other: 30,000 lookups in LIBXSMM's registry per 2 s of the ACM
+    // model in auto mode)
+    h = (h ^ (uint32_t)(beta != 0) ^ ((uint32_t)bf16 << 1)) * 0x85EBCA77u;
+    struct kernel_entry *set = kernel_cache[h >> (32 - KERNEL_SET_BITS)];
+    for (int w = 0; w < KERNEL_WAYS; w++) {
+        const struct kernel_entry *e = &set[w];
+        if (e->used && e->m == m && e->n == n && e->k == k && e->lda == lda && e->ldb == ldb && e->ldc == ldc &&
+            e->bf16 == bf16 && e->beta == beta)
+            return e->kernel;
+    }
+    kernel_cache_misses++;
     const libxsmm_blasint m_ = m, n_ = n, k_ = k, lda_ = lda, ldb_ = ldb, ldc_ = ldc;
     const float alpha = 1;
     const void *found;
@@ -259,7 +272,9 @@ static const void *cached_kernel(int bf16, int m, int n, int k, int lda, int ldb
         const int flags = LIBXSMM_GEMM_FLAG_NONE;
         found = (const void *)libxsmm_smmdispatch(m_, n_, k_, &lda_, &ldb_, &ldc_, &alpha, &beta, &flags, NULL);
     }
-    *e = (struct kernel_entry){m, n, k, lda, ldb, ldc, bf16, 1, beta, found};
+    // the newest first; the oldest of a full set goes
+    memmove(&set[1], &set[0], (KERNEL_WAYS - 1) * sizeof(struct kernel_entry));
+    set[0] = (struct kernel_entry){m, n, k, lda, ldb, ldc, bf16, 1, beta, found};
     return found;
 }
 

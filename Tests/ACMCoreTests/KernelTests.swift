@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import CACMBF16
 
 @testable import ACMCore
 
@@ -139,15 +140,34 @@ import Testing
         }
     }
 
-    /// Should transpose a strided block into a strided block and leave the padding alone.
-    @Test func transposeMatchesNaive() {
+    /// Should transpose a strided block into a strided block and leave the padding alone: shapes below, at and
+    /// across 16 × 16 tiles, and the attention's kᵀ of a head (50 keys × 32).
+    @Test(arguments: [(13, 7, 9, 15), (1, 1, 1, 1), (16, 16, 16, 16), (17, 33, 40, 19), (50, 32, 128, 50), (70, 45, 45, 71)])
+    func transposeMatchesNaive(rows: Int, columns: Int, lda: Int, ldOut: Int) {
         var rng = SplitMix64(seed: 6)
-        let rows = 13, columns = 7, lda = 9, ldOut = 15
         let a = randomTensor([rows, lda], rng: &rng)
         let out = Tensor(shape: [columns, ldOut])
         transpose(a.data, rows: rows, columns: columns, lda: lda, out: out.data, ldOut: ldOut)
+        var wrong = 0
         for c in 0..<columns {
-            for r in 0..<ldOut { #expect(out.data[c * ldOut + r] == (r < rows ? a.data[r * lda + c] : 0)) }
+            for r in 0..<ldOut where out.data[c * ldOut + r] != (r < rows ? a.data[r * lda + c] : 0) { wrong += 1 }
+        }
+        #expect(wrong == 0)
+    }
+
+    /// Should remember a kernel asked for with beta 0 and with beta 1 side by side (a learner's first product, then
+    /// those it adds): each shape goes to LIBXSMM's registry once, not at every call (the two shared a slot of the
+    /// per-thread table and evicted each other, 30,000 registry lookups per 2 s of the ACM model in auto mode).
+    @Test func kernelTableKeepsBothBetas() {
+        for rows in [16, 22, 25, 29, 32, 64] {
+            for k in [16, 128] {
+                let before = acm_smm_kernel_misses()
+                for call in 0..<100 {
+                    _ = acm_smm_kernel(64, Int32(rows), Int32(k), 64, Int32(k), 128, Float(call % 2))
+                    _ = acm_smm_kernel(64, Int32(rows), Int32(k), 64, Int32(k), 128, Float(call % 2))
+                }
+                #expect(acm_smm_kernel_misses() - before <= 2, "rows \(rows), k \(k)")
+            }
         }
     }
 

@@ -75,3 +75,5 @@ void acm_gather_rows_bf16(unsigned short *out, const float *x, const int *order,
 /// LIBXSMM's column-major f32 kernel C[m×n] = A[m×k]·B[k×n] + beta·C (alpha 1, beta 0 or 1), or NULL where it has
 /// none: libxsmm_smmdispatch behind a per-thread table of the shapes already asked for.
 const void *acm_smm_kernel(int m, int n, int k, int lda, int ldb, int ldc, float beta);
+/// How many times this thread's table sent a lookup on to LIBXSMM (a shape not in it, or evicted from it).
+long acm_smm_kernel_misses(void);
