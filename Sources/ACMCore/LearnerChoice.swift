@@ -1,3 +1,4 @@
+import CACMKernels
 import Foundation
 
 /// How a sequence's learner counts are chosen at every ACM layer (docs/compute-budget.md).
@@ -30,12 +31,32 @@ public enum LearnerPolicy: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// The cap's ranking buffers of one worker, reused across calls: the tokens that reach the boundary
-/// level and their survival probabilities there.
+/// The cap's ranking buffers of one worker, reused across calls (`acm_choose_under_cap`'s scratch): the
+/// tokens that reach the boundary level, their survival probabilities there and the selection's space.
 final class BoundaryScratch {
-    var survival: [Double] = []
-    var token: [Int32] = []
-    var buffer: [Double] = []
+    private(set) var doubles = UnsafeMutablePointer<Double>.allocate(capacity: 0)
+    private(set) var tokens = UnsafeMutablePointer<Int32>.allocate(capacity: 0)
+    private var doubleCapacity = 0, tokenCapacity = 0
+
+    /// Room for a sequence of `count` tokens and `choices` logits each.
+    func reserve(tokens count: Int, choices: Int) {
+        let needed = acm_choose_scratch(count, choices)
+        if needed > doubleCapacity {
+            doubles.deallocate()
+            doubles = .allocate(capacity: needed)
+            doubleCapacity = needed
+        }
+        if count > tokenCapacity {
+            tokens.deallocate()
+            tokens = .allocate(capacity: count)
+            tokenCapacity = count
+        }
+    }
+
+    deinit {
+        doubles.deallocate()
+        tokens.deallocate()
+    }
 }
 
 /// The learner count of each token of one sequence, per docs/compute-budget.md.
@@ -96,77 +117,19 @@ func chooseLearners(
 }
 
 /// The gate's argmax (ties to the smaller k) for each token, trimmed to at most `cap` learners in all
-/// (≥ k_min·tokens) by the cap's rule; nil: no cap. Returns the learners kept.
+/// (≥ k_min·tokens) by the cap's rule; nil: no cap. Returns the learners kept. The ranking is
+/// `acm_choose_under_cap`: at the boundary level, the tokens that reach it by S_t(j) = P(K_t ≥ j) =
+/// Σ_{k ≥ j} p_t(k), high to low, ties to the earlier token, summed from the top choice down in double
+/// precision, as the reference does.
 @discardableResult
 private func chooseUnderCap(
     _ cap: Int?, logits: UnsafePointer<Float>, stride rowStride: Int, tokens: Int, minChoice: Int, numLearners: Int,
     ks: UnsafeMutablePointer<Int32>, scratch: BoundaryScratch
 ) -> Int {
-    let choices = numLearners + 1 - minChoice
-    // the gate's argmax (ties to the smaller k), with a histogram of the choices
-    return withUnsafeTemporaryAllocation(of: Int.self, capacity: choices + 1) { histogram in
-        histogram.initialize(repeating: 0)
-        let total = argmaxRows(
-            logits, rows: tokens, columns: choices, ld: rowStride, offset: minChoice, best: ks,
-            histogram: histogram.baseAddress!)
-        guard let cap, total > cap else { return total }
-
-        // Units above the k_min floor at each level j: the tokens whose auto k reaches j. Keep whole levels
-        // from the bottom while the budget lasts; `boundary` is the level where it runs out.
-        // reaching[c] = #{t : k_t ≥ k_min + c}: the histogram summed from the top
-        let reaching = histogram
-        for c in Swift.stride(from: choices - 2, through: 0, by: -1) { reaching[c] += reaching[c + 1] }
-        var left = cap - minChoice * tokens
-        var boundary = minChoice + 1
-        while boundary <= numLearners && reaching[boundary - minChoice] <= left {
-            left -= reaching[boundary - minChoice]
-            boundary += 1
-        }
-        trimToBoundary(
-            boundary, left: left, logits: logits, stride: rowStride, tokens: tokens, minChoice: minChoice,
-            numLearners: numLearners, ks: ks, scratch: scratch)
-        return cap
-    }
-}
-
-/// Keeps every token's learners below level `boundary`, and gives `left` of the tokens that reach it
-/// their learner at that level: those the gate gives the highest probability of reaching it.
-private func trimToBoundary(
-    _ boundary: Int, left: Int, logits: UnsafePointer<Float>, stride rowStride: Int, tokens: Int, minChoice: Int,
-    numLearners: Int, ks: UnsafeMutablePointer<Int32>, scratch: BoundaryScratch
-) {
-    let choices = numLearners + 1 - minChoice
-    if left == 0 || boundary > numLearners {
-        // every token keeps its learners below the boundary level, and none reaches it
-        for t in 0..<tokens { ks[t] = min(ks[t], Int32(boundary - 1)) }
-        return
-    }
-
-    // At the boundary level, rank the tokens that reach it by S_t(j) = P(K_t ≥ j) = Σ_{k ≥ j} p_t(k),
-    // high to low, ties to the earlier token, and give the first `left` of them their j-th learner.
-    // The sums run from the top choice down in double precision, as the reference does.
-    // the buffer: `reachingSurvival`'s scratch, then `giveBest`'s
-    let bufferSize = max(2 * tokens * choices, giveBestScratch(tokens))
-    if scratch.token.count < tokens {
-        scratch.survival = [Double](repeating: 0, count: tokens)
-        scratch.token = [Int32](repeating: 0, count: tokens)
-    }
-    if scratch.buffer.count < bufferSize { scratch.buffer = [Double](repeating: 0, count: bufferSize) }
-    scratch.survival.withUnsafeMutableBufferPointer { survival in
-        scratch.token.withUnsafeMutableBufferPointer { token in
-            scratch.buffer.withUnsafeMutableBufferPointer { buffer in
-                let reaching = reachingSurvival(
-                    logits, rows: tokens, columns: choices, ld: rowStride, ks: ks, level: boundary,
-                    top: boundary - minChoice, scratch: buffer.baseAddress!, survival: survival.baseAddress!,
-                    token: token.baseAddress!)
-                // every token keeps its learners below the boundary level, the first `left` ranked one more
-                for t in 0..<tokens { ks[t] = min(ks[t], Int32(boundary - 1)) }
-                giveBest(
-                    survival: survival.baseAddress!, token: token.baseAddress!, count: reaching, left,
-                    scratch: buffer.baseAddress!, ks: ks)
-            }
-        }
-    }
+    precondition(rowStride >= numLearners + 1 - minChoice)
+    scratch.reserve(tokens: tokens, choices: numLearners + 1 - minChoice)
+    return acm_choose_under_cap(
+        logits, rowStride, tokens, Int32(minChoice), Int32(numLearners), cap ?? -1, ks, scratch.doubles, scratch.tokens)
 }
 
 /// Spreads a sequence's cap β over a model's ACMs (docs/compute-budget.md, "Spreading the budget"):

@@ -459,8 +459,77 @@ KERNEL void acm_exp_f64(const double *x, double *out, long n) {
     for (long i = 0; i < n; i++) out[i] = exp_f64(x[i]);
 }
 
-KERNEL long acm_reaching_survival(const float *x, long rows, long choices, long ld, const int *ks, int level,
-                                  long top, double *scratch, double *survival, int *token) {
+// exp_f64 on eight lanes, the same operations in the same order (with the multiply-adds fused where the
+// avx512f clone of the scalar code fuses them), so that each lane is the scalar result bit for bit
+// (KernelTests.survivalVectorMatchesScalar).
+AVX512 static inline __m512d exp_f64_512(__m512d v) {
+    v = _mm512_max_pd(_mm512_set1_pd(-700.0), v);  // v < -700 ? -700 : v, NaN kept
+    v = _mm512_min_pd(_mm512_setzero_pd(), v);     // v > 0 ? 0 : v, NaN kept
+    const __m512d magic = _mm512_set1_pd(6755399441055744.0);
+    __m512d shifted = _mm512_fmadd_pd(v, _mm512_set1_pd(1.4426950408889634073599), magic);
+    __m512d k = _mm512_sub_pd(shifted, magic);
+    __m512d r = _mm512_fnmadd_pd(k, _mm512_set1_pd(6.93145751953125E-1), v);
+    r = _mm512_fnmadd_pd(k, _mm512_set1_pd(1.42860682030941723212E-6), r);
+    __m512d rr = _mm512_mul_pd(r, r);
+    __m512d p = _mm512_fmadd_pd(_mm512_set1_pd(1.26177193074810590878E-4), rr, _mm512_set1_pd(3.02994407707441961300E-2));
+    p = _mm512_mul_pd(_mm512_fmadd_pd(p, rr, _mm512_set1_pd(9.99999999999999999910E-1)), r);
+    __m512d q = _mm512_fmadd_pd(_mm512_set1_pd(3.00198505138664455042E-6), rr, _mm512_set1_pd(2.52448340349684104192E-3));
+    q = _mm512_fmadd_pd(q, rr, _mm512_set1_pd(2.27265548208155028766E-1));
+    q = _mm512_fmadd_pd(q, rr, _mm512_set1_pd(2.00000000000000000009E0));
+    __m512d e = _mm512_fmadd_pd(_mm512_set1_pd(2.0), _mm512_div_pd(p, _mm512_sub_pd(q, p)), _mm512_set1_pd(1.0));
+    __m512i bits = _mm512_slli_epi64(_mm512_add_epi64(_mm512_castpd_si512(shifted), _mm512_set1_epi64(1023)), 52);
+    return _mm512_mul_pd(e, _mm512_castsi512_pd(bits));
+}
+
+// acm_reaching_survival with AVX-512, eight reaching rows at a time in registers: their logits gathered column by
+// column, where the portable loops below made six passes over the rows through memory, and finished their last
+// few rows (up to seven, of a sequence's few dozen) one by one, each exponential with a scalar divide.
+AVX512 static long reaching_survival_avx512(const float *x, long rows, long choices, long ld, const int *ks, int level,
+                                           long top, double *survival, int *token) {
+#pragma clang fp contract(off)
+    long n = 0;
+    for (long t = 0; t < rows; t++) {
+        token[n] = (int)t;
+        n += ks[t] >= level;
+    }
+    double e[choices][8];
+    for (long i = 0; i < n; i += 8) {
+        long lanes = n - i < 8 ? n - i : 8;
+        int tok[8] = {0};
+        for (long j = 0; j < lanes; j++) tok[j] = token[i + j];
+        __m256i row = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)tok), _mm256_set1_epi32((int)ld));
+        // lanes past the reaching rows read row 0's logits (token 0): in bounds, and never stored
+        __m512d m = _mm512_set1_pd(-__builtin_inf());
+        for (long c = 0; c < choices; c++) {
+            __m512d v = _mm512_cvtps_pd(_mm256_i32gather_ps(x + c, row, 4));
+            _mm512_storeu_pd(e[c], v);
+            m = _mm512_max_pd(v, m);  // v > m ? v : m
+        }
+        __m512d sum = _mm512_setzero_pd();
+        for (long c = 0; c < choices; c++) {
+            __m512d ec = exp_f64_512(_mm512_sub_pd(_mm512_loadu_pd(e[c]), m));
+            _mm512_storeu_pd(e[c], ec);
+            sum = _mm512_add_pd(sum, ec);
+        }
+        __m512d inv = _mm512_div_pd(_mm512_set1_pd(1.0), sum);
+        __m512d s = _mm512_setzero_pd();
+        for (long c = choices - 1; c >= top; c--) s = _mm512_add_pd(s, _mm512_mul_pd(_mm512_loadu_pd(e[c]), inv));
+        _mm512_mask_storeu_pd(survival + i, (__mmask8)((1u << lanes) - 1), s);
+    }
+    return n;
+}
+
+KERNEL long acm_reaching_survival_portable(const float *x, long rows, long choices, long ld, const int *ks, int level,
+                                           long top, double *scratch, double *survival, int *token);
+
+long acm_reaching_survival(const float *x, long rows, long choices, long ld, const int *ks, int level, long top,
+                           double *scratch, double *survival, int *token) {
+    if (has_avx512f()) return reaching_survival_avx512(x, rows, choices, ld, ks, level, top, survival, token);
+    return acm_reaching_survival_portable(x, rows, choices, ld, ks, level, top, scratch, survival, token);
+}
+
+KERNEL long acm_reaching_survival_portable(const float *x, long rows, long choices, long ld, const int *ks, int level,
+                                           long top, double *scratch, double *survival, int *token) {
     // The reaching rows, then column by column across them (so that every step below is one vector loop over
     // the rows): e[c·n + r] = exp(z_rc − max_c z_rc), their sums, and the survival sums from the top choice
     // down, in the same order per row as a row-by-row loop.
@@ -503,7 +572,43 @@ KERNEL long acm_reaching_survival(const float *x, long rows, long choices, long 
     return n;
 }
 
-KERNEL long acm_argmax_rows(const float *x, long rows, long choices, long ld, int offset, int *best, long *histogram) {
+// acm_argmax_rows with AVX-512: sixteen rows at a time, their logits gathered column by column, and the winner of
+// each lane kept by mask; the same comparisons as the portable loop (`>`, so a NaN never wins and ties go to the
+// smaller index). The portable loop ran each short row's choices as its own scalar loop.
+AVX512 static long argmax_rows_avx512(const float *x, long rows, long choices, long ld, int offset, int *best,
+                                      long *histogram) {
+    const __m512i lanes = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)ld));
+    __m512i sum = _mm512_setzero_si512();
+    for (long r = 0; r < rows; r += 16) {
+        __mmask16 m = tail_mask(rows - r);
+        const float *base = x + r * ld;
+        __m512 top = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, lanes, base, 4);
+        __m512i b = _mm512_setzero_si512();
+        for (long c = 1; c < choices; c++) {
+            __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, lanes, base + c, 4);
+            __mmask16 greater = _mm512_cmp_ps_mask(v, top, _CMP_GT_OQ);
+            top = _mm512_mask_mov_ps(top, greater, v);
+            b = _mm512_mask_mov_epi32(b, greater, _mm512_set1_epi32((int)c));
+        }
+        _mm512_mask_storeu_epi32(best + r, m, _mm512_add_epi32(b, _mm512_set1_epi32(offset)));
+        for (long c = 0; c < choices; c++)
+            histogram[c] += __builtin_popcount(_mm512_mask_cmpeq_epi32_mask(m, b, _mm512_set1_epi32((int)c)));
+        sum = _mm512_mask_add_epi32(sum, m, sum, b);
+    }
+    return (long)offset * rows + _mm512_reduce_add_epi32(sum);
+}
+
+KERNEL long acm_argmax_rows_portable(const float *x, long rows, long choices, long ld, int offset, int *best,
+                                     long *histogram);
+
+long acm_argmax_rows(const float *x, long rows, long choices, long ld, int offset, int *best, long *histogram) {
+    if (has_avx512f()) return argmax_rows_avx512(x, rows, choices, ld, offset, best, histogram);
+    return acm_argmax_rows_portable(x, rows, choices, ld, offset, best, histogram);
+}
+
+KERNEL long acm_argmax_rows_portable(const float *x, long rows, long choices, long ld, int offset, int *best,
+                                     long *histogram) {
     // four histograms, so that consecutive rows with the same winner do not wait on each other's
     // increment (a store-to-load chain); summed at the end
     long counts[4][choices];
@@ -654,6 +759,43 @@ void acm_give_best(const double *survival, const int *token, long n, long k, dou
     } else {
         give_best(survival, token, n, k, scratch, ks);
     }
+}
+
+long acm_choose_scratch(long tokens, long choices) {
+    long give = 3 * (tokens + 8), portable = 2 * tokens * choices;
+    return tokens + (give > portable ? give : portable);
+}
+
+long acm_choose_under_cap(const float *logits, long ld, long tokens, int min_choice, int num_learners, long cap,
+                          int *ks, double *scratch, int *token) {
+    long choices = num_learners + 1 - min_choice;
+    long reaching[choices];
+    memset(reaching, 0, sizeof(reaching));
+    long total = acm_argmax_rows(logits, tokens, choices, ld, min_choice, ks, reaching);
+    if (cap < 0 || total <= cap) return total;
+
+    // Units above the k_min floor at each level j: the tokens whose auto k reaches j. Keep whole levels from the
+    // bottom while the budget lasts; `boundary` is the level where it runs out.
+    // reaching[c] = #{t : k_t >= k_min + c}: the histogram summed from the top
+    for (long c = choices - 2; c >= 0; c--) reaching[c] += reaching[c + 1];
+    long left = cap - (long)min_choice * tokens;
+    int boundary = min_choice + 1;
+    while (boundary <= num_learners && reaching[boundary - min_choice] <= left) {
+        left -= reaching[boundary - min_choice];
+        boundary++;
+    }
+    long n = 0;
+    double *survival = scratch, *buffer = scratch + tokens;
+    if (left > 0 && boundary <= num_learners) {
+        // at the boundary level, the tokens that reach it ranked by S_t(j) = P(K_t >= j), high to low, ties to the
+        // earlier token: the first `left` of them keep their j-th learner
+        n = acm_reaching_survival(logits, tokens, choices, ld, ks, boundary, boundary - min_choice, buffer, survival,
+                                  token);
+    }
+    // every token keeps its learners below the boundary level, the first `left` ranked one more
+    for (long t = 0; t < tokens; t++) ks[t] = ks[t] < boundary - 1 ? ks[t] : boundary - 1;
+    if (n > 0) acm_give_best(survival, token, n, left, buffer, ks);
+    return cap;
 }
 
 long acm_count_k(const int *ks, long tokens, int n, long *histogram) {

@@ -20,6 +20,12 @@ struct ModelBench: ParsableCommand {
     @Option(help: "What the GEMMs run in: f32, or bf16 where the CPU has AVX-512 BF16 (else f32).")
     var precision: Precision = .f32
     @Flag(help: "One JSON object per measurement instead of the table.") var json = false
+    @Flag(
+        help: """
+            Time the policies of each batch size in turn, one batch each, for --seconds per policy, and report each \
+            one's median batch: a ratio between policies that the machine's changes of speed move less.
+            """)
+    var interleave = false
 
     func run() throws {
         reexecWithTunedBLASIfNeeded()
@@ -40,6 +46,10 @@ struct ModelBench: ParsableCommand {
         for b in batch {
             let images = Tensor(shape: [b, n])
             for i in 0..<images.count { images.data[i] = Float.random(in: -1...1, using: &rng) }
+            if interleave {
+                timeInterleaved(m, images: images, batch: b, policies: policies, workspace: workspace)
+                continue
+            }
             for (name, policy) in policies {
                 let batchPolicies = [LearnerPolicy](repeating: policy, count: b)
                 _ = m.vit.forward(images: images.data, count: b, policies: batchPolicies, workspace: workspace)
@@ -64,6 +74,46 @@ struct ModelBench: ParsableCommand {
                 } else {
                     print(String(format: "| %d | %@ | %.0f | %.2f | %.3f |", b, name, rate, ms, fraction))
                 }
+            }
+        }
+    }
+}
+
+extension ModelBench {
+    /// `--interleave`: one batch of each policy in turn until each has had `seconds`; per policy, images/s at
+    /// its median and at its best batch.
+    func timeInterleaved(
+        _ m: Model, images: Tensor, batch b: Int, policies: [(name: String, policy: LearnerPolicy)],
+        workspace: ViTWorkspace
+    ) {
+        let batchPolicies = policies.map { [LearnerPolicy](repeating: $0.policy, count: b) }
+        var times = policies.map { _ in [Double]() }
+        var fractions = policies.map { _ in 0.0 }
+        for i in policies.indices {
+            _ = m.vit.forward(images: images.data, count: b, policies: batchPolicies[i], workspace: workspace)
+        }
+        var total = 0.0
+        while total < seconds * Double(policies.count) {
+            for i in policies.indices {
+                let start = DispatchTime.now().uptimeNanoseconds
+                let out = m.vit.forward(images: images.data, count: b, policies: batchPolicies[i], workspace: workspace)
+                let t = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                times[i].append(t)
+                total += t
+                fractions[i] += out.computeFraction.reduce(0, +) / Double(b)
+            }
+        }
+        for (i, p) in policies.enumerated() {
+            let sorted = times[i].sorted()
+            let median = sorted[sorted.count / 2], best = sorted[0]
+            let fraction = fractions[i] / Double(sorted.count)
+            if json {
+                print(String(
+                    format: #"{"batch": %d, "policy": "%@", "precision": "%@", "images_per_s": %.2f, "best_images_per_s": %.2f, "ms_per_batch": %.4f, "compute_fraction": %.5f, "batches": %d}"#,
+                    b, p.name, m.precision.rawValue, Double(b) / median, Double(b) / best, median * 1000, fraction,
+                    sorted.count))
+            } else {
+                print(String(format: "| %d | %@ | %.0f | %.2f | %.3f |", b, p.name, Double(b) / median, median * 1000, fraction))
             }
         }
     }

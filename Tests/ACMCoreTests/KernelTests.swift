@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import CACMBF16
+import CACMKernels
 
 @testable import ACMCore
 
@@ -369,6 +370,35 @@ import CACMBF16
             let e = row.map { Foundation.exp($0 - row.max()!) }
             let want = e[top...].reduce(0, +) / e.reduce(0, +)
             #expect(abs(survival[r] - want) < 1e-14, "row \(t)")
+        }
+    }
+
+    /// Should give, on whatever path the CPU takes (AVX-512 here, where the CPU has it), the same bits as the
+    /// portable loops: the survival sums and the argmax picks, histograms and totals, across the shapes that
+    /// exercise the vector paths' tails (1 to 70 rows, 1 to 17 choices), NaNs and ties included.
+    @Test func dispatchedChoiceKernelsMatchPortable() {
+        var rng = SplitMix64(seed: 13)
+        for (rows, choices) in [(1, 1), (7, 4), (8, 5), (9, 5), (16, 2), (17, 17), (50, 5), (61, 4), (70, 9)] {
+            let ld = choices + 3
+            // quarters, so that ties are common
+            var x = (0..<rows * ld).map { _ in Float(Int.random(in: -40...40, using: &rng)) / 4 }
+            if rows > 5 { x[3 * ld + min(1, choices - 1)] = .nan }
+            for level in 0...min(choices, 3) {
+                let ks = (0..<rows).map { _ in Int32.random(in: 0...Int32(choices), using: &rng) }
+                let top = Int.random(in: 0..<choices, using: &rng)
+                var scratch = [Double](repeating: 0, count: 2 * rows * choices)
+                var s1 = [Double](repeating: 0, count: rows), s2 = s1
+                var t1 = [Int32](repeating: -1, count: rows), t2 = t1
+                let n1 = acm_reaching_survival(x, rows, choices, ld, ks, Int32(level), top, &scratch, &s1, &t1)
+                let n2 = acm_reaching_survival_portable(x, rows, choices, ld, ks, Int32(level), top, &scratch, &s2, &t2)
+                #expect(n1 == n2 && t1 == t2)
+                #expect(s1.prefix(n1).map(\.bitPattern) == s2.prefix(n2).map(\.bitPattern), "\(rows) x \(choices), level \(level)")
+            }
+            var b1 = [Int32](repeating: -1, count: rows), b2 = b1
+            var h1 = [Int](repeating: 2, count: choices), h2 = h1
+            let total1 = acm_argmax_rows(x, rows, choices, ld, 1, &b1, &h1)
+            let total2 = acm_argmax_rows_portable(x, rows, choices, ld, 1, &b2, &h2)
+            #expect(b1 == b2 && h1 == h2 && total1 == total2, "\(rows) x \(choices)")
         }
     }
 

@@ -53,6 +53,26 @@ long acm_argmax_rows(const float *x, long rows, long choices, long ld, int offse
 long acm_reaching_survival(const float *x, long rows, long choices, long ld, const int *ks, int level,
                            long top, double *scratch, double *survival, int *token);
 
+/// acm_reaching_survival in portable C (the loops the compiler vectorises), whichever the CPU: the reference the
+/// AVX-512 path is tested against.
+long acm_reaching_survival_portable(const float *x, long rows, long choices, long ld, const int *ks, int level,
+                                    long top, double *scratch, double *survival, int *token);
+
+/// acm_argmax_rows in portable C, whichever the CPU (as acm_reaching_survival_portable).
+long acm_argmax_rows_portable(const float *x, long rows, long choices, long ld, int offset, int *best, long *histogram);
+
+/// The doubles of scratch acm_choose_under_cap needs for `tokens` rows of `choices` logits.
+long acm_choose_scratch(long tokens, long choices);
+
+/// One sequence's learner counts under a cap (docs/compute-budget.md): ks[t] the gate's argmax over its row of
+/// num_learners + 1 − min_choice logits (`ld` apart; ties to the smaller k) plus min_choice, then, where their sum
+/// exceeds `cap` (≥ min_choice·tokens; negative: no cap), trimmed level by level from the top: whole levels kept
+/// from the bottom while the budget lasts, and at the level where it runs out the tokens that reach it ranked by
+/// their survival probability there (acm_reaching_survival, acm_give_best). `scratch` holds
+/// acm_choose_scratch(tokens, choices) doubles, `token` `tokens` ints. Returns the learners kept.
+long acm_choose_under_cap(const float *logits, long ld, long tokens, int min_choice, int num_learners, long cap,
+                          int *ks, double *scratch, int *token);
+
 /// ks[token[r]] += 1 for the `k` best of `n` rows r: the highest survival[r], ties to the smaller r
 /// (the rows are in token order). `scratch` holds 3·(n + 8) doubles.
 void acm_give_best(const double *survival, const int *token, long n, long k, double *scratch, int *ks);
