@@ -26,6 +26,12 @@ struct ModelBench: ParsableCommand {
             one's median batch: a ratio between policies that the machine's changes of speed move less.
             """)
     var interleave = false
+    @Option(
+        help: """
+            Also time this model directory (e.g. the dense teacher of --model) at each batch size, as the policy \
+            'baseline' (all its learners where it has ACMs): with --interleave, in the same turns.
+            """)
+    var baseline: String?
 
     func run() throws {
         reexecWithTunedBLASIfNeeded()
@@ -33,11 +39,20 @@ struct ModelBench: ParsableCommand {
         let m = try Model(directory: model, precision: precision)
         let n = m.vit.inputCount
         var rng = SeededGenerator(seed: 1)
-        let workspace = ViTWorkspace()
         let budgets = budget.isEmpty && uniformK.isEmpty ? [0, 0.5] : budget
-        let policies: [(name: String, policy: LearnerPolicy)] =
-            try budgets.map { $0 > 0 ? ("cap \($0)", .cap(try ComputeBudget($0))) : ("auto", .auto) }
-            + uniformK.map { ("uniform \($0)", .uniform($0)) }
+        var variants = try budgets.map { beta in
+            beta > 0
+                ? Variant(name: "cap \(beta)", model: m, policy: .cap(try ComputeBudget(beta)))
+                : Variant(name: "auto", model: m, policy: .auto)
+        }
+        variants += uniformK.map { Variant(name: "uniform \($0)", model: m, policy: .uniform($0)) }
+        if let baseline {
+            let other = try Model(directory: baseline, precision: precision)
+            guard other.vit.inputCount == n else {
+                throw ValidationError("--baseline \(baseline) takes \(other.vit.inputCount) values an image, --model \(n)")
+            }
+            variants.append(Variant(name: "baseline", model: other, policy: .full))
+        }
         if !json {
             print("engine: \(model), workers=\(Parallel.workers), precision=\(m.precision), GEMM=\(m.precision.kernelName)")
             print("| batch | policy | images/s | ms/batch | compute fraction |")
@@ -47,11 +62,12 @@ struct ModelBench: ParsableCommand {
             let images = Tensor(shape: [b, n])
             for i in 0..<images.count { images.data[i] = Float.random(in: -1...1, using: &rng) }
             if interleave {
-                timeInterleaved(m, images: images, batch: b, policies: policies, workspace: workspace)
+                timeInterleaved(images: images, batch: b, variants: variants)
                 continue
             }
-            for (name, policy) in policies {
-                let batchPolicies = [LearnerPolicy](repeating: policy, count: b)
+            for variant in variants {
+                let (name, m, workspace) = (variant.name, variant.model, variant.workspace)
+                let batchPolicies = [LearnerPolicy](repeating: variant.policy, count: b)
                 _ = m.vit.forward(images: images.data, count: b, policies: batchPolicies, workspace: workspace)
                 var runs = 0
                 var fraction = 0.0
@@ -80,43 +96,50 @@ struct ModelBench: ParsableCommand {
 }
 
 extension ModelBench {
-    /// `--interleave`: one batch of each policy in turn until each has had `seconds`; per policy, images/s at
+    /// `--interleave`: one batch of each variant in turn until each has had `seconds`; per variant, images/s at
     /// its median and at its best batch.
-    func timeInterleaved(
-        _ m: Model, images: Tensor, batch b: Int, policies: [(name: String, policy: LearnerPolicy)],
-        workspace: ViTWorkspace
-    ) {
-        let batchPolicies = policies.map { [LearnerPolicy](repeating: $0.policy, count: b) }
-        var times = policies.map { _ in [Double]() }
-        var fractions = policies.map { _ in 0.0 }
-        for i in policies.indices {
-            _ = m.vit.forward(images: images.data, count: b, policies: batchPolicies[i], workspace: workspace)
+    func timeInterleaved(images: Tensor, batch b: Int, variants: [Variant]) {
+        let batchPolicies = variants.map { [LearnerPolicy](repeating: $0.policy, count: b) }
+        var times = variants.map { _ in [Double]() }
+        var fractions = variants.map { _ in 0.0 }
+        for i in variants.indices {
+            let p = variants[i]
+            _ = p.model.vit.forward(images: images.data, count: b, policies: batchPolicies[i], workspace: p.workspace)
         }
         var total = 0.0
-        while total < seconds * Double(policies.count) {
-            for i in policies.indices {
+        while total < seconds * Double(variants.count) {
+            for i in variants.indices {
                 let start = DispatchTime.now().uptimeNanoseconds
-                let out = m.vit.forward(images: images.data, count: b, policies: batchPolicies[i], workspace: workspace)
+                let p = variants[i]
+                let out = p.model.vit.forward(images: images.data, count: b, policies: batchPolicies[i], workspace: p.workspace)
                 let t = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 times[i].append(t)
                 total += t
                 fractions[i] += out.computeFraction.reduce(0, +) / Double(b)
             }
         }
-        for (i, p) in policies.enumerated() {
+        for (i, p) in variants.enumerated() {
             let sorted = times[i].sorted()
             let median = sorted[sorted.count / 2], best = sorted[0]
             let fraction = fractions[i] / Double(sorted.count)
             if json {
                 print(String(
                     format: #"{"batch": %d, "policy": "%@", "precision": "%@", "images_per_s": %.2f, "best_images_per_s": %.2f, "ms_per_batch": %.4f, "compute_fraction": %.5f, "batches": %d}"#,
-                    b, p.name, m.precision.rawValue, Double(b) / median, Double(b) / best, median * 1000, fraction,
+                    b, p.name, p.model.precision.rawValue, Double(b) / median, Double(b) / best, median * 1000, fraction,
                     sorted.count))
             } else {
                 print(String(format: "| %d | %@ | %.0f | %.2f | %.3f |", b, p.name, Double(b) / median, median * 1000, fraction))
             }
         }
     }
+}
+
+/// One row of the table: a model under one policy, with its own buffers.
+struct Variant {
+    let name: String
+    let model: Model
+    let policy: LearnerPolicy
+    let workspace = ViTWorkspace()
 }
 
 /// User + system CPU seconds of this process, all its threads.

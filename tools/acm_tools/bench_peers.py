@@ -28,7 +28,9 @@ inherits another's threads, caches or allocations:
 Each measurement warms up (2 runs and at least 0.2 s), then runs for --seconds; images/s = images / elapsed.
 Pass p runs every row at every batch size once before pass p + 1 starts, so that the machine's noise spreads over
 all rows. The table gives each row's best and median images/s over the passes and the best's ratio to OpenVINO
-fp32's best at the same batch size; then the goals, computed from the bests.
+fp32's best at the same batch size; then the goals, computed from the bests. The goals between two of our own
+rows (the ACM against our dense model, a cap against uniform k) are then measured again --passes times, each in one
+acm-bench process that interleaves those rows batch by batch (`--interleave --baseline`), from the median batches.
 
 First a probe of the machine, so that runs on different machines can be compared: the CPU, its bf16 flags, and a
 1024^3 float32 sgemm through numpy on 1 and 2 threads (threadpoolctl).
@@ -271,6 +273,47 @@ def measure_ours(bin, model_dir, policy, batch, seconds, precision='f32'):
     raise RuntimeError(f'{shlex.join(cmd)} printed no JSON line for batch {batch}, policy {policy!r}:\n{r.stdout}')
 
 
+def measure_interleaved(bin, dirs, policies, batch, seconds):
+    """Our dense model and the ACM model under `policies`, in one acm-bench process that runs one batch of each in
+    turn (`--interleave --baseline`) for `seconds` each -> {row key: {images_per_s (median batch), best_images_per_s,
+    compute_fraction}}: ratios between our own rows that the machine's changes of speed, which move separate
+    processes' bests by ±10% here, move less."""
+    cmd = [bin, 'model', '--model', dirs['acm'], '--baseline', dirs['dense'], '--batch', str(batch),
+           '--seconds', str(seconds), '--threads', str(threads), '--interleave', '--json']
+    for policy in policies:
+        cmd += ours_args(policy)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f'{shlex.join(cmd)} failed ({r.returncode}):\n{r.stderr}')
+    out = {}
+    for line in r.stdout.splitlines():
+        if line.startswith('{'):
+            obj = json.loads(line)
+            key = 'ours dense' if obj['policy'] == 'baseline' else next(
+                (f'ours {p}' for p in policies if same_policy(obj['policy'], p)), None)
+            if key is not None:
+                out[key] = dict(images_per_s=obj['images_per_s'], best_images_per_s=obj['best_images_per_s'],
+                                compute_fraction=obj['compute_fraction'])
+    missing = [k for k in ['ours dense'] + [f'ours {p}' for p in policies] if k not in out]
+    if missing:
+        raise RuntimeError(f'{shlex.join(cmd)} printed no line for {missing}:\n{r.stdout}')
+    return out
+
+
+def interleaved_goals(m, measured):
+    """{batch: measure_interleaved's result} -> [{text, figure, met}] for the goals between two of our f32 rows, from
+    the median batches of one interleaved run."""
+    out = []
+    for number, key, base, b, at_least in m['goals']:
+        if b not in measured or key not in measured[b] or base not in measured[b]:
+            continue
+        figure = measured[b][key]['images_per_s'] / measured[b][base]['images_per_s']
+        text = (f'({number}) {key.removeprefix("ours ")} ≥ {at_least:.2f}× {base.removeprefix("ours ")} at batch {b}, '
+                f'interleaved: {figure:.2f}× — {"met" if figure >= at_least else "missed"}')
+        out.append(dict(text=text, figure=figure, met=figure >= at_least))
+    return out
+
+
 def measure_peer(spec):
     tools = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [tools, os.environ.get('PYTHONPATH')])))
@@ -432,6 +475,15 @@ def section(command, report):
     lines += ['', 'Images/s, best and median over the passes; × OV fp32: best over OpenVINO fp32\'s best at the '
                   'same batch size.', '', report['table'], '', 'Goals (ratios of bests):', '']
     lines += [f'- {g["text"]}' for g in report['goals']]
+    runs = report.get('interleaved') or []
+    if runs:
+        lines += ['', f'The goals between our own rows again, {plural(len(runs), "run")} of one acm-bench process each '
+                      '(`acm-bench model --interleave --baseline`: one batch of each row in turn, '
+                      f'{s["seconds"]:g} s of batches per row; ratios of median batches):', '']
+        for i, g in enumerate(runs[0]['goals']):
+            figures = ', '.join(f'{r["goals"][i]["figure"]:.2f}' for r in runs)
+            met = sum(r['goals'][i]['met'] for r in runs)
+            lines.append(f'- {g["text"].split(", interleaved")[0]}: {figures} (met in {met} of {len(runs)})')
     return '\n'.join(lines)
 
 
@@ -516,6 +568,16 @@ def main(argv=None):
     print('goals (ratios of bests):')
     print('\n'.join(g['text'] for g in goal_list))
 
+    # the goals between two of our own rows again, from one process that interleaves them (several runs of it:
+    # the machine's phases still move one run)
+    own = sorted({b for _, key, base, b, _ in m['goals'] if key.startswith('ours') and base.startswith('ours')
+                  and not key.endswith('bf16') and b in batches}) if 'f32' in args.precision else []
+    interleaved = []
+    for run in range(1, args.passes + 1 if own else 1):
+        measured = {b: measure_interleaved(args.bin, dirs, m['policies'], b, seconds) for b in own}
+        interleaved.append(dict(measured=measured, goals=interleaved_goals(m, measured)))
+        print(f'interleaved run {run}: ' + '; '.join(g['text'] for g in interleaved[-1]['goals']), flush=True)
+
     report = dict(command=command, date=time.strftime('%Y-%m-%d'), commit=git_commit(), model=args.model,
                   models=dirs, onnx=onnx_path, onnx_max_diff=diff, probe=probe, probe_lines=lines,
                   precision_lines=precision_lines,
@@ -524,7 +586,7 @@ def main(argv=None):
                   rows=[dict(key=key, label=label, **what) for key, label, what in table_rows], not_run=skip,
                   measurements={k: {str(b): v for b, v in by_b.items()} for k, by_b in res.items()},
                   summary={k: {str(b): v for b, v in by_b.items()} for k, by_b in summary.items()},
-                  table=tab, goals=goal_list)
+                  table=tab, goals=goal_list, interleaved=interleaved)
     path = out_json.format(model=args.model)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:

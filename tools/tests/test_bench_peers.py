@@ -189,3 +189,38 @@ def test_vitb_models_are_rebuilt_when_their_description_changes(tmp_path):
     obj['acm']['encoder.layers.encoder_layer_0.self_attention.q_proj']['learner_dim'] = 192
     (d / 'config.json').write_text(json.dumps(obj))
     assert vitb_stale(str(d), acm=True)
+
+
+def test_interleaved_goals_are_ratios_of_medians():
+    """Should compute the goals between two of our own rows from one interleaved run's median batches, and leave out
+    the goals against a peer."""
+    m = bench_peers.models['fashion']
+    row = lambda median, best: dict(images_per_s=median, best_images_per_s=best, compute_fraction=0.5)
+    measured = {32: {'ours dense': row(100.0, 200.0), 'ours auto': row(125.0, 300.0), 'ours cap 0.5': row(150.0, 150.0),
+                     'ours cap 0.25': row(170.0, 170.0), 'ours uniform 1': row(200.0, 200.0),
+                     'ours uniform 2': row(160.0, 160.0)}}
+    got = bench_peers.interleaved_goals(m, measured)
+    assert [g['figure'] for g in got] == pytest.approx([1.5, 1.25, 0.85, 0.9375])
+    assert [g['met'] for g in got] == [True, False, True, True]
+    assert got[0]['text'].startswith('(4) cap 0.5 ≥ 1.40× dense at batch 32, interleaved: 1.50×')
+
+
+def test_measure_interleaved_runs_one_process_and_reads_each_row(tmp_path):
+    """Should run acm-bench once with --interleave, the dense model as --baseline and every policy, and take each
+    row's median rate; a row it did not print is an error."""
+    args = tmp_path / 'args'
+    fake = tmp_path / 'acm-bench'
+    lines = [dict(batch=32, policy=p, images_per_s=v, best_images_per_s=v + 1, compute_fraction=f)
+             for p, v, f in [('auto', 120.0, 0.63), ('cap 0.50', 130.0, 0.5), ('baseline', 100.0, 1.0)]]
+    fake.write_text('#!/bin/sh\necho "$@" > ' + str(args) + '\n'
+                    + ''.join(f"echo '{json.dumps(x)}'\n" for x in lines))
+    fake.chmod(0o755)
+    dirs = dict(dense='models/d', acm='models/a')
+    got = bench_peers.measure_interleaved(str(fake), dirs, ['auto', 'cap 0.5'], 32, 1.5)
+    assert got['ours dense']['images_per_s'] == 100.0 and got['ours cap 0.5']['best_images_per_s'] == 131.0
+    assert got['ours auto']['compute_fraction'] == 0.63
+    ran = args.read_text().split()
+    assert '--interleave' in ran and ran[ran.index('--baseline') + 1] == 'models/d'
+    assert ran[ran.index('--model') + 1] == 'models/a' and ran.count('--budget') == 2
+    with pytest.raises(RuntimeError, match='no line'):
+        bench_peers.measure_interleaved(str(fake), dirs, ['auto', 'uniform 1'], 32, 1.5)
