@@ -16,7 +16,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from harness import (FIXTURES, REPO, Server, error_message, infer, infer_path, metrics, parse_metrics, request,
-                     run_clients, sample_value)
+                     run_clients, sample_value, slow)
 
 MODEL = 'whisper-tiny.en'
 FALLBACK = 'whisper-fallback'
@@ -62,7 +62,7 @@ def server(fallback_dir):
 
 @pytest.fixture(scope='module')
 def client(server):
-    c = httpclient.InferenceServerClient(server.url, connection_timeout=60, network_timeout=60)
+    c = httpclient.InferenceServerClient(server.url, connection_timeout=slow(60), network_timeout=slow(60))
     yield c
     c.close()
 
@@ -150,7 +150,7 @@ def test_concurrent_clients(server, client, clips, mels, alone):
 
     def run(i):
         name, kind, budget = jobs[i]
-        c = httpclient.InferenceServerClient(server.url, connection_timeout=120, network_timeout=120)
+        c = httpclient.InferenceServerClient(server.url, connection_timeout=slow(120), network_timeout=slow(120))
         try:
             params = None if budget is None else {'compute_budget': budget}
             if kind == 'mel':
