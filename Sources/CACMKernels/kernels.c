@@ -459,9 +459,19 @@ KERNEL void acm_exp_f64(const double *x, double *out, long n) {
     for (long i = 0; i < n; i++) out[i] = exp_f64(x[i]);
 }
 
+// The rows t with ks[t] >= level, in order, into token; returns their number.
+static inline long reaching_rows(long rows, const int *ks, int level, int *token) {
+    long n = 0;
+    for (long t = 0; t < rows; t++) {
+        token[n] = (int)t;
+        n += ks[t] >= level;
+    }
+    return n;
+}
+
 // exp_f64 on eight lanes, the same operations in the same order (with the multiply-adds fused where the
 // avx512f clone of the scalar code fuses them), so that each lane is the scalar result bit for bit
-// (KernelTests.survivalVectorMatchesScalar).
+// (KernelTests.dispatchedChoiceKernelsMatchPortable).
 AVX512 static inline __m512d exp_f64_512(__m512d v) {
     v = _mm512_max_pd(_mm512_set1_pd(-700.0), v);  // v < -700 ? -700 : v, NaN kept
     v = _mm512_min_pd(_mm512_setzero_pd(), v);     // v > 0 ? 0 : v, NaN kept
@@ -487,11 +497,7 @@ AVX512 static inline __m512d exp_f64_512(__m512d v) {
 AVX512 static long reaching_survival_avx512(const float *x, long rows, long choices, long ld, const int *ks, int level,
                                            long top, double *survival, int *token) {
 #pragma clang fp contract(off)
-    long n = 0;
-    for (long t = 0; t < rows; t++) {
-        token[n] = (int)t;
-        n += ks[t] >= level;
-    }
+    long n = reaching_rows(rows, ks, level, token);
     double e[choices][8];
     for (long i = 0; i < n; i += 8) {
         long lanes = n - i < 8 ? n - i : 8;
@@ -533,11 +539,7 @@ KERNEL long acm_reaching_survival_portable(const float *x, long rows, long choic
     // The reaching rows, then column by column across them (so that every step below is one vector loop over
     // the rows): e[c·n + r] = exp(z_rc − max_c z_rc), their sums, and the survival sums from the top choice
     // down, in the same order per row as a row-by-row loop.
-    long n = 0;
-    for (long t = 0; t < rows; t++) {
-        token[n] = (int)t;
-        n += ks[t] >= level;
-    }
+    long n = reaching_rows(rows, ks, level, token);
     double *restrict e = scratch, *restrict m = scratch + n * choices;
     for (long r = 0; r < n; r++) m[r] = -__builtin_inf();
     for (long c = 0; c < choices; c++) {

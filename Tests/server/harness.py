@@ -20,14 +20,15 @@ FIXTURES = os.path.join(REPO, 'Tests', 'ACMModelsTests', 'Fixtures')
 BIN = os.environ.get('ACM_SERVE_BIN', os.path.join(REPO, '.build', 'release', 'acm-serve'))
 # How many times longer a client waits for an answer: scripts/test-sanitizers sets it for its instrumented servers.
 SLOWDOWN = float(os.environ.get('ACM_TEST_SLOWDOWN', '1'))
+HOST = '127.0.0.1'
+READY_SECONDS = 30  # start-up takes < 2 s; this is for a loaded machine
+STOP_SECONDS = 10  # SIGTERM to exit
 
 
 def slow(seconds):
     """A client timeout of `seconds`, stretched by ACM_TEST_SLOWDOWN."""
     return seconds * SLOWDOWN
-HOST = '127.0.0.1'
-READY_SECONDS = 30  # start-up takes < 2 s; this is for a loaded machine
-STOP_SECONDS = 10  # SIGTERM to exit
+
 
 # The golden modes the HTTP parameter compute_budget reaches: no budget is auto; a cap of 1.0 never trims.
 BUDGET_MODES = {None: 'auto', 0.5: 'cap_0.5', 0.25: 'cap_0.25', 1.0: 'auto'}
