@@ -1,15 +1,18 @@
+import CACMKernels
 import Foundation
 
 // How many cores the engine should use by default: the CPUs this process may run on, fewer where a cgroup CPU
 // quota allows less. A container started with `--cpus 2`, or a Kubernetes pod with a CPU limit of 2, still sees
-// every core of the node in its affinity mask (Foundation's `activeProcessorCount` counts the mask); one engine
-// thread per node core would then be throttled by the quota, its threads descheduled mid-operation while the
-// others wait for them at the next join.
+// every core of the node in its affinity mask; one engine thread per node core would then be throttled by the
+// quota, its threads descheduled mid-operation while the others wait for them at the next join. The mask itself is
+// read with `sched_getaffinity` (`acm_affinity_cpus`): Foundation's `activeProcessorCount` on Linux counts the CPUs
+// online, so under `taskset -c 0` or a container's cpuset it gave every core of the machine.
 
 /// The cores this process may use: the CPUs of its affinity mask, or the cgroup's CPU quota rounded up where that is
 /// fewer (cgroup v2's `cpu.max`, v1's `cpu.cfs_quota_us` over `cpu.cfs_period_us`).
 public func availableCores() -> Int {
-    let affinity = ProcessInfo.processInfo.activeProcessorCount
+    let mask = Int(acm_affinity_cpus())
+    let affinity = mask > 0 ? mask : ProcessInfo.processInfo.activeProcessorCount
     let quota = readCGroupCPUQuota()
     return coresAllowed(affinity: affinity, quota: quota)
 }

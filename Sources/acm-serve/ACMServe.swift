@@ -133,5 +133,6 @@ struct Version: ParsableCommand {
         print("jansson \(janssonVersion)")
         print("GEMM kernels: \(gemmKernelName)")
         print("bf16 GEMM: \(BF16.description)")
+        print("cores: \(availableCores()) (the compute threads' default: the CPU affinity mask, capped by a cgroup CPU quota)")
     }
 }

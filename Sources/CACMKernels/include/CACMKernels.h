@@ -128,3 +128,7 @@ void acm_weighted_rows(const float *p, long rows, long ldp, const float *v, long
 
 /// Sets the calling thread's SSE control word to flush denormal results to zero and read denormal inputs as zero.
 void acm_flush_denormals(void);
+
+/// The CPUs in this process's affinity mask (`sched_getaffinity`), or -1 where it cannot be read (more than
+/// CPU_SETSIZE CPUs).
+int acm_affinity_cpus(void);
