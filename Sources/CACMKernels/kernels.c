@@ -82,9 +82,10 @@ static inline float gelu(float v) { return v * 0.5f * (1 + erf_approx(v * 0.7071
 // toward equal relative error over [−½, ½] (numpy; 8e-8 relative with float rounding, where exp_approx's is 2 ulp).
 // With the subtraction and the scale, thirteen vector operations a vector of exponentials where exp_approx's range
 // reduction in base e and its exponent arithmetic took twenty-two: the softmax was 9% of a capped pass of the
-// Fashion-MNIST ViT, and now runs in two thirds of its time. t is taken as at least −125, so that no lane makes a
-// denormal: 2^−125 is as good as 0 beside the row's largest value, 1, and a denormal result costs a microcode
-// assist (a masked lane of −∞ that went to 2^−150 made the kernel three times slower).
+// Fashion-MNIST ViT, and now runs in two thirds of its time. t is taken as at least −125, so that 2^t is not a
+// denormal (2^−125 is as good as 0 beside the row's largest value, 1): a denormal result costs a microcode assist.
+// For the same reason the callers zero the lanes past a row's end rather than leave them at −∞: such a lane went to
+// 2^−125, its product with the sum's reciprocal was a denormal, and the kernel ran three times slower.
 AVX512 static inline __m512 exp2_nonpositive512(__m512 t) {
     t = _mm512_max_ps(t, _mm512_set1_ps(-125.0f));
     const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
