@@ -184,6 +184,7 @@ enum { ROWS_AT_ONCE = 4 };
 // time instead of 9%). Two rows go in step: one row is a chain of dependent steps (its max's horizontal
 // reduction, the exponentials, their sum's reduction, the reciprocal), and two chains side by side let the
 // core overlap them. Each row's operations are those of SOFTMAX_ROWS_BODY, in the same order, so the same results.
+// Inlined with V a constant at each of softmax_rows_avx512's cases, so each gets its own unrolled copy.
 AVX512 static inline __attribute__((always_inline)) void softmax_short_rows(float *x, long rows, long n, long ld,
                                                                             float scale, const int V) {
     __mmask16 k[4];
@@ -223,21 +224,13 @@ AVX512 static inline __attribute__((always_inline)) void softmax_short_rows(floa
         r += count;
     }
 }
-#define SHORT_SOFTMAX(V)                                                                                           \
-    AVX512 static void softmax_short_rows_##V(float *x, long rows, long n, long ld, float scale) {               \
-        softmax_short_rows(x, rows, n, ld, scale, V);                                                              \
-    }
-SHORT_SOFTMAX(1)
-SHORT_SOFTMAX(2)
-SHORT_SOFTMAX(3)
-SHORT_SOFTMAX(4)
 
 AVX512 static void softmax_rows_avx512(float *x, long rows, long n, long ld, float scale) {
     switch ((n + 15) / 16) {
-    case 1: softmax_short_rows_1(x, rows, n, ld, scale); return;
-    case 2: softmax_short_rows_2(x, rows, n, ld, scale); return;
-    case 3: softmax_short_rows_3(x, rows, n, ld, scale); return;
-    case 4: softmax_short_rows_4(x, rows, n, ld, scale); return;
+    case 1: softmax_short_rows(x, rows, n, ld, scale, 1); return;
+    case 2: softmax_short_rows(x, rows, n, ld, scale, 2); return;
+    case 3: softmax_short_rows(x, rows, n, ld, scale, 3); return;
+    case 4: softmax_short_rows(x, rows, n, ld, scale, 4); return;
     default: break;
     }
     if (n > SOFTMAX_BUFFER) {
