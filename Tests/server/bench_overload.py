@@ -12,6 +12,8 @@ budget it ran at. With --write it rewrites that section of BENCHMARKS.md and dra
 with the adaptive budget on into docs/img/adaptive-step.png."""
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import os
 import re
@@ -149,8 +151,26 @@ class Connections:
         self.slots.release()
 
 
+@contextlib.contextmanager
+def collector_off():
+    """Python's garbage collector off, and what exists now frozen out of its scans, for a timed run."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
 async def open_loop(port, schedule, images):
-    """Sends a request at each time of `schedule` (seconds from start) -> [(sent_at, latency, status, params)]"""
+    """Sends a request at each time of `schedule` (seconds from start) -> [(sent_at, latency, status, params)]
+
+    Python's garbage collector is off meanwhile (`gc.freeze` first, so that what was made before is not scanned
+    either): a full collection among the run's tens of thousands of tasks and records stopped this loop for 100-155 ms
+    at a time (2026-12-03, Intel VM), after which it sent the requests that had fallen due at once, a burst of 130 in
+    0.1 s that the server then had to refuse. With it off, the latest request went out 23 ms late."""
     conns = Connections(port)
     payloads = [infer_request(port, group) for group in request_groups(images)]
     out, lags = [], []
@@ -158,9 +178,9 @@ async def open_loop(port, schedule, images):
 
     async def one(i, at):
         conn = None
-        lags.append(loop.time() - (start + at))
         try:
             conn = await conns.get()
+            lags.append(loop.time() - (start + at))
             status, params = await exchange(*conn, payloads[i % len(payloads)])
             conns.put(conn)
         except (OSError, asyncio.IncompleteReadError) as e:
@@ -172,18 +192,19 @@ async def open_loop(port, schedule, images):
     # One producer starts each request at its time (not all up front: creating tens of thousands of tasks at once
     # would itself delay the first sends).
     tasks = []
-    start = loop.time()
-    for i, at in enumerate(schedule):
-        delay = start + at - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, at)))
-    await asyncio.gather(*tasks)
+    with collector_off():
+        start = loop.time()
+        for i, at in enumerate(schedule):
+            delay = start + at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, at)))
+        await asyncio.gather(*tasks)
     GENERATOR_LAG.append(float(np.percentile(lags, 99)) * 1000 if lags else 0.0)
     return out
 
 
-GENERATOR_LAG = []  # ms: the p99 of how late the generator started each request, per open-loop run
+GENERATOR_LAG = []  # ms: the p99 of how late the generator sent each request (its connection in hand), per open-loop run
 
 
 async def closed_loop(port, seconds, images, connections=32, budget=None, refused_ok=False):
@@ -206,9 +227,10 @@ async def closed_loop(port, seconds, images, connections=32, budget=None, refuse
             done += 1
         conn[1].close()
 
-    start = time.monotonic()
-    await asyncio.gather(*(client() for _ in range(connections)))
-    return done / (time.monotonic() - start)
+    with collector_off():
+        start = time.monotonic()
+        await asyncio.gather(*(client() for _ in range(connections)))
+        return done / (time.monotonic() - start)
 
 
 def warm_up(port, images):
@@ -221,6 +243,22 @@ def warm_up(port, images):
             asyncio.run(closed_loop(port, 1.5 if connections == 40 else 0.4, images, connections=connections, budget=budget,
                                     refused_ok=True))
     asyncio.run(closed_loop(port, 1.5, images, connections=40, refused_ok=True))
+
+
+def core_times(cpu):
+    """/proc/stat's counters of one CPU, in clock ticks: (busy, stolen by the hypervisor, all)."""
+    with open('/proc/stat') as f:
+        for line in f:
+            if line.startswith(f'cpu{cpu} '):
+                user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in line.split()[1:9])
+                return user + nice + system + irq + softirq, steal, user + nice + system + idle + iowait + irq + softirq + steal
+    return 0, 0, 0
+
+
+def core_shares(before, after):
+    """Shares of the time between two `core_times` readings that the CPU was busy and stolen, in per cent."""
+    busy, stolen, total = (b - a for a, b in zip(before, after))
+    return (100 * busy / total, 100 * stolen / total) if total > 0 else (0.0, 0.0)
 
 
 def poisson(rate, seconds, rng, offset=0.0):
@@ -279,15 +317,17 @@ def main(argv=None):
         # Three interleaved runs of each, and their medians: one run can fall in a fast or a slow stretch of the VM
         # (on the Intel machine, 2026-12-02, one run each read 442 and 572 requests/s, and the full budget then
         # answered only 351 a second of its "1x" open-loop load).
+        before = core_times(SERVER_CORE)
         runs = [(asyncio.run(closed_loop(server.port, max(5.0, args.seconds / 4), images)),
                  asyncio.run(closed_loop(server.port, max(5.0, args.seconds / 4), images, budget=MIN_BUDGET)))
                 for _ in range(3)]
+        capacity_stolen = core_shares(before, core_times(SERVER_CORE))[1]
     finally:
         server.close()
     capacity, floor = (float(np.median(r)) for r in zip(*runs))
     print(f'full budget (auto) sustains {capacity:.0f} requests/s closed-loop at 32 connections; the floor '
           f'({MIN_BUDGET:g}) {floor:.0f} ({floor / capacity:.2f}x); medians of '
-          + ', '.join(f'{a:.0f}/{b:.0f}' for a, b in runs))
+          + ', '.join(f'{a:.0f}/{b:.0f}' for a, b in runs) + f'; server core {capacity_stolen:.1f}% stolen meanwhile')
 
     configs = [('adaptive off', ACM, None, None), ('adaptive on', ACM, args.target_ms, None),
                ('dense teacher', TEACHER, None, teacher_acc)]
@@ -299,29 +339,33 @@ def main(argv=None):
             try:
                 warm_up(server.port, images)
                 schedule = poisson(rate, args.seconds, np.random.default_rng(int(load * 10)))
+                before = core_times(SERVER_CORE)
                 records = asyncio.run(open_loop(server.port, schedule, images))
+                busy, stolen = core_shares(before, core_times(SERVER_CORE))
             finally:
                 server.close()
             s = summarize(records, 3.0, caps, auto, dense)
-            rows.append(dict(config=name, load=load, rate=rate, lag=GENERATOR_LAG[-1], **s))
-            print(f'{name:14s} {load:.1f}x ({rate:.0f}/s, generator lag p99 {GENERATOR_LAG[-1]:.1f} ms): '
+            rows.append(dict(config=name, load=load, rate=rate, lag=GENERATOR_LAG[-1], busy=busy, stolen=stolen, **s))
+            print(f'{name:14s} {load:.1f}x ({rate:.0f}/s, generator lag p99 {GENERATOR_LAG[-1]:.1f} ms, server core '
+                  f'{busy:.0f}% busy, {stolen:.1f}% stolen): '
                   f'200 {s["ok"]}/{s["sent"]}, 503 {s["refused"]}, '
                   f'other {s["other"]} {s["errors"]}, p50 {s["p50"]:.1f} ms, p99 {s["p99"]:.1f} ms, '
                   f'budget {s["budget"]:.3f}, accuracy {s["accuracy"]:.2f}%', flush=True)
 
-    table = ['| config | load | offered requests/s | answered 200 | 503 | p50 (ms) | p99 (ms) | mean budget applied | expected accuracy | generator lag p99 (ms) |',
-             '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+    table = ['| config | load | offered requests/s | answered 200 | 503 | p50 (ms) | p99 (ms) | mean budget applied | expected accuracy | generator lag p99 (ms) | server core busy, stolen |',
+             '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
     for r in rows:
         share = 100 * r['ok'] / max(r['sent'], 1)
         budget = '–' if r['config'] == 'dense teacher' else f'{r["budget"]:.2f}'
         table.append(f'| {r["config"]} | {r["load"]:.1f}× | {r["rate"]:.0f} | {share:.1f}% | {r["refused"]} | '
-                     f'{r["p50"]:.1f} | {r["p99"]:.1f} | {budget} | {r["accuracy"]:.2f}% | {r["lag"]:.1f} |')
+                     f'{r["p50"]:.1f} | {r["p99"]:.1f} | {budget} | {r["accuracy"]:.2f}% | {r["lag"]:.1f} | '
+                     f'{r["busy"]:.0f}%, {r["stolen"]:.1f}% |')
     print('\n'.join(table))
 
     step = None
     if args.write:
         step = step_plot(capacity, args.target_ms, images, caps, auto)
-        write_section(lines, capacity, floor, table, args, step, git_commit())
+        write_section(lines, capacity, floor, capacity_stolen, table, args, step, git_commit())
 
 
 def step_plot(capacity, target_ms, images, caps, auto):
@@ -375,7 +419,7 @@ def step_plot(capacity, target_ms, images, caps, auto):
     return phase_rows
 
 
-def write_section(probe_lines_, capacity, floor, table, args, step, commit):
+def write_section(probe_lines_, capacity, floor, capacity_stolen, table, args, step, commit):
     path = os.path.join(REPO, 'BENCHMARKS.md')
     with open(path) as f:
         text = f.read()
@@ -391,7 +435,8 @@ def write_section(probe_lines_, capacity, floor, table, args, step, commit):
     body += [f'- {line}' for line in probe_lines_]
     body += [f'- the full budget (auto) sustains {capacity:.0f} requests/s, closed-loop at 32 connections (the median '
              'of three runs interleaved with the floor\'s); the floor '
-             f'(budget {MIN_BUDGET:g}) {floor:.0f} requests/s, {floor / capacity:.2f}× as many', '']
+             f'(budget {MIN_BUDGET:g}) {floor:.0f} requests/s, {floor / capacity:.2f}× as many; the hypervisor took '
+             f'{capacity_stolen:.1f}% of the server\'s core meanwhile', '']
     body += table + ['']
     if step:
         body += ['A load step with the adaptive budget on (per phase, its first 2 s left out):', '',
