@@ -297,6 +297,7 @@ def main(argv=None):
     sys.path.insert(0, os.path.join(REPO, 'tools'))
     from acm_tools.bench_peers import sgemm_n, sgemm_probe
     from acm_tools.machine import cpu_name, git_commit
+    commit = git_commit()  # before this run writes its plot into the tree
     g = sgemm_probe()['gflops']
     lines = [f'CPU: {cpu_name()}, {os.cpu_count()} cores; sgemm {sgemm_n}^3 float32 (numpy): {g[1]:.0f} GFLOP/s on 1 '
              f'thread, {g[2]:.0f} GFLOP/s on 2']
@@ -365,7 +366,7 @@ def main(argv=None):
     step = None
     if args.write:
         step = step_plot(capacity, args.target_ms, images, caps, auto)
-        write_section(lines, capacity, floor, capacity_stolen, table, args, step, git_commit())
+        write_section(lines, capacity, floor, capacity_stolen, table, args, step, commit)
 
 
 def step_plot(capacity, target_ms, images, caps, auto):
