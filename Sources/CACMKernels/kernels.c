@@ -20,6 +20,8 @@
 #define KERNEL __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
 #endif
 
+#define LOG2E 1.44269504088896341f
+
 // exp(x) by range reduction to 2^n·e^r, |r| ≤ ln2/2, and Cephes' expf polynomial: about 2 float ulps.
 // Rounding and 2^n use the 1.5·2^23 trick: adding it leaves round(y) in the low mantissa bits.
 // The same arithmetic as expApprox in Kernels.swift (tanh's).
@@ -27,7 +29,7 @@ static inline float exp_approx(float a) {
     float x = a > 88.3f ? 88.3f : a;
     x = x < -87.3f ? -87.3f : x;
     const float magic = 12582912.0f;
-    float shifted = x * 1.44269504088896341f + magic;
+    float shifted = x * LOG2E + magic;
     float n = shifted - magic;
     float r = x - n * 0.693359375f;
     r = r + n * 2.12194440e-4f;
@@ -134,7 +136,6 @@ static inline __mmask16 tail_mask(long left) { return (__mmask16)(left >= 16 ? 0
 // masked store just wrote cannot take it from the store buffer, and waits for it to reach the cache (the
 // rows of 50 scores of the Fashion-MNIST ViT ran at a third of the speed that way).
 enum { SOFTMAX_BUFFER = 8192 };
-#define LOG2E 1.44269504088896341f
 
 // Up to ROWS_AT_ONCE rows in step: a short row is a chain of dependent steps (max, its horizontal reduction,
 // the exponentials, their sum's), and the rows side by side let the core overlap the chains.
