@@ -164,42 +164,45 @@ def collector_off():
         gc.unfreeze()
 
 
-async def open_loop(port, schedule, images):
-    """Sends a request at each time of `schedule` (seconds from start) -> [(sent_at, latency, status, params)]
+async def open_loop(port, schedule, images, collect=False, start=None):
+    """Sends a request at each time of `schedule` (seconds from `start`, a `time.monotonic()` reading, or from now)
+    -> [(sent_at, latency, status, params, sent)]: `sent` is when the request went out, in seconds from `start` (nan
+    where no connection could be had).
 
-    Python's garbage collector is off meanwhile (`gc.freeze` first, so that what was made before is not scanned
-    either): a full collection among the run's tens of thousands of tasks and records stopped this loop for 100-155 ms
-    at a time (2026-12-03, Intel VM), after which it sent the requests that had fallen due at once, a burst of 130 in
-    0.1 s that the server then had to refuse. With it off, the latest request went out 23 ms late."""
+    Python's garbage collector is off meanwhile unless `collect` (`gc.freeze` first, so that what was made before is
+    not scanned either): a full collection among the run's tens of thousands of tasks and records stopped this loop for
+    100-155 ms at a time (2026-12-03, Intel VM), after which it sent the requests that had fallen due at once, a burst
+    of 130 in 0.1 s that the server then had to refuse. With it off, the latest request went out 23 ms late."""
     conns = Connections(port)
     payloads = [infer_request(port, group) for group in request_groups(images)]
-    out, lags = [], []
-    loop = asyncio.get_running_loop()
+    out = []
+    loop = asyncio.get_running_loop()  # its clock is time.monotonic()
 
     async def one(i, at):
-        conn = None
+        conn, sent = None, float('nan')
         try:
             conn = await conns.get()
-            lags.append(loop.time() - (start + at))
+            sent = loop.time() - start
             status, params = await exchange(*conn, payloads[i % len(payloads)])
             conns.put(conn)
         except (OSError, asyncio.IncompleteReadError) as e:
             status, params = f'error: {e!r}', None
             if conn is not None:
                 conns.drop(conn)
-        out.append((at, loop.time() - (start + at), status, params))
+        out.append((at, loop.time() - (start + at), status, params, sent))
 
     # One producer starts each request at its time (not all up front: creating tens of thousands of tasks at once
     # would itself delay the first sends).
     tasks = []
-    with collector_off():
-        start = loop.time()
+    with contextlib.nullcontext() if collect else collector_off():
+        start = loop.time() if start is None else start
         for i, at in enumerate(schedule):
             delay = start + at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i, at)))
         await asyncio.gather(*tasks)
+    lags = [sent - at for at, _, _, _, sent in out if sent == sent]
     GENERATOR_LAG.append(float(np.percentile(lags, 99)) * 1000 if lags else 0.0)
     return out
 
@@ -245,20 +248,23 @@ def warm_up(port, images):
     asyncio.run(closed_loop(port, 1.5, images, connections=40, refused_ok=True))
 
 
-def core_times(cpu):
-    """/proc/stat's counters of one CPU, in clock ticks: (busy, stolen by the hypervisor, all)."""
+def core_counters(cpu):
+    """/proc/stat's counters of one CPU, in clock ticks: user nice system idle iowait irq softirq steal."""
     with open('/proc/stat') as f:
         for line in f:
             if line.startswith(f'cpu{cpu} '):
-                user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in line.split()[1:9])
-                return user + nice + system + irq + softirq, steal, user + nice + system + idle + iowait + irq + softirq + steal
-    return 0, 0, 0
+                return [int(v) for v in line.split()[1:9]]
+    return [0] * 8
 
 
 def core_shares(before, after):
-    """Shares of the time between two `core_times` readings that the CPU was busy and stolen, in per cent."""
-    busy, stolen, total = (b - a for a, b in zip(before, after))
-    return (100 * busy / total, 100 * stolen / total) if total > 0 else (0.0, 0.0)
+    """Shares of the time between two `core_counters` readings that the CPU was busy, idle and stolen by the
+    hypervisor, in per cent."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (b - a for a, b in zip(before, after))
+    total = user + nice + system + idle + iowait + irq + softirq + steal
+    if total <= 0:
+        return 0.0, 0.0, 0.0
+    return (100 * (user + nice + system + irq + softirq) / total, 100 * (idle + iowait) / total, 100 * steal / total)
 
 
 def poisson(rate, seconds, rng, offset=0.0):
@@ -276,11 +282,11 @@ def summarize(records, warmup, caps, auto, dense_accuracy=None):
     lat = np.array([r[1] for r in ok]) * 1000
     refused = sum(1 for r in steady if r[2] == 503)
     other = [r[2] for r in steady if r[2] not in (200, 503)]
-    budgets = [p.get('compute_budget', 1.0) for *_, p in ok]
+    budgets = [r[3].get('compute_budget', 1.0) for r in ok]
     if dense_accuracy is not None:
         accuracy = dense_accuracy
     else:
-        accuracy = float(np.mean([accuracy_at(p.get('compute_budget'), caps, auto) for *_, p in ok])) if ok else 0
+        accuracy = float(np.mean([accuracy_at(r[3].get('compute_budget'), caps, auto) for r in ok])) if ok else 0
     return dict(sent=len(steady), ok=len(ok), refused=refused, other=len(other), p50=float(np.percentile(lat, 50)) if ok else 0,
                 p99=float(np.percentile(lat, 99)) if ok else 0, budget=float(np.mean(budgets)) if ok else 0,
                 accuracy=accuracy, errors=other[:3])
@@ -318,11 +324,11 @@ def main(argv=None):
         # Three interleaved runs of each, and their medians: one run can fall in a fast or a slow stretch of the VM
         # (on the Intel machine, 2026-12-02, one run each read 442 and 572 requests/s, and the full budget then
         # answered only 351 a second of its "1x" open-loop load).
-        before = core_times(SERVER_CORE)
+        before = core_counters(SERVER_CORE)
         runs = [(asyncio.run(closed_loop(server.port, max(5.0, args.seconds / 4), images)),
                  asyncio.run(closed_loop(server.port, max(5.0, args.seconds / 4), images, budget=MIN_BUDGET)))
                 for _ in range(3)]
-        capacity_stolen = core_shares(before, core_times(SERVER_CORE))[1]
+        capacity_stolen = core_shares(before, core_counters(SERVER_CORE))[2]
     finally:
         server.close()
     capacity, floor = (float(np.median(r)) for r in zip(*runs))
@@ -340,9 +346,9 @@ def main(argv=None):
             try:
                 warm_up(server.port, images)
                 schedule = poisson(rate, args.seconds, np.random.default_rng(int(load * 10)))
-                before = core_times(SERVER_CORE)
+                before = core_counters(SERVER_CORE)
                 records = asyncio.run(open_loop(server.port, schedule, images))
-                busy, stolen = core_shares(before, core_times(SERVER_CORE))
+                busy, _, stolen = core_shares(before, core_counters(SERVER_CORE))
             finally:
                 server.close()
             s = summarize(records, 3.0, caps, auto, dense)
@@ -391,7 +397,7 @@ def step_plot(capacity, target_ms, images, caps, auto):
     for t in seconds:
         window = [r for r in records if t <= r[0] < t + 1]
         ok = [r for r in window if r[2] == 200]
-        budget.append(np.mean([p.get('compute_budget', 1.0) for *_, p in ok]) if ok else np.nan)
+        budget.append(np.mean([r[3].get('compute_budget', 1.0) for r in ok]) if ok else np.nan)
         p99.append(np.percentile([r[1] * 1000 for r in ok], 99) if ok else np.nan)
         refused.append(sum(1 for r in window if r[2] == 503))
     fig, (a, b) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)

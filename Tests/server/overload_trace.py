@@ -28,11 +28,6 @@ METRICS = ['acm_request_success_total', 'acm_request_failure_total', 'acm_pendin
            'acm_adaptive_budget_ratio', 'acm_batch_execution_total', 'acm_batch_size_images_sum']
 
 
-def cpu_ticks(line):
-    """/proc/stat's first eight counters of a CPU line: user nice system idle iowait irq softirq steal."""
-    return [int(v) for v in line.split()[1:9]]
-
-
 def poll(port, pid, stop_at, queue):
     """Twenty times a second until `stop_at`: (time, metric sums, CPU ticks per thread name, core 0's counters)."""
     import http.client
@@ -53,42 +48,16 @@ def poll(port, pid, stop_at, queue):
                 name = stat[stat.index('(') + 1:stat.rindex(')')]
                 fields = stat[stat.rindex(')') + 2:].split()
                 threads[name] = threads.get(name, 0) + int(fields[11]) + int(fields[12])
-        with open('/proc/stat') as f:
-            core = cpu_ticks(next(line for line in f if line.startswith(f'cpu{bo.SERVER_CORE} ')))
-        rows.append((start, sums, threads, core))
+        rows.append((start, sums, threads, bo.core_counters(bo.SERVER_CORE)))
         time.sleep(max(0.0, 0.05 - (time.monotonic() - start)))
     queue.put(rows)
 
 
-async def send(port, schedule, images, collect):
-    """The open loop, recording each request's (due, sent, status) on the monotonic clock."""
-    conns = bo.Connections(port)
-    payloads = [bo.infer_request(port, group) for group in bo.request_groups(images)]
-    out = []
-    loop = asyncio.get_running_loop()
-
-    async def one(i, due):
-        conn = await conns.get()
-        sent = time.monotonic()
-        status, _ = await bo.exchange(*conn, payloads[i % len(payloads)])
-        conns.put(conn)
-        out.append((due, sent, status))
-
-    tasks = []
-    with contextlib.nullcontext() if collect else bo.collector_off():
-        start, origin = loop.time(), time.monotonic()
-        for i, at in enumerate(schedule):
-            delay = start + at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, origin + at)))
-        await asyncio.gather(*tasks)
-    return origin, out
-
-
 def report(origin, records, polls, width):
-    due = np.array([r[0] for r in records]) - origin
-    sent = np.array([r[1] for r in records]) - origin
+    """`records` from `bench_overload.open_loop`, its times in seconds from `origin`; `polls` from `poll`."""
+    records = [r for r in records if r[4] == r[4]]  # those that went out
+    due = np.array([r[0] for r in records])
+    sent = np.array([r[4] for r in records])
     refused = np.array([r[2] == 503 for r in records])
     lag = sent - due
     print(f'{len(records)} requests, {int(refused.sum())} refused; the generator sent them late by '
@@ -112,13 +81,10 @@ def report(origin, records, polls, width):
         per_batch = (sums[j, 5] - sums[i, 5]) / batches if batches else 0
         cpu = ' '.join(f'{name[:10]} {100 * (polls[j][2].get(name, 0) - polls[i][2].get(name, 0)) / tick / span:3.0f}'
                        for name in names)
-        d = np.array(polls[j][3]) - np.array(polls[i][3])
-        total = max(d.sum(), 1)
-        busy = d[0] + d[1] + d[2] + d[5] + d[6]
+        busy, idle, stolen = bo.core_shares(polls[i][3], polls[j][3])
         print(f'{begin:6.2f} {((due >= begin) & (due < begin + width)).sum():4d} {window.sum():4d} '
               f'{arrived[j] - arrived[i]:7.0f} {(window & refused).sum():3d} {sums[j, 2]:6.0f} {sums[j, 3]:6.2f} '
-              f'{batches:7.0f} {per_batch:12.1f} | {cpu} | {100 * busy / total:3.0f} {100 * d[3] / total:3.0f} '
-              f'{100 * d[7] / total:3.0f}')
+              f'{batches:7.0f} {per_batch:12.1f} | {cpu} | {busy:3.0f} {idle:3.0f} {stolen:3.0f}')
 
 
 def main(argv=None):
@@ -141,7 +107,8 @@ def main(argv=None):
         poller = multiprocessing.Process(
             target=poll, args=(server.port, server.proc.pid, time.monotonic() + args.seconds + 1, queue))
         poller.start()
-        origin, records = asyncio.run(send(server.port, schedule, images, args.collect))
+        origin = time.monotonic()
+        records = asyncio.run(bo.open_loop(server.port, schedule, images, collect=args.collect, start=origin))
         polls = queue.get()
         poller.join()
     finally:
